@@ -1,0 +1,47 @@
+# kohaku-data: every entry point a user or CI needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+KDATA   := $(BIN)/kdata
+RECIPE  ?= pipelines/demo.toml
+DEMO    ?= demo
+DATASETS ?= datasets
+WORKERS ?=
+
+.PHONY: venv demo test bench dataset verify browser-test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+# A small realistic sample through the whole pipeline.
+demo: venv
+	$(KDATA) sample $(DEMO) --posts 300 --seed 0
+	$(KDATA) db migrate --db $(DEMO)/danbooru.db
+	$(KDATA) build --db $(DEMO)/danbooru.db --src $(DEMO)/raw --recipe pipelines/demo.toml --out $(DEMO)/shards
+	$(KDATA) verify $(DEMO)/shards
+	@echo
+	@echo "demo done: shards, manifest.parquet and index.json are in $(DEMO)/shards/ (DB: $(DEMO)/danbooru.db)"
+
+# make dataset RECIPE=pipelines/NAME.toml [DB=...] [SRC=...]: builds into datasets/NAME-VERSION/
+dataset: venv
+	$(KDATA) build --recipe $(RECIPE) $(if $(DB),--db $(DB)) --src $(or $(SRC),$(DEMO)/raw) \
+		--out $(DATASETS)/$$($(BIN)/python -m kohaku_data.recipes_name $(RECIPE)) $(if $(WORKERS),--workers $(WORKERS))
+
+verify: venv
+	@for d in $(DATASETS)/*/; do $(KDATA) verify $$d || exit 1; done
+
+clean:
+	rm -rf $(DEMO) $(DATASETS) .pytest_cache

@@ -1,0 +1,25 @@
+"""The `kdata` command: Typer sub-commands, one module per stage. No logic lives here."""
+
+from __future__ import annotations
+
+import typer
+
+from kohaku_data.cli import build, caption, db, images, query, sample, service
+
+app = typer.Typer(
+    name="kdata",
+    help="Build lossless, reproducible anime training datasets from Danbooru2023 metadata.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(caption.app, name="caption")
+app.command("query")(query.query)
+app.command("sample")(sample.sample)
+app.command("images")(images.images)
+app.command("build")(build.build)
+app.command("verify")(build.verify)
+app.command("sync")(service.sync)
+app.command("serve")(service.serve)
+
+__all__ = ["app"]

@@ -1,0 +1,247 @@
+"""All configuration in one typed place.
+
+- `Settings`: where things are (DB path, default recipe, output folders). Each value comes from
+  the command option, else an environment variable (`KDATA_DB`, `KDATA_RECIPE`,
+  `KDATA_DATASETS`), else `kdata.toml` in the working directory.
+- `Recipe`: what a dataset version is (query, image presets, caption config, shard size), read
+  from `pipelines/*.toml`. Every stage takes its part of the recipe and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kohaku_data.errors import KdataError
+
+
+class ConfigError(KdataError):
+    """A setting is missing or a recipe is invalid."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys in a recipe are typos, not extensions: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+SETTINGS_FILE = "kdata.toml"
+
+
+class Settings(_Strict):
+    db: Path | None = None
+    recipe: Path | None = None
+    datasets: Path = Path("datasets")
+
+    def require_db(self) -> Path:
+        if self.db is None:
+            raise ConfigError(
+                "No database set: pass --db PATH, set KDATA_DB=PATH, or put db = \"PATH\" "
+                f"in ./{SETTINGS_FILE} (make one with `kdata sample OUT` or `kdata db init`)."
+            )
+        return self.db
+
+
+def load_settings(
+    *, db: Path | None = None, recipe: Path | None = None, datasets: Path | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Option > environment > ./kdata.toml > default, per setting."""
+    cwd = cwd or Path.cwd()
+    file_values = _read_settings_file(cwd / SETTINGS_FILE)
+
+    def pick(option: Path | None, env: str, key: str) -> Path | None:
+        if option is not None:
+            return Path(option)
+        if os.environ.get(env):
+            return Path(os.environ[env])
+        if key in file_values:
+            return (cwd / file_values[key]) if not Path(file_values[key]).is_absolute() else Path(file_values[key])
+        return None
+
+    return Settings(
+        db=pick(db, "KDATA_DB", "db"),
+        recipe=pick(recipe, "KDATA_RECIPE", "recipe"),
+        datasets=pick(datasets, "KDATA_DATASETS", "datasets") or Path("datasets"),
+    )
+
+
+def _read_settings_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"db", "recipe", "datasets"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: db, recipe, datasets")
+    return {k: str(v) for k, v in data.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Image stage
+# --------------------------------------------------------------------------------------------
+class BucketPreset(_Strict):
+    """Aspect-ratio buckets as NovelAI / kohya sd-scripts make them."""
+
+    name: str = "kohaku-xl"
+    step: int = 64  # both sides are multiples of this
+    min_area: int = 786_432  # 768x1024
+    max_area: int = 1_310_720  # 1024x1280
+    min_side: int = 512
+    max_side: int = 2048
+    max_aspect: float = 4.0  # long side / short side
+
+
+BUCKET_PRESETS: dict[str, BucketPreset] = {
+    "kohaku-xl": BucketPreset(),
+    "sdxl-1024": BucketPreset(name="sdxl-1024", min_area=1024 * 1024 - 64 * 64 * 8, max_area=1024 * 1024),
+    "sd15-512": BucketPreset(name="sd15-512", min_area=256 * 256, max_area=512 * 512, min_side=256, max_side=1024),
+    "demo-256": BucketPreset(name="demo-256", min_area=192 * 256, max_area=256 * 320, min_side=128, max_side=512),
+}
+
+
+class CodecPreset(_Strict):
+    """Lossless storage. WebP lossless with exact=True keeps RGB under alpha=0 bit-exact."""
+
+    name: str = "webp-fast"
+    format: Literal["webp", "png"] = "webp"
+    method: int = Field(0, ge=0, le=6)  # WebP effort
+    quality: int = Field(0, ge=0, le=100)  # WebP lossless: effort, not loss
+    png_compress_level: int = Field(6, ge=0, le=9)
+
+
+CODEC_PRESETS: dict[str, CodecPreset] = {
+    "webp-fast": CodecPreset(),
+    "webp-small": CodecPreset(name="webp-small", method=4, quality=80),
+    "png": CodecPreset(name="png", format="png"),
+}
+
+
+class ImageConfig(_Strict):
+    bucket: str | BucketPreset = "kohaku-xl"
+    codec: str | CodecPreset = "webp-fast"
+    alpha: Literal["keep", "composite"] = "keep"
+    background: tuple[int, int, int] = (255, 255, 255)  # for alpha = "composite"
+    animated: Literal["first", "skip"] = "first"
+    too_small: Literal["reject", "native"] = "reject"  # never upscale by default
+    upscale: bool = False
+    reducing_gap: float | None = None  # opt-in speed-up for large reductions
+    linear_light: bool = False  # opt-in: resize in linear light
+    max_pixels: int = 178_956_970  # larger is a decompression bomb (an error)
+
+    def bucket_preset(self) -> BucketPreset:
+        return _preset(self.bucket, BUCKET_PRESETS, "bucket")
+
+    def codec_preset(self) -> CodecPreset:
+        return _preset(self.codec, CODEC_PRESETS, "codec")
+
+
+def _preset(value, presets: dict, kind: str):
+    if not isinstance(value, str):
+        return value
+    if value not in presets:
+        raise ConfigError(f"unknown {kind} preset {value!r}; known: {', '.join(presets)}")
+    return presets[value]
+
+
+# --------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------
+QUALITY_BANDS = (
+    "masterpiece", "best quality", "great quality", "good quality",
+    "normal quality", "low quality", "worst quality",
+)
+YEAR_TAGS = ("newest", "recent", "mid", "early", "old")
+NON_VISUAL_META = (
+    "(medium)", "commentary", "bad", "translat", "request", "mismatch", "revision", "audio", "video",
+)
+
+
+class CaptionConfig(_Strict):
+    rating_tags: dict[str, str] = {
+        "general": "safe", "sensitive": "sensitive",
+        "questionable": "nsfw", "explicit": "explicit, nsfw",
+    }
+    # Quality: a post gets the best band whose threshold its metric is strictly above.
+    quality: bool = True
+    quality_metric: Literal["fav_count", "score"] = "fav_count"
+    quality_percentiles: tuple[float, ...] = (95, 85, 75, 50, 25, 10)
+    quality_bands: tuple[str, ...] = QUALITY_BANDS  # len = len(percentiles) + 1, best first
+    quality_cohort: Literal["rating", "rating_year"] = "rating"
+    cohort_min_posts: int = 1000  # a (rating, year) group smaller than this uses its rating's
+    quality_cutoff_date: str | None = None  # posts created after this get no quality tag
+    # Year tags
+    year: bool = True
+    year_mode: Literal["bins", "percentile"] = "bins"
+    # first year of each tag, new to old: 2021+ newest, 2018 recent, 2015 mid, 2011 early, else old
+    year_bins: tuple[int, ...] = (2021, 2018, 2015, 2011)
+    rating: bool = True
+    # Layout
+    keep_separator: str | None = "|||"
+    tag_order: Literal["popularity", "db", "alpha", "shuffle"] = "popularity"
+    shuffle_seed: int = 0
+    underscore_to_space: bool = True  # only names longer than 3 characters
+    escape_parens: bool = False
+    blacklist: tuple[str, ...] = ()
+    drop_meta_containing: tuple[str, ...] = NON_VISUAL_META
+    drop_artist_containing: tuple[str, ...] = ("banned",)
+    separator: str = ", "
+
+    @model_validator(mode="after")
+    def _bands_match(self) -> "CaptionConfig":
+        if len(self.quality_bands) != len(self.quality_percentiles) + 1:
+            raise ValueError("quality_bands needs exactly one more name than quality_percentiles")
+        if list(self.quality_percentiles) != sorted(self.quality_percentiles, reverse=True):
+            raise ValueError("quality_percentiles must go from high to low")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------
+class Recipe(_Strict):
+    name: str = "default"
+    version: str = "0"
+    description: str = ""
+    query: str = ""  # Danbooru search syntax; empty = every post that has a file
+    image: ImageConfig = ImageConfig()
+    caption: CaptionConfig = CaptionConfig()
+    shard_max_bytes: int = 1_000_000_000
+    shard_max_samples: int | None = None
+    check_md5: bool = True  # when the file is an original (its md5 is the post's)
+
+    @property
+    def dataset_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    def canonical_json(self) -> str:
+        """Stable text of the full recipe (defaults included): what the lock and hash record."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def load_recipe(path: Path | None) -> Recipe:
+    """Read `pipelines/NAME.toml`; `None` gives the documented default recipe."""
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist (recipes live in pipelines/*.toml)")
+    try:
+        return Recipe.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"recipe {path} is invalid:\n{exc}") from exc
