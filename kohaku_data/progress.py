@@ -1,0 +1,40 @@
+"""Progress bars (rich) shared by long-running commands; silent when disabled or not a TTY."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+    TimeElapsedColumn, TimeRemainingColumn,
+)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task_id: int | None) -> None:
+        self._progress, self._task = progress, task_id
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def set_total(self, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[_Bar]:
+    """`with progress_bar("import", total=n) as bar: bar.advance(k)` — rate and ETA on stderr."""
+    if not enabled:
+        yield _Bar(None, None)
+        return
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        yield _Bar(progress, progress.add_task(description, total=total))
