@@ -23,22 +23,25 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# make bench [QUICK=1] [ONLY="images captions"]
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick) $(ONLY)
 
 # A small realistic sample through the whole pipeline.
-demo: venv
+$(DEMO)/danbooru.db: | venv
 	$(KDATA) sample $(DEMO) --posts 300 --seed 0
-	$(KDATA) db migrate --db $(DEMO)/danbooru.db
+	$(KDATA) db migrate --db $@
+
+demo: venv $(DEMO)/danbooru.db
 	$(KDATA) build --db $(DEMO)/danbooru.db --src $(DEMO)/raw --recipe pipelines/demo.toml --out $(DEMO)/shards
 	$(KDATA) verify $(DEMO)/shards
 	@echo
 	@echo "demo done: shards, manifest.parquet and index.json are in $(DEMO)/shards/ (DB: $(DEMO)/danbooru.db)"
 
-# make dataset RECIPE=pipelines/NAME.toml [DB=...] [SRC=...]: builds into datasets/NAME-VERSION/
+# make dataset RECIPE=pipelines/NAME.toml [DB=...] [SRC=...]: builds into $(DATASETS)/NAME-VERSION/
 dataset: venv
-	$(KDATA) build --recipe $(RECIPE) $(if $(DB),--db $(DB)) --src $(or $(SRC),$(DEMO)/raw) \
-		--out $(DATASETS)/$$($(BIN)/python -m kohaku_data.recipes_name $(RECIPE)) $(if $(WORKERS),--workers $(WORKERS))
+	KDATA_DATASETS=$(DATASETS) $(KDATA) build --recipe $(RECIPE) --db $(or $(DB),$(DEMO)/danbooru.db) \
+		--src $(or $(SRC),$(DEMO)/raw) $(if $(WORKERS),--workers $(WORKERS))
 
 verify: venv
 	@for d in $(DATASETS)/*/; do $(KDATA) verify $$d || exit 1; done

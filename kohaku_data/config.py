@@ -165,28 +165,45 @@ YEAR_TAGS = ("newest", "recent", "mid", "early", "old")
 NON_VISUAL_META = (
     "(medium)", "commentary", "bad", "translat", "request", "mismatch", "revision", "audio", "video",
 )
+# General tags that go to the kept part (before `|||`), as in hakubooru's KohakuCaptioner.
+COUNT_TAGS = (
+    "1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "multiple_girls",
+    "1boy", "2boys", "3boys", "4boys", "5boys", "6+boys", "multiple_boys",
+    "1other", "2others", "3others", "4others", "5others", "6+others", "multiple_others",
+    "male_focus",
+)
 
 
 class CaptionConfig(_Strict):
+    """Caption rules; see kohaku_data/captions/__init__.py for the format and an example."""
+
     rating_tags: dict[str, str] = {
         "general": "safe", "sensitive": "sensitive",
         "questionable": "nsfw", "explicit": "explicit, nsfw",
     }
     # Quality: a post gets the best band whose threshold its metric is strictly above.
+    # Thresholds are numpy/polars 'linear' quantiles of the metric over the DB's posts.
     quality: bool = True
     quality_metric: Literal["fav_count", "score"] = "fav_count"
     quality_percentiles: tuple[float, ...] = (95, 85, 75, 50, 25, 10)
     quality_bands: tuple[str, ...] = QUALITY_BANDS  # len = len(percentiles) + 1, best first
     quality_cohort: Literal["rating", "rating_year"] = "rating"
-    cohort_min_posts: int = 1000  # a (rating, year) group smaller than this uses its rating's
-    quality_cutoff_date: str | None = None  # posts created after this get no quality tag
+    cohort_min_posts: int = Field(1000, ge=1)  # a (rating, year) group smaller than this uses its rating's
+    # YYYY-MM-DD: posts whose written date is after it get no quality tag (and do not count
+    # in the thresholds: their favourites are still growing).
+    quality_cutoff_date: str | None = None
     # Year tags
     year: bool = True
     year_mode: Literal["bins", "percentile"] = "bins"
-    # first year of each tag, new to old: 2021+ newest, 2018 recent, 2015 mid, 2011 early, else old
+    year_tags: tuple[str, ...] = YEAR_TAGS  # new to old
+    # first year of each tag but the last, new to old: 2021+ newest, 2018 recent, 2015 mid, 2011 early
     year_bins: tuple[int, ...] = (2021, 2018, 2015, 2011)
+    # percentile mode: the first date of each tag but the last is this quantile of creation dates
+    year_percentiles: tuple[float, ...] = (80, 60, 40, 20)
+    year_min: int = 2005  # dates before this year are broken (Danbooru opened in 2005): no year tag
     rating: bool = True
     # Layout
+    keep_tags: tuple[str, ...] = COUNT_TAGS  # general tags moved to the kept part
     keep_separator: str | None = "|||"
     tag_order: Literal["popularity", "db", "alpha", "shuffle"] = "popularity"
     shuffle_seed: int = 0
@@ -203,6 +220,24 @@ class CaptionConfig(_Strict):
             raise ValueError("quality_bands needs exactly one more name than quality_percentiles")
         if list(self.quality_percentiles) != sorted(self.quality_percentiles, reverse=True):
             raise ValueError("quality_percentiles must go from high to low")
+        if any(not 0 <= p <= 100 for p in self.quality_percentiles + self.year_percentiles):
+            raise ValueError("percentiles must lie in 0..100")
+        for edges, what in ((self.year_bins, "year_bins"), (self.year_percentiles, "year_percentiles")):
+            if len(edges) != len(self.year_tags) - 1:
+                raise ValueError(f"{what} needs exactly one value fewer than year_tags")
+            if list(edges) != sorted(edges, reverse=True):
+                raise ValueError(f"{what} must go from new to old (high to low)")
+        if self.year_bins and self.year_bins[-1] <= self.year_min:
+            raise ValueError("year_bins must all be after year_min")
+        if self.quality_cutoff_date is not None:
+            import datetime
+
+            try:
+                datetime.date.fromisoformat(self.quality_cutoff_date)
+            except ValueError:
+                raise ValueError("quality_cutoff_date must be a date YYYY-MM-DD") from None
+            if len(self.quality_cutoff_date) != 10:
+                raise ValueError("quality_cutoff_date must be a date YYYY-MM-DD")
         return self
 
 

@@ -1,11 +1,64 @@
 """`kdata build` and `kdata verify`."""
 
+from __future__ import annotations
 
-def build() -> None:
-    """Build shards from a recipe (not implemented yet)."""
-    raise NotImplementedError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kohaku_data.cli.common import (
+    DbOption, RecipeOption, WorkersOption, clean_errors, default_workers, is_tty, settings,
+)
 
 
-def verify() -> None:
-    """Verify a built dataset (not implemented yet)."""
-    raise NotImplementedError
+def build(
+    src: Annotated[Path, typer.Option("--src", help="Folder of <id>.<ext> files (nested allowed) or danbooru2023 tars.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Dataset folder (default: <datasets>/<name>-<version>).")] = None,
+    db: DbOption = None,
+    recipe: RecipeOption = None,
+    workers: WorkersOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a build of another recipe in --out.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Build webdataset shards, manifest.parquet, index.json and dataset.lock from a recipe (resumable)."""
+    with clean_errors():
+        from kohaku_data.build import build_dataset
+        from kohaku_data.config import load_recipe
+        from kohaku_data.db import DanbooruDB
+
+        conf = settings(db=db, recipe=recipe)
+        the_recipe = load_recipe(conf.recipe)
+        target = out or conf.datasets / the_recipe.dataset_name
+        with DanbooruDB.open(conf.require_db(), readonly=True) as handle:
+            result = build_dataset(src, target, the_recipe, handle, workers=workers or default_workers(),
+                                   force=force, progress=is_tty() and not no_progress)
+        _summary(result)
+
+
+def _summary(result) -> None:
+    state = "up to date" if result.up_to_date else f"{result.processed} images processed, {result.reused} reused"
+    typer.echo(f"{result.out}: {result.samples} samples in {result.shards} shards, "
+               f"{result.bytes / 1e6:.1f} MB ({state})")
+    rejected = sum(result.rejects.values())
+    typer.echo(f"rejects: {rejected}")
+    for reason, count in sorted(result.rejects.items(), key=lambda kv: (-kv[1], kv[0])):
+        typer.echo(f"  {reason}: {count}")
+    typer.echo("buckets: " + ", ".join(f"{b} {n}" for b, n in result.buckets.items()))
+
+
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder made by `kdata build`.")],
+) -> None:
+    """Re-hash every shard against index.json and check manifest/shard agreement (exit 1 on any mismatch)."""
+    with clean_errors():
+        from kohaku_data.build.verify import verify_dataset
+
+        report = verify_dataset(dataset)
+        for problem in report.problems:
+            typer.echo(f"MISMATCH {problem}", err=True)
+        verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+        typer.echo(f"{dataset}: {report.shards} shards, {report.samples} samples, "
+                   f"{report.bytes / 1e6:.1f} MB: {verdict}")
+        if not report.ok:
+            raise typer.Exit(1)

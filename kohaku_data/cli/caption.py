@@ -1,5 +1,124 @@
 """`kdata caption` and `kdata caption stats`."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from kohaku_data.cli.common import DbOption, RecipeOption, clean_errors, is_tty, settings
+from kohaku_data.errors import KdataError
+
 app = typer.Typer(help="Captions from the DB: quality/year/rating tags in Kohaku-XL layout.")
+
+
+class CaptionCliError(KdataError):
+    """Bad options for `kdata caption`."""
+
+
+def _open(db: Path | None, recipe: Path | None):
+    from kohaku_data.config import load_recipe
+    from kohaku_data.db import DanbooruDB
+
+    s = settings(db=db, recipe=recipe)
+    return DanbooruDB.open(s.require_db(), readonly=True), load_recipe(s.recipe)
+
+
+def _select_ids(handle, query: str | None):
+    """Post ids of the query (None = every post)."""
+    if not query:
+        return None
+    try:
+        from kohaku_data.db.query import query_ids
+    except ImportError:
+        raise CaptionCliError("--query needs kohaku_data.db.query, which this install lacks; leave --query out "
+                              "to caption every post") from None
+    return list(query_ids(handle, query))
+
+
+@app.callback(invoke_without_command=True)
+def caption(
+    ctx: typer.Context,
+    db: DbOption = None,
+    recipe: RecipeOption = None,
+    query: Annotated[str | None, typer.Option("--query", help="Danbooru search (default: the recipe's query; "
+                                              "empty = every post).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="FILE.parquet, FILE.jsonl, or a folder for <id>.txt "
+                                             "files.")] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Re-caption this built dataset instead.")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = 100_000,
+) -> None:
+    """Write id → caption (+ the separate tags) for the selected posts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with clean_errors():
+        handle, rec = _open(db, recipe)
+        with handle:
+            if dataset is not None:
+                from kohaku_data.build.recaption import recaption_dataset
+
+                typer.echo(json.dumps(recaption_dataset(dataset, rec, handle), indent=2, default=str))
+                return
+            if out is None:
+                raise CaptionCliError("pass --out FILE.parquet|FILE.jsonl|FOLDER (or --dataset DIR to re-caption)")
+            _write(handle, rec.caption, _select_ids(handle, query if query is not None else rec.query), out,
+                   chunk_size)
+
+
+def _write(handle, config, ids, out: Path, chunk_size: int) -> None:
+    from kohaku_data.captions import compute_thresholds, iter_captions, total_posts
+    from kohaku_data.captions.output import output_kind, write_captions
+    from kohaku_data.progress import progress_bar
+
+    output_kind(out)  # refuse a bad path before the slow part
+    thresholds = compute_thresholds(handle, config)
+    total = total_posts(handle) if ids is None else len(set(ids))
+    with progress_bar("captions", total=total, enabled=is_tty()) as bar:
+        frames = iter_captions(handle, config, thresholds, ids=ids, chunk_size=chunk_size)
+        written = write_captions(frames, out, on_chunk=bar.advance)
+    typer.echo(f"{written} captions → {out}")
+
+
+@app.command("stats")
+def stats(
+    db: DbOption = None,
+    recipe: RecipeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Quality thresholds per group, and the share of posts per quality band, year tag and rating."""
+    from kohaku_data.captions import caption_stats, compute_thresholds
+
+    with clean_errors():
+        handle, rec = _open(db, recipe)
+        with handle:
+            result = caption_stats(handle, rec.caption, compute_thresholds(handle, rec.caption))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    _print_stats(result)
+
+
+def _print_stats(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    th = result["thresholds"]
+    table = Table(title=f"{th['metric']} thresholds ({th['interpolation']} quantiles, posts {result['posts']})")
+    table.add_column("group")
+    table.add_column("posts", justify="right")
+    for p in th["percentiles"]:
+        table.add_column(f"p{p:g}", justify="right")
+    for group, values in {**th["by_rating"], **th["by_cohort"]}.items():
+        table.add_row(group, str(th["counts"].get(group, "")), *[f"{v:g}" for v in values])
+    console.print(table)
+    for key in ("quality", "year", "rating"):
+        shares = Table(title=f"{key} tags")
+        shares.add_column(key)
+        shares.add_column("posts", justify="right")
+        shares.add_column("share", justify="right")
+        for name, v in result[key].items():
+            shares.add_row(name, str(v["posts"]), f"{100 * v['share']:.1f}%")
+        console.print(shares)

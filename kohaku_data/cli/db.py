@@ -1,5 +1,104 @@
 """`kdata db init|info|import|migrate`."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from kohaku_data.cli.common import DbOption, clean_errors, is_tty, settings
 
 app = typer.Typer(help="Create, inspect, import into and migrate a Danbooru2023 sqlite.", no_args_is_help=True)
+console = Console(soft_wrap=True)
+
+
+@app.command("init")
+def init(db: DbOption = None) -> None:
+    """Create an empty database with the published schema, migrated to the current version."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.migrate import migrate
+
+    with clean_errors():
+        path = settings(db=db).require_db()
+        with DanbooruDB.create(path) as handle:
+            applied = migrate(handle)
+        console.print(f"created {path} (migrations: {', '.join(applied) or 'none'})", highlight=False)
+
+
+@app.command("info")
+def info(
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Counts of posts, tags and relations; schema version; date range; posts per rating."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.info import db_info
+
+    with clean_errors():
+        path = settings(db=db).require_db()
+        with DanbooruDB.open(path, readonly=True) as handle:
+            figures = db_info(handle)
+        if as_json:
+            typer.echo(json.dumps(figures, indent=2))
+            return
+        for key, value in figures.items():
+            if key == "ratings":
+                value = ", ".join(f"{k} {v:,}" for k, v in value.items())
+            elif key == "date_range":
+                value = f"{value[0]} .. {value[1]}"
+            elif isinstance(value, int) and not isinstance(value, bool):
+                value = f"{value:,}"
+            console.print(f"{key:>15}: {value}", highlight=False)
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="posts.json pages, JSONL(.gz) post dumps, tag CSVs.")],
+    db: DbOption = None,
+    rejects: Annotated[
+        Path | None, typer.Option("--rejects", help="JSONL file for bad records (default: DB.rejects.jsonl).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per transaction.")] = 10_000,
+) -> None:
+    """Upsert posts and tags (idempotent; rerun after an interruption). Applies pending migrations."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.importer import import_files
+
+    with clean_errors():
+        path = settings(db=db).require_db()
+        with DanbooruDB.open(path) as handle:
+            summary = import_files(handle, files, rejects_path=rejects, batch_size=batch_size, progress=is_tty())
+        p, t = summary.posts, summary.tags
+        rate = (p.inserted + p.updated + p.unchanged) / summary.seconds if summary.seconds else 0.0
+        if summary.migrations_applied:
+            console.print(f"migrations applied: {', '.join(summary.migrations_applied)}", highlight=False)
+        console.print(
+            f"posts: {p.inserted:,} inserted, {p.updated:,} updated, {p.unchanged:,} unchanged "
+            f"({rate:,.0f}/s); tags: {t.inserted:,} inserted, {t.updated:,} updated, "
+            f"{t.aliases:,} aliases; {summary.seconds:.1f}s",
+            highlight=False,
+        )
+        if summary.rejected:
+            console.print(f"rejected {summary.rejected:,} records: see {summary.rejects_path}", highlight=False)
+        else:
+            console.print("rejected 0 records", highlight=False)
+
+
+@app.command("migrate")
+def migrate_(db: DbOption = None) -> None:
+    """Apply pending schema migrations (a no-op when the file is current)."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.migrate import current_version, migrate
+
+    with clean_errors():
+        path = settings(db=db).require_db()
+        with DanbooruDB.open(path) as handle:
+            applied = migrate(handle)
+            version = current_version(handle)
+        if applied:
+            console.print(f"applied {', '.join(applied)}; {path} is at version {version}", highlight=False)
+        else:
+            console.print(f"{path} is up to date (version {version})", highlight=False)

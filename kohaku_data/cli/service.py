@@ -1,11 +1,67 @@
 """`kdata sync` and `kdata serve`."""
 
+from __future__ import annotations
 
-def sync() -> None:
-    """Incremental sync from a Danbooru-compatible API (not implemented yet)."""
-    raise NotImplementedError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kohaku_data.cli.common import DbOption, clean_errors, err_console, is_tty, settings
 
 
-def serve() -> None:
-    """Read-only HTTP API (not implemented yet)."""
-    raise NotImplementedError
+def sync(
+    base_url: Annotated[str, typer.Option("--base-url", help="Danbooru-compatible site, e.g. https://danbooru.donmai.us")],
+    db: DbOption = None,
+    limit_per_page: Annotated[int, typer.Option("--limit-per-page", help="Posts per request (1-200).")] = 200,
+    rate: Annotated[float, typer.Option("--rate", help="At most this many requests per second.")] = 2.0,
+    max_pages: Annotated[int | None, typer.Option("--max-pages", min=1, help="Stop after N pages (rerun continues).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request before retrying.")] = 30.0,
+    max_failures: Annotated[int, typer.Option("--max-failures", min=1, help="Give up after N consecutive failures.")] = 6,
+    backoff: Annotated[float, typer.Option("--backoff", help="First retry delay in seconds (doubles, with jitter).")] = 1.0,
+    updated_since: Annotated[str | None, typer.Option(
+        "--updated-since", help="Also re-fetch posts changed since DATE (YYYY-MM-DD or ISO time), via tags=order:change.",
+    )] = None,
+) -> None:
+    """Pull new posts (and optionally recently changed ones) from a Danbooru API into the DB.
+
+    Resumable: the last stored post id is kept per base URL; rerunning continues from it.
+    Credentials, if needed, come from KDATA_DANBOORU_LOGIN and KDATA_DANBOORU_API_KEY.
+    """
+    from kohaku_data.db.handle import DanbooruDB
+    from kohaku_data.service.client import ClientSettings, DanbooruClient, credentials_from_env
+    from kohaku_data.service.sync import parse_since, refresh_updated, sync_posts
+
+    with clean_errors():
+        since = parse_since(updated_since) if updated_since else None
+        client_settings = ClientSettings(rate=rate, timeout=timeout, max_failures=max_failures, backoff_base=backoff)
+        path = settings(db=db).require_db()
+        with DanbooruDB.open(path) as handle, DanbooruClient(
+            base_url, client_settings, credentials=credentials_from_env()
+        ) as client:
+            result = sync_posts(handle, client, limit_per_page=limit_per_page, max_pages=max_pages, progress=is_tty())
+            err_console.print(f"new posts: {result.summary()}", highlight=False)
+            if since is not None:
+                refreshed = refresh_updated(handle, client, since, limit_per_page=limit_per_page, progress=is_tty())
+                err_console.print(f"changed since {since.isoformat()}: {refreshed.summary()}", highlight=False)
+
+
+def serve(
+    db: DbOption = None,
+    datasets: Annotated[Path | None, typer.Option("--datasets", help="Folder of built datasets (else $KDATA_DATASETS, else ./datasets).")] = None,
+    pipelines: Annotated[Path, typer.Option("--pipelines", help="Folder of recipes for /posts/{id}/caption?recipe=NAME.")] = Path("pipelines"),
+    host: Annotated[str, typer.Option("--host", help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option("--threads", min=1, help="Threads answering requests.")] = 40,
+) -> None:
+    """Serve the DB (read-only) and built datasets over HTTP, with a browse page at /."""
+    import uvicorn
+
+    from kohaku_data.config import load_settings
+    from kohaku_data.service.app import create_app
+
+    with clean_errors():
+        conf = load_settings(db=db, datasets=datasets)
+        app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers)
+        err_console.print(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning")

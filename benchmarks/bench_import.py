@@ -1,0 +1,166 @@
+"""Benchmark: JSONL post import into a fresh Danbooru2023 sqlite, on one core.
+
+    .venv/bin/python benchmarks/bench_import.py [--quick] [--posts N]
+
+Generates N posts (API format, ~30 tags each drawn by popularity from the top-20k tag list),
+times `import_files` into an empty file, and compares it in the same run with
+  * the floor: `json.loads` of every line of the same file (no validation, no sqlite), and
+  * a naive baseline: per-post peewee `insert` of post, tags and relations, over a slice.
+Writes benchmarks/results/import.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kohaku_data.db import DanbooruDB  # noqa: E402
+from kohaku_data.db.enums import TAG_STRING_FIELDS, TagType  # noqa: E402
+from kohaku_data.db.importer import import_files  # noqa: E402
+
+TAGS_CSV = ROOT / "kohaku_data" / "resources" / "danbooru-tags-top20k.csv"
+SAMPLE = ROOT / "tests" / "data" / "danbooru-posts-sample.json"
+# Tags per post by type, roughly Danbooru's averages (general dominates).
+TAGS_PER_TYPE = {TagType.GENERAL: 24, TagType.ARTIST: 1, TagType.CHARACTER: 2, TagType.COPYRIGHT: 1, TagType.META: 3}
+
+
+def load_tag_pools() -> dict[TagType, tuple[np.ndarray, np.ndarray]]:
+    by_type: dict[TagType, tuple[list[str], list[int]]] = {t: ([], []) for t in TagType}
+    with open(TAGS_CSV, newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh):
+            names, counts = by_type[TagType.from_danbooru_category(int(row[1]))]
+            names.append(row[0])
+            counts.append(int(row[2]))
+    pools = {}
+    for tag_type, (names, counts) in by_type.items():
+        weights = np.asarray(counts, dtype=np.float64)
+        pools[tag_type] = (np.asarray(names, dtype=object), weights / weights.sum())
+    return pools
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    template = json.loads(SAMPLE.read_text())[0]
+    pools = load_tag_pools()
+    fields = {t: f for f, t in TAG_STRING_FIELDS.items()}
+    # Draw all tags of all posts per type at once (vectorised), then slice per post.
+    drawn = {t: rng.choice(len(pools[t][0]), size=(n, k), p=pools[t][1]) for t, k in TAGS_PER_TYPE.items()}
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            post = dict(template)
+            post.update(id=i + 1, md5=f"{i:032x}", score=int(i % 97), fav_count=int(i % 53),
+                        rating="gsqe"[i % 4], image_width=1000 + i % 900, file_size=100_000 + i)
+            for tag_type in TAGS_PER_TYPE:
+                names = pools[tag_type][0][np.unique(drawn[tag_type][i])]
+                post[fields[tag_type]] = " ".join(names)
+            post["tag_string"] = " ".join(post[f] for f in TAG_STRING_FIELDS)
+            fh.write(json.dumps(post) + "\n")
+
+
+def time_floor(path: Path) -> float:
+    start = time.perf_counter()
+    with open(path, "rb") as fh:
+        for line in fh:
+            json.loads(line)
+    return time.perf_counter() - start
+
+
+def time_naive(path: Path, db_path: Path, n: int) -> float:
+    """Per-row peewee inserts (get-or-create tags, one insert per relation) over `n` posts."""
+    db = DanbooruDB.create(db_path)
+    columns = [f.name for f in db.Post._meta.sorted_fields]
+    start = time.perf_counter()
+    with open(path, "rb") as fh, db.database.atomic():
+        for _, line in zip(range(n), fh):
+            post = json.loads(line)
+            row = {c: post.get(c) for c in columns}
+            row["rating"] = "gsqe".index(row["rating"])
+            for c in ("has_children", "is_deleted", "is_banned", "has_active_children", "has_large", "has_visible_children"):
+                row[c] = int(bool(row[c]))
+            db.Post.insert(**row).execute()
+            for field, tag_type in TAG_STRING_FIELDS.items():
+                for name in post[field].split():
+                    tag, _ = db.Tag.get_or_create(name=name, defaults={"type": int(tag_type), "popularity": 0})
+                    db.Tag.update(popularity=db.Tag.popularity + 1).where(db.Tag.id == tag.id).execute()
+                    db.PostTagRelation.insert(post_id=post["id"], tag_id=tag.id).execute()
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="50k posts (under a minute)")
+    parser.add_argument("--posts", type=int, default=None)
+    args = parser.parse_args()
+    n = args.posts or (50_000 if args.quick else 200_000)
+    naive_n = min(n, 5_000)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "posts.jsonl"
+        t0 = time.perf_counter()
+        generate(data, n)
+        gen_s = time.perf_counter() - t0
+        size = data.stat().st_size
+        floor_s = time_floor(data)
+        naive_s = time_naive(data, tmp / "naive.db", naive_n)
+        db = DanbooruDB.create(tmp / "bench.db")
+        summary = import_files(db, [data])
+        assert summary.posts.inserted == n and summary.rejected == 0, summary
+        relations = db.connection().execute("SELECT count(*) FROM posttagrelation").fetchone()[0]
+        db.close()
+        t0 = time.perf_counter()
+        db = DanbooruDB.open(tmp / "bench.db")
+        rerun = import_files(db, [data])
+        rerun_s = time.perf_counter() - t0
+        db.close()
+    import_rate = n / summary.seconds
+    result = {
+        "posts": n,
+        "file_mb": round(size / 1e6, 1),
+        "relations": relations,
+        "generate_s": round(gen_s, 2),
+        "import_s": round(summary.seconds, 3),
+        "import_posts_per_s": round(import_rate),
+        "rerun_unchanged_posts_per_s": round(n / rerun_s),
+        "floor_json_loads_posts_per_s": round(n / floor_s),
+        "naive_peewee_posts": naive_n,
+        "naive_peewee_posts_per_s": round(naive_n / naive_s),
+        "ratio_vs_naive": round(import_rate / (naive_n / naive_s), 1),
+        "ratio_vs_json_floor": round(import_rate / (n / floor_s), 3),
+        "target_posts_per_s": 50_000,
+        "cores": 1,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    print(f"{n} posts ({result['file_mb']} MB, {relations} relations)")
+    print(f"  import_files          {result['import_posts_per_s']:>10,} posts/s")
+    print(f"  rerun (all unchanged) {result['rerun_unchanged_posts_per_s']:>10,} posts/s")
+    print(f"  naive peewee inserts  {result['naive_peewee_posts_per_s']:>10,} posts/s  "
+          f"(import is {result['ratio_vs_naive']}x)")
+    print(f"  json.loads floor      {result['floor_json_loads_posts_per_s']:>10,} posts/s  "
+          f"(import reaches {result['ratio_vs_json_floor']:.0%} of it)")
+    out = ROOT / "benchmarks" / "results" / "import.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`dataset.lock` (what a dataset version was built from) and the one-build-per-folder lock.
+
+The lock file is deterministic JSON (sorted keys, no timestamps): the same recipe, DB and
+inputs give the same bytes. `BuildLock` is a non-blocking `filelock` on `OUT/.build.lock`:
+a second build into the same folder refuses at once instead of interleaving writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from kohaku_data import __version__
+from kohaku_data.config import Recipe
+from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.errors import KdataError
+
+LOCK_NAME = "dataset.lock"
+BUILD_LOCK_NAME = ".build.lock"
+
+
+class BuildError(KdataError):
+    """A build cannot start or go on (busy folder, other recipe, bad inputs)."""
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold the folder's build lock; refuse at once when another build holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / BUILD_LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BuildError(
+            f"another build is running into {out} (it holds {out / BUILD_LOCK_NAME}); "
+            "wait for it to finish or pick another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def db_fingerprint(db: DanbooruDB) -> str:
+    """Cheap sha256 over counts and maxima that change whenever posts or tags change.
+
+    Max ids stand in for row counts of the 0.25B-row relation table (a count would scan it).
+    """
+    conn = db.connection()
+    updated = "max(updated_at)" if db.has_updated_at else "''"
+    post = conn.execute(f"SELECT count(*), max(id), {updated}, sum(score), sum(fav_count) FROM post").fetchone()
+    tag = conn.execute("SELECT count(*), max(id) FROM tag").fetchone()
+    rel = conn.execute("SELECT max(id) FROM posttagrelation").fetchone()
+    text = json.dumps([list(post), list(tag), list(rel)], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_sha256: str) -> dict[str, Any]:
+    return {
+        "kdata_version": __version__,
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_sha256": recipe.sha256(),
+        "db_fingerprint": db_print,
+        "caption_thresholds": thresholds,
+        "inputs_sha256": inputs_sha256,
+    }
+
+
+def dumps(data: Any) -> bytes:
+    """The one JSON layout of every file kdata writes: sorted keys, fixed indentation."""
+    return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_lock(out: Path) -> dict[str, Any] | None:
+    path = out / LOCK_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{path} is unreadable ({exc}); remove it or rebuild with --force") from exc
+
+
+def check_same_recipe(out: Path, recipe: Recipe, previous: dict[str, Any] | None, force: bool) -> None:
+    """Refuse to mix two recipes in one folder (unless --force, which starts over)."""
+    if previous is None or force or previous.get("recipe_sha256") == recipe.sha256():
+        return
+    name = previous.get("recipe", {}).get("name", "?")
+    raise BuildError(
+        f"{out} holds a build of another recipe ({name}, sha256 {str(previous.get('recipe_sha256'))[:12]}…); "
+        f"pick another --out, or pass --force to replace it"
+    )

@@ -1,0 +1,162 @@
+"""Re-caption a built dataset without re-encoding any image.
+
+    info = recaption_dataset(Path("datasets/kxl-1"), new_recipe, db)
+
+A new caption config or new DB scores give a NEW dataset folder; the old one is only read.
+The new folder is `<parent>/<recipe name>-<recipe version>` when the recipe's name or version
+differs from the old dataset's, else `<old folder>-recap-<8 hex>` (a hash of the recipe and the
+DB fingerprint, so the same inputs land in the same folder). Shards keep their samples and
+order; image members are copied byte for byte from the old tars, `.txt`/`.json` rewritten;
+manifest, rejects, index, stats and dataset.lock are written anew. A post gone from the DB is
+dropped (reject `post_missing`). Only the caption part (and name/version/description) of the
+recipe may differ from the old build's: anything else needs `kdata build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kohaku_data.build.lock import (
+    LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
+)
+from kohaku_data.build.manifest import (
+    INDEX_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, Parts, dataset_stats, manifest_row,
+    merge_parquet, write_index, write_parquet, write_stats,
+)
+from kohaku_data.build.plan import REJECT_SCHEMA
+from kohaku_data.build.shards import ShardInfo, ShardWriter, shard_name
+from kohaku_data.build.tasks import Staged, sample_members
+from kohaku_data.config import Recipe
+from kohaku_data.db.handle import DanbooruDB
+
+_FREE_KEYS = ("caption", "name", "version", "description")
+
+
+def recaption_dataset(dataset: Path, recipe: Recipe, db: DanbooruDB, *, out: Path | None = None) -> dict[str, Any]:
+    """Write the re-captioned copy of `dataset`; returns its summary (out, samples, shards, …)."""
+    from kohaku_data.captions import compute_thresholds
+
+    dataset = Path(dataset)
+    old_lock = read_lock(dataset)
+    if old_lock is None or not (dataset / INDEX_NAME).is_file():
+        raise BuildError(f"{dataset} is not a finished dataset (no dataset.lock): build it with `kdata build`")
+    _check_compatible(old_lock["recipe"], recipe)
+    fingerprint = db_fingerprint(db)
+    target = Path(out) if out is not None else _target(dataset, old_lock["recipe"], recipe, fingerprint)
+    if target.resolve() == dataset.resolve():
+        raise BuildError("the re-captioned dataset must go to another folder than the old one")
+    thresholds = compute_thresholds(db, recipe.caption)
+    lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"])
+    with build_lock(target):
+        if read_lock(target) == lock:
+            return _summary(target, json.loads((target / "stats.json").read_text()), up_to_date=True)
+        _clean(target)
+        stats = _rewrite(dataset, target, recipe, db, thresholds, lock)
+    return _summary(target, stats, up_to_date=False)
+
+
+def _check_compatible(old: dict[str, Any], recipe: Recipe) -> None:
+    new = recipe.model_dump(mode="json")
+    changed = sorted(k for k in set(old) | set(new) if k not in _FREE_KEYS and old.get(k) != new.get(k))
+    if changed:
+        raise BuildError(
+            f"the recipe changes {', '.join(changed)} — more than captions; rebuild with `kdata build` instead"
+        )
+
+
+def _target(dataset: Path, old: dict[str, Any], recipe: Recipe, fingerprint: str) -> Path:
+    if (old.get("name"), old.get("version")) != (recipe.name, recipe.version):
+        return dataset.parent / recipe.dataset_name
+    tag = hashlib.sha256(f"{recipe.sha256()}:{fingerprint}".encode()).hexdigest()[:8]
+    return dataset.parent / f"{dataset.name}-recap-{tag}"
+
+
+def _clean(target: Path) -> None:
+    for path in target.iterdir():
+        if path.name != ".build.lock":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _rewrite(dataset: Path, target: Path, recipe: Recipe, db: DanbooruDB, thresholds, lock: dict) -> dict:
+    from kohaku_data.captions import caption_posts
+
+    index = json.loads((dataset / INDEX_NAME).read_text())
+    manifest = pl.read_parquet(dataset / MANIFEST_NAME)
+    parts = Parts(target / ".staging" / "parts")
+    shards: list[ShardInfo] = []
+    dropped: list[dict] = []
+    for entry in index["shardlist"]:
+        rows = manifest.filter(pl.col("shard") == entry["url"])
+        captions = caption_posts(db, rows["key"].to_list(), recipe.caption, thresholds)
+        by_id = {c["id"]: c for c in captions.iter_rows(named=True)}
+        writer = ShardWriter(target / shard_name(recipe.name, len(shards)))
+        new_rows = _copy_shard(dataset / entry["url"], rows, by_id, writer, dropped)
+        if writer.nsamples == 0:
+            writer.abort()
+            continue
+        info = writer.commit()
+        parts.commit(len(shards), info, int(rows["key"].max()), new_rows, [])
+        shards.append(info)
+    merge_parquet(parts.manifest_files(len(shards)), MANIFEST_SCHEMA, target / MANIFEST_NAME)
+    rejects = pl.concat([pl.read_parquet(dataset / REJECTS_NAME), pl.DataFrame(dropped, schema=REJECT_SCHEMA)])
+    rejects = rejects.sort("key", "source", "reason", nulls_last=False)
+    write_parquet(rejects, target / REJECTS_NAME)
+    write_index(target, shards, recipe.name)
+    stats = dataset_stats(target, rejects, shards)
+    write_stats(target, stats)
+    write_atomic(target / LOCK_NAME, dumps(lock))
+    shutil.rmtree(target / ".staging")
+    return stats
+
+
+def _copy_shard(old_tar: Path, rows: pl.DataFrame, captions: dict[int, dict], writer: ShardWriter,
+                dropped: list[dict]) -> list[dict]:
+    by_image = {row["image"]: row for row in rows.iter_rows(named=True)}
+    new_rows: list[dict] = []
+    for image_name, data in _image_members(old_tar, by_image):
+        row = by_image[image_name]
+        caption = captions.get(row["key"])
+        if caption is None:
+            dropped.append({"key": row["key"], "source": row["source"], "reason": "post_missing",
+                            "detail": "the post is no longer in the DB"})
+            continue
+        staged = Staged(_header(row), data)
+        writer.add_sample(sample_members(staged, caption))
+        new_rows.append(manifest_row(staged, caption, writer.path.name))
+    return new_rows
+
+
+def _image_members(path: Path, by_image: dict[str, dict]) -> Iterator[tuple[str, bytes]]:
+    """The image members of an old shard, in shard order (text members are rewritten anyway)."""
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if member.name in by_image:
+                yield member.name, tar.extractfile(member).read()
+
+
+def _header(row: dict[str, Any]) -> dict[str, Any]:
+    """The staged-result header of a manifest row: what the image stage said, kept as it was."""
+    bucket = [int(v) for v in row["bucket"].split("x")]
+    return {
+        "key": row["key"], "status": "ok", "format": row["format"], "width": row["width"],
+        "height": row["height"], "bucket": bucket,
+        "crop_box": [row["crop_left"], row["crop_top"], row["crop_right"], row["crop_bottom"]],
+        "source_size": [row["source_width"], row["source_height"]], "source_format": row["source_format"],
+        "source_mode": row["source_mode"], "md5_checked": row["md5_checked"], "sha256": row["sha256"],
+        "input": {"name": row["source"]},
+    }
+
+
+def _summary(target: Path, stats: dict[str, Any], *, up_to_date: bool) -> dict[str, Any]:
+    return {
+        "out": str(target), "samples": stats["samples"], "shards": len(stats["shards"]),
+        "bytes": stats["bytes"], "rejects": stats["rejects"], "up_to_date": up_to_date,
+    }

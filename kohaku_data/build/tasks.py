@@ -1,0 +1,184 @@
+"""One image task: read bytes → md5 check → image stage → staged result; and the sample members.
+
+A task carries everything it needs (plan items, image config, staging folder) and touches no
+DB, so it runs in any process or on any machine that sees the same paths. Results go into a
+content-addressed staging area, one file per post, written atomically:
+
+    STAGING/<key // 10000>/<key>.ok    header JSON + image bytes
+    STAGING/<key // 10000>/<key>.rej   JSON (reason, detail)
+
+The staging folder name is a hash of the image settings, and each header records the input
+(name, size), so a resumed build reuses exactly the results that still hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kohaku_data.build.plan import PlanItem
+from kohaku_data.config import ImageConfig
+from kohaku_data.sources import read_entry
+
+_LEN = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    index: int
+    items: tuple[PlanItem, ...]
+    image: ImageConfig
+    check_md5: bool
+    staging: str
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    index: int
+    done: int  # items processed now
+    reused: int  # items whose staged result was still valid
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A staged result: `header` (JSON-able) and, when status is ok, the stored image bytes."""
+
+    header: dict[str, Any]
+    data: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.header["status"] == "ok"
+
+
+def staging_dir(root: Path, image: ImageConfig, check_md5: bool) -> Path:
+    """Content address of the image settings: another image config never reuses these results."""
+    text = json.dumps([image.model_dump(mode="json"), check_md5], sort_keys=True)
+    return root / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def staged_path(staging: Path, key: int, ok: bool) -> Path:
+    return staging / str(key // 10_000) / f"{key}.{'ok' if ok else 'rej'}"
+
+
+def run_image_task(task: ImageTask) -> TaskResult:
+    staging = Path(task.staging)
+    done = reused = 0
+    for item in task.items:
+        if load_staged(staging, item, header_only=True) is not None:
+            reused += 1
+            continue
+        _stage(staging, item, _process(item, task.image, task.check_md5))
+        done += 1
+    return TaskResult(task.index, done, reused)
+
+
+def _input(item: PlanItem) -> dict[str, Any]:
+    return {"name": item.entry.name, "size": item.entry.size}
+
+
+def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
+    from kohaku_data.images import process_image
+    from kohaku_data.sources import SourceError
+
+    base = {"key": item.key, "input": _input(item)}
+    try:
+        data = read_entry(item.entry)
+    except SourceError as exc:
+        return Staged({**base, "status": "rejected", "reason": "unreadable_source", "detail": str(exc)})
+    md5_checked = check_md5 and item.md5 is not None and len(data) == item.file_size
+    if md5_checked:
+        actual = hashlib.md5(data).hexdigest()
+        if actual != item.md5.lower():
+            detail = f"md5 of the file is {actual}, the post says {item.md5}"
+            return Staged({**base, "status": "rejected", "reason": "md5_mismatch", "detail": detail})
+    result = process_image(data, image, name=item.entry.name)
+    if result.status != "ok":
+        return Staged({**base, "status": "rejected", "reason": result.reason, "detail": result.detail or ""})
+    header = {
+        **base, "status": "ok", "md5_checked": md5_checked,
+        "source_format": result.source_format, "source_mode": result.source_mode,
+        "source_size": list(result.source_size), "bucket": list(result.bucket),
+        "crop_box": list(result.crop_box), "width": result.width, "height": result.height,
+        "format": result.output_format, "mode": result.mode, "sha256": result.sha256,
+    }
+    return Staged(header, result.data)
+
+
+def _stage(staging: Path, item: PlanItem, staged: Staged) -> None:
+    path = staged_path(staging, item.key, staged.ok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = json.dumps(staged.header, sort_keys=True).encode()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(_LEN.pack(len(head)) + head + (staged.data or b""))
+    # No fsync per file: a result lost in a crash is only recomputed; rename keeps it whole.
+    os.replace(tmp, path)
+
+
+def load_staged(staging: Path, item: PlanItem, *, header_only: bool = False) -> Staged | None:
+    """The staged result of `item` if there is one for this very input, else None."""
+    for ok in (True, False):
+        path = staged_path(staging, item.key, ok)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_LEN.size)
+                header = json.loads(f.read(_LEN.unpack(head)[0]))
+                data = f.read() if ok and not header_only else None
+        except FileNotFoundError:
+            continue
+        except (ValueError, struct.error):
+            return None  # cut short by a crash before the rename cannot happen; be safe anyway
+        if header.get("input") != _input(item):
+            return None  # another file now has this id: recompute
+        if data is not None and hashlib.sha256(data).hexdigest() != header["sha256"]:
+            return None
+        return Staged(header, data)
+    return None
+
+
+def remove_staged(staging: Path, key: int) -> None:
+    for ok in (True, False):
+        staged_path(staging, key, ok).unlink(missing_ok=True)
+
+
+# -- sample members ---------------------------------------------------------------------------
+TAG_CATEGORIES = ("general", "artist", "character", "copyright", "meta")
+
+
+def sample_members(staged: Staged, caption: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """`<key>.<webp|png>`, `<key>.txt`, `<key>.json` — the members of one webdataset sample."""
+    key = staged.header["key"]
+    text = caption["caption"].encode()
+    meta = sample_json(staged.header, caption)
+    return [
+        (f"{key}.{staged.header['format']}", staged.data),
+        (f"{key}.txt", text),
+        (f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()),
+    ]
+
+
+def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": header["key"],
+        "bucket": header["bucket"],
+        "crop_box": header["crop_box"],
+        "original_size": header["source_size"],
+        "source": header["input"]["name"],
+        "source_format": header["source_format"],
+        "rating": caption.get("rating"),
+        "rating_tag": caption.get("rating_tag"),
+        "score": caption.get("score"),
+        "fav_count": caption.get("fav_count"),
+        "created_at": caption.get("created_at"),
+        "quality": caption.get("quality"),
+        "year_tag": caption.get("year_tag"),
+        "md5": caption.get("md5"),
+        "tags": {cat: list(caption.get(f"tags_{cat}") or []) for cat in TAG_CATEGORIES},
+        "caption": caption["caption"],
+    }

@@ -1,0 +1,111 @@
+"""`kdata verify OUT`: does the dataset on disk match its index and manifest?
+
+Checks: every shard of index.json exists with its size and sha256; every manifest row's image
+member is in its shard with that sha256, with its `.txt` (equal to the manifest caption) and
+`.json`; no extra members or samples; per-shard counts agree; no shard files outside the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from kohaku_data.build.manifest import INDEX_NAME, MANIFEST_NAME
+from kohaku_data.build.shards import file_sha256
+from kohaku_data.errors import KdataError
+
+
+class VerifyError(KdataError):
+    """The folder is not a built dataset at all."""
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_dataset(out: Path) -> VerifyReport:
+    out = Path(out)
+    for name in (INDEX_NAME, MANIFEST_NAME):
+        if not (out / name).is_file():
+            raise VerifyError(f"{out} has no {name}: is it a dataset built by `kdata build`?")
+    index = json.loads((out / INDEX_NAME).read_text())
+    manifest = pl.read_parquet(out / MANIFEST_NAME, columns=["key", "shard", "image", "sha256", "caption"])
+    report = VerifyReport()
+    listed = {entry["url"] for entry in index["shardlist"]}
+    for entry in index["shardlist"]:
+        rows = manifest.filter(pl.col("shard") == entry["url"])
+        _check_shard(out, entry, rows, report)
+    for extra in sorted(set(manifest["shard"].unique()) - listed):
+        report.problems.append(f"manifest rows point at {extra}, which index.json does not list")
+    for path in sorted(out.glob("*.tar")):
+        if path.name not in listed:
+            report.problems.append(f"{path.name} is in the folder but not in index.json")
+    return report
+
+
+def _check_shard(out: Path, entry: dict, rows: pl.DataFrame, report: VerifyReport) -> None:
+    path = out / entry["url"]
+    report.shards += 1
+    if not path.is_file():
+        report.problems.append(f"{entry['url']}: missing")
+        return
+    size = path.stat().st_size
+    report.bytes += size
+    if size != entry["filesize"]:
+        report.problems.append(f"{entry['url']}: {size} bytes, index.json says {entry['filesize']}")
+    if file_sha256(path) != entry["sha256"]:
+        report.problems.append(f"{entry['url']}: sha256 differs from index.json (the file changed)")
+    if rows.height != entry["nsamples"]:
+        report.problems.append(f"{entry['url']}: manifest has {rows.height} samples, index.json says {entry['nsamples']}")
+    _check_members(path, rows, report)
+
+
+def _check_members(path: Path, rows: pl.DataFrame, report: VerifyReport) -> None:
+    expected = {row["image"]: row for row in rows.iter_rows(named=True)}
+    by_key = {str(row["key"]): row for row in expected.values()}
+    wanted = set(expected) | {f"{r['key']}.{ext}" for r in expected.values() for ext in ("txt", "json")}
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                seen.add(member.name)
+                if member.name not in wanted:
+                    report.problems.append(f"{path.name}: extra member {member.name}")
+                    continue
+                data = tar.extractfile(member).read() if member.isreg() else b""
+                _check_member(path.name, member.name, data, expected, by_key, report)
+    except (tarfile.TarError, OSError) as exc:
+        report.problems.append(f"{path.name}: unreadable tar ({exc})")
+        return
+    for name in sorted(wanted - seen):
+        report.problems.append(f"{path.name}: member {name} is missing")
+    report.samples += len(expected.keys() & seen)
+
+
+def _check_member(shard: str, name: str, data: bytes, expected: dict, by_key: dict, report: VerifyReport) -> None:
+    if name in expected:
+        if hashlib.sha256(data).hexdigest() != expected[name]["sha256"]:
+            report.problems.append(f"{shard}: {name} sha256 differs from the manifest")
+        return
+    key, ext = name.split(".", 1)
+    row = by_key.get(key)
+    if ext == "txt" and row is not None and data.decode("utf-8", "replace") != row["caption"]:
+        report.problems.append(f"{shard}: {name} differs from the manifest caption")
+    if ext == "json":
+        try:
+            json.loads(data)
+        except ValueError:
+            report.problems.append(f"{shard}: {name} is not valid JSON")

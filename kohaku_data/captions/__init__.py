@@ -1,0 +1,122 @@
+"""Captions from the DB: tags in Kohaku-XL layout plus quality, year and rating tags.
+
+Format (hakubooru's KohakuCaptioner, defaults of `CaptionConfig`)::
+
+    <count tags>, <characters>, <copyrights>, <artists>, |||<general>, <meta>, <year>, <rating>, <quality>
+
+e.g. ``1girl, hatsune miku, vocaloid, kei (keigarou), |||long hair, twintails, highres, newest, safe, masterpiece``
+
+- Kept part (before `keep_separator`, for sd-scripts' `keep_tokens_separator`): the count tags
+  found in the post's general tags (`config.keep_tags`: 1girl…6+girls, multiple_girls, the same
+  for boys and others, male_focus), then characters, copyrights, artists (minus names containing
+  `drop_artist_containing`, e.g. `banned`). It ends with the separator then `|||`, and `|||` is
+  followed directly by the first tag of the rest (exactly as hakubooru writes it). With no kept
+  tags the caption starts with `|||`. `keep_separator = None`: one plain list.
+- The rest: other general tags, meta tags minus the non-visual ones (`drop_meta_containing`),
+  then the year tag, rating tag (`explicit, nsfw` for explicit) and quality tag, each if any.
+- Names longer than 3 characters get `_` → space (`^_^` stays); optional `(` → `\\(`.
+  Blacklisted tags (DB names; a space in an entry means `_`) are dropped everywhere, including
+  the `tags_*` columns. Tags with a blank name are left out of the caption.
+- Order inside each group: `popularity` (tag.popularity descending, ties by name), `db`
+  (posttagrelation id), `alpha` (DB name) or `shuffle` (a splitmix64 key of (shuffle_seed,
+  post id, tag id): deterministic per post, different across posts and seeds).
+- `tags_general` … `tags_meta`: the post's raw DB names of each type, popularity order.
+
+Quality and year rules, quantile and tie definitions: see `thresholds.py`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import polars as pl
+
+from kohaku_data.captions.frame import (
+    TagSource, count_posts, explode_tag_ids, iter_post_pages, read_posts_by_ids,
+)
+from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
+from kohaku_data.captions.thresholds import (
+    RATING_NAMES, Thresholds, compute_thresholds, read_metrics,
+)
+from kohaku_data.config import CaptionConfig
+from kohaku_data.db import DanbooruDB
+
+__all__ = [
+    "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds", "iter_captions",
+]
+
+
+def _chunk_captions(
+    conn: sqlite3.Connection, posts: pl.DataFrame, tags: TagSource, config: CaptionConfig, thresholds: Thresholds
+) -> pl.DataFrame:
+    rel = explode_tag_ids(posts)
+    rel = rel.join(tags.lookup(rel["tag_id"]), on="tag_id", how="inner")
+    return build_captions(posts, rel, config, thresholds)
+
+
+def caption_posts(
+    db: DanbooruDB, ids: Sequence[int], config: CaptionConfig, thresholds: Thresholds
+) -> pl.DataFrame:
+    """Caption frame of the posts in `ids` that exist (one row each, ordered by id)."""
+    frames = list(iter_captions(db, config, thresholds, ids=ids))
+    if not frames:
+        return _empty_frame(db, config, thresholds)
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def iter_captions(
+    db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds, ids: Sequence[int] | None = None,
+    chunk_size: int = 100_000,
+) -> Iterator[pl.DataFrame]:
+    """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    conn = db.connection()
+    with_rids = config.tag_order == "db"
+    if ids is None:
+        tags = TagSource(conn, True, lambda t: prepare_tags(t, config))
+        pages: Iterator[pl.DataFrame] = iter_post_pages(conn, chunk_size, with_rids)
+    else:
+        wanted = sorted({int(i) for i in ids})
+        # Reading the whole tag table pays off once the job is big; a few posts look tags up.
+        tags = TagSource(conn, len(wanted) > 50_000, lambda t: prepare_tags(t, config))
+        pages = (read_posts_by_ids(conn, wanted[i:i + chunk_size], with_rids)
+                 for i in range(0, len(wanted), chunk_size))
+    for page in pages:
+        if page.height:
+            yield _chunk_captions(conn, page, tags, config, thresholds)
+
+
+def _empty_frame(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
+    from kohaku_data.captions.frame import POST_SCHEMA, TAG_SCHEMA
+
+    rel = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config).with_columns(id=pl.lit(0, dtype=pl.Int64)).clear()
+    return build_captions(pl.DataFrame(schema=POST_SCHEMA), rel, config, thresholds)
+
+
+def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
+    """Thresholds per group, and the share of the DB's posts per quality band, year tag and rating."""
+    frame = read_metrics(db, thresholds.metric).rename({"metric": thresholds.metric})
+    frame = post_columns(frame, config, thresholds)
+    total = frame.height
+
+    def shares(col: str, names: Sequence[str]) -> dict[str, Any]:
+        counts = dict(frame.group_by(col).len().iter_rows())
+        out = {n: {"posts": int(counts.get(n, 0)), "share": counts.get(n, 0) / total if total else 0.0} for n in names}
+        out["(none)"] = {"posts": int(counts.get(None, 0)), "share": counts.get(None, 0) / total if total else 0.0}
+        return out
+
+    return {
+        "posts": total,
+        "thresholds": thresholds.to_dict(),
+        "quality": shares("quality", config.quality_bands),
+        "year": shares("year_tag", config.year_tags),
+        "rating": shares("rating", RATING_NAMES),
+    }
+
+
+def total_posts(db: DanbooruDB) -> int:
+    """Number of posts in the DB (for progress bars)."""
+    return count_posts(db.connection())

@@ -1,0 +1,232 @@
+"""Quality thresholds and year edges, computed from the DB itself, and the column expressions
+that turn them into `quality` and `year_tag`.
+
+Definitions (the reference implementation and the tests follow them exactly):
+
+- **Written date**: a post's date is the `YYYY-MM-DD` written at the start of `created_at`
+  (followed by the end, `T` or a space), in the post's own offset — no time-zone conversion, so
+  the year is the year written in the ISO string. A date that is not a real calendar day or lies
+  before `config.year_min` is *broken*: no year tag, no cohort, and no quality tag when a cutoff
+  date is set.
+- **Quality thresholds**: per rating (and per (rating, year) cohort), the numpy/polars `'linear'`
+  quantile (numpy's default: index `q*(n-1)`, linear interpolation between neighbours) of the
+  metric at each of `quality_percentiles`. Posts counted: every post of the DB, or with a cutoff
+  date every post with a usable date on or before it. A post gets the best band whose threshold
+  its metric is **strictly above**; a metric equal to a threshold falls to the band below; below
+  all of them: the worst band. A post whose rating has no threshold gets no quality tag.
+- **Cohorts** (`quality_cohort = "rating_year"`): a (rating, year) group with at least
+  `cohort_min_posts` counted posts has thresholds of its own; other posts use their rating's.
+- **Year edges**: the first date of each year tag (new to old); a post gets the first tag whose
+  edge its date is on or after. Bins mode: `YYYY-01-01` of each `year_bins` year. Percentile
+  mode: the `'lower'` quantile (an actual post's date) of the usable dates at each of
+  `year_percentiles`. The last tag (`old`) starts at `year_min`-01-01.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+from kohaku_data.config import CaptionConfig
+from kohaku_data.db import DanbooruDB
+from kohaku_data.db.enums import Rating
+
+RATING_NAMES: tuple[str, ...] = tuple(r.name.lower() for r in Rating)
+INTERPOLATION = "linear"
+_DATE_RE = r"^(\d{4}-\d{2}-\d{2})(?:$|[T ])"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Everything captions need from the whole DB, JSON-serialisable for dataset.lock."""
+
+    metric: str
+    percentiles: tuple[float, ...]
+    by_rating: Mapping[str, tuple[float, ...]]  # rating name -> thresholds, best band first
+    by_cohort: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # "rating:year"
+    year_edges: tuple[str, ...] = ()  # first YYYY-MM-DD of each year tag, new to old
+    cutoff_date: str | None = None
+    interpolation: str = INTERPOLATION
+    counts: Mapping[str, int] = field(default_factory=dict)  # posts counted per group
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["percentiles"] = list(self.percentiles)
+        out["year_edges"] = list(self.year_edges)
+        out["by_rating"] = {k: list(v) for k, v in self.by_rating.items()}
+        out["by_cohort"] = {k: list(v) for k, v in self.by_cohort.items()}
+        out["counts"] = dict(self.counts)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds":
+        return cls(
+            metric=str(d["metric"]),
+            percentiles=tuple(float(p) for p in d["percentiles"]),
+            by_rating={k: tuple(float(x) for x in v) for k, v in d["by_rating"].items()},
+            by_cohort={k: tuple(float(x) for x in v) for k, v in d.get("by_cohort", {}).items()},
+            year_edges=tuple(d.get("year_edges", ())),
+            cutoff_date=d.get("cutoff_date"),
+            interpolation=d.get("interpolation", INTERPOLATION),
+            counts={k: int(v) for k, v in d.get("counts", {}).items()},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Column expressions shared by thresholds, captions and stats
+# ---------------------------------------------------------------------------------------------
+def written_date(created_at: pl.Expr, year_min: int) -> pl.Expr:
+    """`YYYY-MM-DD` as written at the start of created_at, or null when broken."""
+    text = created_at.str.extract(_DATE_RE, 1)
+    valid = text.str.to_date("%Y-%m-%d", strict=False).is_not_null()
+    return pl.when(valid & (text >= f"{year_min:04d}-01-01")).then(text)
+
+
+def eligible(date: pl.Expr, cutoff: str | None) -> pl.Expr:
+    """Whether a post may get a quality tag (and counts in the thresholds)."""
+    return pl.lit(True) if cutoff is None else (date.is_not_null() & (date <= cutoff))
+
+
+def with_dates(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+    """Add `_date` (written date or null) and `_year` (Int32) from `created_at`."""
+    return frame.with_columns(_date=written_date(pl.col("created_at"), config.year_min)).with_columns(
+        _year=pl.col("_date").str.slice(0, 4).cast(pl.Int32)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing thresholds
+# ---------------------------------------------------------------------------------------------
+def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.DataFrame:
+    """rating, metric and the first 11 characters of created_at of every post, read in id ranges."""
+    if metric not in ("fav_count", "score"):
+        raise ValueError(f"unknown quality metric {metric!r}")
+    conn = db.connection()
+    parts, last = [], -(1 << 62)
+    while True:
+        # Keyset pages keep memory to the reduced columns, never the raw rows of the whole table.
+        part = pl.read_database(
+            f"SELECT id, rating, {metric} AS metric, substr(created_at, 1, 11) AS created_at "
+            "FROM post WHERE id > ? ORDER BY id LIMIT ?",
+            conn, execute_options={"parameters": [last, chunk]},
+            schema_overrides={"id": pl.Int64, "rating": pl.Int64, "metric": pl.Float64, "created_at": pl.String},
+        )
+        if part.height == 0:
+            break
+        last = int(part["id"][-1])
+        parts.append(part)
+        if part.height < chunk:
+            break
+    if not parts:
+        return pl.DataFrame(schema={"id": pl.Int64, "rating": pl.Int64, "metric": pl.Float64, "created_at": pl.String})
+    return pl.concat(parts)
+
+
+def _quantile_table(frame: pl.DataFrame, keys: list[str], percentiles: tuple[float, ...]) -> pl.DataFrame:
+    return frame.group_by(keys).agg(
+        pl.len().alias("_n"),
+        *[pl.col("metric").quantile(p / 100, interpolation=INTERPOLATION).alias(f"q{i}")
+          for i, p in enumerate(percentiles)],
+    )
+
+
+def thresholds_from_frame(frame: pl.DataFrame, config: CaptionConfig) -> Thresholds:
+    """Thresholds from a frame of (rating, metric, created_at) — the whole DB's posts."""
+    frame = with_dates(frame, config)
+    pcts = tuple(float(p) for p in config.quality_percentiles)
+    counted = frame.filter(eligible(pl.col("_date"), config.quality_cutoff_date) & pl.col("rating").is_between(0, 3))
+    by_rating, by_cohort, counts = {}, {}, {}
+    for row in _quantile_table(counted, ["rating"], pcts).iter_rows(named=True):
+        name = RATING_NAMES[row["rating"]]
+        by_rating[name] = tuple(float(row[f"q{i}"]) for i in range(len(pcts)))
+        counts[name] = int(row["_n"])
+    if config.quality_cohort == "rating_year":
+        cohorts = _quantile_table(counted.filter(pl.col("_year").is_not_null()), ["rating", "_year"], pcts)
+        for row in cohorts.filter(pl.col("_n") >= config.cohort_min_posts).iter_rows(named=True):
+            key = f"{RATING_NAMES[row['rating']]}:{row['_year']}"
+            by_cohort[key] = tuple(float(row[f"q{i}"]) for i in range(len(pcts)))
+            counts[key] = int(row["_n"])
+    return Thresholds(
+        metric=config.quality_metric, percentiles=pcts, by_rating=by_rating, by_cohort=by_cohort,
+        year_edges=_year_edges(frame["_date"], config), cutoff_date=config.quality_cutoff_date,
+        counts=counts,
+    )
+
+
+def _year_edges(dates: pl.Series, config: CaptionConfig) -> tuple[str, ...]:
+    floor = f"{config.year_min:04d}-01-01"
+    days = dates.drop_nulls().str.to_date("%Y-%m-%d").cast(pl.Int32)
+    if config.year_mode == "bins" or days.len() == 0:
+        return tuple(f"{y:04d}-01-01" for y in config.year_bins) + (floor,)
+    epoch = datetime.date(1970, 1, 1)
+    edges = []
+    for p in config.year_percentiles:
+        day = int(days.quantile(p / 100, interpolation="lower"))
+        edges.append((epoch + datetime.timedelta(days=day)).isoformat())
+    return tuple(edges) + (floor,)
+
+
+def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
+    """Quantiles of the quality metric per rating (and cohort), and year edges, from `db`."""
+    return thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying thresholds
+# ---------------------------------------------------------------------------------------------
+def _threshold_frames(thresholds: Thresholds) -> tuple[pl.DataFrame, pl.DataFrame]:
+    k = len(thresholds.percentiles)
+    names = [f"_t{i}" for i in range(k)]
+    rating_rows = [(RATING_NAMES.index(r), *v) for r, v in thresholds.by_rating.items() if r in RATING_NAMES]
+    cohort_rows = []
+    for key, v in thresholds.by_cohort.items():
+        rating, year = key.split(":")
+        if rating in RATING_NAMES:
+            cohort_rows.append((RATING_NAMES.index(rating), int(year), *v))
+    schema = {"rating": pl.Int64, **{n: pl.Float64 for n in names}}
+    rating_frame = pl.DataFrame(rating_rows, schema=schema, orient="row").with_columns(_has=pl.lit(True))
+    cohort_schema = {"rating": pl.Int64, "_year": pl.Int32, **{f"_c{i}": pl.Float64 for i in range(k)}}
+    cohort_frame = pl.DataFrame(cohort_rows, schema=cohort_schema, orient="row")
+    return rating_frame, cohort_frame
+
+
+def add_quality(frame: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
+    """Add `quality` (str|null) to a frame with rating, metric, `_date` and `_year`."""
+    if not config.quality:
+        return frame.with_columns(quality=pl.lit(None, dtype=pl.String))
+    k = len(thresholds.percentiles)
+    if len(config.quality_bands) != k + 1:
+        raise ValueError("thresholds and config.quality_bands do not match (recompute the thresholds)")
+    rating_frame, cohort_frame = _threshold_frames(thresholds)
+    joined = frame.join(rating_frame, on="rating", how="left").join(
+        cohort_frame, on=["rating", "_year"], how="left", nulls_equal=False
+    )
+    metric = pl.col(thresholds.metric).cast(pl.Float64)
+    # Thresholds fall from best to worst band, so "first band strictly above" = count of <=.
+    below = [(metric <= pl.coalesce(f"_c{i}", f"_t{i}")).cast(pl.Int32) for i in range(k)]
+    index = pl.sum_horizontal(below) if below else pl.lit(0, dtype=pl.Int32)
+    bands = dict(enumerate(config.quality_bands))
+    ok = pl.col("_has").fill_null(False) & eligible(pl.col("_date"), thresholds.cutoff_date)
+    quality = pl.when(ok).then(index.replace_strict(bands, return_dtype=pl.String))
+    drop = ["_has", *[f"_t{i}" for i in range(k)], *[f"_c{i}" for i in range(k)]]
+    return joined.with_columns(quality=quality).drop(drop)
+
+
+def add_year_tag(frame: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
+    """Add `year_tag` (str|null) to a frame with `_date`."""
+    edges = thresholds.year_edges
+    if not config.year or not edges:
+        return frame.with_columns(year_tag=pl.lit(None, dtype=pl.String))
+    if len(edges) != len(config.year_tags):
+        raise ValueError("thresholds.year_edges and config.year_tags do not match (recompute the thresholds)")
+    date = pl.col("_date")
+    index = pl.sum_horizontal([(date < e).cast(pl.Int32) for e in edges])
+    tags = dict(enumerate(config.year_tags))
+    return frame.with_columns(
+        year_tag=pl.when(date.is_not_null() & (index < len(edges)))
+        .then(index.replace_strict(tags, default=None, return_dtype=pl.String))
+    )

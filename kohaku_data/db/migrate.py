@@ -1,0 +1,125 @@
+"""Schema migrations: `migrations/NNNN_name.py`, applied in order, recorded in `kdata_schema_version`.
+
+Each migration module defines `migrate(db: DanbooruDB) -> None`. The runner applies every
+migration whose number is not yet recorded, each in its own transaction together with its
+record, so a failure leaves the file at the last good version and running twice is a no-op.
+Migrations only add kdata tables, indexes and missing published columns; they never change
+published columns, so the published tools still read a migrated file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+
+from peewee import CharField
+
+import kohaku_data
+from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.errors import KdataError
+
+_NAME = re.compile(r"^(\d{4})_(\w+)\.py$")
+
+
+class MigrationError(KdataError):
+    """The migrations folder is missing or a migration failed (the file keeps its last version)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str  # "0001_kdata_tables"
+    path: Path
+
+
+def migrations_dir() -> Path:
+    """The repository's `migrations/` folder (kdata is installed editable)."""
+    return Path(kohaku_data.__file__).parents[1] / "migrations"
+
+
+def available(directory: Path | None = None) -> list[Migration]:
+    """All migrations in `directory`, ordered by number; two with one number are an error."""
+    directory = directory or migrations_dir()
+    if not directory.is_dir():
+        raise MigrationError(
+            f"migrations folder {directory} not found: install kohaku-data editable (pip install -e .)"
+        )
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.py")):
+        match = _NAME.match(path.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations numbered {version:04d}: {found[version].path.name}, {path.name}")
+        found[version] = Migration(version, path.stem, path)
+    return [found[v] for v in sorted(found)]
+
+
+def applied_versions(db: DanbooruDB) -> set[int]:
+    if not db.has_table("kdata_schema_version"):
+        return set()
+    rows = db.connection().execute("SELECT version FROM kdata_schema_version").fetchall()
+    return {r[0] for r in rows}
+
+
+def current_version(db: DanbooruDB) -> int:
+    """The highest applied migration number (0: none, e.g. a file as published)."""
+    return max(applied_versions(db), default=0)
+
+
+def pending(db: DanbooruDB, directory: Path | None = None) -> list[Migration]:
+    done = applied_versions(db)
+    return [m for m in available(directory) if m.version not in done]
+
+
+def migrate(db: DanbooruDB, directory: Path | None = None) -> list[str]:
+    """Apply pending migrations in order; return the names applied (empty: already current)."""
+    todo = pending(db, directory)
+    if todo and db.readonly:
+        raise MigrationError(
+            f"{db.path} needs migrations {', '.join(m.name for m in todo)}: run `kdata db migrate --db {db.path}`"
+        )
+    applied = []
+    for migration in todo:
+        module = _load(migration)
+        try:
+            with db.database.atomic():
+                module.migrate(db)
+                db.connection().execute(
+                    "INSERT INTO kdata_schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(timezone.utc).isoformat()),
+                )
+        except Exception as exc:
+            raise MigrationError(
+                f"migration {migration.name} failed on {db.path}: {exc} (the file stays at version "
+                f"{current_version(db)})"
+            ) from exc
+        finally:
+            _refresh(db)
+        applied.append(migration.name)
+    return applied
+
+
+def _load(migration: Migration) -> ModuleType:
+    # Loaded by path under a private name: migration files start with a digit and are not a package.
+    spec = importlib.util.spec_from_file_location(f"_kdata_migration_{migration.version:04d}", migration.path)
+    if spec is None or spec.loader is None:
+        raise MigrationError(f"cannot load migration {migration.path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "migrate", None)):
+        raise MigrationError(f"migration {migration.path} defines no migrate(db) function")
+    return module
+
+
+def _refresh(db: DanbooruDB) -> None:
+    """Bring the open handle up to date after a migration added `post.updated_at`."""
+    has = "updated_at" in db.columns("post")
+    if has and not db.has_updated_at:
+        db.Post._meta.add_field("updated_at", CharField())
+    db.has_updated_at = has

@@ -1,0 +1,114 @@
+"""`process_image`: bytes in → one verified lossless output or a clear rejection. Never raises on
+bad input; no file I/O (it runs in any worker process); the result pickles.
+
+Rejection reasons (`ImageResult.reason`):
+  empty_file          the input has 0 bytes
+  unidentified        not a format Pillow (or the AVIF plugin) can read
+  truncated           the pixel data ends early (truncated images are never accepted)
+  decompression_bomb  more than config.max_pixels pixels, or more than Pillow's
+                      Image.MAX_IMAGE_PIXELS (its DecompressionBombWarning is an error here), so
+                      the effective limit is the smaller of the two (default ~89.5 MP)
+  animated_skipped    more than one frame and config.animated = "skip"
+  decode_error        any other failure while reading the file
+  exif_error          the EXIF orientation cannot be read (the upright image is unknown)
+  unsupported_mode    a pixel mode that cannot become RGB/RGBA
+  too_small           would need upscaling to reach its bucket (config.too_small = "reject"),
+                      or smaller than one `step` per side with too_small = "native"
+  encode_error        the encoder failed
+  verify_mismatch     the stored bytes do not decode to exactly the intended pixels
+  internal_error      an unexpected exception in the stage itself (a bug: please report)
+The batch runner adds: read_error, duplicate_output, unsafe_member.
+
+too_small = "native": the image is not resampled; it is centre-cropped to multiples of the
+bucket step and stored at that size (its `bucket` is that size, which may not be in the list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+from kohaku_data.config import ImageConfig
+from kohaku_data.images import resize
+from kohaku_data.images.buckets import bucket_resolutions, choose_bucket
+from kohaku_data.images.decode import decode
+from kohaku_data.images.encode import encode, verify
+from kohaku_data.images.errors import Rejected
+from kohaku_data.images.normalise import normalise
+
+__all__ = ["REJECT_REASONS", "ImageResult", "bucket_resolutions", "choose_bucket", "process_image"]
+
+REJECT_REASONS = (
+    "empty_file", "unidentified", "truncated", "decompression_bomb", "animated_skipped", "decode_error",
+    "exif_error", "unsupported_mode", "too_small", "encode_error", "verify_mismatch", "internal_error",
+)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    status: Literal["ok", "rejected"]
+    reason: str | None = None
+    detail: str | None = None
+    source_format: str | None = None
+    source_mode: str | None = None
+    source_size: tuple[int, int] | None = None  # after EXIF orientation
+    bucket: tuple[int, int] | None = None  # (width, height)
+    crop_box: tuple[int, int, int, int] | None = None  # scaled image's pixels (l, t, r, b)
+    width: int | None = None
+    height: int | None = None
+    output_format: Literal["webp", "png"] | None = None
+    mode: str | None = None  # RGB or RGBA stored
+    data: bytes | None = None
+    sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def process_image(data: bytes, config: ImageConfig, *, name: str = "") -> ImageResult:
+    """Decode, normalise, bucket, resize once, encode losslessly, verify. `name` only labels details."""
+    source: dict = {}
+    try:
+        return _process(data, config, source)
+    except Rejected as rej:
+        return ImageResult("rejected", rej.reason, _label(name, rej.detail), **source)
+    except MemoryError:
+        return ImageResult("rejected", "decode_error", _label(name, "out of memory"), **source)
+    except Exception as exc:  # the contract is "never raises": a bug becomes a visible rejection
+        return ImageResult("rejected", "internal_error", _label(name, f"{type(exc).__name__}: {exc}"), **source)
+
+
+def _label(name: str, detail: str) -> str:
+    return f"{name}: {detail}" if name else detail
+
+
+def _process(data: bytes, config: ImageConfig, source: dict) -> ImageResult:
+    im = decode(data, max_pixels=config.max_pixels, animated=config.animated)
+    source.update(source_format=im.format, source_mode=im.mode, source_size=im.size)
+    im = normalise(im, alpha=config.alpha, background=config.background)
+    plan = _plan(im.size, config)
+    out = resize.apply(im, plan, reducing_gap=config.reducing_gap, linear_light=config.linear_light)
+    del im  # free the full-size original before encoding
+    fmt, stored = encode(out, config.codec_preset())
+    verify(stored, out)
+    return ImageResult(
+        "ok", None, None, **source, bucket=plan.bucket, crop_box=plan.crop_box,
+        width=out.width, height=out.height, output_format=fmt, mode=out.mode,
+        data=stored, sha256=hashlib.sha256(stored).hexdigest(),
+    )
+
+
+def _plan(size: tuple[int, int], config: ImageConfig) -> resize.Plan:
+    preset = config.bucket_preset()
+    bucket = choose_bucket(size, bucket_resolutions(preset))
+    plan = resize.plan_cover(size, bucket)
+    if plan.scale <= 1.0 or config.upscale:
+        return plan
+    if config.too_small == "native":
+        return resize.plan_native(size, preset.step)
+    w, h = size
+    raise Rejected("too_small", f"{w}x{h} needs upscaling x{plan.scale:.3f} to bucket {bucket[0]}x{bucket[1]}")

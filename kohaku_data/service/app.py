@@ -1,0 +1,288 @@
+"""The read-only HTTP API (FastAPI) and browse page.
+
+    app = create_app("danbooru.db", datasets_dir=Path("datasets"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+The DB is opened read-only (sqlite `mode=ro`). Endpoints are plain `def`s, so FastAPI runs them
+in its threadpool; peewee keeps one sqlite connection per thread (its connection state is
+thread-local and it connects on first use), so concurrent requests never share a connection.
+All state (DB handle, dataset caches, thresholds) lives in one `ServiceState` per app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from kohaku_data import __version__
+from kohaku_data.db.enums import Rating, TagType
+from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.errors import KdataError
+from kohaku_data.service.datasets import DatasetCatalog, DatasetError
+
+STATIC = Path(__file__).parent / "static"
+MAX_POSTS = 200
+MAX_TAGS = 100
+MAX_SAMPLES = 500
+_RECIPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_LIST_FIELDS = ("id", "created_at", "rating", "score", "fav_count", "image_width", "image_height",
+                "file_ext", "md5")
+_MEDIA = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
+
+
+class NotFound(KdataError):
+    """The requested post, tag or recipe does not exist (HTTP 404)."""
+
+
+class ServiceState:
+    """Everything one app instance holds: the read-only DB, datasets and computed caches."""
+
+    def __init__(self, db_path: Path, datasets_dir: Path | None, pipelines_dir: Path | None) -> None:
+        self.db = DanbooruDB.open(db_path, readonly=True)
+        self.catalog = DatasetCatalog(datasets_dir)
+        self.pipelines = Path(pipelines_dir) if pipelines_dir else None
+        self.has_aliases = self.db.has_table("kdata_tag_alias")
+        self._lock = threading.Lock()
+        self._thresholds: dict[str, Any] = {}
+        self._stats: dict[str, Any] | None = None
+
+    def recipe(self, name: str | None):
+        """(caption config, thresholds) of pipelines/NAME.toml or the default recipe; cached."""
+        from kohaku_data.captions import compute_thresholds
+        from kohaku_data.config import load_recipe
+
+        path = None
+        if name:
+            if not _RECIPE_RE.match(name):
+                raise KdataError(f"recipe name {name!r} must be letters, digits, '-' or '_' (a file in pipelines/)")
+            if self.pipelines is None or not (self.pipelines / f"{name}.toml").is_file():
+                raise NotFound(f"no recipe {name!r} in {self.pipelines}/")
+            path = self.pipelines / f"{name}.toml"
+        config = load_recipe(path).caption
+        key = config.model_dump_json()
+        with self._lock:  # thresholds scan the whole DB: compute once per caption config
+            if key not in self._thresholds:
+                self._thresholds[key] = compute_thresholds(self.db, config)
+            return config, self._thresholds[key]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            if self._stats is None:
+                self._stats = _compute_stats(self.db)
+        config, thresholds = self.recipe(None)
+        from kohaku_data.captions import caption_stats
+
+        return {**self._stats, "quality_thresholds": thresholds.to_dict(),
+                "caption": caption_stats(self.db, config, thresholds)}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def create_app(db_path: str | Path, datasets_dir: str | Path | None = None, *,
+               pipelines_dir: str | Path | None = "pipelines", threads: int = 40) -> FastAPI:
+    """The FastAPI app over one DB file (opened read-only) and one datasets folder."""
+    state = ServiceState(Path(db_path), Path(datasets_dir) if datasets_dir else None,
+                         Path(pipelines_dir) if pipelines_dir else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+        state.close()
+
+    app = FastAPI(title="kohaku-data", version=__version__, lifespan=lifespan,
+                  description="Read-only Danbooru2023 metadata and built datasets.")
+    app.state.kdata = state
+    _add_error_handlers(app)
+    _add_post_routes(app, state)
+    _add_dataset_routes(app, state)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: bad input → 400 with one clear message; missing things → 404.
+# --------------------------------------------------------------------------------------------
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def bad_params(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "bad parameters: " + "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(KdataError)
+    async def kdata_error(request: Request, exc: KdataError) -> JSONResponse:
+        status = 404 if isinstance(exc, (NotFound, DatasetError)) else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+# --------------------------------------------------------------------------------------------
+# Posts, tags, stats
+# --------------------------------------------------------------------------------------------
+def _add_post_routes(app: FastAPI, state: ServiceState) -> None:
+    db = state.db
+
+    @app.get("/posts", summary="Search posts (Danbooru syntax), cursor-paged by id")
+    def posts(
+        q: Annotated[str, Query(description="Query, e.g. `1girl -solo rating:g score:>10`")] = "",
+        limit: Annotated[int, Query(ge=1, description=f"Posts per page (at most {MAX_POSTS})")] = 50,
+        cursor: Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page")] = None,
+    ) -> dict[str, Any]:
+        from kohaku_data.db.query import query_ids
+
+        limit = min(limit, MAX_POSTS)
+        ids = query_ids(db, q, limit=limit + 1, after_id=cursor)
+        page = ids[:limit]
+        return {"query": q, "posts": _post_rows(db, page),
+                "next_cursor": page[-1] if len(ids) > limit else None}
+
+    @app.get("/posts/{post_id}", summary="One post with its tags by category")
+    def post(post_id: int) -> dict[str, Any]:
+        row = db.Post.select().where(db.Post.id == post_id).dicts().first()
+        if row is None:
+            raise NotFound(f"no post {post_id}")
+        row["rating_letter"] = Rating(row["rating"]).letter
+        return {**row, "tags": _post_tags(db, post_id)}
+
+    @app.get("/posts/{post_id}/caption", summary="The post's training caption under a recipe")
+    def caption(post_id: int, recipe: Annotated[str | None, Query(description="pipelines/NAME.toml; default recipe if absent")] = None) -> dict[str, Any]:
+        from kohaku_data.captions import caption_posts
+
+        config, thresholds = state.recipe(recipe)
+        frame = caption_posts(db, [post_id], config, thresholds)
+        if frame.height == 0:
+            raise NotFound(f"no post {post_id}")
+        return {"recipe": recipe or "default", **_jsonable_row(frame.row(0, named=True))}
+
+    @app.get("/tags", summary="Tag autocomplete by prefix, most popular first (aliases resolved)")
+    def tags(prefix: str = "", limit: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
+        return {"prefix": prefix, "tags": _autocomplete(state, prefix, min(limit, MAX_TAGS))}
+
+    @app.get("/stats", summary="Counts and quality thresholds of the default recipe")
+    def stats() -> dict[str, Any]:
+        return state.stats()
+
+
+def _post_rows(db: DanbooruDB, ids: list[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    fields = [getattr(db.Post, f) for f in _LIST_FIELDS]
+    rows = {r["id"]: r for r in db.Post.select(*fields).where(db.Post.id.in_(ids)).dicts()}
+    return [rows[i] for i in ids if i in rows]
+
+
+def _post_tags(db: DanbooruDB, post_id: int) -> dict[str, list[str]]:
+    rel, tag = db.PostTagRelation, db.Tag
+    query = (tag.select(tag.name, tag.type)
+             .join(rel, on=(rel.tag_id == tag.id))
+             .where(rel.post_id == post_id)
+             .order_by(tag.popularity.desc(), tag.name)
+             .tuples())
+    out: dict[str, list[str]] = {t.category_name: [] for t in TagType}
+    for name, kind in query:
+        out[TagType(kind).category_name].append(name)
+    return out
+
+
+def _autocomplete(state: ServiceState, prefix: str, limit: int) -> list[dict[str, Any]]:
+    """Tags whose name, or one of whose aliases, starts with `prefix`; best-known first.
+
+    A range on the unique name index (`name >= p AND name < p || U+10FFFF`) instead of LIKE:
+    sqlite's LIKE is case-insensitive and so cannot use the BINARY index."""
+    prefix = prefix.strip().lower().replace(" ", "_")
+    upper = prefix + "\U0010ffff"
+    conn = state.db.connection()
+    found: dict[str, dict[str, Any]] = {}
+    sql = ("SELECT name, type, popularity, NULL FROM tag WHERE name >= ? AND name < ? "
+           "ORDER BY popularity DESC LIMIT ?")
+    rows = list(conn.execute(sql, (prefix, upper, limit)))
+    if state.has_aliases and prefix:
+        rows += conn.execute(
+            "SELECT t.name, t.type, t.popularity, a.alias FROM kdata_tag_alias a "
+            "JOIN tag t ON t.name = a.tag_name WHERE a.alias >= ? AND a.alias < ? "
+            "ORDER BY t.popularity DESC LIMIT ?", (prefix, upper, limit))
+    for name, kind, popularity, alias in rows:
+        if name not in found or (found[name]["alias"] and alias is None):
+            found[name] = {"name": name, "category": TagType(kind).category_name,
+                           "popularity": popularity, "alias": alias}
+    return sorted(found.values(), key=lambda t: (-t["popularity"], t["name"]))[:limit]
+
+
+def _compute_stats(db: DanbooruDB) -> dict[str, Any]:
+    conn = db.connection()
+    ratings = dict(conn.execute("SELECT rating, count(*) FROM post GROUP BY rating"))
+    by_type = dict(conn.execute("SELECT type, count(*) FROM tag GROUP BY type"))
+    return {
+        "posts": sum(ratings.values()),
+        "posts_by_rating": {Rating(r).name.lower(): n for r, n in sorted(ratings.items())},
+        "tags": sum(by_type.values()),
+        "tags_by_category": {TagType(t).category_name: n for t, n in sorted(by_type.items())},
+        "max_post_id": conn.execute("SELECT max(id) FROM post").fetchone()[0],
+    }
+
+
+def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (str, int, float, bool, list, type(None))) else str(v)) for k, v in row.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Built datasets
+# --------------------------------------------------------------------------------------------
+def _add_dataset_routes(app: FastAPI, state: ServiceState) -> None:
+    catalog = state.catalog
+
+    @app.get("/datasets", summary="Built dataset versions (from index.json and dataset.lock)")
+    def datasets() -> dict[str, Any]:
+        return {"datasets": catalog.list()}
+
+    @app.get("/datasets/{name}/samples", summary="Samples of a dataset (manifest rows), paged")
+    def samples(name: str, offset: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int, Query(ge=1)] = 60) -> dict[str, Any]:
+        dataset = catalog.get(name)
+        total = dataset.manifest().height
+        return {"name": name, "total": total, "offset": offset,
+                "samples": dataset.samples(offset, min(limit, MAX_SAMPLES))}
+
+    @app.get("/datasets/{name}/histograms", summary="Bucket, quality, rating and year counts")
+    def histograms(name: str) -> dict[str, Any]:
+        return {"name": name, **catalog.get(name).histograms()}
+
+    @app.get("/datasets/{name}/samples/{key}",
+             summary="A sample's image (caption in X-Kdata-Caption, percent-encoded UTF-8); "
+                     "`{key}.json` gives caption and metadata as JSON")
+    def sample(name: str, key: str) -> Response:
+        dataset = catalog.get(name)
+        if key.endswith(".json"):
+            return JSONResponse(_sample_json(dataset, key.removesuffix(".json")))
+        data, ext = dataset.image(key)
+        caption = dataset.read_member(key, "txt").decode("utf-8")
+        # Headers are latin-1 only; percent-encoding keeps any caption intact.
+        return Response(data, media_type=_MEDIA.get(ext, "application/octet-stream"),
+                        headers={"X-Kdata-Caption": quote(caption, safe=""),
+                                 "Cache-Control": "public, max-age=86400"})
+
+
+def _sample_json(dataset, key: str) -> dict[str, Any]:
+    import json
+
+    row = _jsonable_row(dataset.row(key))
+    meta = json.loads(dataset.read_member(key, "json"))
+    return {"key": key, "caption": dataset.read_member(key, "txt").decode("utf-8"),
+            "manifest": row, "meta": meta}
