@@ -175,3 +175,15 @@ def test_missing_source_is_a_clean_error(inputs, tmp_path):
     res = CliRunner().invoke(app, ["build", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
                                    "--db", str(inputs.db)])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_query_selects_posts_and_reports_posts_without_file(inputs, tmp_path):
+    limit = inputs.ids[12]
+    out = tmp_path / "q"
+    build(inputs, out, small_recipe(query=f"id:<={limit}"))
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    missing = rejects.filter(pl.col("reason") == "post_without_file")["key"].to_list()
+    assert missing == [inputs.hard["no_file"]]
+    keys = pl.read_parquet(out / "manifest.parquet")["key"].to_list()
+    assert keys == [k for k in inputs.ids if k <= limit and k not in inputs.hard.values()]
+    assert ORPHAN_KEY in rejects["key"].to_list()  # a file without post is still reported

@@ -95,6 +95,9 @@ def _select(db: DanbooruDB, query: str, items: list[PlanItem], rejects: list[dic
 def _query_stream(db: DanbooruDB, query: str) -> Iterator[int]:
     from kohaku_data.db.query import query_ids
 
+    if "order:" in query:  # pages follow the query's order, not ids: take the whole list
+        yield from sorted(query_ids(db, query))
+        return
     after: int | None = None
     while True:
         ids = query_ids(db, query, limit=_QUERY_CHUNK, after_id=after)
