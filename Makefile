@@ -46,5 +46,10 @@ dataset: venv
 verify: venv
 	@for d in $(DATASETS)/*/; do $(KDATA) verify $$d || exit 1; done
 
+# The browse page in a real headless browser (Debian's chromium; installed here if missing).
+browser-test: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m pytest tests/test_browse.py -v
+
 clean:
 	rm -rf $(DEMO) $(DATASETS) .pytest_cache
