@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/bench_query.py [--quick] [--posts N]
 
-Builds (once, cached under benchmarks/.cache/) a sample DB with realistic tag popularity, then times
+Builds (once, cached under benchmarks/.cache/) a sample DB with `write_sample_db` (real tag names
+and popularity) plus a migrated copy, then times
 `1girl solo -comic rating:g,s score:>10` and a few other queries three ways, in the same run:
 
-- baseline: the naive SQL (`id IN (SELECT post_id ...)` per tag) on the file *before* migration 0003
-  (the published indexes only),
-- sql: the same SQL (`select_posts`) after migration 0003,
-- fast: `query_ids` after migration 0003 (sorted id arrays intersected with numpy).
+- baseline: the naive SQL (`select_posts`: `id IN (SELECT post_id ...)` per tag) on the file as
+  published (no migrations, so none of 0003's indexes),
+- sql: the same SQL on the migrated copy,
+- arrays unmigrated: `query_ids` on the file as published,
+- fast: `query_ids` on the migrated copy (sorted id arrays intersected with numpy).
+All engines must return the same ids (checked).
 
 Results go to benchmarks/results/query.json.
 """
@@ -16,26 +19,21 @@ Results go to benchmarks/results/query.json.
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
-from kohaku_data.db.enums import TagType  # noqa: E402
-from kohaku_data.db.handle import published_schema_sql  # noqa: E402
+from kohaku_data.db.migrate import migrate  # noqa: E402
 from kohaku_data.db.query import count_posts, query_ids, select_posts  # noqa: E402
+from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,91 +48,88 @@ REPEATS = 5
 
 
 # -- sample DB ---------------------------------------------------------------------------------
-def build_sample(path: Path, posts: int, seed: int = 0) -> None:
-    """The shared sample writer when it exists, else the private generator below."""
-    if importlib.util.find_spec("kohaku_data.sample.metadata") is not None:
-        from kohaku_data.sample.metadata import write_sample_db
-
-        write_sample_db(path, posts=posts, seed=seed)
-        return
-    _private_sample(path, posts, seed)
-
-
-def _private_sample(path: Path, posts: int, seed: int) -> None:
-    """Posts with tags drawn independently at their real Danbooru frequency (top 20k tags)."""
-    rng = np.random.default_rng(seed)
-    tags = _read_tags()
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
-    conn.executescript(published_schema_sql())
-    conn.executescript("DROP INDEX posttagrelation_post_id; DROP INDEX posttagrelation_tag_id;")
-    conn.execute("PRAGMA journal_mode=off")
-    conn.execute("PRAGMA synchronous=off")
-    ids = np.sort(rng.choice(8_000_000, posts, replace=False)) + 1
-    conn.executemany("INSERT INTO post VALUES (" + ",".join("?" * 27) + ")", _post_rows(ids, rng))
-    rel_post, rel_tag, popularity = _relations(ids, len(tags), rng)
-    conn.executemany(
-        "INSERT INTO tag VALUES (?,?,?,?)",
-        ((i + 1, name, int(kind), int(popularity[i])) for i, (name, kind) in enumerate(tags)),
-    )
-    conn.executemany(
-        "INSERT INTO posttagrelation (post_id, tag_id) VALUES (?,?)",
-        zip(rel_post.tolist(), rel_tag.tolist()),
-    )
-    conn.executescript(
-        'CREATE INDEX "posttagrelation_post_id" ON "posttagrelation" ("post_id");'
-        'CREATE INDEX "posttagrelation_tag_id" ON "posttagrelation" ("tag_id");'
-    )
-    conn.commit()
-    conn.close()
-    os.replace(tmp, path)
+def sample_dbs(posts: int, seed: int = 0) -> tuple[Path, Path]:
+    """(as published, migrated) copies of the shared sample DB, cached under benchmarks/.cache/."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    plain = CACHE / f"query-{posts}-seed{seed}.db"
+    migrated = CACHE / f"query-{posts}-seed{seed}-migrated.db"
+    if not plain.exists():
+        t0 = time.perf_counter()
+        write_sample_db(plain, posts=posts, seed=seed)
+        print(f"wrote {plain} in {time.perf_counter() - t0:.1f} s")
+    if not migrated.exists():
+        tmp = migrated.with_suffix(".tmp")
+        shutil.copyfile(plain, tmp)
+        os.replace(tmp, migrated)
+    with DanbooruDB.open(migrated) as db:
+        t0 = time.perf_counter()
+        applied = migrate(db)
+        if applied:
+            print(f"applied {', '.join(applied)} in {time.perf_counter() - t0:.1f} s")
+    return plain, migrated
 
 
-def _read_tags() -> list[tuple[str, TagType]]:
-    csv_path = ROOT / "kohaku_data" / "resources" / "danbooru-tags-top20k.csv"
-    with csv_path.open(newline="") as fh:
-        rows = [(r[0], TagType.from_danbooru_category(int(r[1])), int(r[2])) for r in csv.reader(fh)]
-    _read_tags.counts = np.array([c for _, _, c in rows], dtype=np.float64)  # type: ignore[attr-defined]
-    return [(name, kind) for name, kind, _ in rows]
+# -- timing ------------------------------------------------------------------------------------
+def timed(fn) -> tuple[float, object]:
+    """Median seconds over REPEATS runs after one warm-up run (page cache warm for all engines)."""
+    result = fn()
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
 
 
-def _relations(ids: np.ndarray, n_tags: int, rng: np.random.Generator):
-    # ~10M Danbooru posts carry these counts: p(1girl) ~ 0.6, p(solo) ~ 0.5, ~28 tags/post.
-    prob = np.minimum(_read_tags.counts / 10_000_000, 0.95)  # type: ignore[attr-defined]
-    posts_of, tags_of = [], []
-    for t in range(n_tags):
-        if prob[t] > 0.02:
-            idx = np.flatnonzero(rng.random(len(ids)) < prob[t])
-        else:
-            idx = np.unique(rng.integers(0, len(ids), rng.binomial(len(ids), prob[t])))
-        posts_of.append(idx)
-        tags_of.append(np.full(len(idx), t + 1, dtype=np.int64))
-    post_idx = np.concatenate(posts_of)
-    tag = np.concatenate(tags_of)
-    order = np.lexsort((tag, post_idx))  # rows grouped by post, like an import
-    popularity = np.bincount(tag - 1, minlength=n_tags)
-    return ids[post_idx[order]], tag[order], popularity
+def sql_ids(db: DanbooruDB, text: str) -> list[int]:
+    return [r[0] for r in select_posts(db, text).select(db.Post.id).tuples()]
 
 
-def _post_rows(ids: np.ndarray, rng: np.random.Generator):
-    n = len(ids)
-    start, end = 1_117_584_000, 1_704_067_200  # 2005-06-01 .. 2024-01-01, growing with id
-    stamps = start + (ids / ids.max()) * (end - start) + rng.integers(0, 86_400, n)
-    rating = rng.choice(4, n, p=[0.35, 0.35, 0.17, 0.13])
-    score = np.floor(rng.exponential(14, n)).astype(int) - rng.integers(0, 3, n)
-    width = rng.choice([600, 800, 1000, 1200, 1500, 2000, 2480, 3000, 4000], n)
-    height = (width * rng.choice([0.5, 0.75, 1.0, 1.33, 1.41, 1.5, 1.78], n)).astype(int)
-    ext = rng.choice(["jpg", "png", "gif", "webp", "mp4"], n, p=[0.7, 0.25, 0.02, 0.01, 0.02])
-    for i in range(n):
-        pid = int(ids[i])
-        md5 = f"{rng.integers(1 << 62):032x}"
-        url = f"https://cdn.donmai.us/original/{md5[:2]}/{md5[2:4]}/{md5}.{ext[i]}"
-        created = time.strftime("%Y-%m-%dT%H:%M:%S.000-05:00", time.gmtime(int(stamps[i])))
-        yield (
-            pid, created, int(rng.integers(1, 900_000)), f"https://www.pixiv.net/artworks/{pid}",
-            md5, None, 0, 0, 0, None, 0, 0, 1, 0, int(width[i]), int(height[i]),
-            int(width[i]) * int(height[i]) // 3, str(ext[i]), int(rating[i]), int(score[i]),
-            max(int(score[i]), 0), 0, max(int(score[i]) * 2, 0), url,
-            url.replace("original", "sample"), url.replace("original", "preview"), created,
-        )
+def bench(posts: int) -> dict:
+    plain_path, migrated_path = sample_dbs(posts)
+    rows = []
+    with DanbooruDB.open(plain_path, readonly=True) as plain, \
+            DanbooruDB.open(migrated_path, readonly=True) as migrated:
+        for text in [TARGET, *OTHER_QUERIES]:
+            base_s, base_ids = timed(lambda: sql_ids(plain, text))
+            sql_s, sql_res = timed(lambda: sql_ids(migrated, text))
+            unmig_s, unmig_res = timed(lambda: query_ids(plain, text))
+            fast_s, fast_ids = timed(lambda: query_ids(migrated, text))
+            assert fast_ids == base_ids == sql_res == unmig_res, f"engines disagree on {text!r}"
+            count_s, n = timed(lambda: count_posts(migrated, text))
+            assert n == len(fast_ids)
+            row = {
+                "query": text, "matches": n, "baseline_sql_unmigrated_s": base_s,
+                "sql_migrated_s": sql_s, "arrays_unmigrated_s": unmig_s, "fast_s": fast_s,
+                "count_s": count_s, "speedup_vs_baseline": base_s / fast_s,
+            }
+            rows.append(row)
+            print(f"{text!r}: {n:,} matches | fast {fast_s * 1000:7.1f} ms | baseline (SQL, "
+                  f"published indexes) {base_s * 1000:7.1f} ms | x{base_s / fast_s:5.1f} | "
+                  f"SQL migrated {sql_s * 1000:7.1f} ms | arrays unmigrated {unmig_s * 1000:7.1f} ms")
+    return {"posts": posts, "repeats": REPEATS, "target": TARGET, "target_limit_s": 0.3,
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k posts instead of 1M")
+    parser.add_argument("--posts", type=int, default=None)
+    args = parser.parse_args()
+    posts = args.posts or (100_000 if args.quick else 1_000_000)
+    result = bench(posts)
+    target = result["rows"][0]
+    verdict = "OK" if target["fast_s"] < 0.3 else "SLOW"
+    print(f"target {TARGET!r} on {posts:,} posts: {target['fast_s'] * 1000:.1f} ms "
+          f"(limit 300 ms: {verdict}), baseline {target['baseline_sql_unmigrated_s'] * 1000:.1f} ms, "
+          f"x{target['speedup_vs_baseline']:.1f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "query.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

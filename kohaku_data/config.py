@@ -244,16 +244,25 @@ class CaptionConfig(_Strict):
 # --------------------------------------------------------------------------------------------
 # Recipe
 # --------------------------------------------------------------------------------------------
+_FILE_NAME_PART = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # name/version end up in file and folder names
+
+
 class Recipe(_Strict):
-    name: str = "default"
-    version: str = "0"
+    """What one dataset version is; every key is documented in pipelines/README.md."""
+
+    name: str = Field("default", pattern=_FILE_NAME_PART)
+    version: str = Field("0", pattern=_FILE_NAME_PART)
     description: str = ""
     query: str = ""  # Danbooru search syntax; empty = every post that has a file
     image: ImageConfig = ImageConfig()
     caption: CaptionConfig = CaptionConfig()
-    shard_max_bytes: int = 1_000_000_000
-    shard_max_samples: int | None = None
-    check_md5: bool = True  # when the file is an original (its md5 is the post's)
+    # A shard is closed before a sample would take it past this size (a lone bigger sample
+    # still gets a shard of its own).
+    shard_max_bytes: int = Field(1_000_000_000, ge=10_240)
+    shard_max_samples: int | None = Field(None, ge=1)
+    # md5 of the bytes vs post.md5, checked when the file's size equals post.file_size (then it
+    # claims to be the original); a re-encoded or resized copy (other size) is not checked.
+    check_md5: bool = True
 
     @property
     def dataset_name(self) -> str:

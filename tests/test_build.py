@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,9 +16,8 @@ import pytest
 import webdataset as wds
 from typer.testing import CliRunner
 
-from kohaku_data.build import BuildError, build_dataset
+from kohaku_data.build import BuildError
 from kohaku_data.cli import app
-from kohaku_data.db import DanbooruDB
 from test_build_support import ORPHAN_KEY, Inputs, build, folder_bytes, make_inputs, small_recipe
 
 

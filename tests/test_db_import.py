@@ -305,7 +305,7 @@ def slow_run(self, parsed):
 
 importer._Batch.run = slow_run
 db = DanbooruDB.open(sys.argv[1])
-importer.import_files(db, [Path(sys.argv[2])], batch_size=50)
+importer.import_files(db, [Path(sys.argv[2])], batch_size=50, defer=True)
 """
 
 
@@ -331,8 +331,29 @@ def test_killed_import_then_rerun_equals_clean_import(tmp_path, posts_sample_pat
     conn = sqlite3.connect(killed)
     assert conn.execute("SELECT count(*) FROM post").fetchone()[0] == 150  # 3 committed batches
     assert_popularity_matches_relations(conn)
+    # The bulk import had dropped its secondary indexes; their DDL survived the kill.
+    deferred = {r[0] for r in conn.execute("SELECT name FROM kdata_deferred_index")}
+    assert "posttagrelation_tag_id" in deferred
     conn.close()
     with DanbooruDB.open(killed) as db:
         summary = import_files(db, [source], batch_size=50)
     assert (summary.posts.inserted, summary.posts.unchanged) == (250, 150)
     assert dump(killed) == dump(tmp_path / "clean.db")
+    assert schema(killed) == schema(tmp_path / "clean.db")
+
+
+def schema(path: Path) -> list:
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    conn.close()
+    return rows
+
+
+def test_deferred_bulk_import_equals_row_by_row(tmp_path, posts_sample_path):
+    source = write_jsonl(tmp_path / "p.jsonl", synthetic_posts(load_sample(posts_sample_path), 120))
+    for defer in (True, False):
+        with DanbooruDB.create(tmp_path / f"{defer}.db") as db:
+            import_files(db, [source], batch_size=40, defer=defer)
+            assert not db.has_table("kdata_deferred_index")
+    assert dump(tmp_path / "True.db") == dump(tmp_path / "False.db")
+    assert schema(tmp_path / "True.db") == schema(tmp_path / "False.db")

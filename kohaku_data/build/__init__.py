@@ -32,7 +32,7 @@ from kohaku_data.build.manifest import (
 from kohaku_data.build.plan import REJECT_SCHEMA, BuildPlan, PlanItem, make_plan
 from kohaku_data.build.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
 from kohaku_data.build.tasks import (
-    ImageTask, TaskResult, load_staged, remove_staged, run_image_task, sample_members, staging_dir,
+    ImageTask, load_staged, remove_staged, run_image_task, sample_members, staging_dir,
 )
 from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB

@@ -28,7 +28,9 @@ Quality and year rules, quantile and tie definitions: see `thresholds.py`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -51,6 +53,7 @@ __all__ = [
 def _chunk_captions(
     conn: sqlite3.Connection, posts: pl.DataFrame, tags: TagSource, config: CaptionConfig, thresholds: Thresholds
 ) -> pl.DataFrame:
+    posts = posts.with_row_index("_pi")
     rel = explode_tag_ids(posts)
     rel = rel.join(tags.lookup(rel["tag_id"]), on="tag_id", how="inner")
     return build_captions(posts, rel, config, thresholds)
@@ -75,25 +78,47 @@ def iter_captions(
         raise ValueError("chunk_size must be at least 1")
     conn = db.connection()
     with_rids = config.tag_order == "db"
+    prepare = lambda t: prepare_tags(t, config)  # noqa: E731
     if ids is None:
-        tags = TagSource(conn, True, lambda t: prepare_tags(t, config))
-        pages: Iterator[pl.DataFrame] = iter_post_pages(conn, chunk_size, with_rids)
+        tags = TagSource(conn, True, prepare)
+        make_pages = lambda c: iter_post_pages(c, chunk_size, with_rids)  # noqa: E731
+        many = True
     else:
         wanted = sorted({int(i) for i in ids})
         # Reading the whole tag table pays off once the job is big; a few posts look tags up.
-        tags = TagSource(conn, len(wanted) > 50_000, lambda t: prepare_tags(t, config))
-        pages = (read_posts_by_ids(conn, wanted[i:i + chunk_size], with_rids)
-                 for i in range(0, len(wanted), chunk_size))
+        tags = TagSource(conn, len(wanted) > 50_000, prepare)
+        make_pages = lambda c: (read_posts_by_ids(c, wanted[i:i + chunk_size], with_rids)  # noqa: E731
+                                for i in range(0, len(wanted), chunk_size))
+        many = len(wanted) > chunk_size
+    pages = _prefetched(db, make_pages) if many else make_pages(conn)
     for page in pages:
         if page.height:
             yield _chunk_captions(conn, page, tags, config, thresholds)
 
 
+def _prefetched(db: DanbooruDB, make_pages: Callable[[sqlite3.Connection], Iterator[pl.DataFrame]]) -> Iterator[pl.DataFrame]:
+    """Read page i+1 in a thread (own read-only connection) while page i is captioned: sqlite
+    releases the GIL while it steps and polars while it computes, so the two overlap on 2 cores.
+    Used for multi-chunk jobs only; they see what is committed to the file."""
+    conn = sqlite3.connect(f"file:{Path(db.path).resolve()}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        pages = make_pages(conn)
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(next, pages, None)
+            while (page := future.result()) is not None:
+                future = pool.submit(next, pages, None)
+                yield page
+    finally:
+        conn.close()
+
+
 def _empty_frame(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
     from kohaku_data.captions.frame import POST_SCHEMA, TAG_SCHEMA
 
-    rel = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config).with_columns(id=pl.lit(0, dtype=pl.Int64)).clear()
-    return build_captions(pl.DataFrame(schema=POST_SCHEMA), rel, config, thresholds)
+    rel = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config).with_columns(
+        _pi=pl.lit(0, dtype=pl.UInt32), id=pl.lit(0, dtype=pl.Int64), rid=pl.lit(0, dtype=pl.Int64)).clear()
+    posts = pl.DataFrame(schema=POST_SCHEMA).with_row_index("_pi")
+    return build_captions(posts, rel, config, thresholds)
 
 
 def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:

@@ -63,8 +63,8 @@ def count_posts(conn: sqlite3.Connection) -> int:
 
 
 def explode_tag_ids(posts: pl.DataFrame) -> pl.DataFrame:
-    """(id, tag_id[, rid]) rows, one per post-tag relation."""
-    cols = [pl.col("id"), pl.col("tids").str.split(",").cast(pl.List(pl.Int64)).alias("tag_id")]
+    """(_pi, id, tag_id[, rid]) rows, one per post-tag relation (`_pi`: the post's row index)."""
+    cols = [pl.col("_pi"), pl.col("id"), pl.col("tids").str.split(",").cast(pl.List(pl.Int64)).alias("tag_id")]
     explode = ["tag_id"]
     if posts["rids"].null_count() < posts.height:
         cols.append(pl.col("rids").str.split(",").cast(pl.List(pl.Int64)).alias("rid"))

@@ -14,7 +14,10 @@ from kohaku_data.config import CaptionConfig
 from kohaku_data.db.enums import TagType
 
 # Caption groups, in caption order: kept part (0-3), then the rest (4-5).
-G_KEEP, G_CHARACTER, G_COPYRIGHT, G_ARTIST, G_GENERAL, G_META = range(6)
+G_KEEP, G_CHARACTER, G_COPYRIGHT, G_ARTIST, G_GENERAL, G_META = 0, 1, 2, 3, 5, 6
+# Rows added per post so that one string join per post writes the whole caption:
+G_MARK, G_YEAR, G_RATING, G_QUALITY = 4, 7, 8, 9
+_MARK = "\x00"  # stands for the keep separator until the join; never in a tag name
 TAG_COLUMNS = {t: f"tags_{t.category_name}" for t in TagType}
 OUTPUT_COLUMNS = (
     "id", "caption", "rating", "rating_tag", "quality", "year_tag",
@@ -113,38 +116,40 @@ def order_keys(rel: pl.DataFrame, config: CaptionConfig) -> tuple[pl.DataFrame, 
 # Assembling
 # ---------------------------------------------------------------------------------------------
 def _raw_lists(rel: pl.DataFrame) -> pl.DataFrame:
-    """tags_<type>: raw names per type, popularity order (ties by name)."""
-    ordered = rel.sort(["id", "_prank"])
-    return ordered.group_by("id", maintain_order=True).agg(
-        pl.col("name").filter(pl.col("type") == t).alias(col) for t, col in TAG_COLUMNS.items()
-    )
+    """tags_<type> per post index `_pi`: raw names per type, popularity order (ties by name)."""
+    ordered = rel.select("_pi", "type", "name", "_prank")
+    ordered = ordered[ordered.select(pl.arg_sort_by(["_pi", "_prank"])).to_series()]
+    out = pl.DataFrame({"_pi": ordered["_pi"].unique()})
+    for t, col in TAG_COLUMNS.items():
+        # group_by keeps the row order inside each group: the lists stay in popularity order.
+        part = ordered.filter(pl.col("type") == t).group_by("_pi").agg(pl.col("name").alias(col))
+        out = out.join(part, on="_pi", how="left")
+    return out
 
 
-def _caption_lists(rel: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """_keep and _rest: display names per post in caption order."""
+def _extra_rows(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+    """Per post: the keep-separator marker and the year, rating and quality tags, as tag rows."""
+    parts = [(G_YEAR, "year_tag"), (G_RATING, "rating_tag"), (G_QUALITY, "quality")]
+    rows = [frame.select("_pi", _g=pl.lit(g, dtype=pl.Int8), _disp=pl.col(c)).drop_nulls("_disp") for g, c in parts]
+    if config.keep_separator is not None:
+        rows.append(frame.select("_pi", _g=pl.lit(G_MARK, dtype=pl.Int8), _disp=pl.lit(_MARK)))
+    return pl.concat(rows)
+
+
+def _captions(rel: pl.DataFrame, frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+    """caption per post index `_pi`: tag rows + extra rows sorted, one string join per post."""
     rel, keys = order_keys(rel.filter(pl.col("_g").is_not_null()), config)
-    ordered = rel.sort(["id", "_g", *keys])
-    grouped = ordered.group_by("id", maintain_order=True).agg(
-        pl.col("_disp").filter(pl.col("_g") == g).alias(f"_g{g}") for g in range(6)
-    )
-    return grouped.select(
-        "id",
-        _keep=pl.concat_list([f"_g{g}" for g in (G_KEEP, G_CHARACTER, G_COPYRIGHT, G_ARTIST)]),
-        _rest=pl.concat_list([f"_g{g}" for g in (G_GENERAL, G_META)]),
-    )
-
-
-def _caption_text(config: CaptionConfig) -> pl.Expr:
-    sep = config.separator
-    extras = pl.concat_list(["year_tag", "rating_tag", "quality"]).list.drop_nulls()
-    rest = pl.concat_list([pl.col("_rest"), extras])
-    keep = pl.col("_keep")
-    if config.keep_separator is None:
-        return pl.concat_list([keep, rest]).list.join(sep)
-    # hakubooru: keep + sep + "|||" + rest (no separator after "|||"); an empty kept part
-    # gives just "|||" + rest rather than a caption starting with the separator.
-    head = pl.when(keep.list.len() > 0).then(keep.list.join(sep) + sep).otherwise(pl.lit(""))
-    return pl.concat_str([head, pl.lit(config.keep_separator), rest.list.join(sep)])
+    rows = rel.select("_pi", "_g", "_disp", *keys)
+    extra = _extra_rows(frame, config).with_columns(pl.lit(0, dtype=rows.schema[k]).alias(k) for k in keys)
+    rows = pl.concat([rows, extra.select(rows.columns)])
+    # Sort the integer keys only, then gather once: moving the strings in a frame sort is slow.
+    rows = rows[rows.select(pl.arg_sort_by(["_pi", "_g", *keys])).to_series()]
+    joined = rows.group_by("_pi").agg(caption=pl.col("_disp").str.join(config.separator))
+    if config.keep_separator is not None:
+        # hakubooru: keep + sep + "|||" + rest (no separator after "|||").
+        text = pl.col("caption").str.replace(_MARK + config.separator, config.keep_separator, literal=True)
+        joined = joined.with_columns(caption=text.str.replace(_MARK, config.keep_separator, literal=True))
+    return joined
 
 
 def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
@@ -162,10 +167,12 @@ def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
 def build_captions(
     posts: pl.DataFrame, rel: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds
 ) -> pl.DataFrame:
-    """posts (POST_SCHEMA) + rel (id, tag_id[, rid] joined with `prepare_tags`) → caption frame."""
+    """posts (POST_SCHEMA + `_pi` row index) + rel (`_pi`, id, tag_id[, rid] joined with
+    `prepare_tags`) → caption frame."""
     frame = post_columns(posts, config, thresholds)
-    frame = frame.join(_raw_lists(rel), on="id", how="left").join(_caption_lists(rel, config), on="id", how="left")
+    frame = frame.join(_raw_lists(rel), on="_pi", how="left").join(_captions(rel, frame, config), on="_pi", how="left")
     empty = pl.lit([], dtype=pl.List(pl.String))
-    fill = {c: pl.col(c).fill_null(empty) for c in (*TAG_COLUMNS.values(), "_keep", "_rest")}
-    frame = frame.with_columns(**fill).with_columns(caption=_caption_text(config))
+    frame = frame.with_columns(
+        caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
+    )
     return frame.sort("id").select(OUTPUT_COLUMNS)

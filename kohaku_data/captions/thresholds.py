@@ -207,7 +207,7 @@ def add_quality(frame: pl.DataFrame, config: CaptionConfig, thresholds: Threshol
     )
     metric = pl.col(thresholds.metric).cast(pl.Float64)
     # Thresholds fall from best to worst band, so "first band strictly above" = count of <=.
-    below = [(metric < pl.coalesce(f"_c{i}", f"_t{i}")).cast(pl.Int32) for i in range(k)]
+    below = [(metric <= pl.coalesce(f"_c{i}", f"_t{i}")).cast(pl.Int32) for i in range(k)]
     index = pl.sum_horizontal(below) if below else pl.lit(0, dtype=pl.Int32)
     bands = dict(enumerate(config.quality_bands))
     ok = pl.col("_has").fill_null(False) & eligible(pl.col("_date"), thresholds.cutoff_date)

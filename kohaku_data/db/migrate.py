@@ -78,7 +78,11 @@ def pending(db: DanbooruDB, directory: Path | None = None) -> list[Migration]:
 
 
 def migrate(db: DanbooruDB, directory: Path | None = None) -> list[str]:
-    """Apply pending migrations in order; return the names applied (empty: already current)."""
+    """Apply pending migrations in order; return the names applied (empty: already current).
+
+    Also rebuilds indexes left deferred by an interrupted bulk import.
+    """
+    restore_deferred_indexes(db)
     todo = pending(db, directory)
     if todo and db.readonly:
         raise MigrationError(
@@ -123,3 +127,46 @@ def _refresh(db: DanbooruDB) -> None:
     if has and not db.has_updated_at:
         db.Post._meta.add_field("updated_at", CharField())
     db.has_updated_at = has
+
+
+# --------------------------------------------------------------------------------------------
+# Deferred indexes (bulk imports)
+# --------------------------------------------------------------------------------------------
+# A bulk import into a (nearly) empty file is ~1.6x cheaper when the secondary indexes of `post`
+# and `posttagrelation` are built once at the end instead of row by row. Their DDL is kept in
+# this table in the same transaction that drops them, so a killed import loses nothing: the
+# next import or `kdata db migrate` rebuilds them.
+_DEFERRED_TABLE = "kdata_deferred_index"
+# Needed by the importer itself (relations of a post being replaced), so never dropped.
+_KEEP = {"posttagrelation_post_id"}
+
+
+def defer_indexes(db: DanbooruDB) -> list[str]:
+    """Drop the secondary indexes of post/posttagrelation, remembering their DDL; return names."""
+    conn = db.connection()
+    with db.database.atomic():
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{_DEFERRED_TABLE}" (name TEXT PRIMARY KEY, sql TEXT NOT NULL)')
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            "AND tbl_name IN ('post', 'posttagrelation')"
+        ).fetchall()
+        rows = [(name, sql) for name, sql in rows if name not in _KEEP]
+        conn.executemany(f'INSERT OR REPLACE INTO "{_DEFERRED_TABLE}" (name, sql) VALUES (?, ?)', rows)
+        for name, _ in rows:
+            conn.execute(f'DROP INDEX "{name}"')
+    return [name for name, _ in rows]
+
+
+def restore_deferred_indexes(db: DanbooruDB) -> list[str]:
+    """Rebuild indexes dropped by `defer_indexes` (also after a killed import); return names."""
+    if db.readonly or not db.has_table(_DEFERRED_TABLE):
+        return []
+    conn = db.connection()
+    with db.database.atomic():
+        rows = conn.execute(f'SELECT name, sql FROM "{_DEFERRED_TABLE}" ORDER BY name').fetchall()
+        existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        for name, sql in rows:
+            if name not in existing:
+                conn.execute(sql)
+        conn.execute(f'DROP TABLE "{_DEFERRED_TABLE}"')
+    return [name for name, _ in rows]

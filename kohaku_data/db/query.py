@@ -112,7 +112,8 @@ def query_ids(
         raise QueryError(f"limit must be >= 0, got {limit}")
     plan = _plan(db, text)
     conn = db.connection()
-    if not plan.query.has_tags:
+    if not plan.query.has_tags and limit is not None:
+        # No tags and a LIMIT: SQL can walk an index in order and stop early.
         return _sql_ids(conn, plan, limit, after_id)
     ids, keys = _array_ids(conn, plan, plan.query.order)
     ids = _page(conn, plan.query.order, ids, keys, after_id)
@@ -355,21 +356,30 @@ def _apply_meta(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Keep the ids passing the metatags (all posts when `ids` is None), with sort keys."""
     clauses, params = _filter_clauses(filters)
+    source = "post"
     if ids is not None and ids.size <= _PROBE_MAX:
+        # Few candidates: look each up by rowid. NOT INDEXED stops SQLite from preferring a
+        # range of kdata_post_meta (which can be far longer than the candidate list).
+        source = "post NOT INDEXED"
         clauses.append("id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(ids.tolist()))
     key_sql = f", group_concat({_COLUMN[order.name]})" if order else ""
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    row = conn.execute(f"SELECT group_concat(id){key_sql} FROM post{where}", params).fetchone()
+    row = conn.execute(f"SELECT group_concat(id){key_sql} FROM {source}{where}", params).fetchone()
     found = _parse_list(row[0], "id")
-    keys = _parse_list(row[1], order.name) if order else None
-    # The covering index yields ids in index order (rating, score, ...), not id order.
-    sort = np.argsort(found, kind="stable")
-    found, keys = found[sort], None if keys is None else keys[sort]
+    # The covering index yields ids in index order (rating, score, ...), not id order. Ids are
+    # unique, so an unstable sort is exact (and several times faster than a stable one).
+    if not order:
+        found = np.sort(found)
+        return (found if ids is None else np.intersect1d(found, ids, assume_unique=True)), None
+    keys = _parse_list(row[1], order.name)
+    sort = np.argsort(found)
+    found, keys = found[sort], keys[sort]
     if ids is None:
         return found, keys
-    _, in_found, _ = np.intersect1d(found, ids, assume_unique=True, return_indices=True)
-    return found[in_found], None if keys is None else keys[in_found]
+    at = np.minimum(np.searchsorted(found, ids), max(found.size - 1, 0))
+    hit = found[at] == ids if found.size else np.zeros(ids.size, dtype=bool)
+    return ids[hit], keys[at[hit]]
 
 
 def _parse_list(text: str | None, key: str) -> np.ndarray:

@@ -16,6 +16,8 @@ Dates: `post.created_at` holds ISO strings with Danbooru's server offset (US Eas
 `2023-03-17T03:50:48.762-04:00`). `date:`/`year:` compare the *date as written* (the local
 calendar date of that offset), not the UTC date: that is what Danbooru shows on the post page,
 it needs no time-zone arithmetic, and it compares as a plain string range on the column.
+`order:date` likewise sorts the strings as written (local time; posts an hour apart around a
+DST change may swap places, which only matters within that hour).
 """
 
 from __future__ import annotations

@@ -1,5 +1,52 @@
-"""`kdata sample`: deterministic, realistic sample databases and raw images."""
+"""`kdata sample`: deterministic, realistic sample databases and raw images.
 
+    write_sample_db(path, posts, seed)                 # the metadata sqlite only
+    write_sample_images(out_dir, db_path, seed, ...)   # raw/ files + DB updated to match
+    write_sample(out_dir, posts, seed, ...)            # both, as `kdata sample OUT` does
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kohaku_data.sample.images import HARD_CASES, ORPHAN_CASES, HardCase, read_hard_cases, write_sample_images
 from kohaku_data.sample.metadata import SampleError, load_tag_table, write_sample_db
 
-__all__ = ["SampleError", "load_tag_table", "write_sample_db"]
+DEFAULT_MAX_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    db_path: Path
+    posts: int
+    files: list[Path]
+    seconds_db: float
+    seconds_images: float
+
+
+def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None = None,
+                 layout: Literal["folder", "tar"] = "folder", force: bool = False,
+                 progress: bool = False) -> SampleSummary:
+    """OUT/danbooru.db with `posts` posts and images for the first `images` of them
+    (None: min(posts, 2000); 0: none). Refuses a non-empty OUT/danbooru.db unless `force`."""
+    out_dir = Path(out_dir)
+    db_path = out_dir / "danbooru.db"
+    if db_path.exists() and db_path.stat().st_size > 0:
+        if not force:
+            raise SampleError(f"{db_path} already exists: choose another OUT or pass --force to replace it")
+        db_path.unlink()
+    t0 = time.perf_counter()
+    write_sample_db(db_path, posts, seed, progress=progress)
+    t1 = time.perf_counter()
+    count = min(posts, DEFAULT_MAX_IMAGES) if images is None else images
+    files = write_sample_images(out_dir, db_path, seed, layout=layout, max_images=count) if count > 0 else []
+    return SampleSummary(db_path, posts, files, t1 - t0, time.perf_counter() - t1)
+
+
+__all__ = [
+    "DEFAULT_MAX_IMAGES", "HARD_CASES", "ORPHAN_CASES", "HardCase", "SampleError", "SampleSummary",
+    "load_tag_table", "read_hard_cases", "write_sample", "write_sample_db", "write_sample_images",
+]

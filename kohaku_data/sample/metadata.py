@@ -28,10 +28,10 @@ class SampleError(KdataError):
     """Bad arguments for the sample generator, or an output that must not be overwritten."""
 
 
-# Danbooru's post count the tag counts of the bundled CSV refer to (≈ 1girl on 2/3 of posts).
-_POSTS_SCALE = 9.0e6
+# Tag probability = real post count / this (1girl ≈ 60%, solo ≈ 50%, highres ≈ 55% of posts).
+_POSTS_SCALE = 10.0e6
 # General tags are thinned so that the mean tag count per post stays near Danbooru's ~25.
-_GENERAL_THIN = 0.7
+_GENERAL_THIN = 0.78
 _RATING_P = (0.35, 0.30, 0.15, 0.20)  # g s q e
 _EXTS = np.array(["jpg", "png", "gif", "webp", "avif"])
 _EXT_P = (0.70, 0.25, 0.02, 0.02, 0.01)
@@ -109,7 +109,8 @@ def _created_ms(rng: np.random.Generator, n: int) -> np.ndarray:
     weights = 1.22 ** (years - _FIRST_YEAR)
     weights[0] *= 0.6  # Danbooru opened in May 2005
     year = rng.choice(years, size=n, p=weights / weights.sum())
-    start = np.array([f"{y}-01-01" for y in years], "datetime64[ms]").astype(np.int64)
+    first_day = {_FIRST_YEAR: "2005-05-24"}  # Danbooru's first upload
+    start = np.array([first_day.get(y, f"{y}-01-01") for y in years], "datetime64[ms]").astype(np.int64)
     stop = np.array([f"{y + 1}-01-01" for y in years], "datetime64[ms]").astype(np.int64)
     k = year - _FIRST_YEAR
     ms = start[k] + (rng.random(n) * (stop[k] - start[k])).astype(np.int64)
@@ -132,7 +133,7 @@ def _sizes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     ratio = rng.choice(ratios, size=n, p=ratio_p / ratio_p.sum())
     free = rng.random(n) < 0.25  # a quarter have an arbitrary ratio (crops, scans)
     ratio = np.where(free, np.exp(np.abs(rng.normal(0, 0.35, n))), ratio)
-    long = np.clip(rng.lognormal(np.log(1800), 0.6, n), 240, 12000)
+    long = np.clip(rng.lognormal(np.log(1600), 0.55, n), 240, 12000)
     short = np.maximum(long / ratio, 64)
     portrait = rng.random(n) < 0.68
     width = np.where(portrait, short, long).round().astype(np.int64)
@@ -278,14 +279,14 @@ def _composition(rng: np.random.Generator, n: int, idx: dict[str, int],
     gp = np.array([counts[idx[t]] for t in _COUNT_TAGS[:6]]) / _POSTS_SCALE
     girls = rng.choice(7, size=n, p=np.concatenate([[1 - gp.sum()], gp]))
     bp = np.array([counts[idx[t]] for t in _COUNT_TAGS[6:]], float)
-    any_boy = rng.random(n) < np.where(girls == 0, 0.75, 0.10)
+    any_boy = rng.random(n) < np.where(girls == 0, 0.55, 0.07)
     boys = np.where(any_boy, 1 + rng.choice(6, size=n, p=bp / bp.sum()), 0)
     nobody = (girls == 0) & (boys == 0)
     flags = {
-        "solo": (girls + boys == 1) & (rng.random(n) < 0.92),
+        "solo": (girls + boys == 1) & (rng.random(n) < 0.76),
         "multiple_girls": girls >= 2, "multiple_boys": boys >= 2,
-        "no_humans": nobody & (rng.random(n) < 0.4),
-        "1other": nobody & (rng.random(n) < 0.2),
+        "no_humans": nobody & (rng.random(n) < 0.15),
+        "1other": nobody & (rng.random(n) < 0.07),
     }
     for i, name in enumerate(_COUNT_TAGS[:6]):
         flags[name] = girls == i + 1
