@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import gzip
 import json
 import os
@@ -279,7 +278,7 @@ def test_import_files_migrates_an_old_copy(tmp_path, posts_sample_path):
         summary = import_files(db, [posts_sample_path])
         assert "0002_post_updated_at" in summary.migrations_applied
         assert db.has_updated_at
-        assert db.Post.get_by_id(posts_sample_path and 6148688).updated_at == "2023-03-17T03:50:48.762-04:00"
+        assert db.Post.get_by_id(6148688).updated_at == "2023-03-17T03:50:48.762-04:00"
 
 
 # -- kill mid-import, rerun --------------------------------------------------------------------------

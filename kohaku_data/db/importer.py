@@ -39,7 +39,7 @@ class RecordError(KdataError):
         self.reason = reason
 
 
-class ImportError_(KdataError):
+class InputFileError(KdataError):
     """An input file cannot be imported at all (missing, unknown format, read-only DB)."""
 
 
@@ -217,7 +217,7 @@ def write_parsed(db: DanbooruDB, parsed: list[ParsedPost]) -> UpsertCounts:
 
 def _require_writable(db: DanbooruDB) -> None:
     if db.readonly:
-        raise ImportError_(f"{db.path} is open read-only: open it with readonly=False to import")
+        raise InputFileError(f"{db.path} is open read-only: open it with readonly=False to import")
 
 
 def _json_ids(values: Iterable) -> str:
@@ -662,9 +662,9 @@ def import_files(
     paths = [Path(p) for p in paths]
     for path in paths:
         if not path.is_file():
-            raise ImportError_(f"input file {path} does not exist")
+            raise InputFileError(f"input file {path} does not exist")
     if batch_size < 1:
-        raise ImportError_(f"batch_size must be at least 1, got {batch_size}")
+        raise InputFileError(f"batch_size must be at least 1, got {batch_size}")
     started = time.perf_counter()
     summary = ImportSummary(migrations_applied=migrate(db))
     rejects = _Rejects(rejects_path or default_rejects_path(db.path))
@@ -711,6 +711,6 @@ def _import_file(
             else:
                 _import_posts(db, path, fh, kind, rejects, summary, batch_size, bar)
     except (OSError, EOFError) as exc:  # truncated or corrupt .gz, unreadable file
-        raise ImportError_(
+        raise InputFileError(
             f"cannot read {path}: {exc}; batches before the error are imported, fix the file and rerun"
         ) from exc
