@@ -241,3 +241,18 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert forced.exit_code == 0, forced.output
     with sqlite3.connect(out / "danbooru.db") as conn:
         assert conn.execute('SELECT count(*) FROM "post"').fetchone()[0] == 40
+
+
+def test_image_update_keeps_tags_true_to_sizes(sample_dir: Path) -> None:
+    with sqlite3.connect(sample_dir / "danbooru.db") as conn:
+        wrong_popularity = conn.execute(
+            'SELECT count(*) FROM "tag" t WHERE popularity != '
+            '(SELECT count(*) FROM "posttagrelation" r WHERE r.tag_id = t.id)'
+        ).fetchone()[0]
+        rows = conn.execute(
+            'SELECT p.image_width, p.image_height, EXISTS (SELECT 1 FROM "posttagrelation" r JOIN "tag" t '
+            "ON t.id = r.tag_id WHERE r.post_id = p.id AND t.name = 'highres') FROM \"post\" p"
+        ).fetchall()
+    assert wrong_popularity == 0
+    assert all(bool(tagged) == (w >= 1600 or h >= 1200) for w, h, tagged in rows)
+    assert any(tagged for *_, tagged in rows) and not all(tagged for *_, tagged in rows)

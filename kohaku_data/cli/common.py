@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kohaku_data.config import Settings, load_settings
 from kohaku_data.errors import KdataError
@@ -26,7 +27,7 @@ WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")
 ]
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 
 @contextlib.contextmanager
@@ -35,7 +36,7 @@ def clean_errors() -> Iterator[None]:
     try:
         yield
     except KdataError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from kohaku_data.sample.drawing import anime_picture, character_alpha, draw_character
 from kohaku_data.sample.layout import tar_name, write_folder, write_tars
-from kohaku_data.sample.metadata import SampleError
+from kohaku_data.sample.metadata import SampleError, load_tag_table, resolution_tags
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,7 @@ def _update_db(db_path: Path, files: list[Rendered]) -> None:
     conn = sqlite3.connect(db_path)
     try:
         with conn:
+            _retag_resolution(conn, files)
             conn.executemany(
                 'UPDATE "post" SET image_width = ?, image_height = ?, file_ext = ?, file_size = ?, '
                 "md5 = ?, has_large = ?, "
@@ -346,6 +347,32 @@ def _update_db(db_path: Path, files: list[Rendered]) -> None:
             )
     finally:
         conn.close()
+
+
+def _retag_resolution(conn: sqlite3.Connection, files: list[Rendered]) -> None:
+    """Keep highres/absurdres/lowres/... true to the new sizes, and their popularity exact."""
+    table = load_tag_table()
+    idx = table.index()
+    flags = resolution_tags(np.array([f.width for f in files]), np.array([f.height for f in files]))
+    names = [n for n in flags if n in idx]
+    tag_ids = {n: idx[n] + 1 for n in names}  # sample DBs use CSV row + 1 as tag id
+    marks = ", ".join("?" * len(names))
+    conn.executemany(
+        f'DELETE FROM "posttagrelation" WHERE post_id = ? AND tag_id IN ({marks})',
+        [(f.post_id, *tag_ids.values()) for f in files],
+    )
+    conn.executemany(
+        'INSERT INTO "posttagrelation" (post_id, tag_id) VALUES (?, ?)',
+        [(f.post_id, tag_ids[n]) for n in names for f, on in zip(files, flags[n].tolist()) if on],
+    )
+    for n in names:
+        conn.execute('INSERT OR IGNORE INTO "tag" (id, name, type, popularity) VALUES (?, ?, ?, 0)',
+                     (tag_ids[n], n, int(table.types[idx[n]])))
+    conn.execute(
+        f'UPDATE "tag" SET popularity = (SELECT count(*) FROM "posttagrelation" r WHERE r.tag_id = "tag".id) '
+        f"WHERE id IN ({marks})", tuple(tag_ids.values()),
+    )
+    conn.execute(f'DELETE FROM "tag" WHERE popularity = 0 AND id IN ({marks})', tuple(tag_ids.values()))
 
 
 def _case_records(tasks: list[tuple[int, int, str | None]], results: list[Rendered | None],
@@ -384,7 +411,8 @@ def write_sample_images(out_dir: Path, db_path: Path, seed: int = 0, *,
         written = write_tars(raw, {f.rel_path: f.data for f in files}, {f.rel_path: f.post_id for f in files})
     else:
         written = write_folder(raw, {f.rel_path: f.data for f in files})
-    in_db = {t[1] for t, r in zip(tasks, results) if t[2] not in {c.name for c in ORPHAN_CASES}}
+    orphans = {c.name for c in ORPHAN_CASES}
+    in_db = {pid for _, pid, case in tasks if case not in orphans}
     _update_db(db_path, [f for f in files if f.post_id in in_db])
     report = {"seed": seed, "layout": layout, "cases": _case_records(tasks, results, layout)}
     tmp = out_dir / f".hard_cases.json.{os.getpid()}.tmp"

@@ -297,10 +297,9 @@ def _composition(rng: np.random.Generator, n: int, idx: dict[str, int],
     return np.concatenate(posts), np.concatenate(tags)
 
 
-def _size_meta(width: np.ndarray, height: np.ndarray, ext: np.ndarray, rng: np.random.Generator,
-               idx: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resolution and animation meta tags by Danbooru's own rules."""
-    flags = {
+def resolution_tags(width: np.ndarray, height: np.ndarray) -> dict[str, np.ndarray]:
+    """Meta tags Danbooru derives from the image size: tag name → mask over posts."""
+    return {
         "incredibly_absurdres": (width >= 10_000) | (height >= 10_000),
         "absurdres": (width >= 3200) | (height >= 2400),
         "highres": (width >= 1600) | (height >= 1200),
@@ -308,6 +307,12 @@ def _size_meta(width: np.ndarray, height: np.ndarray, ext: np.ndarray, rng: np.r
         "wide_image": (width >= 1024) & (width >= 4 * height),
         "tall_image": (height >= 1024) & (height >= 4 * width),
     }
+
+
+def _size_meta(width: np.ndarray, height: np.ndarray, ext: np.ndarray, rng: np.random.Generator,
+               idx: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resolution and animation meta tags by Danbooru's own rules."""
+    flags = resolution_tags(width, height)
     animated = (ext == "gif") & (rng.random(len(ext)) < 0.4)
     flags["animated"] = flags["animated_gif"] = animated
     flags = {k: v for k, v in flags.items() if k in idx}
@@ -434,11 +439,12 @@ def _write_aliases(conn: sqlite3.Connection, names: list[str], aliases: list[lis
     return conn.total_changes - before
 
 
-def _post_count(path: Path) -> int | None:
-    """Posts in an existing file with the published tables, or None if it is not one."""
+def _row_count(path: Path) -> int | None:
+    """Rows in the published tables of an existing file, or None if it is not such a file."""
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return conn.execute('SELECT count(*) FROM "post"').fetchone()[0]
+        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as conn:
+            return sum(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                       for t in ("post", "tag", "posttagrelation"))
     except sqlite3.DatabaseError:
         return None
 
@@ -447,20 +453,22 @@ def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = F
     """Write a Danbooru2023-schema sqlite with `posts` realistic posts, deterministic per seed.
 
     A new file is written to a temporary name and moved into place. An existing file that has
-    the published tables but no posts (e.g. made by `kdata db init`, migrations applied) is
+    the published tables but no rows (e.g. made by `kdata db init`, migrations applied) is
     filled in place, aliases included; a file with posts is never overwritten.
     """
     path = Path(path)
     if posts < 1:
         raise SampleError(f"--posts must be at least 1 (got {posts})")
     existing = path.exists() and path.stat().st_size > 0
-    if existing and _post_count(path) != 0:
+    if existing and _row_count(path) != 0:
         raise SampleError(
             f"{path} already exists and is not an empty Danbooru2023 database: "
             "choose another output or remove it first (kdata sample --force)"
         )
     t0 = time.perf_counter()
-    log = (lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)) if progress else (lambda msg: None)
+    def log(msg: str) -> None:
+        if progress:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
     table = load_tag_table()
     sample = generate(seed, posts, table)
     log(f"generated {posts:,} posts, {len(sample.rel_post):,} tag relations")
@@ -478,7 +486,8 @@ def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = F
 
 
 def _write(target: Path, sample: _Sample, table: TagTable, *, fresh: bool, log) -> None:
-    target.unlink(missing_ok=True) if fresh else None
+    if fresh:
+        target.unlink(missing_ok=True)
     conn = sqlite3.connect(target, isolation_level=None)
     try:
         if fresh:
