@@ -70,6 +70,21 @@ def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_
         "db_fingerprint": db_print,
         "caption_thresholds": thresholds,
         "inputs_sha256": inputs_sha256,
+        # The bytes of shards and parquet files depend on these: same versions, same bytes.
+        "toolchain": toolchain_versions(),
+    }
+
+
+def toolchain_versions() -> dict[str, str]:
+    import PIL
+    import polars
+    from PIL import features
+
+    return {
+        "pillow": PIL.__version__,
+        "libwebp": features.version("webp") or "",
+        "zlib": features.version("zlib") or "",
+        "polars": polars.__version__,
     }
 
 
