@@ -255,3 +255,25 @@ def test_linear_light_round_trips_flat_colours_exactly() -> None:
     inside = (rows >= 0) & (rows < out.shape[0])
     assert inside.sum() > 100
     assert np.array_equal(out[rows[inside], out.shape[1] // 2, 0], np.arange(256)[inside])
+
+
+def test_rgba_whose_transparency_is_cropped_away_is_stored_rgb() -> None:
+    # WebP stores an all-opaque RGBA as RGB: the intended image must be RGB too (it was rejected)
+    im = Image.new("RGBA", (900, 300), (10, 200, 30, 255))
+    im.putpixel((0, 0), (0, 0, 0, 0))  # the only transparent pixel lies outside the crop
+    r = process_image(encode(im, "PNG"), DEMO)
+    back = np.asarray(check_ok(r, "RGB"))
+    assert r.crop_box[1] > 0 and r.source_mode == "RGBA"  # rows cut off the top
+    assert (back.reshape(-1, 3) == (10, 200, 30)).all()
+
+
+def test_rgba_keeps_every_pixel_of_the_source_alpha_path() -> None:
+    # normalise's one-conversion alpha path must give the pixels of split → RGB → putalpha
+    from kohaku_data.images.normalise import normalise
+    rng = np.random.default_rng(3)
+    for mode, bands in (("RGBA", 4), ("LA", 2)):
+        a = rng.integers(0, 256, (40, 30, bands), dtype=np.uint8)
+        out = normalise(Image.fromarray(a, mode), alpha="keep", background=(0, 0, 0))
+        colour = a[..., :1].repeat(3, axis=2) if mode == "LA" else a[..., :3]
+        expect = np.dstack([colour, a[..., -1]])
+        assert out.mode == "RGBA" and np.array_equal(np.asarray(out), expect)

@@ -366,3 +366,21 @@ def test_cli(sample, tmp_path: Path) -> None:
         assert record["score"] == by_id[record["id"]].score
     result = runner.invoke(app, ["query", "1gril", "--db", path])
     assert result.exit_code == 1 and "did you mean 1girl" in result.output
+
+
+@pytest.mark.parametrize("first_window", [1, 7, 10**9])
+def test_paged_queries_over_id_windows_match_brute_force(sample, monkeypatch, first_window) -> None:
+    """`limit` without `order:` walks id windows; tiny windows force many of them."""
+    db, posts, rng = sample
+    monkeypatch.setattr(query_mod, "_MIN_WINDOW", 1)
+    monkeypatch.setattr(query_mod, "_first_window", lambda plan, limit, span: first_window)
+    for _ in range(25):
+        text, predicate = random_query(rng, posts)
+        expected = [p.id for p in posts if predicate(p)]
+        limit = rng.choice([1, 3, 17, 1000])
+        assert query_ids(db, text, limit=limit) == expected[:limit], text
+        pages, cursor = [], None
+        while page := query_ids(db, text, limit=limit, after_id=cursor):
+            pages += page
+            cursor = page[-1]
+        assert pages == expected, text

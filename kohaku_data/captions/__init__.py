@@ -33,12 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import (
-    TagSource, count_posts, explode_tag_ids, iter_post_pages, read_posts_by_ids,
+    PageSpec, Relations, TagSource, count_posts, page_bounds,
 )
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
+from kohaku_data.captions.parallel import caption_page, pooled_captions
 from kohaku_data.captions.thresholds import (
     RATING_NAMES, Thresholds, compute_thresholds, read_metrics,
 )
@@ -48,15 +50,8 @@ from kohaku_data.db import DanbooruDB
 __all__ = [
     "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds", "iter_captions",
 ]
-
-
-def _chunk_captions(
-    conn: sqlite3.Connection, posts: pl.DataFrame, tags: TagSource, config: CaptionConfig, thresholds: Thresholds
-) -> pl.DataFrame:
-    posts = posts.with_row_index("_pi")
-    rel = explode_tag_ids(posts)
-    rel = rel.join(tags.lookup(rel["tag_id"]), on="tag_id", how="inner")
-    return build_captions(posts, rel, config, thresholds)
+# Reading the whole tag table pays off once the job is big; a few posts look their tags up.
+_WHOLE_TAG_TABLE_FROM = 50_000
 
 
 def caption_posts(
@@ -65,40 +60,50 @@ def caption_posts(
     """Caption frame of the posts in `ids` that exist (one row each, ordered by id)."""
     frames = list(iter_captions(db, config, thresholds, ids=ids))
     if not frames:
-        return _empty_frame(db, config, thresholds)
+        return _empty_frame(config, thresholds)
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
 def iter_captions(
     db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds, ids: Sequence[int] | None = None,
-    chunk_size: int = 100_000,
+    chunk_size: int = 100_000, workers: int = 1,
 ) -> Iterator[pl.DataFrame]:
-    """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None."""
+    """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None.
+
+    `workers > 1` captions chunks in that many processes (each opens the file read-only and
+    sees what is committed to it); the frames still come in id order, and at most
+    `workers + 1` chunks are in flight, so memory grows with `chunk_size`, not the DB."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     conn = db.connection()
     with_rids = config.tag_order == "db"
-    prepare = lambda t: prepare_tags(t, config)  # noqa: E731
     if ids is None:
-        tags = TagSource(conn, True, prepare)
-        make_pages = lambda c: iter_post_pages(c, chunk_size, with_rids)  # noqa: E731
-        many = True
+        whole, many = True, True
+        specs: Callable[[sqlite3.Connection], Iterator[PageSpec]] = lambda c: (  # noqa: E731
+            PageSpec(after=a, last=b) for a, b in page_bounds(c, chunk_size))
     else:
         wanted = sorted({int(i) for i in ids})
-        # Reading the whole tag table pays off once the job is big; a few posts look tags up.
-        tags = TagSource(conn, len(wanted) > 50_000, prepare)
-        make_pages = lambda c: (read_posts_by_ids(c, wanted[i:i + chunk_size], with_rids)  # noqa: E731
-                                for i in range(0, len(wanted), chunk_size))
-        many = len(wanted) > chunk_size
-    pages = _prefetched(db, make_pages) if many else make_pages(conn)
-    for page in pages:
-        if page.height:
-            yield _chunk_captions(conn, page, tags, config, thresholds)
+        whole, many = len(wanted) > _WHOLE_TAG_TABLE_FROM, len(wanted) > chunk_size
+        specs = lambda c: (PageSpec(ids=tuple(wanted[i:i + chunk_size]))  # noqa: E731
+                           for i in range(0, len(wanted), chunk_size))
+    if workers > 1 and many:
+        yield from pooled_captions(db.path, specs(conn), config, thresholds, whole, workers)
+        return
+    tags = TagSource(conn, whole, lambda t: prepare_tags(t, config))
+    read = lambda c: (spec.read(c, with_rids) for spec in specs(c))  # noqa: E731
+    pages = _prefetched(db, read) if many else read(conn)
+    for posts, rel in pages:
+        if posts.height:
+            yield caption_page(posts, rel, tags, config, thresholds)
 
 
-def _prefetched(db: DanbooruDB, make_pages: Callable[[sqlite3.Connection], Iterator[pl.DataFrame]]) -> Iterator[pl.DataFrame]:
+def _prefetched(
+    db: DanbooruDB, make_pages: Callable[[sqlite3.Connection], Iterator[tuple[pl.DataFrame, Relations]]]
+) -> Iterator[tuple[pl.DataFrame, Relations]]:
     """Read page i+1 in a thread (own read-only connection) while page i is captioned: sqlite
-    releases the GIL while it steps and polars while it computes, so the two overlap on 2 cores.
+    releases the GIL while it steps and polars/numpy while they compute, so the two overlap.
     Used for multi-chunk jobs only; they see what is committed to the file."""
     conn = sqlite3.connect(f"file:{Path(db.path).resolve()}?mode=ro", uri=True, check_same_thread=False)
     try:
@@ -112,13 +117,13 @@ def _prefetched(db: DanbooruDB, make_pages: Callable[[sqlite3.Connection], Itera
         conn.close()
 
 
-def _empty_frame(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
+def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
     from kohaku_data.captions.frame import POST_SCHEMA, TAG_SCHEMA
+    from kohaku_data.captions.layout import ChunkRows
 
-    rel = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config).with_columns(
-        _pi=pl.lit(0, dtype=pl.UInt32), id=pl.lit(0, dtype=pl.Int64), rid=pl.lit(0, dtype=pl.Int64)).clear()
-    posts = pl.DataFrame(schema=POST_SCHEMA).with_row_index("_pi")
-    return build_captions(posts, rel, config, thresholds)
+    tags = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config)
+    none = np.empty(0, dtype=np.int64)
+    return build_captions(pl.DataFrame(schema=POST_SCHEMA), tags, ChunkRows(none, none, none), config, thresholds)
 
 
 def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:

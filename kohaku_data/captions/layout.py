@@ -1,10 +1,15 @@
-"""Caption layout with column operations: one chunk of posts (+ their tags) → caption frame.
+"""Caption layout with array operations: one chunk of posts (+ their tags) → caption frame.
 
-No Python loop per post: tags are (post, tag) rows, sorted once, grouped per post into list
-columns, joined into strings with `list.join` / `concat_str`.
+No Python loop per post. A chunk's relations are integer arrays (post row `pi`, tag row `ti`
+in the prepared tag table); each list is one numpy argsort of a packed integer key (post,
+group, in-group order), then the names are gathered once and cut into per-post lists by a
+group_by on the already sorted post index (polars' sorted fast path), then `list.join`.
+Strings never move during the sort.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -100,56 +105,132 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
     ).drop("popularity")
 
 
-def order_keys(rel: pl.DataFrame, config: CaptionConfig) -> tuple[pl.DataFrame, list[str]]:
-    """Add the in-group sort key columns for config.tag_order (ascending); return (frame, keys)."""
+@dataclass(frozen=True)
+class ChunkRows:
+    """One chunk's post-tag relations resolved against the prepared tag table (parallel arrays)."""
+
+    pi: np.ndarray  # row index of the post in the chunk
+    ti: np.ndarray  # row index of the tag in `tags` (prepare_tags output, any row order)
+    rid: np.ndarray | None  # relation id, for tag_order = "db"
+
+    def take(self, mask: np.ndarray) -> "ChunkRows":
+        return ChunkRows(self.pi[mask], self.ti[mask], None if self.rid is None else self.rid[mask])
+
+
+def index_of(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each query in the sorted, unique `sorted_keys`."""
+    if not len(sorted_keys) or not len(queries):
+        return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
+    low, span = int(sorted_keys[0]), int(sorted_keys[-1]) - int(sorted_keys[0]) + 1
+    if span <= 4 * len(sorted_keys) + 4096:
+        # Dense ids (the usual case): a lookup table is one gather, 10x faster than a search.
+        table = np.full(span + 1, -1, dtype=np.int64)
+        table[sorted_keys - low] = np.arange(len(sorted_keys))
+        position = table[np.clip(queries - low, -1, span)]  # out of range → the -1 slot (span)
+        return position >= 0, position
+    position = np.searchsorted(sorted_keys, queries)
+    found = position < len(sorted_keys)
+    found[found] = sorted_keys[position[found]] == queries[found]
+    return found, position
+
+
+def resolve_tags(tags: pl.DataFrame, tag_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, row) of each tag id in `tags` sorted by tag_id; missing or blacklisted tags are
+    not found (the reference joins relations with the tag table, then drops blacklisted)."""
+    return index_of(tags["tag_id"].to_numpy(), tag_ids)
+
+
+def _argsort_rows(primary: np.ndarray, secondary: list[np.ndarray]) -> np.ndarray:
+    """Row order by (primary, *secondary), all integer arrays."""
+    if not len(primary):
+        return np.empty(0, dtype=np.int64)
+    if len(secondary) == 1 and secondary[0].min() >= 0:
+        span = int(secondary[0].max()) + 1
+        if (int(primary.max()) + 1) * span < (1 << 62):
+            # One packed int64 key: a single numpy sort, 5x faster than a multi-column sort.
+            return np.argsort(primary * span + secondary[0].astype(np.int64), kind="stable")
+    order = np.lexsort(secondary[::-1]) if secondary else np.arange(len(primary))
+    return order[np.argsort(primary[order], kind="stable")]
+
+
+def _in_group_keys(
+    rows: ChunkRows, tags: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
+) -> list[np.ndarray]:
+    """In-group sort keys of each tag row for config.tag_order (ascending)."""
     if config.tag_order == "popularity":
-        return rel, ["_prank"]
-    if config.tag_order == "db":
-        return rel, ["rid"]
+        return [tags["_prank"].to_numpy()[rows.ti]]
     if config.tag_order == "alpha":
-        return rel, ["_arank"]
-    keys = shuffle_keys(config.shuffle_seed, rel["id"].to_numpy(), rel["tag_id"].to_numpy())
-    return rel.with_columns(_key=pl.Series(keys, dtype=pl.UInt64)), ["_key", "tag_id"]
+        return [tags["_arank"].to_numpy()[rows.ti]]
+    if config.tag_order == "db":
+        return [rows.rid]
+    tag_ids = tags["tag_id"].to_numpy()[rows.ti]
+    return [shuffle_keys(config.shuffle_seed, post_ids[rows.pi], tag_ids), tag_ids]
+
+
+def _lists(pi: np.ndarray, group: np.ndarray, values: pl.Series, name: str) -> pl.DataFrame:
+    """(_pi, _grp, name: list) per (post, group), the values in their given (sorted) order."""
+    frame = pl.DataFrame({"_k": pi * 16 + group, name: values})
+    # Sorted keys: group_by cuts contiguous runs instead of hashing (10x faster).
+    grouped = frame.with_columns(pl.col("_k").set_sorted()).group_by("_k", maintain_order=True).agg(name)
+    return grouped.select((pl.col("_k") // 16).cast(pl.UInt32).alias("_pi"), (pl.col("_k") % 16).alias("_grp"), name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Assembling
 # ---------------------------------------------------------------------------------------------
-def _raw_lists(rel: pl.DataFrame) -> pl.DataFrame:
-    """tags_<type> per post index `_pi`: raw names per type, popularity order (ties by name)."""
-    ordered = rel.select("_pi", "type", "name", "_prank")
-    ordered = ordered[ordered.select(pl.arg_sort_by(["_pi", "_prank"])).to_series()]
-    out = pl.DataFrame({"_pi": ordered["_pi"].unique()})
+def _raw_lists(rows: ChunkRows, tags: pl.DataFrame) -> list[pl.DataFrame]:
+    """tags_<type> per post index `_pi` (one frame per type): raw names, popularity order."""
+    order = _argsort_rows(rows.pi, [tags["_prank"].to_numpy()[rows.ti]])
+    pi, ti = rows.pi[order], rows.ti[order]
+    kind = tags["type"].to_numpy()[ti]
+    out = []
     for t, col in TAG_COLUMNS.items():
-        # group_by keeps the row order inside each group: the lists stay in popularity order.
-        part = ordered.filter(pl.col("type") == t).group_by("_pi").agg(pl.col("name").alias(col))
-        out = out.join(part, on="_pi", how="left")
+        mine = kind == t
+        names = tags["name"].gather(ti[mine])
+        out.append(_lists(pi[mine], np.zeros(len(names), dtype=np.int64), names, col).drop("_grp"))
     return out
 
 
-def _extra_rows(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """Per post: the keep-separator marker and the year, rating and quality tags, as tag rows."""
-    parts = [(G_YEAR, "year_tag"), (G_RATING, "rating_tag"), (G_QUALITY, "quality")]
-    rows = [frame.select("_pi", _g=pl.lit(g, dtype=pl.Int8), _disp=pl.col(c)).drop_nulls("_disp") for g, c in parts]
+def _extra_rows(frame: pl.DataFrame, config: CaptionConfig) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """(post index, group, text) of the keep-separator marker and the year, rating and quality
+    tags of each post: rows that sort into the caption like tags."""
+    parts = [(G_YEAR, frame["year_tag"]), (G_RATING, frame["rating_tag"]), (G_QUALITY, frame["quality"])]
     if config.keep_separator is not None:
-        rows.append(frame.select("_pi", _g=pl.lit(G_MARK, dtype=pl.Int8), _disp=pl.lit(_MARK)))
-    return pl.concat(rows)
+        parts.append((G_MARK, pl.repeat(_MARK, frame.height, eager=True)))
+    post_index = frame["_pi"].to_numpy()
+    pis, groups, texts = [], [], []
+    for group, values in parts:
+        present = values.is_not_null().to_numpy()
+        pis.append(post_index[present])
+        groups.append(np.full(int(present.sum()), group, dtype=np.int64))
+        texts.append(values.filter(values.is_not_null()).cast(pl.String))
+    return np.concatenate(pis), np.concatenate(groups), pl.concat(texts)
 
 
-def _captions(rel: pl.DataFrame, frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """caption per post index `_pi`: tag rows + extra rows sorted, one string join per post."""
-    rel, keys = order_keys(rel.filter(pl.col("_g").is_not_null()), config)
-    rows = rel.select("_pi", "_g", "_disp", *keys)
-    extra = _extra_rows(frame, config).with_columns(pl.lit(0, dtype=rows.schema[k]).alias(k) for k in keys)
-    rows = pl.concat([rows, extra.select(rows.columns)])
-    # Sort the integer keys only, then gather once: moving the strings in a frame sort is slow.
-    rows = rows[rows.select(pl.arg_sort_by(["_pi", "_g", *keys])).to_series()]
-    joined = rows.group_by("_pi").agg(caption=pl.col("_disp").str.join(config.separator))
+def _captions(
+    rows: ChunkRows, tags: pl.DataFrame, frame: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
+) -> pl.DataFrame:
+    """caption per post index `_pi` (`post_ids[_pi]`: its id): tag rows + extra rows sorted,
+    one string join per post."""
+    group = tags["_g"].fill_null(-1).to_numpy()[rows.ti].astype(np.int64)
+    shown = group >= 0
+    rows, group = rows.take(shown), group[shown]
+    keys = _in_group_keys(rows, tags, post_ids, config)
+    extra_pi, extra_group, extra_text = _extra_rows(frame, config)
+    pi = np.concatenate([rows.pi, extra_pi])
+    group = np.concatenate([group, extra_group])
+    keys = [np.concatenate([k, np.zeros(len(extra_pi), dtype=k.dtype)]) for k in keys]
+    order = _argsort_rows(pi * 16 + group, keys)
+    # Strings are gathered once, in caption order: tag rows index `_disp`, extra rows follow it.
+    source = np.concatenate([rows.ti, len(tags) + np.arange(len(extra_pi))])
+    text = pl.concat([tags["_disp"], extra_text]).gather(source[order])
+    joined = _lists(pi[order], np.zeros(len(order), dtype=np.int64), text, "caption")
+    text = pl.col("caption").list.join(config.separator)
     if config.keep_separator is not None:
         # hakubooru: keep + sep + "|||" + rest (no separator after "|||").
-        text = pl.col("caption").str.replace(_MARK + config.separator, config.keep_separator, literal=True)
-        joined = joined.with_columns(caption=text.str.replace(_MARK, config.keep_separator, literal=True))
-    return joined
+        text = text.str.replace(_MARK + config.separator, config.keep_separator, literal=True)
+        text = text.str.replace(_MARK, config.keep_separator, literal=True)
+    return joined.select("_pi", caption=text)
 
 
 def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
@@ -165,14 +246,16 @@ def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
 
 
 def build_captions(
-    posts: pl.DataFrame, rel: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds
+    posts: pl.DataFrame, tags: pl.DataFrame, rows: ChunkRows, config: CaptionConfig, thresholds: Thresholds
 ) -> pl.DataFrame:
-    """posts (POST_SCHEMA + `_pi` row index) + rel (`_pi`, id, tag_id[, rid] joined with
-    `prepare_tags`) → caption frame."""
-    frame = post_columns(posts, config, thresholds)
-    frame = frame.join(_raw_lists(rel), on="_pi", how="left").join(_captions(rel, frame, config), on="_pi", how="left")
+    """posts (POST_SCHEMA, ordered by id) + tags (`prepare_tags`) + the chunk's relations →
+    caption frame, one row per post in the same order."""
+    frame = post_columns(posts.with_row_index("_pi"), config, thresholds)
+    parts = [*_raw_lists(rows, tags), _captions(rows, tags, frame, posts["id"].to_numpy(), config)]
+    for part in parts:
+        frame = frame.join(part, on="_pi", how="left")
     empty = pl.lit([], dtype=pl.List(pl.String))
     frame = frame.with_columns(
         caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
     )
-    return frame.sort("id").select(OUTPUT_COLUMNS)
+    return frame.sort("_pi").select(OUTPUT_COLUMNS)

@@ -77,12 +77,14 @@ def pending(db: DanbooruDB, directory: Path | None = None) -> list[Migration]:
     return [m for m in available(directory) if m.version not in done]
 
 
-def migrate(db: DanbooruDB, directory: Path | None = None) -> list[str]:
+def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: bool = False) -> list[str]:
     """Apply pending migrations in order; return the names applied (empty: already current).
 
-    Also rebuilds indexes left deferred by an interrupted bulk import.
+    Also rebuilds indexes left deferred by an interrupted bulk import, unless `keep_deferred`
+    (a bulk import about to defer them again: rebuilding them first would be wasted work).
     """
-    restore_deferred_indexes(db)
+    if not keep_deferred:
+        restore_deferred_indexes(db)
     todo = pending(db, directory)
     if todo and db.readonly:
         raise MigrationError(
@@ -132,13 +134,13 @@ def _refresh(db: DanbooruDB) -> None:
 # --------------------------------------------------------------------------------------------
 # Deferred indexes (bulk imports)
 # --------------------------------------------------------------------------------------------
-# A bulk import into a (nearly) empty file is ~1.6x cheaper when the secondary indexes of `post`
-# and `posttagrelation` are built once at the end instead of row by row. Their DDL is kept in
-# this table in the same transaction that drops them, so a killed import loses nothing: the
-# next import or `kdata db migrate` rebuilds them.
+# A bulk import into a (nearly) empty file is several times cheaper when the secondary indexes of
+# `post` and `posttagrelation` (the published ones and migration 0003's) are built once at the
+# end instead of row by row. Their DDL is kept in this table in the same transaction that drops
+# them, so a killed import loses nothing: the next import or `kdata db migrate` rebuilds them.
+# `posttagrelation_post_id` is dropped too; the importer restores it alone (`restore_deferred_
+# indexes(db, {name})`) the first time it must read a stored post's relations.
 _DEFERRED_TABLE = "kdata_deferred_index"
-# Needed by the importer itself (relations of a post being replaced), so never dropped.
-_KEEP = {"posttagrelation_post_id"}
 
 
 def defer_indexes(db: DanbooruDB) -> list[str]:
@@ -150,23 +152,35 @@ def defer_indexes(db: DanbooruDB) -> list[str]:
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
             "AND tbl_name IN ('post', 'posttagrelation')"
         ).fetchall()
-        rows = [(name, sql) for name, sql in rows if name not in _KEEP]
         conn.executemany(f'INSERT OR REPLACE INTO "{_DEFERRED_TABLE}" (name, sql) VALUES (?, ?)', rows)
         for name, _ in rows:
             conn.execute(f'DROP INDEX "{name}"')
     return [name for name, _ in rows]
 
 
-def restore_deferred_indexes(db: DanbooruDB) -> list[str]:
-    """Rebuild indexes dropped by `defer_indexes` (also after a killed import); return names."""
+def deferred_indexes(db: DanbooruDB) -> list[str]:
+    """Names of the indexes currently dropped by `defer_indexes` (empty: none)."""
+    if not db.has_table(_DEFERRED_TABLE):
+        return []
+    return [r[0] for r in db.connection().execute(f'SELECT name FROM "{_DEFERRED_TABLE}" ORDER BY name')]
+
+
+def restore_deferred_indexes(db: DanbooruDB, names: set[str] | None = None) -> list[str]:
+    """Rebuild indexes dropped by `defer_indexes` (also after a killed import); return names.
+
+    `names` restores only those (the rest stay deferred); None restores all of them.
+    """
     if db.readonly or not db.has_table(_DEFERRED_TABLE):
         return []
     conn = db.connection()
     with db.database.atomic():
         rows = conn.execute(f'SELECT name, sql FROM "{_DEFERRED_TABLE}" ORDER BY name').fetchall()
+        rows = [(name, sql) for name, sql in rows if names is None or name in names]
         existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         for name, sql in rows:
             if name not in existing:
                 conn.execute(sql)
-        conn.execute(f'DROP TABLE "{_DEFERRED_TABLE}"')
+        conn.executemany(f'DELETE FROM "{_DEFERRED_TABLE}" WHERE name = ?', [(n,) for n, _ in rows])
+        if conn.execute(f'SELECT count(*) FROM "{_DEFERRED_TABLE}"').fetchone()[0] == 0:
+            conn.execute(f'DROP TABLE "{_DEFERRED_TABLE}"')
     return [name for name, _ in rows]

@@ -76,6 +76,10 @@ _TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
 _PROBE_RATIO = 12
 # Check metatags by probing the candidate ids when at most this many (else scan the index).
 _PROBE_MAX = 20_000
+# Smallest id window of a paged query (below this, per-window overhead dominates).
+_MIN_WINDOW = 4096
+# Up to this many ids, a window's metatags are checked on the rowid range of `post`.
+_ROWID_WINDOW_MAX = 200_000
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ def query_ids(
     if not plan.query.has_tags and limit is not None:
         # No tags and a LIMIT: SQL can walk an index in order and stop early.
         return _sql_ids(conn, plan, limit, after_id)
+    if limit is not None and plan.query.order is None and (plan.include or plan.any_of):
+        return _windowed_ids(conn, plan, limit, after_id)
     ids, keys = _array_ids(conn, plan, plan.query.order)
     ids = _page(conn, plan.query.order, ids, keys, after_id)
     return (ids if limit is None else ids[:limit]).tolist()
@@ -306,26 +312,61 @@ def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool
 
 
 # -- array engine -----------------------------------------------------------------------------
+_Span = tuple[int, int]  # post ids lo <= id < hi
+
+
+def _windowed_ids(conn: sqlite3.Connection, plan: _Plan, limit: int, after_id: int | None) -> list[int]:
+    """A page in id order: run the array engine over growing id windows until `limit` ids are
+    found, so a page of a popular query costs a window's worth of ids, not the whole result
+    (`1girl solo` on 1M posts: ~0.2 ms per page of 100 instead of ~100 ms)."""
+    # Two subqueries: SQLite answers a lone min() or max() from the rowid b-tree at once, but
+    # scans the table for `SELECT min(id), max(id)`.
+    lo_id, hi_id = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
+    if hi_id is None or limit == 0:
+        return []
+    lo = max(lo_id, after_id + 1 if after_id is not None else lo_id)
+    window = _first_window(plan, limit, hi_id - lo_id + 1)
+    found: list[int] = []
+    while lo <= hi_id and len(found) < limit:
+        ids, _ = _array_ids(conn, plan, None, (lo, lo + window))
+        found.extend(ids[: limit - len(found)].tolist())
+        lo += window
+        window *= 4  # the estimate was too hopeful: widen fast (few windows even when sparse)
+    return found
+
+
+def _first_window(plan: _Plan, limit: int, id_span: int) -> int:
+    """Ids to scan for about 2x `limit` matches, assuming tags are independent."""
+    share = 1.0
+    for tag in plan.include:
+        share *= min(1.0, tag.popularity / id_span)
+    if plan.any_of:
+        share *= min(1.0, sum(t.popularity for t in plan.any_of) / id_span)
+    share *= 0.5 ** len(plan.query.filters)
+    return max(_MIN_WINDOW, int(2 * limit / max(share, 1e-9)))
+
+
 def _array_ids(
-    conn: sqlite3.Connection, plan: _Plan, order: Order | None
+    conn: sqlite3.Connection, plan: _Plan, order: Order | None, span: _Span | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sorted unique ids matching the whole query, and their sort keys when `order` needs them."""
-    ids = _positive_tags(conn, plan)
+    """Sorted unique ids matching the whole query (within `span` when given), and their sort
+    keys when `order` needs them."""
+    ids = _positive_tags(conn, plan, span)
     need_key = order is not None and order.name != "id"
     keys = None
     if ids is None or plan.query.filters or need_key:
-        ids, keys = _apply_meta(conn, plan.query.filters, order if need_key else None, ids)
+        ids, keys = _apply_meta(conn, plan.query.filters, order if need_key else None, ids, span)
     for tag in sorted(plan.exclude, key=lambda t: t.popularity):
         if ids.size == 0:
             break
-        drop = _tag_ids(conn, tag, within=ids)
+        drop = _tag_ids(conn, tag, within=ids, span=span)
         keep = ~np.isin(ids, drop, assume_unique=True)
         ids = ids[keep]
         keys = None if keys is None else keys[keep]
     return ids, keys
 
 
-def _positive_tags(conn: sqlite3.Connection, plan: _Plan) -> np.ndarray | None:
+def _positive_tags(conn: sqlite3.Connection, plan: _Plan, span: _Span | None = None) -> np.ndarray | None:
     """Ids having every include tag and one of the ~ tags; None when there are no such tags.
 
     Each include tag, and the ~ group as a whole (its size is at most the sum of its tags'),
@@ -336,7 +377,7 @@ def _positive_tags(conn: sqlite3.Connection, plan: _Plan) -> np.ndarray | None:
         steps.append((sum(t.popularity for t in plan.any_of), plan.any_of))
     ids: np.ndarray | None = None
     for _, tags in sorted(steps, key=lambda step: step[0]):
-        parts = [_tag_ids(conn, t, within=ids) for t in tags]
+        parts = [_tag_ids(conn, t, within=ids, span=span) for t in tags]
         found = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
         ids = found if ids is None else np.intersect1d(ids, found, assume_unique=True)
         if ids.size == 0:
@@ -344,13 +385,19 @@ def _positive_tags(conn: sqlite3.Connection, plan: _Plan) -> np.ndarray | None:
     return ids
 
 
-def _tag_ids(conn: sqlite3.Connection, tag: _Tag, within: np.ndarray | None) -> np.ndarray:
-    """Sorted unique post ids of `tag` (only those in `within` when probing is cheaper)."""
+def _tag_ids(
+    conn: sqlite3.Connection, tag: _Tag, within: np.ndarray | None, span: _Span | None = None
+) -> np.ndarray:
+    """Sorted unique post ids of `tag` (only those in `within` when probing is cheaper; only
+    those in `span` when given)."""
     if within is not None and tag.popularity > _PROBE_RATIO * within.size:
         sql = f"{_TAG_SUBQUERY} = ? AND post_id IN (SELECT value FROM json_each(?))"
         args: tuple = (tag.id, json.dumps(within.tolist()))
     else:
         sql, args = f"{_TAG_SUBQUERY} = ?", (tag.id,)
+    if span is not None:  # a range of the covering index (tag_id, post_id)
+        sql += " AND post_id >= ? AND post_id < ?"
+        args += span
     text = conn.execute(f"SELECT group_concat(post_id) FROM ({sql})", args).fetchone()[0]
     return _sorted_unique(_parse_list(text, "id"))
 
@@ -360,10 +407,17 @@ def _apply_meta(
     filters: tuple[MetaFilter, ...],
     order: Order | None,
     ids: np.ndarray | None,
+    span: _Span | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Keep the ids passing the metatags (all posts when `ids` is None), with sort keys."""
+    """Keep the ids passing the metatags (all posts, or those in `span`, when `ids` is None),
+    with sort keys."""
     clauses, params = _filter_clauses(filters)
     source = "post"
+    if span is not None:
+        clauses.append("id >= ? AND id < ?")
+        params += span
+        if span[1] - span[0] <= _ROWID_WINDOW_MAX:
+            source = "post NOT INDEXED"  # a short rowid range beats a metatag index range
     if ids is not None and ids.size <= _PROBE_MAX:
         # Few candidates: look each up by rowid. NOT INDEXED stops SQLite from preferring a
         # range of kdata_post_meta (which can be far longer than the candidate list).

@@ -33,6 +33,8 @@ _ICC_SPACE = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}
 def normalise(im: Image.Image, *, alpha: str, background: tuple[int, int, int]) -> Image.Image:
     icc = im.info.get("icc_profile")
     base = _base_mode(im)
+    if alpha == "keep" and base.mode in ("LA", "RGBA") and _transform(icc, base.mode[:-1]) is None:
+        return _keep_alpha(base)
     colour, alpha_band = _split_alpha(base)
     colour = _to_srgb(colour, icc)
     if alpha_band is None:
@@ -79,8 +81,20 @@ def _split_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return im, None
 
 
+def _keep_alpha(im: Image.Image) -> Image.Image:
+    """LA/RGBA with no colour profile to apply: the same pixels as split → RGB → putalpha, in at
+    most one conversion (an RGBA source is returned as it is, not copied three times)."""
+    if im.getchannel("A").getextrema() == (255, 255):
+        return im.convert("RGB")  # fully opaque: RGB holds exactly the same pixels
+    return im if im.mode == "RGBA" else im.convert("RGBA")
+
+
+def _transform(icc: bytes | None, mode: str) -> ImageCms.ImageCmsTransform | None:
+    return _icc_transform(icc, mode) if icc and mode in _ICC_SPACE else None
+
+
 def _to_srgb(colour: Image.Image, icc: bytes | None) -> Image.Image:
-    transform = _icc_transform(icc, colour.mode) if icc and colour.mode in _ICC_SPACE else None
+    transform = _transform(icc, colour.mode)
     if transform is not None:
         return ImageCms.applyTransform(colour, transform)
     if colour.mode == "RGB":

@@ -91,7 +91,7 @@ def _process(data: bytes, config: ImageConfig, source: dict) -> ImageResult:
     source.update(source_format=im.format, source_mode=im.mode, source_size=im.size)
     im = normalise(im, alpha=config.alpha, background=config.background)
     plan = _plan(im.size, config)
-    out = resize.apply(im, plan, reducing_gap=config.reducing_gap, linear_light=config.linear_light)
+    out = _opaque_as_rgb(resize.apply(im, plan, reducing_gap=config.reducing_gap, linear_light=config.linear_light))
     del im  # free the full-size original before encoding
     fmt, stored = encode(out, config.codec_preset())
     verify(stored, out)
@@ -100,6 +100,14 @@ def _process(data: bytes, config: ImageConfig, source: dict) -> ImageResult:
         width=out.width, height=out.height, output_format=fmt, mode=out.mode,
         data=stored, sha256=hashlib.sha256(stored).hexdigest(),
     )
+
+
+def _opaque_as_rgb(out: Image.Image) -> Image.Image:
+    """The crop can cut away every transparent pixel: WebP then stores (and decodes) RGB, so the
+    intended image is RGB too (same pixels, nothing lost), as normalise does for opaque sources."""
+    if out.mode == "RGBA" and out.getchannel("A").getextrema() == (255, 255):
+        return out.convert("RGB")
+    return out
 
 
 def _plan(size: tuple[int, int], config: ImageConfig) -> resize.Plan:

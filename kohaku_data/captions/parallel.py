@@ -1,0 +1,84 @@
+"""One chunk of posts → captions, in this process or in a pool of worker processes.
+
+Workers are spawned (not forked: polars' thread pool must not be copied mid-use); each opens the
+DB read-only and reads the tag table once, in its initializer. The parent only walks the post
+ids to cut pages (`PageSpec`), keeps `workers + 1` pages in flight and yields their frames in
+page order, so the output is the same as with one process and memory grows with the chunk size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kohaku_data.captions.frame import PageSpec, Relations, TagSource
+from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags, resolve_tags
+from kohaku_data.captions.thresholds import Thresholds
+from kohaku_data.config import CaptionConfig
+
+
+def caption_page(
+    posts: pl.DataFrame, rel: Relations, tags: TagSource, config: CaptionConfig, thresholds: Thresholds
+) -> pl.DataFrame:
+    """Caption frame of one page (posts ordered by id, with their relations)."""
+    pi, rel = rel.of_posts(posts["id"].to_numpy())
+    table = tags.lookup(rel.tag_id)
+    found, ti = resolve_tags(table, rel.tag_id)
+    rid = rel.rid[found] if rel.rid is not None else None
+    return build_captions(posts, table, ChunkRows(pi[found], ti[found], rid), config, thresholds)
+
+
+class _Worker:
+    """What one worker process keeps between pages: its connection and the prepared tags."""
+
+    def __init__(self, db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
+        self.conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+        self.config, self.thresholds = config, thresholds
+        self.tags = TagSource(self.conn, whole_table, lambda t: prepare_tags(t, config))
+
+    def caption(self, spec: PageSpec) -> pl.DataFrame:
+        posts, rel = spec.read(self.conn, self.config.tag_order == "db")
+        return caption_page(posts, rel, self.tags, self.config, self.thresholds)
+
+
+# Per worker process only (set by the pool initializer, never in the parent): a pool's tasks
+# can reach their process's state only through a module global.
+_worker: _Worker | None = None
+
+
+def _init_worker(db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
+    global _worker
+    _worker = _Worker(db_path, config, thresholds, whole_table)
+
+
+def _caption_spec(spec: PageSpec) -> pl.DataFrame:
+    assert _worker is not None, "called outside a caption worker process"
+    return _worker.caption(spec)
+
+
+def pooled_captions(
+    db_path: str | Path, specs: Iterable[PageSpec], config: CaptionConfig, thresholds: Thresholds,
+    whole_table: bool, workers: int,
+) -> Iterator[pl.DataFrame]:
+    """Caption frames of `specs`, in order, computed by `workers` processes (empty pages skipped)."""
+    context = multiprocessing.get_context("spawn")
+    init = (str(db_path), config, thresholds, whole_table)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+        pending: deque[Future[pl.DataFrame]] = deque()
+        for spec in specs:
+            pending.append(pool.submit(_caption_spec, spec))
+            if len(pending) > workers:
+                frame = pending.popleft().result()
+                if frame.height:
+                    yield frame
+        while pending:
+            frame = pending.popleft().result()
+            if frame.height:
+                yield frame
