@@ -38,6 +38,23 @@ class CaptionReadError(KdataError):
     """The DB holds values the caption reader cannot use (e.g. text in an integer column)."""
 
 
+def index_of(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each query in the sorted, unique `sorted_keys`."""
+    if not len(sorted_keys) or not len(queries):
+        return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
+    low, span = int(sorted_keys[0]), int(sorted_keys[-1]) - int(sorted_keys[0]) + 1
+    if span <= 4 * len(sorted_keys) + 4096:
+        # Dense ids (the usual case): a lookup table is one gather, 10x faster than a search.
+        table = np.full(span + 1, -1, dtype=np.int64)
+        table[sorted_keys - low] = np.arange(len(sorted_keys))
+        position = table[np.clip(queries - low, -1, span)]  # out of range → the -1 slot (span)
+        return position >= 0, position
+    position = np.searchsorted(sorted_keys, queries)
+    found = position < len(sorted_keys)
+    found[found] = sorted_keys[position[found]] == queries[found]
+    return found, position
+
+
 @dataclass(frozen=True)
 class Relations:
     """Post-tag relations of one page, as parallel int64 arrays (any order)."""
@@ -49,8 +66,6 @@ class Relations:
     def of_posts(self, post_ids: np.ndarray) -> tuple[np.ndarray, "Relations"]:
         """Row index of each relation's post in the sorted `post_ids`, dropping relations whose
         post is not among them (orphans, or ids outside the page)."""
-        from kohaku_data.captions.layout import index_of
-
         found, pi = index_of(post_ids, self.post_id)
         if found.all():
             return pi, self

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from kohaku_data.captions.frame import index_of
 from kohaku_data.captions.thresholds import RATING_NAMES, Thresholds, add_quality, add_year_tag, with_dates
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db.enums import TagType
@@ -117,23 +118,6 @@ class ChunkRows:
         return ChunkRows(self.pi[mask], self.ti[mask], None if self.rid is None else self.rid[mask])
 
 
-def index_of(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found, position) of each query in the sorted, unique `sorted_keys`."""
-    if not len(sorted_keys) or not len(queries):
-        return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
-    low, span = int(sorted_keys[0]), int(sorted_keys[-1]) - int(sorted_keys[0]) + 1
-    if span <= 4 * len(sorted_keys) + 4096:
-        # Dense ids (the usual case): a lookup table is one gather, 10x faster than a search.
-        table = np.full(span + 1, -1, dtype=np.int64)
-        table[sorted_keys - low] = np.arange(len(sorted_keys))
-        position = table[np.clip(queries - low, -1, span)]  # out of range → the -1 slot (span)
-        return position >= 0, position
-    position = np.searchsorted(sorted_keys, queries)
-    found = position < len(sorted_keys)
-    found[found] = sorted_keys[position[found]] == queries[found]
-    return found, position
-
-
 def resolve_tags(tags: pl.DataFrame, tag_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(found, row) of each tag id in `tags` sorted by tag_id; missing or blacklisted tags are
     not found (the reference joins relations with the tag table, then drops blacklisted)."""
@@ -167,12 +151,11 @@ def _in_group_keys(
     return [shuffle_keys(config.shuffle_seed, post_ids[rows.pi], tag_ids), tag_ids]
 
 
-def _lists(pi: np.ndarray, group: np.ndarray, values: pl.Series, name: str) -> pl.DataFrame:
-    """(_pi, _grp, name: list) per (post, group), the values in their given (sorted) order."""
-    frame = pl.DataFrame({"_k": pi * 16 + group, name: values})
+def _lists(pi: np.ndarray, values: pl.Series, name: str) -> pl.DataFrame:
+    """(_pi, name: list) per post index, the values in their given order (`pi` sorted)."""
+    frame = pl.DataFrame({"_pi": pi.astype(np.uint32), name: values})
     # Sorted keys: group_by cuts contiguous runs instead of hashing (10x faster).
-    grouped = frame.with_columns(pl.col("_k").set_sorted()).group_by("_k", maintain_order=True).agg(name)
-    return grouped.select((pl.col("_k") // 16).cast(pl.UInt32).alias("_pi"), (pl.col("_k") % 16).alias("_grp"), name)
+    return frame.with_columns(pl.col("_pi").set_sorted()).group_by("_pi", maintain_order=True).agg(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +170,7 @@ def _raw_lists(rows: ChunkRows, tags: pl.DataFrame) -> list[pl.DataFrame]:
     for t, col in TAG_COLUMNS.items():
         mine = kind == t
         names = tags["name"].gather(ti[mine])
-        out.append(_lists(pi[mine], np.zeros(len(names), dtype=np.int64), names, col).drop("_grp"))
+        out.append(_lists(pi[mine], names, col))
     return out
 
 
@@ -224,7 +207,7 @@ def _captions(
     # Strings are gathered once, in caption order: tag rows index `_disp`, extra rows follow it.
     source = np.concatenate([rows.ti, len(tags) + np.arange(len(extra_pi))])
     text = pl.concat([tags["_disp"], extra_text]).gather(source[order])
-    joined = _lists(pi[order], np.zeros(len(order), dtype=np.int64), text, "caption")
+    joined = _lists(pi[order], text, "caption")
     text = pl.col("caption").list.join(config.separator)
     if config.keep_separator is not None:
         # hakubooru: keep + sep + "|||" + rest (no separator after "|||").

@@ -22,6 +22,10 @@ Two engines give the same answers:
   probes driven from the metatag range (300k posts, 3 seeks each) took ~700 ms and the
   IN-subquery SQL ~500 ms.
 
+Pages (`limit` without `order:`, as `kdata serve` and the build plan ask for them) run the same
+engine over growing windows of post ids, starting at the cursor, until the page is full: a page
+costs a window's worth of ids, not the whole result.
+
 Ordering and cursors: without `order:`, ids are ascending and `after_id` keeps ids > after_id.
 With `order:` the cursor is the *last id of the previous page*: the next page starts after that
 post in the sort order (keyset paging on `(key, id)`; ties on the key break by id in the same
