@@ -76,14 +76,16 @@ class ServiceState:
             return config, self._thresholds[key]
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            if self._stats is None:
-                self._stats = _compute_stats(self.db)
-        config, thresholds = self.recipe(None)
+        """Counts, thresholds and band shares: whole-DB scans, so computed once per app (the DB
+        is read-only here; a sync into the file shows after a restart)."""
         from kohaku_data.captions import caption_stats
 
-        return {**self._stats, "quality_thresholds": thresholds.to_dict(),
-                "caption": caption_stats(self.db, config, thresholds)}
+        config, thresholds = self.recipe(None)
+        with self._lock:
+            if self._stats is None:
+                self._stats = {**_compute_stats(self.db), "quality_thresholds": thresholds.to_dict(),
+                               "caption": caption_stats(self.db, config, thresholds)}
+            return self._stats
 
     def close(self) -> None:
         self.db.close()
