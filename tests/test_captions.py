@@ -231,3 +231,58 @@ def test_readonly_db(tmp_path: Path) -> None:
         th = compute_thresholds(db, config)
         assert sum(f.height for f in iter_captions(db, config, th)) == 40
     assert (tmp_path / "r.db").read_bytes() == before  # the reader changed nothing
+
+
+def test_worker_processes_match_one_process(tmp_path: Path) -> None:
+    """Chunks captioned in 2 spawned worker processes: same frames, same order, as in-process."""
+    db = make_db(tmp_path / "w.db", seed=21, posts=200)
+    config = CaptionConfig(tag_order="db")
+    th = compute_thresholds(db, config)
+    single = pl.concat(list(iter_captions(db, config, th, chunk_size=30)))
+    pooled = list(iter_captions(db, config, th, chunk_size=30, workers=2))
+    assert len(pooled) == 7
+    assert pl.concat(pooled).equals(single)
+    ids = [r[0] for r in db.connection().execute("SELECT id FROM post")][::3]
+    by_ids = pl.concat(list(iter_captions(db, config, th, ids=ids, chunk_size=20, workers=2)))
+    assert by_ids["id"].to_list() == sorted(ids)
+    assert by_ids.to_dicts() == reference_captions(db, ids, config, th)
+    db.close()
+
+
+def test_sparse_ids_and_orphan_relations(tmp_path: Path) -> None:
+    """Post ids far apart (the search path of the id lookup, not the dense table), relations
+    of posts and tags that do not exist, and the covering index of migration 0004."""
+    db = DanbooruDB.create(tmp_path / "s.db")
+    conn = db.connection()
+    conn.executemany("INSERT INTO tag VALUES (?,?,?,?)", [(1, "1girl", 0, 9), (10**12, "smile", 0, 5)])
+    post_ids = [5, 10**6, 10**12]
+    for pid in post_ids:
+        conn.execute(f"INSERT INTO post VALUES ({','.join('?' * 27)})",
+                     (pid, "2020-01-01T00:00:00Z", 1, "", "0" * 32, None, 0, 0, 0, None, 0, 0, 1, 0, 1, 1, 1,
+                      "png", 0, 0, 0, 0, 1, None, None, None, "2020-01-01T00:00:00Z"))
+    rels = [(5, 1), (5, 10**12), (5, 777), (6, 1), (10**6, 10**12), (10**12, 1), (10**12 + 1, 1)]
+    conn.executemany("INSERT INTO posttagrelation(post_id, tag_id) VALUES (?,?)", rels)
+    conn.commit()
+    config = CaptionConfig(quality=False)
+    th = compute_thresholds(db, config)
+    expected = reference_captions(db, post_ids, config, th)
+    # post 5: tags 1 and 10**12 (777 does not exist); relations of posts 6 and 10**12 + 1 are orphans
+    assert [r["tags_general"] for r in expected] == [["1girl", "smile"], ["smile"], ["1girl"]]
+    for _ in range(2):
+        assert pl.concat(list(iter_captions(db, config, th, chunk_size=2))).to_dicts() == expected
+        assert caption_posts(db, post_ids, config, th).to_dicts() == expected
+        conn.execute('CREATE INDEX IF NOT EXISTS "kdata_posttagrelation_post_tag" '
+                     'ON posttagrelation ("post_id", "tag_id")')
+    db.close()
+
+
+def test_index_of_dense_and_sparse() -> None:
+    from kohaku_data.captions.frame import index_of
+
+    rng = np.random.default_rng(0)
+    for keys in (np.arange(10, 5000, 3), np.unique(rng.integers(-10**15, 10**15, 3000))):
+        queries = np.concatenate([keys, rng.choice(keys, 500), rng.integers(keys[0] - 50, keys[-1] + 50, 500)])
+        found, pos = index_of(keys, queries)
+        where = {int(k): i for i, k in enumerate(keys)}
+        assert found.tolist() == [int(q) in where for q in queries]
+        assert pos[found].tolist() == [where[int(q)] for q in queries[found]]
