@@ -1,4 +1,4 @@
-"""Progress bars (rich) shared by long-running commands; silent when disabled or not a TTY."""
+"""Progress bars (rich) shared by long-running commands, on stderr; silent when disabled."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn,
     TimeElapsedColumn, TimeRemainingColumn,
 )
+from rich.console import Console
+from rich.text import Text
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second over rich's recent window (blank until known)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f}/s" if task.speed else "", style="progress.data.speed")
 
 
 class _Bar:
@@ -32,9 +41,7 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
         return
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
     )
-    from rich.console import Console
-
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
