@@ -30,7 +30,7 @@ class SourceError(KdataError):
     """A source folder or file cannot be read."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class SourceEntry:
     """One image file: its post id and how to read its bytes (picklable, no open handles)."""
 
@@ -127,10 +127,11 @@ def _add_file(path: Path, rel: str, out: list[SourceEntry], rejects: list[Source
 
 def _index_tar(path: Path, rel: str, out: list[SourceEntry], rejects: list[SourceReject]) -> None:
     file_size = path.stat().st_size
+    tar_path = str(path)  # one string shared by every member's entry (millions of entries)
     try:
         with tarfile.open(path, "r:") as tar:
             for member in _members(tar, rel, rejects):
-                _add_member(path, rel, member, file_size, out, rejects)
+                _add_member(tar_path, rel, member, file_size, out, rejects)
     except (tarfile.TarError, OSError) as exc:
         rejects.append(SourceReject(rel, "corrupt_tar", str(exc)))
 
@@ -148,7 +149,7 @@ def _members(tar: tarfile.TarFile, rel: str, rejects: list[SourceReject]):
         yield member
 
 
-def _add_member(path: Path, rel: str, member: tarfile.TarInfo, file_size: int,
+def _add_member(tar_path: str, rel: str, member: tarfile.TarInfo, file_size: int,
                 out: list[SourceEntry], rejects: list[SourceReject]) -> None:
     name = f"{rel}:{member.name}"
     if member.isdir():
@@ -168,7 +169,7 @@ def _add_member(path: Path, rel: str, member: tarfile.TarInfo, file_size: int,
         elif key is None:
             rejects.append(SourceReject(name, "not_a_post_id", "member name must be <post id>.<ext>"))
         else:
-            out.append(SourceEntry(key, name, ext, member.size, str(path), member.name, member.offset_data))
+            out.append(SourceEntry(key, name, ext, member.size, tar_path, member.name, member.offset_data))
 
 
 def _is_safe_member_name(name: str) -> bool:

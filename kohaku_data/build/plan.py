@@ -23,7 +23,7 @@ _QUERY_CHUNK = 100_000
 REJECT_SCHEMA = {"key": pl.Int64, "source": pl.String, "reason": pl.String, "detail": pl.String}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     """One sample to make: where its bytes are and what the DB says they should be."""
 
