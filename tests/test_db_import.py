@@ -333,6 +333,12 @@ def test_killed_import_then_rerun_equals_clean_import(tmp_path, posts_sample_pat
     # The bulk import had dropped its secondary indexes; their DDL survived the kill.
     deferred = {r[0] for r in conn.execute("SELECT name FROM kdata_deferred_index")}
     assert "posttagrelation_tag_id" in deferred
+    # All of them: the published ones and those of the migrations (0003, 0004, ...).
+    clean = sqlite3.connect(tmp_path / "clean.db")
+    assert deferred == {name for (name,) in clean.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        "AND tbl_name IN ('post', 'posttagrelation')")}
+    clean.close()
     conn.close()
     with DanbooruDB.open(killed) as db:
         summary = import_files(db, [source], batch_size=50)
@@ -356,3 +362,110 @@ def test_deferred_bulk_import_equals_row_by_row(tmp_path, posts_sample_path):
             assert not db.has_table("kdata_deferred_index")
     assert dump(tmp_path / "True.db") == dump(tmp_path / "False.db")
     assert schema(tmp_path / "True.db") == schema(tmp_path / "False.db")
+
+
+# -- columnar fast path vs per-record path -----------------------------------------------------------
+def tricky_posts(sample: list[dict]) -> list[dict]:
+    """Posts the columnar path must take and treat exactly like `parse_post` + `_Batch`."""
+    posts = synthetic_posts(sample, 30)
+    posts[0]["tag_string_character"] += " shared_tag"       # in two strings: general (first) wins
+    posts[1]["tag_string_meta"] = "shared_tag  dup dup"     # double space, a name twice
+    posts[2]["tag_string_artist"] = "typed_late"
+    posts[5]["tag_string_general"] += " typed_late"         # new tag: the last post's type wins
+    del posts[3]["updated_at"]                              # filled from created_at
+    posts[4]["has_large"] = None                            # null bool: 0
+    posts[4]["source"] = None                               # null source: ''
+    posts[6]["tag_string_copyright"] = ""
+    posts[7]["md5"] = "1234"                                # text that merely looks numeric
+    for post in posts[28:]:                                 # a batch (of 7) without any tag
+        post.update(dict.fromkeys(TAG_STRING_FIELDS, ""))
+    return posts
+
+
+def test_columnar_batches_equal_per_record_upserts(tmp_path, posts_sample_path):
+    from kohaku_data.db.importer import read_frame
+
+    posts = tricky_posts(load_sample(posts_sample_path))
+    source = write_jsonl(tmp_path / "p.jsonl", posts)
+    assert read_frame(source.read_bytes().splitlines(keepends=True)) is not None  # the fast path is taken
+    with DanbooruDB.create(tmp_path / "fast.db") as db:
+        summary = import_files(db, [source], batch_size=7)
+        assert (summary.posts.inserted, summary.rejected) == (30, 0)
+        assert_popularity_matches_relations(db.connection())
+    with DanbooruDB.create(tmp_path / "slow.db") as db:
+        import_files(db, [posts_sample_path])  # migrations; then the same posts record by record
+        db.connection().execute("DELETE FROM posttagrelation")
+        db.connection().execute("DELETE FROM post")
+        db.connection().execute("DELETE FROM tag")
+        for start in range(0, 30, 7):
+            upsert_posts(db, posts[start:start + 7])
+    assert dump(tmp_path / "fast.db") == dump(tmp_path / "slow.db")
+    conn = sqlite3.connect(tmp_path / "fast.db")
+    assert conn.execute("SELECT type FROM tag WHERE name = 'shared_tag'").fetchone()[0] == TagType.GENERAL
+    assert conn.execute("SELECT type FROM tag WHERE name = 'typed_late'").fetchone()[0] == TagType.GENERAL
+    assert conn.execute("SELECT has_large, source FROM post WHERE id = ?", (posts[4]["id"],)).fetchone() == (0, "")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"md5": 5}, {"source": {"a": 1}}, {"tag_string_general": 5}, {"score": "10"}, {"score": 10.5},
+     {"has_children": 1}, {"rating": 2}, {"tag_string_meta": "a\tb"}, {"id": None}, {"created_at": None},
+     {"tag_string_general": None, "tag_string_artist": None, "tag_string_character": None,
+      "tag_string_copyright": None, "tag_string_meta": None}],
+)
+def test_columnar_path_leaves_doubtful_batches_to_the_record_path(tmp_path, posts_sample_path, change):
+    from kohaku_data.db.importer import read_frame
+
+    posts = load_sample(posts_sample_path)
+    odd = dict(posts[1], **change)
+    lines = [json.dumps(p).encode() + b"\n" for p in (posts[0], odd, posts[2])]
+    assert read_frame(lines) is None
+    source = tmp_path / "p.jsonl"
+    source.write_bytes(b"".join(lines))
+    with DanbooruDB.create(tmp_path / "a.db") as db:
+        summary = import_files(db, [source], rejects_path=tmp_path / "rej.jsonl")
+    with DanbooruDB.create(tmp_path / "b.db") as db:
+        try:
+            upsert_posts(db, [odd])
+            accepted = True
+        except RecordError:
+            accepted = False
+    assert summary.posts.inserted == 2 + accepted and summary.rejected == (not accepted)
+    if not accepted:
+        (reject,) = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
+        assert reject["line"] == 2
+
+
+def test_newer_version_in_a_later_batch_of_a_deferred_import(tmp_path, posts_sample_path):
+    posts = synthetic_posts(load_sample(posts_sample_path), 60)
+    newer = dict(posts[3], score=77, updated_at="2030-01-01T00:00:00.000+00:00", tag_string_meta="only_new")
+    source = write_jsonl(tmp_path / "p.jsonl", posts + [newer])
+    for defer in (True, False):
+        with DanbooruDB.create(tmp_path / f"{defer}.db") as db:
+            summary = import_files(db, [source], batch_size=20, defer=defer)
+            assert (summary.posts.inserted, summary.posts.updated) == (60, 1)
+            assert not db.has_table("kdata_deferred_index")
+            assert_popularity_matches_relations(db.connection())
+    assert dump(tmp_path / "True.db") == dump(tmp_path / "False.db")
+    assert schema(tmp_path / "True.db") == schema(tmp_path / "False.db")
+    assert ("only_new",) in [(t,) for _, t in dump(tmp_path / "True.db")["relations"] if _ == newer["id"]]
+
+
+def test_deferred_indexes_cover_every_migration_and_restore_one_by_one(tmp_path, posts_sample_path):
+    from kohaku_data.db.migrate import defer_indexes, deferred_indexes, migrate, restore_deferred_indexes
+
+    with DanbooruDB.create(tmp_path / "d.db") as db:
+        migrate(db)
+        secondary = {name for (name,) in db.connection().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            "AND tbl_name IN ('post', 'posttagrelation')")}
+        assert {"kdata_posttagrelation_tag_post", "kdata_post_meta", "posttagrelation_tag_id"} <= secondary
+        before = schema(db.path)
+        assert set(defer_indexes(db)) == secondary == set(deferred_indexes(db))
+        assert restore_deferred_indexes(db, {"posttagrelation_post_id"}) == ["posttagrelation_post_id"]
+        assert set(deferred_indexes(db)) == secondary - {"posttagrelation_post_id"}
+        assert migrate(db, keep_deferred=True) == [] and set(deferred_indexes(db)) == secondary - {"posttagrelation_post_id"}
+        migrate(db)
+        assert deferred_indexes(db) == [] and not db.has_table("kdata_deferred_index")
+    assert schema(tmp_path / "d.db") == before
