@@ -29,15 +29,22 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
+from kohaku_data.db.migrate import migrate  # noqa: E402
 from kohaku_data.db.query import query_ids  # noqa: E402
 from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 
 
 def sample_db(posts: int) -> Path:
-    path = ROOT / ".cache" / f"serve-{posts}.db"
+    """A migrated sample DB (as `kdata serve` is meant to run: after `kdata db migrate`)."""
+    path = ROOT / ".cache" / f"serve-{posts}-migrated.db"
     if not path.exists():
         print(f"writing a {posts:,}-post sample DB to {path} (once) ...", flush=True)
-        write_sample_db(path, posts, seed=0)
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_sample_db(tmp, posts, seed=0)
+        with DanbooruDB.open(tmp) as db:
+            migrate(db)
+        tmp.rename(path)
     return path
 
 

@@ -63,5 +63,19 @@ def serve(
     with clean_errors():
         conf = load_settings(db=db, datasets=datasets)
         app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers)
+        _warn_if_not_migrated(app.state.kdata.db)
         err_console.print(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
         uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _warn_if_not_migrated(db) -> None:
+    """Serving works on a file as published, but tag queries are several times slower."""
+    from kohaku_data.db.migrate import pending
+
+    missing = pending(db)
+    if missing:
+        err_console.print(
+            f"warning: {db.path} lacks migrations {', '.join(m.name for m in missing)}; queries will be "
+            f"slow. Run `kdata db migrate --db {db.path}` (serve itself never writes to the DB).",
+            highlight=False,
+        )
