@@ -214,14 +214,15 @@ def main() -> None:
         "extrapolated_full_db_s": len(all_ids) / base_rate,
     }
     results["speedups"] = {k: rate / base_rate for k, rate in runs.items()}
-    # Headline: every core, on the file as `kdata db migrate` leaves it.
-    results["speedup"] = results["speedups"][f"{sizes[-1]}/migrated/workers={cores}"]
+    # Headline: what `kdata caption` does by default (one process: its reader thread already
+    # keeps the second core busy) on the file as `kdata db migrate` leaves it.
+    results["speedup"] = results["speedups"][f"{sizes[-1]}/migrated/workers=1"]
     results["identical_captions_share"] = compatibility(db, base["captions"])
     print(f"baseline ({results['baseline']['name']}, {base['posts']:,} posts): {base_rate:,.0f} captions/s")
     for key, ratio in results["speedups"].items():
         print(f"speed-up, {key}: {ratio:.0f}x")
-    print(f"speed-up on {sizes[-1]:,} posts (migrated file, {cores} workers): {results['speedup']:.0f}x "
-          "(target >= 100x)")
+    print(f"speed-up on {sizes[-1]:,} posts (migrated file, 1 process as `kdata caption` runs): "
+          f"{results['speedup']:.0f}x (target >= 100x)")
     if results["identical_captions_share"] is not None:
         print(f"identical captions (quality off, DB order): {100 * results['identical_captions_share']:.1f}%")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

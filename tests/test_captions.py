@@ -286,3 +286,27 @@ def test_index_of_dense_and_sparse() -> None:
         where = {int(k): i for i, k in enumerate(keys)}
         assert found.tolist() == [int(q) in where for q in queries]
         assert pos[found].tolist() == [where[int(q)] for q in queries[found]]
+
+
+def test_text_columns_holding_the_column_separator_are_a_clear_error(tmp_path):
+    """Posts come back as one string per column; a stray separator must not misalign rows."""
+    import sqlite3
+
+    from kohaku_data.captions import compute_thresholds, iter_captions
+    from kohaku_data.captions.frame import CaptionReadError
+    from kohaku_data.config import CaptionConfig
+    from kohaku_data.db import DanbooruDB
+
+    db = DanbooruDB.create(tmp_path / "d.db")
+    db.close()
+    with sqlite3.connect(tmp_path / "d.db") as conn:
+        for pid, created in ((1, "2020-01-01T00:00:00.000-05:00"), (2, "2021-01-01T00:00\x1f:00.000-05:00")):
+            conn.execute(
+                "INSERT INTO post VALUES (?,?,1,'',NULL,NULL,0,0,0,NULL,0,0,0,0,10,10,1,'png',0,1,1,0,1,NULL,NULL,NULL,?)",
+                (pid, created, created))
+    conn.close()
+    with DanbooruDB.open(tmp_path / "d.db", readonly=True) as ro:
+        config = CaptionConfig()
+        thresholds = compute_thresholds(ro, config)
+        with pytest.raises(CaptionReadError, match="repair the DB"):
+            list(iter_captions(ro, config, thresholds))

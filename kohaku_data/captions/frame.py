@@ -30,8 +30,20 @@ POST_SCHEMA: dict[str, pl.DataType] = {
 TAG_SCHEMA: dict[str, pl.DataType] = {
     "tag_id": pl.Int64, "name": pl.String, "type": pl.Int64, "popularity": pl.Int64,
 }
-_POST_SQL = f"SELECT {', '.join(POST_SCHEMA)} FROM post p WHERE "
+_INT_COLUMNS = ("id", "rating", "score", "fav_count", "image_width", "image_height")
+_TEXT_COLUMNS = ("created_at", "md5", "file_ext")
+_TEXT_SEP = "\x1f"  # unit separator: never inside a date, an md5 or an extension
+# One row per page: every column as one string (ints comma-separated, texts split by _TEXT_SEP).
+# All aggregates of one query step through the same rows, so the columns stay aligned.
+_POST_SQL = (
+    "SELECT count(*), " + ", ".join(f"group_concat({c})" for c in _INT_COLUMNS) + ", "
+    + ", ".join(f"group_concat(ifnull({c}, ''), char(31))" for c in _TEXT_COLUMNS)
+    + " FROM post p WHERE "
+)
 _REL_SQL = "SELECT group_concat(post_id), group_concat(tag_id){rids} FROM posttagrelation WHERE "
+# (post_id << 24) | tag_id: one number per relation instead of two (a third less SQL time).
+_PACKED_REL_SQL = "SELECT group_concat((post_id << 24) | tag_id) FROM posttagrelation WHERE "
+_TAG_BITS = 24
 
 
 class CaptionReadError(KdataError):
@@ -73,28 +85,50 @@ class Relations:
         return pi[found], Relations(self.post_id[found], self.tag_id[found], rid)
 
 
-def _ints(text: str | None, what: str) -> np.ndarray:
+def parse_ints(text: str | None, what: str) -> np.ndarray:
     if not text:
         return np.empty(0, dtype=np.int64)
     out = np.fromstring(text, dtype=np.int64, sep=",")  # C parser; sep mode is not deprecated
     if len(out) != text.count(",") + 1:
-        raise CaptionReadError(f"posttagrelation.{what} holds a value that is not an integer: repair the DB")
+        raise CaptionReadError(f"{what} holds a value that is not an integer: repair the DB")
     return out
 
 
 def _read_relations(conn: sqlite3.Connection, where: str, params: list, with_rids: bool) -> Relations:
+    if not with_rids and _packable(conn):
+        packed = parse_ints(conn.execute(_PACKED_REL_SQL + where, params).fetchone()[0], "posttagrelation.post_id")
+        return Relations(packed >> _TAG_BITS, packed & ((1 << _TAG_BITS) - 1), None)
     sql = _REL_SQL.format(rids=", group_concat(id)" if with_rids else "") + where
     row = conn.execute(sql, params).fetchone()
-    post_id, tag_id = _ints(row[0], "post_id"), _ints(row[1], "tag_id")
-    rid = _ints(row[2], "id") if with_rids else None
+    post_id = parse_ints(row[0], "posttagrelation.post_id")
+    tag_id = parse_ints(row[1], "posttagrelation.tag_id")
+    rid = parse_ints(row[2], "posttagrelation.id") if with_rids else None
     if len(tag_id) != len(post_id) or (rid is not None and len(rid) != len(post_id)):
         raise CaptionReadError("posttagrelation has rows with a NULL post_id or tag_id: repair the DB")
     return Relations(post_id, tag_id, rid)
 
 
+def _packable(conn: sqlite3.Connection) -> bool:
+    """Every tag id fits in _TAG_BITS bits (both ends come from the published tag_id index)."""
+    lo, hi = conn.execute(
+        "SELECT (SELECT min(tag_id) FROM posttagrelation), (SELECT max(tag_id) FROM posttagrelation)"
+    ).fetchone()
+    return lo is None or (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo and hi < (1 << _TAG_BITS))
+
+
 def _read_posts(conn: sqlite3.Connection, where: str, params: list) -> pl.DataFrame:
-    rows = conn.execute(_POST_SQL + where, params).fetchall()
-    return pl.DataFrame(rows, schema=POST_SCHEMA, orient="row")
+    """Posts matching `where`, sorted by id."""
+    row = conn.execute(_POST_SQL + where, params).fetchone()
+    count, ints, texts = row[0], row[1:1 + len(_INT_COLUMNS)], row[1 + len(_INT_COLUMNS):]
+    if count == 0:
+        return pl.DataFrame(schema=POST_SCHEMA)
+    columns: dict[str, object] = {c: parse_ints(t, f"post.{c}") for c, t in zip(_INT_COLUMNS, ints)}
+    for name, text in zip(_TEXT_COLUMNS, texts):
+        columns[name] = text.split(_TEXT_SEP)
+    if any(len(v) != count for v in columns.values()):
+        raise CaptionReadError("post has NULL values in NOT NULL columns: repair the DB")
+    frame = pl.DataFrame(columns).select(list(POST_SCHEMA)).cast(POST_SCHEMA)
+    return frame.with_columns(md5=pl.col("md5").replace("", None)).sort("id")
 
 
 def read_posts_by_ids(
@@ -102,7 +136,7 @@ def read_posts_by_ids(
 ) -> tuple[pl.DataFrame, Relations]:
     """Posts whose id is in `ids` (one JSON parameter: no limit on the number of ids), by id."""
     wanted = json.dumps([int(i) for i in ids])
-    posts = _read_posts(conn, "p.id IN (SELECT value FROM json_each(?)) ORDER BY p.id", [wanted])
+    posts = _read_posts(conn, "p.id IN (SELECT value FROM json_each(?))", [wanted])
     rel = _read_relations(conn, "post_id IN (SELECT value FROM json_each(?))", [wanted], with_rids)
     return posts, rel
 
@@ -112,7 +146,7 @@ def read_post_range(
 ) -> tuple[pl.DataFrame, Relations]:
     """Posts with `after < id <= last` (no upper bound when `last` is None), by id."""
     upper = (1 << 62) if last is None else last
-    posts = _read_posts(conn, "p.id > ? AND p.id <= ? ORDER BY p.id", [after, upper])
+    posts = _read_posts(conn, "p.id > ? AND p.id <= ?", [after, upper])
     if posts.height == 0:
         return posts, Relations(np.empty(0, np.int64), np.empty(0, np.int64), None)
     first, final = int(posts["id"][0]), int(posts["id"][-1])
