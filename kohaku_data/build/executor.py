@@ -7,10 +7,17 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol, TypeVar
+
+from kohaku_data.errors import KdataError
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class WorkerDied(KdataError):
+    """A worker process ended abruptly (killed, or out of memory)."""
 
 
 class Executor(Protocol):
@@ -33,8 +40,14 @@ class LocalExecutor:
             return
         # forkserver: children do not inherit this process's threads (polars, sqlite) or locks.
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-            yield from _windowed(pool, fn, iter(tasks), self.window)
+        try:
+            with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+                yield from _windowed(pool, fn, iter(tasks), self.window)
+        except BrokenProcessPool:
+            raise WorkerDied(
+                "a worker process died (killed, or out of memory: try fewer --workers); the work "
+                "finished so far is kept: run the same command again to resume"
+            ) from None
 
 
 def _windowed(pool: ProcessPoolExecutor, fn: Callable[[T], R], tasks: Iterator[T], window: int) -> Iterator[R]:
