@@ -31,8 +31,7 @@ bench: venv
 
 # A small realistic sample through the whole pipeline.
 $(DEMO)/danbooru.db: | venv
-	$(KDATA) sample $(DEMO) --posts 300 --seed 0
-	$(KDATA) db migrate --db $@
+	$(KDATA) sample $(DEMO) --posts 300 --seed 0 --migrate
 
 demo: venv $(DEMO)/danbooru.db
 	$(KDATA) build --db $(DEMO)/danbooru.db --src $(DEMO)/raw --recipe pipelines/demo.toml --out $(DEMO)/shards

@@ -256,3 +256,20 @@ def test_image_update_keeps_tags_true_to_sizes(sample_dir: Path) -> None:
     assert wrong_popularity == 0
     assert all(bool(tagged) == (w >= 1600 or h >= 1200) for w, h, tagged in rows)
     assert any(tagged for *_, tagged in rows) and not all(tagged for *_, tagged in rows)
+
+
+def test_migrated_sample_resolves_real_aliases(tmp_path):
+    """`kdata sample --migrate`: kdata tables, query indexes and the real aliases of used tags."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.migrate import current_version, pending
+    from kohaku_data.db.query import query_ids
+    from kohaku_data.sample import write_sample
+
+    write_sample(tmp_path, posts=60, seed=2, images=0, migrate=True)
+    with DanbooruDB.open(tmp_path / "danbooru.db", readonly=True) as db:
+        assert current_version(db) > 0 and pending(db) == []
+        aliases = dict(db.connection().execute("SELECT alias, tag_name FROM kdata_tag_alias"))
+        assert aliases.get("1girls") == "1girl"  # a real alias from the bundled tag list
+        used = {r[0] for r in db.connection().execute("SELECT name FROM tag")}
+        assert set(aliases.values()) <= used
+        assert query_ids(db, "1girls") == query_ids(db, "1girl") != []

@@ -18,13 +18,15 @@ def sample(
     images: Annotated[int | None, typer.Option("--images", min=0, help="Images for the first N posts (default min(posts, 2000)).")] = None,
     no_images: Annotated[bool, typer.Option("--no-images", help="Write the DB only.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing OUT/danbooru.db.")] = False,
+    migrate: Annotated[bool, typer.Option("--migrate", help="Also apply migrations/ and fill the tag alias table.")] = False,
 ) -> None:
     """Write a deterministic, realistic sample DB and raw images with the hard cases."""
     with clean_errors():
         from kohaku_data.sample import write_sample
 
         summary = write_sample(out, posts, seed, images=0 if no_images else images,
-                               layout="tar" if tar else "folder", force=force, progress=is_tty())
+                               layout="tar" if tar else "folder", force=force, progress=is_tty(),
+                               migrate=migrate)
         typer.echo(f"wrote {summary.db_path} ({summary.posts:,} posts) in {summary.seconds_db:.1f}s")
         if summary.files:
             kind = "tar files" if tar else "image files"

@@ -29,9 +29,10 @@ class SampleSummary:
 
 def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None = None,
                  layout: Literal["folder", "tar"] = "folder", force: bool = False,
-                 progress: bool = False) -> SampleSummary:
+                 progress: bool = False, migrate: bool = False) -> SampleSummary:
     """OUT/danbooru.db with `posts` posts and images for the first `images` of them
-    (None: min(posts, 2000); 0: none). Refuses a non-empty OUT/danbooru.db unless `force`."""
+    (None: min(posts, 2000); 0: none). Refuses a non-empty OUT/danbooru.db unless `force`.
+    `migrate`: also apply migrations/ and fill the alias table (else: the published schema)."""
     out_dir = Path(out_dir)
     db_path = out_dir / "danbooru.db"
     if db_path.exists() and db_path.stat().st_size > 0:
@@ -43,7 +44,21 @@ def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None
     t1 = time.perf_counter()
     count = min(posts, DEFAULT_MAX_IMAGES) if images is None else images
     files = write_sample_images(out_dir, db_path, seed, layout=layout, max_images=count) if count > 0 else []
+    if migrate:
+        _migrate_with_aliases(db_path)
     return SampleSummary(db_path, posts, files, t1 - t0, time.perf_counter() - t1)
+
+
+def _migrate_with_aliases(db_path: Path) -> None:
+    # After the bulk load and the images: index builds once, on the final rows.
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.migrate import migrate
+    from kohaku_data.sample.metadata import write_aliases
+
+    with DanbooruDB.open(db_path) as db:
+        migrate(db)
+        with db.database.atomic():
+            write_aliases(db.connection())
 
 
 __all__ = [

@@ -425,6 +425,15 @@ def _load(conn: sqlite3.Connection, sample: _Sample, table: TagTable, log) -> No
     _write_aliases(conn, [table.names[i] for i in used], [table.aliases[i] for i in used])
 
 
+def write_aliases(conn: sqlite3.Connection) -> int:
+    """Aliases (from the bundled tag list) of the tags in the file, into `kdata_tag_alias` when
+    migrations made it; returns the rows added."""
+    table = load_tag_table()
+    known = dict(zip(table.names, table.aliases))
+    names = [r[0] for r in conn.execute('SELECT name FROM "tag" ORDER BY id')]
+    return _write_aliases(conn, names, [known.get(n, []) for n in names])
+
+
 def _write_aliases(conn: sqlite3.Connection, names: list[str], aliases: list[list[str]]) -> int:
     """Aliases of the used tags into `kdata_tag_alias`, only where migrations made that table."""
     exists = conn.execute(
