@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -43,6 +41,7 @@ from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.images import process_image  # noqa: E402
 from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 from kohaku_data.sources import open_source, read_entry  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "build"
 RECIPE = Recipe.model_validate({"name": "bench", "version": "1", "image": {"bucket": "demo-256"},
@@ -168,10 +167,7 @@ def main() -> None:
     print(f"re-caption        : {recap_s:.2f} s vs {copy_s:.2f} s to copy the tars (x{recap_s / copy_s:.1f}); "
           f"{samples / recap_s:,.0f} samples/s, {1e6 * (recap_s - copy_s) / max(samples, 1):.0f} us per sample "
           "beyond the copy (small demo-256 images: per-sample cost dominates)")
-    path = ROOT / "benchmarks" / "results" / "build.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {path}")
+    write_results("build", results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
-RESULTS = ROOT / "results" / "captions.json"
+sys.path.insert(0, str(ROOT.parent))
+from benchmarks.report import write_results  # noqa: E402
 HB_VENV = CACHE / "venv-hakubooru"
 CHUNK = 25_000  # posts per chunk: several chunks even at 100k, so reading overlaps captioning
 
@@ -225,11 +226,7 @@ def main() -> None:
           f"{results['speedup']:.0f}x (target >= 100x)")
     if results["identical_captions_share"] is not None:
         print(f"identical captions (quality off, DB order): {100 * results['identical_captions_share']:.1f}%")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS}")
+    write_results("captions", results)
 
 
 if __name__ == "__main__":

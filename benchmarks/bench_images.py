@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import statistics
@@ -41,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.report import write_results  # noqa: E402
 from kohaku_data.config import ImageConfig  # noqa: E402
 from kohaku_data.images import bucket_resolutions, choose_bucket, process_image  # noqa: E402
 from kohaku_data.images import resize as resize_mod  # noqa: E402
@@ -310,14 +310,12 @@ def main() -> None:
     results["presets"] = {codec: run_preset(codec, srcs, cores, quick) for codec in PRESETS}
     results["meta"] = {"quick": quick, "cores": cores, "target_ratio": TARGET, "bucket": "kohaku-xl",
                        "presets": list(PRESETS), "load_average": os.getloadavg()[0]}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
     print()
     for codec in PRESETS:
         per = results["presets"][codec]["per_core"]
         worst = max(per, key=lambda k: per[k]["ratio_time"])
         print(f"{codec}: worst stage/floor per core {per[worst]['ratio_time']:.2f}x ({worst}; target {TARGET}x)")
-    print(f"wrote {RESULTS}")
+    write_results("images", results)
 
 
 if __name__ == "__main__":

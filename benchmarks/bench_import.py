@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results  # noqa: E402
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.db.enums import TAG_STRING_FIELDS, TagType  # noqa: E402
@@ -160,6 +161,7 @@ def main() -> None:
         t0 = time.perf_counter()
         db = DanbooruDB.open(tmp / "bench.db")
         rerun = import_files(db, [data])
+        assert rerun.posts.unchanged == n, "a rerun of the same file must change nothing"
         rerun_s = time.perf_counter() - t0
         db.close()
     import_rate = n / summary.seconds
@@ -206,12 +208,7 @@ def main() -> None:
     print(f"  sqlite alone (floor)  {result['floor_sqlite_posts_per_s']:>10,} posts/s, "
           f"{result['floor_sqlite_posts_per_cpu_s']:,} per CPU-s  (import reaches "
           f"{result['ratio_cpu_vs_sqlite_floor']:.0%} of it in CPU time)")
-    out = ROOT / "benchmarks" / "results" / "import.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_results("import", result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Results go to benchmarks/results/query.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results  # noqa: E402
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.db.migrate import migrate  # noqa: E402
@@ -36,7 +36,6 @@ from kohaku_data.db.query import count_posts, query_ids, select_posts  # noqa: E
 from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET = "1girl solo -comic rating:g,s score:>10"
 OTHER_QUERIES = [
     "1girl solo -comic rating:g,s score:>10 order:score",
@@ -133,12 +132,7 @@ def main() -> None:
     print(f"target {TARGET!r} on {posts:,} posts: {target['fast_s'] * 1000:.1f} ms "
           f"(limit 300 ms: {verdict}), baseline {target['baseline_sql_unmigrated_s'] * 1000:.1f} ms, "
           f"x{target['speedup_vs_baseline']:.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "query.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_results("query", result)
 
 
 if __name__ == "__main__":

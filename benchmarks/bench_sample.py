@@ -12,16 +12,19 @@ Results: benchmarks/results/sample.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from kohaku_data.db.handle import published_schema_sql
-from kohaku_data.sample import write_sample_db, write_sample_images
-from kohaku_data.sample.metadata import generate, load_tag_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kohaku_data.db.handle import published_schema_sql  # noqa: E402
+from kohaku_data.sample import write_sample_db, write_sample_images  # noqa: E402
+from kohaku_data.sample.metadata import generate, load_tag_table  # noqa: E402
+
+from benchmarks.report import write_results  # noqa: E402
 
 
 def naive_load(path: Path, posts: int, seed: int) -> tuple[float, int]:
@@ -80,10 +83,7 @@ def main() -> None:
         results["images"] = {"posts": n_images, "seconds": timings[many], "workers": many,
                              "baseline_1_worker_seconds": timings[1], "ratio": timings[1] / timings[many],
                              "bytes": size}
-    out_json = Path(__file__).parent / "results" / "sample.json"
-    out_json.parent.mkdir(exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out_json}")
+    write_results("sample", results)
 
 
 if __name__ == "__main__":

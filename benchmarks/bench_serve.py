@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import socket
@@ -27,6 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+from benchmarks.report import write_results  # noqa: E402
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.db.migrate import migrate  # noqa: E402
@@ -171,12 +171,7 @@ def main() -> None:
         print(f"{name:8s} HTTP {h['per_s']:8.1f} req/s  p50 {h['p50_ms']:7.2f} ms  p99 {h['p99_ms']:7.2f} ms "
               f"({args.clients} clients) | direct {d['per_s']:8.1f} calls/s  p50 {d['p50_ms']:6.2f} ms "
               f"| throughput ratio {ratio:.2f}x")
-    out = ROOT / "results" / "serve.json"
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_results("serve", results)
 
 
 if __name__ == "__main__":

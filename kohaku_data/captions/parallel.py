@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import PageSpec, Relations, TagSource
