@@ -289,20 +289,23 @@ from kohaku_data.db import DanbooruDB
 from kohaku_data.db import importer
 
 marker = Path(sys.argv[3])
-original = importer._Batch.run
 calls = []
 
-def slow_run(self, parsed):
-    # After 3 committed batches, stall inside the 4th batch's open transaction (rows written,
-    # not committed) and say so: the parent kills us there.
-    result = original(self, parsed)
-    calls.append(1)
-    if len(calls) == 4:
-        marker.write_text("in transaction")
-        time.sleep(60)
-    return result
+def stalling(original):
+    def slow_run(self, parsed):
+        # After 3 committed batches, stall inside the 4th batch's open transaction (rows
+        # written, not committed) and say so: the parent kills us there.
+        result = original(self, parsed)
+        calls.append(1)
+        if len(calls) == 4:
+            marker.write_text("in transaction")
+            time.sleep(60)
+        return result
+    return slow_run
 
-importer._Batch.run = slow_run
+# Batches are written by the per-record writer or by the columnar one: stall in either.
+importer._Batch.run = stalling(importer._Batch.run)
+importer.FrameWriter.run = stalling(importer.FrameWriter.run)
 db = DanbooruDB.open(sys.argv[1])
 importer.import_files(db, [Path(sys.argv[2])], batch_size=50, defer=True)
 """
