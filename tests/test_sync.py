@@ -251,3 +251,25 @@ def test_retry_after_forms_and_backoff_bounds() -> None:
     client.close()
     caps = [min(8, 2 ** (n - 1)) for n in range(1, 8)]
     assert all(c / 2 <= w <= c for w, c in zip(waits, caps))
+
+
+def test_bad_posts_are_rejected_with_a_reason_and_the_sync_goes_on(db: DanbooruDB) -> None:
+    """A post the API sends that is not a valid post (unknown rating, wrong type) goes to the
+    sync rejects file; the rest of its page is stored and the cursor moves past it."""
+    import json
+
+    posts = make_posts(60, seed=7)
+    ids = sorted(posts)
+    posts[ids[5]]["rating"] = "x"
+    posts[ids[40]]["score"] = "lots"
+    with FakeDanbooru(posts) as server, client_for(server) as client:
+        result = sync_posts(db, client, limit_per_page=20)
+        again = sync_posts(db, client, limit_per_page=20)
+    good = {pid: p for pid, p in posts.items() if pid not in (ids[5], ids[40])}
+    assert db_snapshot(db) == server_snapshot(good)
+    assert result.complete and result.rejected == 2 and get_cursor(db, server.url) == max(posts)
+    assert again.rejected == 0 and again.counts.inserted == 0
+    lines = [json.loads(line) for line in result.rejects_path.read_text().splitlines()]
+    assert [(r["id"], "rating" in r["reason"] or "score" in r["reason"]) for r in lines] == [
+        (ids[5], True), (ids[40], True)]
+    assert "2 rejected" in result.summary()

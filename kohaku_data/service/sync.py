@@ -16,14 +16,18 @@ picks up anything edited after it started.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from peewee import fn
 
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.importer import UpsertCounts, upsert_posts
+from kohaku_data.db.importer import RecordError, UpsertCounts, parse_post
+from kohaku_data.db.upsert import write_parsed
 from kohaku_data.errors import KdataError
 from kohaku_data.progress import progress_bar
 from kohaku_data.service.client import DanbooruClient, SyncError
@@ -42,14 +46,22 @@ class SyncResult:
     cursor: int = 0
     counts: UpsertCounts = field(default_factory=UpsertCounts)
     complete: bool = False  # reached the end (False: stopped by max_pages)
+    rejected: int = 0  # posts the server sent that are not valid posts (see rejects_path)
+    rejects_path: Path | None = None
 
     def summary(self) -> str:
         c = self.counts
         state = "up to date" if self.complete else "stopped early (rerun to continue)"
+        bad = f"; {self.rejected} rejected (see {self.rejects_path})" if self.rejected else ""
         return (
             f"{self.pages} pages, {self.posts} posts: {c.inserted} new, {c.updated} updated, "
-            f"{c.unchanged} unchanged; cursor {self.cursor}; {state}"
+            f"{c.unchanged} unchanged; cursor {self.cursor}; {state}{bad}"
         )
+
+
+def sync_rejects_path(db_path: Path) -> Path:
+    """Where sync records the posts it could not store: `<db>.sync-rejects.jsonl`."""
+    return Path(f"{db_path}.sync-rejects.jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,13 +142,34 @@ def _new_posts(page: object, cursor: int) -> list[dict]:
 
 def _store_page(db: DanbooruDB, base_url: str, posts: list[dict], result: SyncResult) -> None:
     new_cursor = max(p["id"] for p in posts)
+    parsed = _valid_posts(db, base_url, posts, result)
     # One transaction: the posts and the cursor that says they are stored land together.
     with db.database.atomic():
-        counts = upsert_posts(db, posts)
+        counts = write_parsed(db, parsed)
         _set_cursor(db, base_url, new_cursor)
     result.counts.add(counts)
     result.posts += len(posts)
     result.cursor = new_cursor
+
+
+def _valid_posts(db: DanbooruDB, base_url: str, posts: list[dict], result: SyncResult) -> list:
+    """The posts that parse; the others are recorded (with the reason) before the page commits,
+    so a bad post never stalls the sync and is never skipped silently."""
+    parsed, rejected = [], []
+    for post in posts:
+        try:
+            parsed.append(parse_post(post))
+        except RecordError as exc:
+            rejected.append({"base_url": base_url, "id": post.get("id"), "reason": exc.reason, "record": post})
+    if rejected:
+        result.rejects_path = sync_rejects_path(db.path)
+        with open(result.rejects_path, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejected)
+            fh.flush()
+            os.fsync(fh.fileno())
+        result.rejected += len(rejected)
+        log.warning("%d posts from %s rejected: see %s", len(rejected), base_url, result.rejects_path)
+    return parsed
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +200,7 @@ def refresh_updated(
             posts, reached_end = _changed_since(page, since)
             result.pages += 1
             bar.advance(1)
-            _upsert_known(db, posts, result)
+            _upsert_known(db, client.base_url, posts, result)
             if reached_end or len(page) < limit_per_page:
                 result.complete = True
                 break
@@ -176,15 +209,25 @@ def refresh_updated(
 
 def _changed_since(page: object, since: datetime) -> tuple[list[dict], bool]:
     posts = _new_posts(page, cursor=-1)
-    fresh = [p for p in posts if _parse_time(p.get("updated_at")) >= since]
+    fresh = [p for p in posts if _changed_at(p) >= since]
     return fresh, len(fresh) < len(posts)
 
 
-def _upsert_known(db: DanbooruDB, posts: list[dict], result: SyncResult) -> None:
+def _changed_at(post: dict) -> datetime:
+    """A malformed `updated_at` counts as fresh: the post then goes to validation (and to the
+    rejects file) instead of ending the walk early."""
+    try:
+        return _parse_time(post.get("updated_at"))
+    except ValueError:
+        return datetime.max.replace(tzinfo=timezone.utc)
+
+
+def _upsert_known(db: DanbooruDB, base_url: str, posts: list[dict], result: SyncResult) -> None:
     known = [p for p in posts if p["id"] <= result.cursor]
     if known:
+        parsed = _valid_posts(db, base_url, known, result)
         with db.database.atomic():
-            result.counts.add(upsert_posts(db, known))
+            result.counts.add(write_parsed(db, parsed))
         result.posts += len(known)
 
 
