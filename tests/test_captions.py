@@ -271,8 +271,8 @@ def test_sparse_ids_and_orphan_relations(tmp_path: Path) -> None:
     for _ in range(2):
         assert pl.concat(list(iter_captions(db, config, th, chunk_size=2))).to_dicts() == expected
         assert caption_posts(db, post_ids, config, th).to_dicts() == expected
-        conn.execute('CREATE INDEX IF NOT EXISTS "kdata_posttagrelation_post_tag" '
-                     'ON posttagrelation ("post_id", "tag_id")')
+        conn.execute('DROP INDEX "posttagrelation_post_id"')  # as migration 0004 redefines it
+        conn.execute('CREATE INDEX "posttagrelation_post_id" ON posttagrelation ("post_id", "tag_id")')
     db.close()
 
 

@@ -113,3 +113,20 @@ def test_duplicate_numbers_and_readonly_are_errors(tmp_path, empty_db):
     with DanbooruDB.open(empty_db.path, readonly=True) as ro:
         with pytest.raises(MigrationError, match=re.escape("kdata db migrate")):
             migrate(ro)
+
+
+def test_query_and_caption_indexes_replace_the_published_ones_under_their_names(empty_db):
+    """0003/0004 turn the published single-column relation indexes into covering ones (same
+    names, same leading column) instead of adding twins; running again changes nothing."""
+    conn = empty_db.connection()
+
+    def relation_indexes() -> dict[str, list[str]]:
+        names = [r[1] for r in conn.execute("PRAGMA index_list(posttagrelation)")]
+        return {n: [r[2] for r in conn.execute(f'PRAGMA index_info("{n}")')] for n in names}
+
+    assert relation_indexes() == {"posttagrelation_post_id": ["post_id"], "posttagrelation_tag_id": ["tag_id"]}
+    migrate(empty_db)
+    expected = {"posttagrelation_post_id": ["post_id", "tag_id"], "posttagrelation_tag_id": ["tag_id", "post_id"]}
+    assert relation_indexes() == expected
+    migrate(empty_db)
+    assert relation_indexes() == expected

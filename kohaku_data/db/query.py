@@ -80,9 +80,8 @@ _TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
 _PROBE_RATIO = 12
 # Check metatags by probing the candidate ids when at most this many (else scan the index).
 _PROBE_MAX = 20_000
-# Windows need this covering index (migration 0003): without it, a window of a tag reads the
-# tag's whole relation list, and the full array plan is cheaper.
-_TAG_POST_INDEX = "kdata_posttagrelation_tag_post"
+# Windows need the covering index (tag_id, post_id) of migration 0003: without it, a window of
+# a tag reads the tag's whole relation list, and the full array plan is cheaper.
 # Smallest id window of a paged query (below this, per-window overhead dominates).
 _MIN_WINDOW = 4096
 # Up to this many ids, a window's metatags are checked on the rowid range of `post`.
@@ -129,7 +128,7 @@ def query_ids(
         # No tags and a LIMIT: SQL can walk an index in order and stop early.
         return _sql_ids(conn, plan, limit, after_id)
     if limit is not None and plan.query.order is None and (plan.include or plan.any_of) \
-            and _has_index(conn, _TAG_POST_INDEX):
+            and _has_tag_post_index(conn):
         return _windowed_ids(conn, plan, limit, after_id)
     ids, keys = _array_ids(conn, plan, plan.query.order)
     ids = _page(conn, plan.query.order, ids, keys, after_id)
@@ -323,8 +322,14 @@ def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool
 _Span = tuple[int, int]  # post ids lo <= id < hi
 
 
-def _has_index(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is not None
+def _has_tag_post_index(conn: sqlite3.Connection) -> bool:
+    """An index on posttagrelation leading with (tag_id, post_id) exists (migration 0003)."""
+    for row in conn.execute("PRAGMA index_list(posttagrelation)").fetchall():
+        name = row[1].replace('"', '""')
+        columns = [r[2] for r in conn.execute(f'PRAGMA index_info("{name}")')]
+        if columns[:2] == ["tag_id", "post_id"]:
+            return True
+    return False
 
 
 def _windowed_ids(conn: sqlite3.Connection, plan: _Plan, limit: int, after_id: int | None) -> list[int]:
