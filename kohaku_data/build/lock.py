@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from kohaku_data import __version__
+from kohaku_data import __version__, atomic
 from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.errors import KdataError
@@ -94,12 +93,8 @@ def dumps(data: Any) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Every dataset file kdata writes is a promise to readers: atomic and durable."""
+    atomic.write_atomic(path, data, durable=True)
 
 
 def read_lock(out: Path) -> dict[str, Any] | None:

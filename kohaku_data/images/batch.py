@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from kohaku_data.atomic import write_atomic
 from kohaku_data.config import ImageConfig
 from kohaku_data.images.stage import ImageResult, process_image
 from kohaku_data.progress import progress_bar
@@ -185,7 +186,7 @@ def _store(task: Task, r: ImageResult, out: Path) -> dict:
     output = None
     if r.status == "ok":
         output = f"{task.output_stem}.{r.output_format}"
-        _write_atomic(out / output, r.data)
+        write_atomic(out / output, r.data)
     sw, sh = r.source_size or (None, None)
     return _row(
         task.name, task.key, status=r.status, reason=r.reason, detail=r.detail, output=output,
@@ -200,18 +201,6 @@ def _row(source: str, key: int | None, **values) -> dict:
     row = dict.fromkeys(RECORD_SCHEMA)
     row.update(source=source, key=key, **values)
     return row
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_records(rows: list[dict], path: Path) -> Path:

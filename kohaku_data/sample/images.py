@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kohaku_data.atomic import write_atomic
 from kohaku_data.sample.drawing import anime_picture, character_alpha, draw_character
 from kohaku_data.sample.layout import tar_name, write_folder, write_tars
 from kohaku_data.sample.metadata import SampleError, load_tag_table, resolution_tags
@@ -415,9 +416,7 @@ def write_sample_images(out_dir: Path, db_path: Path, seed: int = 0, *,
     in_db = {pid for _, pid, case in tasks if case not in orphans}
     _update_db(db_path, [f for f in files if f.post_id in in_db])
     report = {"seed": seed, "layout": layout, "cases": _case_records(tasks, results, layout)}
-    tmp = out_dir / f".hard_cases.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out_dir / "hard_cases.json")
+    write_atomic(out_dir / "hard_cases.json", (json.dumps(report, indent=1) + "\n").encode())
     return written
 
 

@@ -8,10 +8,11 @@ tar members carry fixed metadata (mtime 0, uid/gid 0, mode 0644) in a fixed orde
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections import defaultdict
 from pathlib import Path
+
+from kohaku_data.atomic import write_atomic
 
 # Fixed tar member mtime: 2024-01-01T00:00:00Z (never the wall clock).
 _TAR_MTIME = 1_704_067_200
@@ -22,19 +23,12 @@ def tar_name(post_id: int) -> str:
     return f"data-{post_id % 1000:04d}.tar"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_folder(raw_dir: Path, files: dict[str, bytes]) -> list[Path]:
     """`files` maps a relative path (`<id>.<ext>` or `sub/dir/<id>.<ext>`) to its bytes."""
     written = []
     for rel in sorted(files):
         path = raw_dir / rel
-        _atomic_write(path, files[rel])
+        write_atomic(path, files[rel])
         written.append(path)
     return written
 
@@ -53,6 +47,6 @@ def write_tars(raw_dir: Path, files: dict[str, bytes], post_ids: dict[str, int])
                 info.size, info.mtime, info.mode = len(files[rel]), _TAR_MTIME, 0o644
                 tar.addfile(info, io.BytesIO(files[rel]))
         path = raw_dir / name
-        _atomic_write(path, buf.getvalue())
+        write_atomic(path, buf.getvalue())
         written.append(path)
     return written
