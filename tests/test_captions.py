@@ -74,6 +74,8 @@ CONFIGS = [
     CaptionConfig(quality_metric="score", quality_cohort="rating_year", cohort_min_posts=8),
     CaptionConfig(quality_cutoff_date="2018-06-30", year_mode="percentile", rating=False),
     CaptionConfig(quality=False, year=False, drop_meta_containing=(), drop_artist_containing=()),
+    # nothing after the keep separator for posts without general/meta tags: it ends the caption
+    CaptionConfig(quality=False, year=False, rating=False, keep_separator="<keep>"),
     CaptionConfig(quality_percentiles=(90, 10), quality_bands=("top", "mid", "bottom"), year_min=2011,
                   year_bins=(2020, 2016, 2013, 2012)),
 ]

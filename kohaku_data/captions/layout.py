@@ -1,10 +1,12 @@
 """Caption layout with array operations: one chunk of posts (+ their tags) → caption frame.
 
-No Python loop per post. A chunk's relations are integer arrays (post row `pi`, tag row `ti`
-in the prepared tag table); each list is one numpy argsort of a packed integer key (post,
-group, in-group order), then the names are gathered once and cut into per-post lists by a
-group_by on the already sorted post index (polars' sorted fast path), then `list.join`.
-Strings never move during the sort.
+No Python loop per post. `prepare_tags` puts every text a chunk can hold (raw names, caption
+texts, year/rating/quality tags) into one string table whose row order *is* the output order
+inside a post. A chunk's elements are then packed int64 keys `(post << bits) | row`: one numpy
+value sort orders every post's raw lists and caption at once, the strings are gathered once,
+and one group_by on the already sorted post index (polars' sorted fast path) cuts them into
+the `tags_*` lists and the caption list, which `list.join` writes. Strings never move during
+the sort. Orders that depend on the post (`db`, `shuffle`) sort their caption rows first.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from kohaku_data.db.enums import TagType
 G_KEEP, G_CHARACTER, G_COPYRIGHT, G_ARTIST, G_GENERAL, G_META = 0, 1, 2, 3, 5, 6
 # Rows added per post so that one string join per post writes the whole caption:
 G_MARK, G_YEAR, G_RATING, G_QUALITY = 4, 7, 8, 9
-_MARK = "\x00"  # stands for the keep separator until the join; never in a tag name
 TAG_COLUMNS = {t: f"tags_{t.category_name}" for t in TagType}
 OUTPUT_COLUMNS = (
     "id", "caption", "rating", "rating_tag", "quality", "year_tag",
@@ -92,7 +93,7 @@ def blacklist_names(config: CaptionConfig) -> list[str]:
     return [b.strip().replace(" ", "_") for b in config.blacklist if b.strip()]
 
 
-def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+def _tag_columns(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
     """Per-tag work done once per tag, not per post-tag row: blacklist, caption group, display
     name, and integer ranks for popularity order (ties by name) and alphabetical order."""
     black = blacklist_names(config)
@@ -106,114 +107,202 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
     ).drop("popularity")
 
 
+CAPTION_CODE = len(TAG_COLUMNS)  # `codes` value of caption texts; raw names carry their tag type
+
+
+@dataclass(frozen=True)
+class PreparedTags:
+    """A tag table prepared for captions, and every string a caption frame can hold.
+
+    `strings` is one table of texts, ordered so that sorting a post's elements by their row
+    in it *is* the layout: first the raw names by (type, popularity) for the `tags_*` lists,
+    then the caption texts by (caption group, in-group rank) with the keep marker and the
+    year/rating/quality tags between the groups where they belong, then the same caption texts
+    again with the keep separator in front (for the first tag after the marker). A chunk is
+    then one integer sort and one gather; strings never move during the sort."""
+
+    frame: pl.DataFrame  # _tag_columns output, sorted by tag_id
+    tag_ids: np.ndarray
+    raw_rank: np.ndarray  # per frame row: its raw name's row in `strings`
+    caption_rank: np.ndarray  # per frame row: its caption text's row in `strings`; -1 = not shown
+    group: np.ndarray  # per frame row: caption group, -1 = not shown
+    strings: pl.Series
+    codes: np.ndarray  # per `strings` row: tag type (raw names) or CAPTION_CODE
+    extra_rank: dict[tuple[int, str], int]  # (group, text) of marker/year/rating/quality → row
+    prefixed_offset: int  # caption row r → r + prefixed_offset: keep separator + the same text
+
+    @property
+    def caption_start(self) -> int:
+        return len(self.raw_rank)
+
+
+def _extra_texts(config: CaptionConfig) -> dict[int, list[str]]:
+    """Texts of the rows added per post, by caption group."""
+    extra = {G_YEAR: list(config.year_tags), G_RATING: list(dict.fromkeys(config.rating_tags.values())),
+             G_QUALITY: list(config.quality_bands)}
+    if config.keep_separator is not None:
+        extra[G_MARK] = [config.keep_separator]  # stays only when nothing follows it
+    return extra
+
+
+def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
+    """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
+    frame = _tag_columns(tags.sort("tag_id"), config).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    n = frame.height
+    raw = frame.sort("type", "_prank")
+    raw_rank = np.empty(n, dtype=np.int64)
+    raw_rank[raw["_row"].to_numpy()] = np.arange(n)
+    in_group = "_arank" if config.tag_order == "alpha" else "_prank"
+    shown = frame.filter(pl.col("_g").is_not_null()).select("_g", _k=in_group, _text="_disp", _row="_row")
+    extra_rows = [(g, k, text) for g, texts in _extra_texts(config).items() for k, text in enumerate(texts)]
+    extra = pl.DataFrame(
+        {"_g": [r[0] for r in extra_rows], "_k": [r[1] for r in extra_rows], "_text": [r[2] for r in extra_rows],
+         "_row": [-1] * len(extra_rows)},
+        schema={"_g": pl.Int8, "_k": pl.Int64, "_text": pl.String, "_row": pl.Int64},
+    )
+    caption = pl.concat([shown, extra]).sort("_g", "_k")
+    rows = caption["_row"].to_numpy()
+    caption_rank = np.full(n, -1, dtype=np.int64)
+    is_tag = rows >= 0
+    caption_rank[rows[is_tag]] = n + np.nonzero(is_tag)[0]
+    extra_rank = {(int(g), text): n + i for i, (g, text, row) in
+                  enumerate(zip(caption["_g"], caption["_text"], rows)) if row < 0}
+    texts = [caption["_text"]]
+    if config.keep_separator is not None:
+        texts.append(config.keep_separator + caption["_text"])
+    strings = pl.concat([raw["name"], *texts]).rechunk()
+    codes = np.concatenate([raw["type"].to_numpy(), np.full(len(strings) - n, CAPTION_CODE)]).astype(np.int8)
+    return PreparedTags(
+        frame=frame.drop("_row"), tag_ids=frame["tag_id"].to_numpy(), raw_rank=raw_rank,
+        caption_rank=caption_rank, group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
+        strings=strings, codes=codes, extra_rank=extra_rank, prefixed_offset=caption.height,
+    )
+
+
 @dataclass(frozen=True)
 class ChunkRows:
     """One chunk's post-tag relations resolved against the prepared tag table (parallel arrays)."""
 
     pi: np.ndarray  # row index of the post in the chunk
-    ti: np.ndarray  # row index of the tag in `tags` (prepare_tags output, any row order)
+    ti: np.ndarray  # row index of the tag in `PreparedTags.frame`
     rid: np.ndarray | None  # relation id, for tag_order = "db"
 
     def take(self, mask: np.ndarray) -> "ChunkRows":
         return ChunkRows(self.pi[mask], self.ti[mask], None if self.rid is None else self.rid[mask])
 
 
-def resolve_tags(tags: pl.DataFrame, tag_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found, row) of each tag id in `tags` sorted by tag_id; missing or blacklisted tags are
-    not found (the reference joins relations with the tag table, then drops blacklisted)."""
-    return index_of(tags["tag_id"].to_numpy(), tag_ids)
+def resolve_tags(tags: PreparedTags, tag_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, row) of each tag id in the prepared table; missing or blacklisted tags are not
+    found (the reference joins relations with the tag table, then drops blacklisted)."""
+    return index_of(tags.tag_ids, tag_ids)
 
 
 def _argsort_rows(primary: np.ndarray, secondary: list[np.ndarray]) -> np.ndarray:
     """Row order by (primary, *secondary), all integer arrays."""
     if not len(primary):
         return np.empty(0, dtype=np.int64)
-    if len(secondary) == 1 and secondary[0].min() >= 0:
-        span = int(secondary[0].max()) + 1
-        if (int(primary.max()) + 1) * span < (1 << 62):
-            # One packed int64 key: a single numpy sort, 5x faster than a multi-column sort.
-            return np.argsort(primary * span + secondary[0].astype(np.int64), kind="stable")
     order = np.lexsort(secondary[::-1]) if secondary else np.arange(len(primary))
     return order[np.argsort(primary[order], kind="stable")]
 
 
-def _in_group_keys(
-    rows: ChunkRows, tags: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
-) -> list[np.ndarray]:
-    """In-group sort keys of each tag row for config.tag_order (ascending)."""
-    if config.tag_order == "popularity":
-        return [tags["_prank"].to_numpy()[rows.ti]]
-    if config.tag_order == "alpha":
-        return [tags["_arank"].to_numpy()[rows.ti]]
+def _per_relation_keys(rows: ChunkRows, tags: PreparedTags, post_ids: np.ndarray, config: CaptionConfig) -> list[np.ndarray]:
+    """In-group sort keys of each relation for the orders that depend on the post ("db", "shuffle")."""
     if config.tag_order == "db":
         return [rows.rid]
-    tag_ids = tags["tag_id"].to_numpy()[rows.ti]
+    tag_ids = tags.tag_ids[rows.ti]
     return [shuffle_keys(config.shuffle_seed, post_ids[rows.pi], tag_ids), tag_ids]
-
-
-def _lists(pi: np.ndarray, values: pl.Series, name: str) -> pl.DataFrame:
-    """(_pi, name: list) per post index, the values in their given order (`pi` sorted)."""
-    frame = pl.DataFrame({"_pi": pi.astype(np.uint32), name: values})
-    # Sorted keys: group_by cuts contiguous runs instead of hashing (10x faster).
-    return frame.with_columns(pl.col("_pi").set_sorted()).group_by("_pi", maintain_order=True).agg(name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Assembling
 # ---------------------------------------------------------------------------------------------
-def _raw_lists(rows: ChunkRows, tags: pl.DataFrame) -> list[pl.DataFrame]:
-    """tags_<type> per post index `_pi` (one frame per type): raw names, popularity order."""
-    order = _argsort_rows(rows.pi, [tags["_prank"].to_numpy()[rows.ti]])
-    pi, ti = rows.pi[order], rows.ti[order]
-    kind = tags["type"].to_numpy()[ti]
-    out = []
-    for t, col in TAG_COLUMNS.items():
-        mine = kind == t
-        names = tags["name"].gather(ti[mine])
-        out.append(_lists(pi[mine], names, col))
-    return out
-
-
-def _extra_rows(frame: pl.DataFrame, config: CaptionConfig) -> tuple[np.ndarray, np.ndarray, pl.Series]:
-    """(post index, group, text) of the keep-separator marker and the year, rating and quality
-    tags of each post: rows that sort into the caption like tags."""
+def _extra_rows(
+    frame: pl.DataFrame, tags: PreparedTags, config: CaptionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(post index, strings row, caption group) of the keep marker and the year, rating and
+    quality tags of each post: rows that sort into the caption like tags."""
     parts = [(G_YEAR, frame["year_tag"]), (G_RATING, frame["rating_tag"]), (G_QUALITY, frame["quality"])]
-    if config.keep_separator is not None:
-        parts.append((G_MARK, pl.repeat(_MARK, frame.height, eager=True)))
-    post_index = frame["_pi"].to_numpy()
-    pis, groups, texts = [], [], []
+    post_index = np.arange(frame.height, dtype=np.int64)
+    pis, ranks, groups = [], [], []
     for group, values in parts:
-        present = values.is_not_null().to_numpy()
+        mapping = {text: row for (g, text), row in tags.extra_rank.items() if g == group}
+        rank = values.replace_strict(mapping, default=-1, return_dtype=pl.Int64).to_numpy()
+        present = rank >= 0
         pis.append(post_index[present])
-        groups.append(np.full(int(present.sum()), group, dtype=np.int64))
-        texts.append(values.filter(values.is_not_null()).cast(pl.String))
-    return np.concatenate(pis), np.concatenate(groups), pl.concat(texts)
+        ranks.append(rank[present])
+        groups.append(np.full(len(ranks[-1]), group, dtype=np.int64))
+    if config.keep_separator is not None:
+        pis.append(post_index)
+        ranks.append(np.full(frame.height, tags.extra_rank[(G_MARK, config.keep_separator)], dtype=np.int64))
+        groups.append(np.full(frame.height, G_MARK, dtype=np.int64))
+    return np.concatenate(pis), np.concatenate(ranks), np.concatenate(groups)
 
 
-def _captions(
-    rows: ChunkRows, tags: pl.DataFrame, frame: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
-) -> pl.DataFrame:
-    """caption per post index `_pi` (`post_ids[_pi]`: its id): tag rows + extra rows sorted,
-    one string join per post."""
-    group = tags["_g"].fill_null(-1).to_numpy()[rows.ti].astype(np.int64)
-    shown = group >= 0
-    rows, group = rows.take(shown), group[shown]
-    keys = _in_group_keys(rows, tags, post_ids, config)
-    extra_pi, extra_group, extra_text = _extra_rows(frame, config)
+def _caption_elements(
+    rows: ChunkRows, tags: PreparedTags, frame: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(post index, sort key, strings row) of every caption element; the strings row is None
+    when the key is the row itself."""
+    rank = tags.caption_rank[rows.ti]
+    shown = rank >= 0
+    extra_pi, extra_rank, extra_group = _extra_rows(frame, tags, config)
+    if config.tag_order in ("popularity", "alpha"):
+        # The strings table is already in caption order: the row is the key.
+        return np.concatenate([rows.pi[shown], extra_pi]), np.concatenate([rank[shown], extra_rank]), None
+    rows = rows.take(shown)
+    keys = _per_relation_keys(rows, tags, post_ids, config)
     pi = np.concatenate([rows.pi, extra_pi])
-    group = np.concatenate([group, extra_group])
+    group = np.concatenate([tags.group[rows.ti], extra_group])
     keys = [np.concatenate([k, np.zeros(len(extra_pi), dtype=k.dtype)]) for k in keys]
     order = _argsort_rows(pi * 16 + group, keys)
-    # Strings are gathered once, in caption order: tag rows index `_disp`, extra rows follow it.
-    source = np.concatenate([rows.ti, len(tags) + np.arange(len(extra_pi))])
-    text = pl.concat([tags["_disp"], extra_text]).gather(source[order])
-    joined = _lists(pi[order], text, "caption")
-    text = pl.col("caption").list.join(config.separator)
-    if config.keep_separator is not None:
-        # hakubooru: keep + sep + "|||" + rest (no separator after "|||").
-        text = text.str.replace(_MARK + config.separator, config.keep_separator, literal=True)
-        text = text.str.replace(_MARK, config.keep_separator, literal=True)
-    return joined.select("_pi", caption=text)
+    ranks = np.concatenate([rank[shown], extra_rank])[order]
+    # Key: the position in caption order, after every raw row (raw rows sort first in a post).
+    return pi[order], tags.caption_start + np.arange(len(order), dtype=np.int64), ranks
+
+
+def _sorted_elements(
+    rows: ChunkRows, tags: PreparedTags, frame: pl.DataFrame, post_ids: np.ndarray, config: CaptionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(post index, strings row) of every element of the chunk, in output order: by post, then
+    its raw names (type, popularity), then its caption elements. One sort of packed int64 keys."""
+    cap_pi, cap_key, cap_rows = _caption_elements(rows, tags, frame, post_ids, config)
+    pi = np.concatenate([rows.pi, cap_pi])
+    key = np.concatenate([tags.raw_rank[rows.ti], cap_key])
+    bits = (int(key.max()) + 1 if len(key) else 1).bit_length()
+    packed = np.sort((pi << bits) | key)  # unique keys: a value sort, 3x faster than argsort
+    pi, row = packed >> bits, packed & ((1 << bits) - 1)
+    if cap_rows is not None:
+        is_caption = row >= tags.caption_start
+        row[is_caption] = cap_rows[row[is_caption] - tags.caption_start]
+    return pi, row
+
+
+def _join_keep_separator(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> np.ndarray:
+    """hakubooru writes `kept, |||rest`: the marker goes, and the element after it (same post)
+    becomes its copy prefixed with the keep separator. A marker with nothing after it stays
+    (its text is the keep separator). Edits `row`; returns which positions remain."""
+    keep = np.ones(len(row), dtype=bool)
+    if config.keep_separator is None:
+        return keep
+    marker = np.nonzero(row == tags.extra_rank[(G_MARK, config.keep_separator)])[0]
+    after = np.minimum(marker + 1, len(row) - 1)
+    joined = (marker + 1 < len(row)) & (pi[after] == pi[marker])
+    row[after[joined]] += tags.prefixed_offset
+    keep[marker[joined]] = False
+    return keep
+
+
+def _per_post_lists(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> pl.DataFrame:
+    """`_pi`, the tags_* lists and the caption of every post index that has any element."""
+    elements = pl.DataFrame({
+        "_pi": pi.astype(np.uint32), "_text": tags.strings.gather(row), "_code": tags.codes[row],
+    }).with_columns(pl.col("_pi").set_sorted())  # sorted keys: group_by cuts runs, no hashing
+    text = pl.col("_text")
+    lists = elements.group_by("_pi", maintain_order=True).agg(
+        *(text.filter(pl.col("_code") == t).alias(name) for t, name in TAG_COLUMNS.items()),
+        caption=text.filter(pl.col("_code") == CAPTION_CODE),
+    )
+    return lists.with_columns(caption=pl.col("caption").list.join(config.separator))
 
 
 def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
@@ -229,16 +318,19 @@ def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
 
 
 def build_captions(
-    posts: pl.DataFrame, tags: pl.DataFrame, rows: ChunkRows, config: CaptionConfig, thresholds: Thresholds
+    posts: pl.DataFrame, tags: PreparedTags, rows: ChunkRows, config: CaptionConfig, thresholds: Thresholds
 ) -> pl.DataFrame:
-    """posts (POST_SCHEMA, ordered by id) + tags (`prepare_tags`) + the chunk's relations →
-    caption frame, one row per post in the same order."""
-    frame = post_columns(posts.with_row_index("_pi"), config, thresholds)
-    parts = [*_raw_lists(rows, tags), _captions(rows, tags, frame, posts["id"].to_numpy(), config)]
-    for part in parts:
-        frame = frame.join(part, on="_pi", how="left")
-    empty = pl.lit([], dtype=pl.List(pl.String))
-    frame = frame.with_columns(
-        caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
-    )
-    return frame.sort("_pi").select(OUTPUT_COLUMNS)
+    """posts (POST_SCHEMA, ordered by id) + prepared tags + the chunk's relations → caption
+    frame, one row per post in the same order."""
+    frame = post_columns(posts, config, thresholds)
+    pi, row = _sorted_elements(rows, tags, frame, posts["id"].to_numpy(), config)
+    keep = _join_keep_separator(pi, row, tags, config)
+    lists = _per_post_lists(pi[keep], row[keep], tags, config)
+    if lists.height == frame.height:  # every post has an element: the rows line up
+        frame = frame.hstack(lists.drop("_pi"))
+    else:
+        empty = pl.lit([], dtype=pl.List(pl.String))
+        frame = frame.with_row_index("_pi").join(lists, on="_pi", how="left", maintain_order="left").with_columns(
+            caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
+        )
+    return frame.select(OUTPUT_COLUMNS)

@@ -213,8 +213,9 @@ def add_quality(frame: pl.DataFrame, config: CaptionConfig, thresholds: Threshol
     if len(config.quality_bands) != k + 1:
         raise ValueError("thresholds and config.quality_bands do not match (recompute the thresholds)")
     rating_frame, cohort_frame = _threshold_frames(thresholds)
-    joined = frame.join(rating_frame, on="rating", how="left").join(
-        cohort_frame, on=["rating", "_year"], how="left", nulls_equal=False
+    # maintain_order: captions line up these rows with their posts by position.
+    joined = frame.join(rating_frame, on="rating", how="left", maintain_order="left").join(
+        cohort_frame, on=["rating", "_year"], how="left", nulls_equal=False, maintain_order="left"
     )
     metric = pl.col(thresholds.metric).cast(pl.Float64)
     # Thresholds fall from best to worst band, so "first band strictly above" = count of <=.
