@@ -132,6 +132,7 @@ class PreparedTags:
     strings: pl.Series
     codes: np.ndarray  # per `strings` row: tag type (raw names) or CAPTION_CODE
     extra_rank: dict[tuple[int, str], int]  # (group, text) of marker/year/rating/quality → row
+    rest: tuple[int, int]  # rows [start, end) of caption texts after the keep separator
     prefixed_offset: int  # caption row r → r + prefixed_offset: keep separator + the same text
 
     @property
@@ -148,12 +149,13 @@ def _extra_texts(config: CaptionConfig) -> dict[int, list[str]]:
     extra = {G_YEAR: list(config.year_tags), G_RATING: list(dict.fromkeys(config.rating_tags.values())),
              G_QUALITY: list(config.quality_bands)}
     if config.keep_separator is not None:
-        extra[G_MARK] = [config.keep_separator]  # stays only when nothing follows it
+        extra[G_MARK] = [config.keep_separator]  # only for posts with nothing after it
     return extra
 
 
 def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
     """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
+    # Texts after the keep separator (groups > G_MARK) come as a block: see `_prefix_rest`.
     frame = _tag_columns(tags.sort("tag_id"), config).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     n = frame.height
     raw = frame.sort("type", "_prank")
@@ -181,6 +183,7 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
     return PreparedTags(
         frame=frame.drop("_row"), tag_ids=frame["tag_id"].to_numpy(), rank_pairs=rank_pairs, group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
         strings=strings, codes=codes, extra_rank=extra_rank, prefixed_offset=caption.height,
+        rest=(n + int((caption["_g"] <= G_MARK).sum()), n + caption.height),
     )
 
 
@@ -222,10 +225,11 @@ def _per_relation_keys(rows: ChunkRows, tags: PreparedTags, post_ids: np.ndarray
 # Assembling
 # ---------------------------------------------------------------------------------------------
 def _extra_rows(
-    frame: pl.DataFrame, tags: PreparedTags, config: CaptionConfig
+    rows: ChunkRows, frame: pl.DataFrame, tags: PreparedTags, config: CaptionConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(post index, strings row, caption group) of the keep marker and the year, rating and
-    quality tags of each post: rows that sort into the caption like tags."""
+    """(post index, strings row, caption group) of the year, rating and quality tags of each
+    post, rows that sort into the caption like tags, and of the keep separator of posts with
+    nothing after it (the others get it as a prefix of their first element after it)."""
     parts = [(G_YEAR, frame["year_tag"]), (G_RATING, frame["rating_tag"]), (G_QUALITY, frame["quality"])]
     post_index = np.arange(frame.height, dtype=np.int64)
     pis, ranks, groups = [], [], []
@@ -237,10 +241,20 @@ def _extra_rows(
         ranks.append(rank[present])
         groups.append(np.full(len(ranks[-1]), group, dtype=np.int64))
     if config.keep_separator is not None:
-        pis.append(post_index)
-        ranks.append(np.full(frame.height, tags.extra_rank[(G_MARK, config.keep_separator)], dtype=np.int64))
-        groups.append(np.full(frame.height, G_MARK, dtype=np.int64))
+        alone = _nothing_after_keep(rows, np.concatenate(pis), frame.height, tags)
+        pis.append(post_index[alone])
+        ranks.append(np.full(len(pis[-1]), tags.extra_rank[(G_MARK, config.keep_separator)], dtype=np.int64))
+        groups.append(np.full(len(pis[-1]), G_MARK, dtype=np.int64))
     return np.concatenate(pis), np.concatenate(ranks), np.concatenate(groups)
+
+
+def _nothing_after_keep(rows: ChunkRows, extra_pi: np.ndarray, posts: int, tags: PreparedTags) -> np.ndarray:
+    """Which posts have no caption element after the keep separator."""
+    alone = np.bincount(extra_pi, minlength=posts) == 0
+    if alone.any():  # rare: year, rating and quality tags off or missing; look at the tags
+        rest = tags.group[rows.ti] > G_MARK
+        alone &= np.bincount(rows.pi[rest], minlength=posts) == 0
+    return alone
 
 
 def _sorted_elements(
@@ -248,7 +262,7 @@ def _sorted_elements(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(post index, strings row) of every element of the chunk, in output order: by post, then
     its raw names (type, popularity), then its caption elements."""
-    extra_pi, extra_rank, extra_group = _extra_rows(frame, tags, config)
+    extra_pi, extra_rank, extra_group = _extra_rows(rows, frame, tags, config)
     if config.tag_order in ("popularity", "alpha"):
         # The strings table is already in output order: a row is its own sort key.
         return _sort_packed(tags.row_bits, [(rows.pi, tags.rank_pairs[rows.ti]), (extra_pi, extra_rank)])
@@ -288,19 +302,16 @@ def _sort_packed(bits: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple
     return packed >> bits, packed & ((1 << bits) - 1)
 
 
-def _join_keep_separator(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> np.ndarray:
-    """hakubooru writes `kept, |||rest`: the marker goes, and the element after it (same post)
-    becomes its copy prefixed with the keep separator. A marker with nothing after it stays
-    (its text is the keep separator). Edits `row`; returns which positions remain."""
-    keep = np.ones(len(row), dtype=bool)
+def _prefix_rest(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> None:
+    """hakubooru writes `kept, |||rest`: the first element after the keep separator becomes
+    its copy prefixed with the separator (in place: `row` is edited)."""
     if config.keep_separator is None:
-        return keep
-    marker = np.nonzero(row == tags.extra_rank[(G_MARK, config.keep_separator)])[0]
-    after = np.minimum(marker + 1, len(row) - 1)
-    joined = (marker + 1 < len(row)) & (pi[after] == pi[marker])
-    row[after[joined]] += tags.prefixed_offset
-    keep[marker[joined]] = False
-    return keep
+        return
+    start, end = tags.rest
+    rest = (row >= start) & (row < end)
+    first = rest.copy()
+    first[1:] &= ~(rest[:-1] & (pi[1:] == pi[:-1]))
+    row[first] += tags.prefixed_offset
 
 
 def _per_post_lists(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> pl.DataFrame:
@@ -335,8 +346,8 @@ def build_captions(
     frame, one row per post in the same order."""
     frame = post_columns(posts, config, thresholds)
     pi, row = _sorted_elements(rows, tags, frame, posts["id"].to_numpy(), config)
-    keep = _join_keep_separator(pi, row, tags, config)
-    lists = _per_post_lists(pi[keep], row[keep], tags, config)
+    _prefix_rest(pi, row, tags, config)
+    lists = _per_post_lists(pi, row, tags, config)
     if lists.height == frame.height:  # every post has an element: the rows line up
         frame = frame.hstack(lists.drop("_pi"))
     else:
