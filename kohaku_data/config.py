@@ -161,6 +161,9 @@ QUALITY_BANDS = (
     "masterpiece", "best quality", "great quality", "good quality",
     "normal quality", "low quality", "worst quality",
 )
+# Posts per caption chunk: memory grows with it; 25k keeps two page readers and the captioner
+# busy from the first page on (100k pages start slower and hold 4x the memory, for no gain).
+CAPTION_CHUNK_SIZE = 25_000
 YEAR_TAGS = ("newest", "recent", "mid", "early", "old")
 NON_VISUAL_META = (
     "(medium)", "commentary", "bad", "translat", "request", "mismatch", "revision", "audio", "video",

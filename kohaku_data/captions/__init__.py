@@ -33,25 +33,25 @@ import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import (
-    PageSpec, Relations, TagSource, count_posts, page_bounds,
+    PageSpec, Relations, TagSource, count_posts, open_reader, page_bounds,
 )
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions
 from kohaku_data.captions.thresholds import (
     RATING_NAMES, Thresholds, compute_thresholds, read_metrics,
 )
+from kohaku_data.config import CAPTION_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
 
 __all__ = [
-    "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds", "iter_captions",
+    "DEFAULT_CHUNK_SIZE", "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds", "iter_captions",
 ]
 # Reading the whole tag table pays off once the job is big; a few posts look their tags up.
 _WHOLE_TAG_TABLE_FROM = 50_000
@@ -72,7 +72,7 @@ def caption_posts(
 
 def iter_captions(
     db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds, ids: Sequence[int] | None = None,
-    chunk_size: int = 100_000, workers: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1,
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None.
 
@@ -113,7 +113,7 @@ def _prefetched(
     Used for multi-chunk jobs only; they see what is committed to the file."""
     connections: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
     for _ in range(readers):
-        connections.put(_reader_connection(db.path))
+        connections.put(open_reader(db.path))
 
     def read(spec: PageSpec) -> tuple[pl.DataFrame, Relations]:
         conn = connections.get()
@@ -132,14 +132,6 @@ def _prefetched(
     finally:
         while not connections.empty():
             connections.get().close()
-
-
-def _reader_connection(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection that maps the file: a page scan without a read() per page
-    (half of sqlite's time in the relation scan went to pread)."""
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
-    conn.execute(f"PRAGMA mmap_size={1 << 40}")  # sqlite caps it at its compile-time maximum
-    return conn
 
 
 def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:

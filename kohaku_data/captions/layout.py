@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kohaku_data.captions.frame import index_of
+from kohaku_data.captions.frame import KeyIndex
 from kohaku_data.captions.thresholds import RATING_NAMES, Thresholds, add_quality, add_year_tag, with_dates
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db.enums import TagType
@@ -125,7 +125,7 @@ class PreparedTags:
     then one integer sort and one gather; strings never move during the sort."""
 
     frame: pl.DataFrame  # _tag_columns output, sorted by tag_id
-    tag_ids: np.ndarray
+    tag_index: KeyIndex  # tag id → frame row
     # per frame row: [row of its raw name, row of its caption text (_HIDDEN: not shown)]
     rank_pairs: np.ndarray
     group: np.ndarray  # per frame row: caption group, -1 = not shown
@@ -181,7 +181,7 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
     strings = pl.concat([raw["name"], *texts]).rechunk()
     codes = np.concatenate([raw["type"].to_numpy(), np.full(len(strings) - n, CAPTION_CODE)]).astype(np.int8)
     return PreparedTags(
-        frame=frame.drop("_row"), tag_ids=frame["tag_id"].to_numpy(), rank_pairs=rank_pairs, group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
+        frame=frame.drop("_row"), tag_index=KeyIndex(frame["tag_id"].to_numpy()), rank_pairs=rank_pairs, group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
         strings=strings, codes=codes, extra_rank=extra_rank, prefixed_offset=caption.height,
         rest=(n + int((caption["_g"] <= G_MARK).sum()), n + caption.height),
     )
@@ -202,7 +202,7 @@ class ChunkRows:
 def resolve_tags(tags: PreparedTags, tag_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(found, row) of each tag id in the prepared table; missing or blacklisted tags are not
     found (the reference joins relations with the tag table, then drops blacklisted)."""
-    return index_of(tags.tag_ids, tag_ids)
+    return tags.tag_index.find(tag_ids)
 
 
 def _argsort_rows(primary: np.ndarray, secondary: list[np.ndarray]) -> np.ndarray:
@@ -217,7 +217,7 @@ def _per_relation_keys(rows: ChunkRows, tags: PreparedTags, post_ids: np.ndarray
     """In-group sort keys of each relation for the orders that depend on the post ("db", "shuffle")."""
     if config.tag_order == "db":
         return [rows.rid]
-    tag_ids = tags.tag_ids[rows.ti]
+    tag_ids = tags.tag_index.keys[rows.ti]
     return [shuffle_keys(config.shuffle_seed, post_ids[rows.pi], tag_ids), tag_ids]
 
 

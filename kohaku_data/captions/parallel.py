@@ -9,7 +9,6 @@ page order, so the output is the same as with one process and memory grows with 
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from kohaku_data.captions.frame import PageSpec, Relations, TagSource
+from kohaku_data.captions.frame import PageSpec, Relations, TagSource, open_reader
 from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags, resolve_tags
 from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import CaptionConfig
@@ -38,7 +37,7 @@ class _Worker:
     """What one worker process keeps between pages: its connection and the prepared tags."""
 
     def __init__(self, db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
-        self.conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+        self.conn = open_reader(db_path)
         self.config, self.thresholds = config, thresholds
         self.tags = TagSource(self.conn, whole_table, lambda t: prepare_tags(t, config))
 

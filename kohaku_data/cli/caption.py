@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kohaku_data.cli.common import DbOption, RecipeOption, clean_errors, is_tty, settings
+from kohaku_data.config import CAPTION_CHUNK_SIZE
 from kohaku_data.errors import KdataError
 
 app = typer.Typer(help="Captions from the DB: quality/year/rating tags in Kohaku-XL layout.")
@@ -48,7 +49,7 @@ def caption(
     out: Annotated[Path | None, typer.Option("--out", help="FILE.parquet, FILE.jsonl, or a folder for <id>.txt "
                                              "files.")] = None,
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Re-caption this built dataset instead.")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = 100_000,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = CAPTION_CHUNK_SIZE,
 ) -> None:
     """Write id → caption (+ the separate tags) for the selected posts."""
     if ctx.invoked_subcommand is not None:
