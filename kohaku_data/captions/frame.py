@@ -151,12 +151,13 @@ def _read_posts(conn: sqlite3.Connection, where: str, params: list) -> pl.DataFr
     count, ints, texts = row[0], row[1:1 + len(_INT_COLUMNS)], row[1 + len(_INT_COLUMNS):]
     if count == 0:
         return pl.DataFrame(schema=POST_SCHEMA)
-    columns: dict[str, object] = {c: parse_ints(t, f"post.{c}") for c, t in zip(_INT_COLUMNS, ints)}
+    columns: dict[str, pl.Series] = {c: pl.Series(c, parse_ints(t, f"post.{c}")) for c, t in zip(_INT_COLUMNS, ints)}
     for name, text in zip(_TEXT_COLUMNS, texts):
-        columns[name] = text.split(_TEXT_SEP)
+        # polars splits in Rust: no Python str per value
+        columns[name] = pl.Series(name, [text]).str.split(_TEXT_SEP).explode()
     if any(len(v) != count for v in columns.values()):
         raise CaptionReadError("post has NULL values in NOT NULL columns: repair the DB")
-    frame = pl.DataFrame(columns).select(list(POST_SCHEMA)).cast(POST_SCHEMA)
+    frame = pl.DataFrame([columns[c] for c in POST_SCHEMA])
     return frame.with_columns(md5=pl.col("md5").replace("", None)).sort("id")
 
 

@@ -317,7 +317,7 @@ def _prefix_rest(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: Ca
 def _per_post_lists(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> pl.DataFrame:
     """`_pi`, the tags_* lists and the caption of every post index that has any element."""
     elements = pl.DataFrame({
-        "_pi": pi.astype(np.uint32), "_text": tags.strings.gather(row), "_code": tags.codes[row],
+        "_pi": pi, "_text": tags.strings.gather(row), "_code": tags.codes[row],
     }).with_columns(pl.col("_pi").set_sorted())  # sorted keys: group_by cuts runs, no hashing
     text = pl.col("_text")
     lists = elements.group_by("_pi", maintain_order=True).agg(
