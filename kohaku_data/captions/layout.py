@@ -118,11 +118,11 @@ class PreparedTags:
     """A tag table prepared for captions, and every string a caption frame can hold.
 
     `strings` is one table of texts, ordered so that sorting a post's elements by their row
-    in it *is* the layout: first the raw names by (type, popularity) for the `tags_*` lists,
-    then the caption texts by (caption group, in-group rank) with the keep marker and the
-    year/rating/quality tags between the groups where they belong, then the same caption texts
-    again with the keep separator in front (for the first tag after the marker). A chunk is
-    then one integer sort and one gather; strings never move during the sort."""
+    in it *is* the output order: first the raw names by (type, popularity) for the `tags_*`
+    lists, then the caption texts by (caption group, in-group rank), with the keep separator
+    and the year/rating/quality tags between the groups where they belong, then the same
+    caption texts again with the keep separator in front (for the first one after it). A
+    chunk is then one integer sort and one gather; strings never move during the sort."""
 
     frame: pl.DataFrame  # _tag_columns output, sorted by tag_id
     tag_index: KeyIndex  # tag id → frame row
@@ -131,7 +131,7 @@ class PreparedTags:
     group: np.ndarray  # per frame row: caption group, -1 = not shown
     strings: pl.Series
     codes: np.ndarray  # per `strings` row: tag type (raw names) or CAPTION_CODE
-    extra_rank: dict[tuple[int, str], int]  # (group, text) of marker/year/rating/quality → row
+    extra_rank: dict[tuple[int, str], int]  # (group, text) of separator/year/rating/quality → row
     rest: tuple[int, int]  # rows [start, end) of caption texts after the keep separator
     prefixed_offset: int  # caption row r → r + prefixed_offset: keep separator + the same text
 
@@ -144,6 +144,48 @@ class PreparedTags:
         return len(self.strings).bit_length()
 
 
+def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
+    """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
+    frame = _tag_columns(tags.sort("tag_id"), config).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    n = frame.height
+    raw = frame.sort("type", "_prank")
+    caption = _caption_texts(frame, config)
+    rank_pairs = np.full((n, 2), _HIDDEN, dtype=np.int64)
+    rank_pairs[raw["_row"].to_numpy(), 0] = np.arange(n)
+    caption_rows = caption["_row"].to_numpy()
+    is_tag = caption_rows >= 0
+    rank_pairs[caption_rows[is_tag], 1] = n + np.nonzero(is_tag)[0]
+    texts = [caption["_text"]]
+    if config.keep_separator is not None:
+        texts.append(config.keep_separator + caption["_text"])
+    strings = pl.concat([raw["name"], *texts]).rechunk()
+    added = caption.with_row_index("_at").filter(pl.col("_row") < 0)
+    return PreparedTags(
+        frame=frame.drop("_row"),
+        tag_index=KeyIndex(frame["tag_id"].to_numpy()),
+        rank_pairs=rank_pairs,
+        group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
+        strings=strings,
+        codes=np.concatenate([raw["type"].to_numpy(), np.full(len(strings) - n, CAPTION_CODE)]).astype(np.int8),
+        extra_rank={(g, text): n + at for at, g, text in added.select("_at", "_g", "_text").iter_rows()},
+        # groups sort in caption order, so the texts after the separator are one block
+        rest=(n + int((caption["_g"] <= G_MARK).sum()), n + caption.height),
+        prefixed_offset=caption.height,
+    )
+
+
+def _caption_texts(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+    """(_g, _text, _row) of every caption text in caption order — the shown tags (`_row`: their
+    frame row) and the texts added per post (`_row` -1) — by group, then in-group rank. Orders
+    that depend on the post sort their caption rows per chunk; here they get popularity."""
+    in_group = "_arank" if config.tag_order == "alpha" else "_prank"
+    shown = frame.filter(pl.col("_g").is_not_null()).select("_g", _k=in_group, _text="_disp", _row="_row")
+    added = [(g, k, text) for g, texts in _extra_texts(config).items() for k, text in enumerate(texts)]
+    schema = {"_g": pl.Int8, "_k": pl.Int64, "_text": pl.String, "_row": pl.Int64}
+    extra = pl.DataFrame([(g, k, text, -1) for g, k, text in added], schema=schema, orient="row")
+    return pl.concat([shown, extra]).sort("_g", "_k").drop("_k")
+
+
 def _extra_texts(config: CaptionConfig) -> dict[int, list[str]]:
     """Texts of the rows added per post, by caption group."""
     extra = {G_YEAR: list(config.year_tags), G_RATING: list(dict.fromkeys(config.rating_tags.values())),
@@ -151,40 +193,6 @@ def _extra_texts(config: CaptionConfig) -> dict[int, list[str]]:
     if config.keep_separator is not None:
         extra[G_MARK] = [config.keep_separator]  # only for posts with nothing after it
     return extra
-
-
-def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
-    """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
-    # Texts after the keep separator (groups > G_MARK) come as a block: see `_prefix_rest`.
-    frame = _tag_columns(tags.sort("tag_id"), config).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
-    n = frame.height
-    raw = frame.sort("type", "_prank")
-    in_group = "_arank" if config.tag_order == "alpha" else "_prank"
-    shown = frame.filter(pl.col("_g").is_not_null()).select("_g", _k=in_group, _text="_disp", _row="_row")
-    extra_rows = [(g, k, text) for g, texts in _extra_texts(config).items() for k, text in enumerate(texts)]
-    extra = pl.DataFrame(
-        {"_g": [r[0] for r in extra_rows], "_k": [r[1] for r in extra_rows], "_text": [r[2] for r in extra_rows],
-         "_row": [-1] * len(extra_rows)},
-        schema={"_g": pl.Int8, "_k": pl.Int64, "_text": pl.String, "_row": pl.Int64},
-    )
-    caption = pl.concat([shown, extra]).sort("_g", "_k")
-    rows = caption["_row"].to_numpy()
-    rank_pairs = np.full((n, 2), _HIDDEN, dtype=np.int64)
-    rank_pairs[raw["_row"].to_numpy(), 0] = np.arange(n)
-    is_tag = rows >= 0
-    rank_pairs[rows[is_tag], 1] = n + np.nonzero(is_tag)[0]
-    extra_rank = {(int(g), text): n + i for i, (g, text, row) in
-                  enumerate(zip(caption["_g"], caption["_text"], rows)) if row < 0}
-    texts = [caption["_text"]]
-    if config.keep_separator is not None:
-        texts.append(config.keep_separator + caption["_text"])
-    strings = pl.concat([raw["name"], *texts]).rechunk()
-    codes = np.concatenate([raw["type"].to_numpy(), np.full(len(strings) - n, CAPTION_CODE)]).astype(np.int8)
-    return PreparedTags(
-        frame=frame.drop("_row"), tag_index=KeyIndex(frame["tag_id"].to_numpy()), rank_pairs=rank_pairs, group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
-        strings=strings, codes=codes, extra_rank=extra_rank, prefixed_offset=caption.height,
-        rest=(n + int((caption["_g"] <= G_MARK).sum()), n + caption.height),
-    )
 
 
 @dataclass(frozen=True)
@@ -262,10 +270,27 @@ def _sorted_elements(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(post index, strings row) of every element of the chunk, in output order: by post, then
     its raw names (type, popularity), then its caption elements."""
-    extra_pi, extra_rank, extra_group = _extra_rows(rows, frame, tags, config)
+    extra = _extra_rows(rows, frame, tags, config)
     if config.tag_order in ("popularity", "alpha"):
         # The strings table is already in output order: a row is its own sort key.
-        return _sort_packed(tags.row_bits, [(rows.pi, tags.rank_pairs[rows.ti]), (extra_pi, extra_rank)])
+        return _sort_packed(tags.row_bits, [(rows.pi, tags.rank_pairs[rows.ti]), extra[:2]])
+    # Orders that depend on the post: caption elements are sorted first, then keyed by their
+    # position in that order (after every raw row, so raw names still come first).
+    caption_pi, caption_rows = _caption_in_order(rows, extra, tags, post_ids, config)
+    position = tags.caption_start + np.arange(len(caption_rows), dtype=np.int64)
+    bits = (tags.caption_start + len(caption_rows)).bit_length()
+    pi, key = _sort_packed(bits, [(rows.pi, tags.rank_pairs[rows.ti, 0]), (caption_pi, position)])
+    is_caption = key >= tags.caption_start
+    key[is_caption] = caption_rows[key[is_caption] - tags.caption_start]
+    return pi, key
+
+
+def _caption_in_order(
+    rows: ChunkRows, extra: tuple[np.ndarray, np.ndarray, np.ndarray], tags: PreparedTags,
+    post_ids: np.ndarray, config: CaptionConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(post index, strings row) of every caption element by (post, group, per-post key)."""
+    extra_pi, extra_rank, extra_group = extra
     rank = tags.rank_pairs[rows.ti, 1]
     shown = rank != _HIDDEN
     captioned = rows.take(shown)
@@ -274,14 +299,7 @@ def _sorted_elements(
     group = np.concatenate([tags.group[captioned.ti], extra_group])
     keys = [np.concatenate([k, np.zeros(len(extra_pi), dtype=k.dtype)]) for k in keys]
     order = _argsort_rows(pi * 16 + group, keys)
-    caption_rows = np.concatenate([rank[shown], extra_rank])[order]
-    # Caption elements are keyed by their position in caption order, after every raw row.
-    position = tags.caption_start + np.arange(len(order), dtype=np.int64)
-    bits = (tags.caption_start + len(order)).bit_length()
-    pi, key = _sort_packed(bits, [(rows.pi, tags.rank_pairs[rows.ti, 0]), (pi[order], position)])
-    is_caption = key >= tags.caption_start
-    key[is_caption] = caption_rows[key[is_caption] - tags.caption_start]
-    return pi, key
+    return pi[order], np.concatenate([rank[shown], extra_rank])[order]
 
 
 def _sort_packed(bits: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
