@@ -28,7 +28,9 @@ import io
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,24 +301,47 @@ def import_files(
     `defer` (None: automatic, when the input likely holds more posts than the file) drops the
     secondary indexes and rebuilds them at the end; a killed run leaves them for the rerun.
     """
-    import time
-
     from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
 
     _require_writable(db)
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.is_file():
-            raise InputFileError(f"input file {path} does not exist")
-    if batch_size < 1:
-        raise InputFileError(f"batch_size must be at least 1, got {batch_size}")
+    paths = _checked_inputs(paths, batch_size)
     started = time.perf_counter()
     defer = defer if defer is not None else _worth_deferring(db, paths)
     # Indexes a killed bulk import left deferred stay so when this run defers them again.
     summary = ImportSummary(migrations_applied=migrate(db, keep_deferred=defer))
     rejects = _Rejects(rejects_path or default_rejects_path(db.path))
     total = sum(p.stat().st_size for p in paths)
-    conn = db.connection()
+    with _bulk_pragmas(db.connection()):
+        if defer:
+            defer_indexes(db)
+        try:
+            with progress_bar("import", total, progress) as bar:
+                for path in paths:
+                    _import_file(db, path, rejects, summary, batch_size, bar)
+                    summary.files += 1
+        finally:
+            indexes_started = time.perf_counter()
+            restore_deferred_indexes(db)  # also after an error: the batches written stay usable
+            summary.index_seconds = time.perf_counter() - indexes_started
+            summary.rejects_path = rejects.close()
+            summary.rejected = rejects.count
+            summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _checked_inputs(paths: Iterable[str | Path], batch_size: int) -> list[Path]:
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.is_file():
+            raise InputFileError(f"input file {path} does not exist")
+    if batch_size < 1:
+        raise InputFileError(f"batch_size must be at least 1, got {batch_size}")
+    return paths
+
+
+@contextmanager
+def _bulk_pragmas(conn) -> Iterator[None]:
+    """Settings for a bulk import, restored afterwards (also after an error)."""
     cache = conn.execute("PRAGMA cache_size").fetchone()[0]
     checkpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     # Fewer, larger WAL checkpoints (each one syncs): ~5% less time; the WAL stays bounded.
@@ -324,23 +349,11 @@ def import_files(
     # Index updates on a big file are random page writes, and a deferred index build sorts in
     # memory up to this size: a larger page cache keeps both in RAM.
     conn.execute(f"PRAGMA cache_size = {-IMPORT_CACHE_KIB}")
-    if defer:
-        defer_indexes(db)
     try:
-        with progress_bar("import", total, progress) as bar:
-            for path in paths:
-                _import_file(db, path, rejects, summary, batch_size, bar)
-                summary.files += 1
+        yield
     finally:
-        indexes_started = time.perf_counter()
-        restore_deferred_indexes(db)  # also after an error: the batches written stay usable
-        summary.index_seconds = time.perf_counter() - indexes_started
         conn.execute(f"PRAGMA cache_size = {int(cache)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
-        summary.rejects_path = rejects.close()
-        summary.rejected = rejects.count
-        summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _worth_deferring(db: DanbooruDB, paths: list[Path]) -> bool:
