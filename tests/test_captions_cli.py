@@ -57,6 +57,14 @@ def test_jsonl(db_path: Path, tmp_path: Path, expected: dict[int, str]) -> None:
     assert [r["id"] for r in rows] == sorted(expected)
 
 
+def test_workers_write_the_same_file(db_path: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    _run("caption", "--db", str(db_path), "--out", str(one), "--chunk-size", "30")
+    _run("caption", "--db", str(db_path), "--out", str(two), "--chunk-size", "30", "--workers", "2")
+    assert one.read_bytes() == two.read_bytes()
+    assert len(one.read_text().splitlines()) == 120
+
+
 def test_txt_folder(db_path: Path, tmp_path: Path, expected: dict[int, str]) -> None:
     out = tmp_path / "txt"
     _run("caption", "--db", str(db_path), "--out", str(out))

@@ -31,11 +31,8 @@ def _select_ids(handle, query: str | None):
     """Post ids of the query (None = every post)."""
     if not query:
         return None
-    try:
-        from kohaku_data.db.query import query_ids
-    except ImportError:
-        raise CaptionCliError("--query needs kohaku_data.db.query, which this install lacks; leave --query out "
-                              "to caption every post") from None
+    from kohaku_data.db.query import query_ids
+
     return list(query_ids(handle, query))
 
 
@@ -50,6 +47,8 @@ def caption(
                                              "files.")] = None,
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Re-caption this built dataset instead.")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = CAPTION_CHUNK_SIZE,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Caption processes. One process already keeps "
+                                         "2 cores busy (reader threads); more pay off on many-core machines.")] = 1,
 ) -> None:
     """Write id → caption (+ the separate tags) for the selected posts."""
     if ctx.invoked_subcommand is not None:
@@ -64,11 +63,11 @@ def caption(
                 return
             if out is None:
                 raise CaptionCliError("pass --out FILE.parquet|FILE.jsonl|FOLDER (or --dataset DIR to re-caption)")
-            _write(handle, rec.caption, _select_ids(handle, query if query is not None else rec.query), out,
-                   chunk_size)
+            ids = _select_ids(handle, query if query is not None else rec.query)
+            _write(handle, rec.caption, ids, out, chunk_size, workers)
 
 
-def _write(handle, config, ids, out: Path, chunk_size: int) -> None:
+def _write(handle, config, ids, out: Path, chunk_size: int, workers: int) -> None:
     from kohaku_data.captions import compute_thresholds, iter_captions, total_posts
     from kohaku_data.captions.output import output_kind, write_captions
     from kohaku_data.progress import progress_bar
@@ -77,7 +76,7 @@ def _write(handle, config, ids, out: Path, chunk_size: int) -> None:
     thresholds = compute_thresholds(handle, config)
     total = total_posts(handle) if ids is None else len(set(ids))
     with progress_bar("captions", total=total, enabled=is_tty()) as bar:
-        frames = iter_captions(handle, config, thresholds, ids=ids, chunk_size=chunk_size)
+        frames = iter_captions(handle, config, thresholds, ids=ids, chunk_size=chunk_size, workers=workers)
         written = write_captions(frames, out, on_chunk=bar.advance)
     typer.echo(f"{written} captions → {out}")
 
