@@ -27,22 +27,18 @@ Quality and year rules, quantile and tie definitions: see `thresholds.py`.
 
 from __future__ import annotations
 
-import itertools
-import queue
 import sqlite3
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import (
-    PageSpec, Relations, TagSource, count_posts, open_reader, page_bounds,
+    PageSpec, TagSource, count_posts, page_bounds,
 )
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
-from kohaku_data.captions.parallel import caption_page, pooled_captions
+from kohaku_data.captions.parallel import caption_page, pooled_captions, prefetched_pages
 from kohaku_data.captions.thresholds import (
     RATING_NAMES, Thresholds, compute_thresholds, read_metrics,
 )
@@ -51,13 +47,11 @@ from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds", "iter_captions",
+    "DEFAULT_CHUNK_SIZE", "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds",
+    "iter_captions",
 ]
 # Reading the whole tag table pays off once the job is big; a few posts look their tags up.
 _WHOLE_TAG_TABLE_FROM = 50_000
-# Page readers of a multi-chunk job. Reading a page takes about as long as captioning one, and
-# two readers keep a page ready even while they compete with the captioning thread for cores.
-_READERS = 2
 
 
 def caption_posts(
@@ -98,40 +92,10 @@ def iter_captions(
         yield from pooled_captions(db.path, specs(conn), config, thresholds, whole, workers)
         return
     tags = TagSource(conn, whole, lambda t: prepare_tags(t, config))
-    pages = _prefetched(db, specs(conn), with_rids) if many else (s.read(conn, with_rids) for s in specs(conn))
+    pages = prefetched_pages(db.path, specs(conn), with_rids) if many else (s.read(conn, with_rids) for s in specs(conn))
     for posts, rel in pages:
         if posts.height:
             yield caption_page(posts, rel, tags, config, thresholds)
-
-
-def _prefetched(
-    db: DanbooruDB, specs: Iterator[PageSpec], with_rids: bool, readers: int = _READERS
-) -> Iterator[tuple[pl.DataFrame, Relations]]:
-    """Read the next pages in `readers` threads (each with its own read-only connection) while
-    this one captions: sqlite releases the GIL while it steps and polars/numpy while they
-    compute, so reading overlaps captioning. Pages come back in order; `readers` are in flight.
-    Used for multi-chunk jobs only; they see what is committed to the file."""
-    connections: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-    for _ in range(readers):
-        connections.put(open_reader(db.path))
-
-    def read(spec: PageSpec) -> tuple[pl.DataFrame, Relations]:
-        conn = connections.get()
-        try:
-            return spec.read(conn, with_rids)
-        finally:
-            connections.put(conn)
-
-    try:
-        with ThreadPoolExecutor(readers) as pool:
-            pending: deque[Future] = deque(pool.submit(read, spec) for spec in itertools.islice(specs, readers))
-            while pending:
-                page = pending.popleft().result()
-                pending.extend(pool.submit(read, spec) for spec in itertools.islice(specs, 1))
-                yield page
-    finally:
-        while not connections.empty():
-            connections.get().close()
 
 
 def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
