@@ -104,7 +104,8 @@ def with_dates(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
 # Computing thresholds
 # ---------------------------------------------------------------------------------------------
 def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.DataFrame:
-    """rating, metric and the first 11 characters of created_at of every post, read in id ranges."""
+    """rating, metric and the first 11 characters of created_at of every post (any order:
+    quantiles and shares do not depend on it), read in id ranges."""
     from kohaku_data.captions.frame import CaptionReadError, parse_ints
 
     if metric not in ("fav_count", "score"):
@@ -114,8 +115,8 @@ def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.Data
     while True:
         # Keyset pages keep memory to the reduced columns, never the raw rows of the whole table;
         # each column comes back as one string (see frame.py: far cheaper than a row per post).
-        count, ids, ratings, metrics, dates = conn.execute(
-            "SELECT count(*), group_concat(id), group_concat(rating), group_concat(metric), "
+        count, last_id, ratings, metrics, dates = conn.execute(
+            "SELECT count(*), max(id), group_concat(rating), group_concat(metric), "
             "group_concat(created_at, char(31)) FROM (SELECT id, rating, "
             f"{metric} AS metric, substr(created_at, 1, 11) AS created_at "
             "FROM post WHERE id > ? ORDER BY id LIMIT ?)", [last, chunk],
@@ -123,20 +124,19 @@ def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.Data
         if count == 0:
             break
         columns = {
-            "id": parse_ints(ids, "post.id"), "rating": parse_ints(ratings, "post.rating"),
+            "rating": parse_ints(ratings, "post.rating"),
             "metric": parse_ints(metrics, f"post.{metric}").astype("float64"),
-            "created_at": dates.split("\x1f"),
+            "created_at": pl.Series([dates]).str.split("\x1f").explode().drop_nulls(),  # split in Rust
         }
         if any(len(v) != count for v in columns.values()):
             raise CaptionReadError("post has NULL or malformed values in NOT NULL columns: repair the DB")
-        part = pl.DataFrame(columns)
-        last = int(part["id"].max())
-        parts.append(part)
+        parts.append(pl.DataFrame(columns))
+        last = int(last_id)
         if count < chunk:
             break
     if not parts:
-        return pl.DataFrame(schema={"id": pl.Int64, "rating": pl.Int64, "metric": pl.Float64, "created_at": pl.String})
-    return pl.concat(parts).sort("id")
+        return pl.DataFrame(schema={"rating": pl.Int64, "metric": pl.Float64, "created_at": pl.String})
+    return pl.concat(parts)
 
 
 def _quantile_table(frame: pl.DataFrame, keys: list[str], percentiles: tuple[float, ...]) -> pl.DataFrame:
