@@ -73,8 +73,9 @@ class KeyIndex:
         if not len(self.keys) or not len(queries):
             return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
         if self._table is not None:
-            span = len(self._table) - 1
-            position = self._table[np.clip(queries - self._low, -1, span)]  # out of range → the -1 slot
+            offset = np.subtract(queries, self._low)
+            np.clip(offset, -1, len(self._table) - 1, out=offset)  # out of range → the -1 slot
+            position = self._table[offset]
             return position >= 0, position
         position = np.searchsorted(self.keys, queries)
         found = position < len(self.keys)
@@ -123,7 +124,9 @@ def _read_relations(
     if not with_rids and tag_bits is not None and (last - first).bit_length() + tag_bits <= _PACKED_BITS:
         text = conn.execute(_PACKED_REL_SQL + where, [first, tag_bits, *params]).fetchone()[0]
         packed = parse_ints(text, "posttagrelation.post_id")
-        return Relations(first + (packed >> tag_bits), packed & ((1 << tag_bits) - 1), None)
+        post_id = packed >> tag_bits
+        post_id += first
+        return Relations(post_id, np.bitwise_and(packed, (1 << tag_bits) - 1, out=packed), None)
     sql = _REL_SQL.format(rids=", group_concat(id)" if with_rids else "") + where
     row = conn.execute(sql, params).fetchone()
     post_id = parse_ints(row[0], "posttagrelation.post_id")

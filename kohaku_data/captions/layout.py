@@ -317,7 +317,8 @@ def _sort_packed(bits: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple
         at += size
     packed.sort()
     packed = packed[:np.searchsorted(packed, _HIDDEN)]
-    return packed >> bits, packed & ((1 << bits) - 1)
+    key = packed & ((1 << bits) - 1)
+    return np.right_shift(packed, bits, out=packed), key
 
 
 def _prefix_rest(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig) -> None:

@@ -36,8 +36,8 @@ def caption_page(
     pi, rel = rel.of_posts(posts["id"].to_numpy())
     table = tags.lookup(rel.tag_id)
     found, ti = resolve_tags(table, rel.tag_id)
-    rid = rel.rid[found] if rel.rid is not None else None
-    return build_captions(posts, table, ChunkRows(pi[found], ti[found], rid), config, thresholds)
+    rows = ChunkRows(pi, ti, rel.rid)
+    return build_captions(posts, table, rows if found.all() else rows.take(found), config, thresholds)
 
 
 class _Worker:
