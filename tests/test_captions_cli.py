@@ -100,3 +100,23 @@ def test_bad_inputs(db_path: Path, tmp_path: Path) -> None:
     no_out = runner.invoke(app, ["caption", "--db", str(db_path)])
     assert no_out.exit_code == 1 and "--out" in no_out.output
     assert not (tmp_path / "c.csv").exists() and not (tmp_path / "c.jsonl").exists()
+
+
+def test_parquet_of_no_posts_and_of_a_broken_db(db_path: Path, tmp_path: Path) -> None:
+    """A query that matches nothing writes an empty file; a DB that breaks mid-stream writes
+    nothing (no output, no temp file) and says what to do."""
+    import shutil
+    import sqlite3
+
+    empty = tmp_path / "empty.parquet"
+    _run("caption", "--db", str(db_path), "--out", str(empty), "--query", "id:>999999999")
+    assert pl.read_parquet(empty).height == 0
+    broken_db = tmp_path / "broken.db"
+    shutil.copyfile(db_path, broken_db)
+    with sqlite3.connect(broken_db) as conn:  # a text column holding the reader's separator
+        conn.execute("UPDATE post SET md5 = 'a' || char(31) || 'b' WHERE id = (SELECT max(id) FROM post)")
+    conn.close()
+    out = tmp_path / "out" / "c.parquet"
+    result = runner.invoke(app, ["caption", "--db", str(broken_db), "--out", str(out), "--chunk-size", "50"])
+    assert result.exit_code == 1 and "repair the DB" in result.output
+    assert list(out.parent.iterdir()) == []

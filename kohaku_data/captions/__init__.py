@@ -28,14 +28,14 @@ Quality and year rules, quantile and tie definitions: see `thresholds.py`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import (
-    PageSpec, TagSource, count_posts, page_bounds,
+    PageSpec, TagSource, count_posts, open_reader, page_bounds,
 )
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions, prefetched_pages
@@ -70,29 +70,40 @@ def iter_captions(
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None.
 
-    `workers > 1` captions chunks in that many processes (each opens the file read-only and
-    sees what is committed to it); the frames still come in id order, and at most
-    `workers + 1` chunks are in flight, so memory grows with `chunk_size`, not the DB."""
+    Reads go through read-only connections of their own: they see what is committed to the
+    file, and the frames may be pulled from any thread. `workers > 1` captions chunks in that
+    many processes; the frames still come in id order, and at most `workers + 1` chunks are
+    in flight, so memory grows with `chunk_size`, not the DB."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    conn = db.connection()
+    # A connection of its own (not the handle's, which belongs to the thread that opened it):
+    # the frames may be pulled from another thread, e.g. by the parquet writer.
+    conn = open_reader(db.path)
+    try:
+        yield from _captions_of(db, conn, config, thresholds, ids, chunk_size, workers)
+    finally:
+        conn.close()
+
+
+def _captions_of(
+    db: DanbooruDB, conn: sqlite3.Connection, config: CaptionConfig, thresholds: Thresholds,
+    ids: Sequence[int] | None, chunk_size: int, workers: int,
+) -> Iterator[pl.DataFrame]:
     with_rids = config.tag_order == "db"
     if ids is None:
         whole, many = True, True
-        specs: Callable[[sqlite3.Connection], Iterator[PageSpec]] = lambda c: (  # noqa: E731
-            PageSpec(after=a, last=b) for a, b in page_bounds(c, chunk_size))
+        specs: Iterator[PageSpec] = (PageSpec(after=a, last=b) for a, b in page_bounds(conn, chunk_size))
     else:
         wanted = sorted({int(i) for i in ids})
         whole, many = len(wanted) > _WHOLE_TAG_TABLE_FROM, len(wanted) > chunk_size
-        specs = lambda c: (PageSpec(ids=tuple(wanted[i:i + chunk_size]))  # noqa: E731
-                           for i in range(0, len(wanted), chunk_size))
+        specs = (PageSpec(ids=tuple(wanted[i:i + chunk_size])) for i in range(0, len(wanted), chunk_size))
     if workers > 1 and many:
-        yield from pooled_captions(db.path, specs(conn), config, thresholds, whole, workers)
+        yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)
         return
     tags = TagSource(conn, whole, lambda t: prepare_tags(t, config))
-    pages = prefetched_pages(db.path, specs(conn), with_rids) if many else (s.read(conn, with_rids) for s in specs(conn))
+    pages = prefetched_pages(db.path, specs, with_rids) if many else (s.read(conn, with_rids) for s in specs)
     for posts, rel in pages:
         if posts.height:
             yield caption_page(posts, rel, tags, config, thresholds)

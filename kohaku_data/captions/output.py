@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from kohaku_data.errors import KdataError
 
@@ -39,24 +41,35 @@ def write_captions(
 
 
 def _write_parquet(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
-    # Parts on disk, then one streaming pass into the final file: memory stays at one chunk.
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        parts, total = [], 0
-        for i, frame in enumerate(frames):
-            part = Path(tmp) / f"{i:06d}.parquet"
-            frame.write_parquet(part)
-            parts.append(part)
-            total += frame.height
-            on_chunk(frame.height)
-        target = Path(tmp) / "all.parquet"
-        if parts:
-            pl.scan_parquet(parts).sink_parquet(target)
-        else:
-            from kohaku_data.captions.layout import OUTPUT_COLUMNS
+    """One streaming pass into one file: polars pulls the frames (from a thread of its own) and
+    encodes each as it comes, so memory stays at a few chunks and nothing is encoded twice."""
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        from kohaku_data.captions.layout import OUTPUT_COLUMNS
 
-            pl.DataFrame(schema={c: pl.String for c in OUTPUT_COLUMNS}).write_parquet(target)
-        os.replace(target, out)
-    return total
+        first = pl.DataFrame(schema={c: pl.String for c in OUTPUT_COLUMNS})
+    written = 0
+
+    def batches(columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _size: int | None):
+        nonlocal written
+        for frame in itertools.chain([first], frames):
+            written += frame.height
+            on_chunk(frame.height)
+            frame = frame if columns is None else frame.select(columns)
+            yield frame if predicate is None else frame.filter(predicate)
+
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    os.close(fd)
+    try:
+        # register_io_source is polars' (unstable) streaming source: pinned in constraints.txt,
+        # and tests/test_captions_cli.py reads the file back.
+        register_io_source(batches, schema=first.schema).sink_parquet(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _write_jsonl(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
