@@ -41,8 +41,20 @@ def write_captions(
 
 
 def _write_parquet(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
-    """One streaming pass into one file: polars pulls the frames (from a thread of its own) and
-    encodes each as it comes, so memory stays at a few chunks and nothing is encoded twice."""
+    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_parquet(path))
+
+
+def _write_jsonl(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
+    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_ndjson(path))
+
+
+def _stream(
+    frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None],
+    sink: Callable[[pl.LazyFrame, str], None],
+) -> int:
+    """One streaming pass into one file, written atomically: polars pulls the frames (from a
+    thread of its own) and encodes each as it comes, so encoding overlaps captioning, memory
+    stays at a few chunks and nothing is encoded twice."""
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
@@ -63,29 +75,13 @@ def _write_parquet(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable
     os.close(fd)
     try:
         # register_io_source is polars' (unstable) streaming source: pinned in constraints.txt,
-        # and tests/test_captions_cli.py reads the file back.
-        register_io_source(batches, schema=first.schema).sink_parquet(tmp)
+        # and tests/test_captions_cli.py reads both formats back.
+        sink(register_io_source(batches, schema=first.schema), tmp)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return written
-
-
-def _write_jsonl(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    total = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for frame in frames:
-                frame.write_ndjson(fh)
-                total += frame.height
-                on_chunk(frame.height)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return total
 
 
 def _write_txt(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
