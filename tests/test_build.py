@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -51,6 +52,15 @@ def test_shards_read_back_with_webdataset(built):
     assert seen == sorted(rows) and len(seen) == manifest.height
     assert [s["nsamples"] for s in index["shardlist"]] == (
         manifest.group_by("shard", maintain_order=True).len()["len"].to_list())
+
+
+def test_dataset_files_get_the_umask_permissions(built):
+    """Trainers often read a dataset from another account: no file may keep a temp file's 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in built.iterdir() if p.is_file() and not p.name.startswith(".")]
+    assert {"index.json", "manifest.parquet", "dataset.lock"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~mask) for p in files}
 
 
 def test_tar_headers_are_fixed_and_sizes_capped(built):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +35,12 @@ def expected(db_path: Path) -> dict[int, str]:
         return {r["id"]: r["caption"] for r in reference_captions(db, ids, config, compute_thresholds(db, config))}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _run(*args: str):
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
@@ -47,6 +54,7 @@ def test_parquet(db_path: Path, tmp_path: Path, expected: dict[int, str]) -> Non
     assert dict(frame.select("id", "caption").iter_rows()) == expected
     assert frame.schema["tags_general"] == pl.List(pl.String)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert out.stat().st_mode & 0o044 == 0o044 & ~_umask()  # readable by others, as the umask says
 
 
 def test_jsonl(db_path: Path, tmp_path: Path, expected: dict[int, str]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data.atomic import replacing
 from kohaku_data.build.lock import dumps, write_atomic
 from kohaku_data.build.plan import REJECT_SCHEMA
 from kohaku_data.build.shards import ShardInfo
@@ -56,9 +57,8 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str) -> dict[st
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.write_parquet(tmp, **_PARQUET)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        frame.write_parquet(tmp, **_PARQUET)
 
 
 # -- parts --------------------------------------------------------------------------------------
@@ -99,12 +99,11 @@ class Parts:
 # -- final files -----------------------------------------------------------------------------
 def merge_parquet(parts: list[Path], schema: dict[str, pl.DataType], path: Path) -> None:
     """Concatenate parts in order into one file (streamed: memory stays flat)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if parts:
-        pl.scan_parquet(parts, schema=schema).sink_parquet(tmp, **_PARQUET)
-    else:
-        pl.DataFrame(schema=schema).write_parquet(tmp, **_PARQUET)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        if parts:
+            pl.scan_parquet(parts, schema=schema).sink_parquet(tmp, **_PARQUET)
+        else:
+            pl.DataFrame(schema=schema).write_parquet(tmp, **_PARQUET)
 
 
 def write_index(out: Path, shards: list[ShardInfo], name: str) -> dict[str, Any]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
 from polars.io.plugins import register_io_source
 
+from kohaku_data.atomic import replacing
 from kohaku_data.errors import KdataError
 
 
@@ -71,16 +71,10 @@ def _stream(
             frame = frame if columns is None else frame.select(columns)
             yield frame if predicate is None else frame.filter(predicate)
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    os.close(fd)
-    try:
+    with replacing(out) as tmp:
         # register_io_source is polars' (unstable) streaming source: pinned in constraints.txt,
         # and tests/test_captions_cli.py reads both formats back.
-        sink(register_io_source(batches, schema=first.schema), tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        sink(register_io_source(batches, schema=first.schema), str(tmp))
     return written
 
 

@@ -12,8 +12,6 @@ outputs in input order, so the outputs and records are identical for any worker 
 from __future__ import annotations
 
 import collections
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-from kohaku_data.atomic import write_atomic
+from kohaku_data.atomic import replacing, write_atomic
 from kohaku_data.config import ImageConfig
 from kohaku_data.images.stage import ImageResult, process_image
 from kohaku_data.progress import progress_bar
@@ -205,12 +203,6 @@ def _row(source: str, key: int | None, **values) -> dict:
 
 def _write_records(rows: list[dict], path: Path) -> Path:
     frame = pl.DataFrame(rows, schema=RECORD_SCHEMA) if rows else pl.DataFrame(schema=RECORD_SCHEMA)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
