@@ -273,3 +273,24 @@ def test_bad_posts_are_rejected_with_a_reason_and_the_sync_goes_on(db: DanbooruD
     assert [(r["id"], "rating" in r["reason"] or "score" in r["reason"]) for r in lines] == [
         (ids[5], True), (ids[40], True)]
     assert "2 rejected" in result.summary()
+
+
+def test_user_agent_from_option_or_environment(db: DanbooruDB, monkeypatch) -> None:
+    """Danbooru asks clients to say who they are: the operator's User-Agent reaches the server."""
+    from typer.testing import CliRunner
+
+    from kohaku_data.cli import app
+
+    posts = make_posts(10, seed=9)
+    for how, agent in (("option", "kohaku-data/test (ops@example.org)"), ("env", "kdata-env-agent/1.0")):
+        with FakeDanbooru(posts) as server:
+            args = ["sync", "--db", str(db.path), "--base-url", server.url, "--rate", "1000"]
+            if how == "option":
+                args += ["--user-agent", agent]
+            else:
+                monkeypatch.setenv("KDATA_USER_AGENT", agent)
+            out = CliRunner().invoke(app, args)
+            assert out.exit_code == 0, out.output
+            assert server.requests and all(r["headers"]["User-Agent"] == agent for r in server.requests)
+    with pytest.raises(SyncError, match="printable ASCII"):
+        ClientSettings(user_agent="bad\nagent")

@@ -19,6 +19,10 @@ def sync(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request before retrying.")] = 30.0,
     max_failures: Annotated[int, typer.Option("--max-failures", min=1, help="Give up after N consecutive failures.")] = 6,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry delay in seconds (doubles, with jitter).")] = 1.0,
+    user_agent: Annotated[str | None, typer.Option(
+        "--user-agent", envvar="KDATA_USER_AGENT",
+        help="User-Agent to send; add a contact, e.g. 'kohaku-data/0.1 (you@example.org)'.",
+    )] = None,
     updated_since: Annotated[str | None, typer.Option(
         "--updated-since", help="Also re-fetch posts changed since DATE (YYYY-MM-DD or ISO time), via tags=order:change.",
     )] = None,
@@ -34,7 +38,8 @@ def sync(
 
     with clean_errors():
         since = parse_since(updated_since) if updated_since else None
-        client_settings = ClientSettings(rate=rate, timeout=timeout, max_failures=max_failures, backoff_base=backoff)
+        client_settings = ClientSettings(rate=rate, timeout=timeout, max_failures=max_failures, backoff_base=backoff,
+                                         **({"user_agent": user_agent} if user_agent else {}))
         path = settings(db=db).require_db()
         with DanbooruDB.open(path) as handle, DanbooruClient(
             base_url, client_settings, credentials=credentials_from_env()

@@ -29,8 +29,9 @@ from kohaku_data.errors import KdataError
 
 log = logging.getLogger(__name__)
 
-PROJECT_URL = "https://github.com/KohakuBlueleaf/kohaku-data"
-USER_AGENT = f"kohaku-data/{__version__} (+{PROJECT_URL})"
+# Danbooru asks API clients for a descriptive User-Agent; operators add a contact to it with
+# `kdata sync --user-agent` (or KDATA_USER_AGENT), e.g. "kohaku-data/0.1 (you@example.org)".
+USER_AGENT = f"kohaku-data/{__version__}"
 LOGIN_ENV = "KDATA_DANBOORU_LOGIN"
 API_KEY_ENV = "KDATA_DANBOORU_API_KEY"
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 524})
@@ -48,12 +49,15 @@ class ClientSettings:
     backoff_base: float = 1.0  # first retry waits about this long, then doubles
     backoff_max: float = 120.0
     retry_after_max: float = 600.0  # a server asking for longer than this is not waited for
+    user_agent: str = USER_AGENT
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
             raise SyncError(f"rate must be > 0 requests/s, got {self.rate}")
         if self.max_failures < 1:
             raise SyncError(f"max_failures must be >= 1, got {self.max_failures}")
+        if not self.user_agent.strip() or not self.user_agent.isprintable() or not self.user_agent.isascii():
+            raise SyncError(f"user agent must be printable ASCII text, got {self.user_agent!r}")
 
 
 def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
@@ -97,7 +101,7 @@ class DanbooruClient:
         timeout = httpx.Timeout(self.settings.timeout)
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, auth=credentials,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            headers={"User-Agent": self.settings.user_agent, "Accept": "application/json"},
             follow_redirects=True,
         )
         self.requests_made = 0
