@@ -29,11 +29,11 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 from kohaku_data.db.handle import DanbooruDB
@@ -58,6 +58,7 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 10_000
 IMPORT_CACHE_KIB = 512 * 1024  # sqlite page cache while importing (released afterwards)
 IMPORT_WAL_PAGES = 65_536  # WAL pages between automatic checkpoints while importing (~256 MB)
+T = TypeVar("T")
 
 
 @dataclass
@@ -192,29 +193,23 @@ def _import_posts(
     if kind == "jsonl":
         _import_jsonl(db, path, fh, rejects, summary, batch_size, bar)
         return
-    batch: list[ParsedPost] = []
-    done = 0
-    for line, record, error in _array_records(path, fh):
-        _parse_into(batch, path, line, record, error, rejects)
-        if len(batch) >= batch_size:
-            summary.posts.add(write_parsed(db, batch))
-            batch = []
-            done = _advance(bar, fh, done)
-    if batch:
-        summary.posts.add(write_parsed(db, batch))
-    _advance(bar, fh, done)
+    records = _array_records(path, fh)
+    _write_in_batches(_parsed_posts(path, records, rejects), batch_size,
+                      lambda batch: summary.posts.add(write_parsed(db, batch)), bar, fh)
 
 
-def _parse_into(
-    batch: list[ParsedPost], path: Path, line: int, record: Any, error: str | None, rejects: _Rejects,
-) -> None:
-    if error is None:
-        try:
-            batch.append(parse_post(record))
-            return
-        except RecordError as exc:
-            error = exc.reason
-    rejects.add(path, line, error, record)
+def _parsed_posts(
+    path: Path, records: Iterable[tuple[int, Any, str | None]], rejects: _Rejects,
+) -> Iterator[ParsedPost]:
+    """The posts of (line, record, error) triples that parse; the others go to `rejects`."""
+    for line, record, error in records:
+        if error is None:
+            try:
+                yield parse_post(record)
+                continue
+            except RecordError as exc:
+                error = exc.reason
+        rejects.add(path, line, error, record)
 
 
 def _import_jsonl(
@@ -241,10 +236,7 @@ def _import_lines(
             counts = FrameWriter(_Batch(db, db.connection()), cache).run(frame)
         if counts is not None:
             return counts
-    batch: list[ParsedPost] = []
-    for line, record, error in _jsonl_records(path, lines, first):
-        _parse_into(batch, path, line, record, error, rejects)
-    return write_parsed(db, batch)
+    return write_parsed(db, list(_parsed_posts(path, _jsonl_records(path, lines, first), rejects)))
 
 
 def _import_tags(
@@ -252,29 +244,43 @@ def _import_tags(
     batch_size: int, bar: Any,
 ) -> None:
     text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
-    batch: list[ParsedTag] = []
-    reader = csv.reader(text)
-    done = 0
+    _write_in_batches(_parsed_tags(path, csv.reader(text), rejects), batch_size,
+                      lambda batch: summary.tags.add(upsert_tags(db, batch)), bar, fh)
+
+
+def _parsed_tags(path: Path, reader: Any, rejects: _Rejects) -> Iterator[ParsedTag]:
+    """The tag rows of a CSV reader that parse; bad CSV and bad rows go to `rejects`."""
     while True:
         try:
             row = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
             rejects.add(path, reader.line_num, f"bad CSV: {exc}", None)
             continue
         if not row:
             continue
         try:
-            batch.append(parse_tag_row(row))
+            yield parse_tag_row(row)
         except RecordError as exc:
             rejects.add(path, reader.line_num, exc.reason, row)
+
+
+def _write_in_batches(
+    items: Iterable[T], batch_size: int, write: Callable[[list[T]], None], bar: Any, fh: Any,
+) -> None:
+    """`write` the items `batch_size` at a time (one transaction each), moving the progress
+    bar by the bytes read so far after each batch."""
+    batch: list[T] = []
+    done = 0
+    for item in items:
+        batch.append(item)
         if len(batch) >= batch_size:
-            summary.tags.add(upsert_tags(db, batch))
+            write(batch)
             batch = []
             done = _advance(bar, fh, done)
     if batch:
-        summary.tags.add(upsert_tags(db, batch))
+        write(batch)
     _advance(bar, fh, done)
 
 
