@@ -131,7 +131,7 @@ class PreparedTags:
     group: np.ndarray  # per frame row: caption group, -1 = not shown
     strings: pl.Series
     codes: np.ndarray  # per `strings` row: tag type (raw names) or CAPTION_CODE
-    extra_rank: dict[tuple[int, str], int]  # (group, text) of separator/year/rating/quality → row
+    extra_rows: dict[int, dict[str, int]]  # group → text → row: separator/year/rating/quality
     rest: tuple[int, int]  # rows [start, end) of caption texts after the keep separator
     prefixed_offset: int  # caption row r → r + prefixed_offset: keep separator + the same text
 
@@ -160,6 +160,9 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
         texts.append(config.keep_separator + caption["_text"])
     strings = pl.concat([raw["name"], *texts]).rechunk()
     added = caption.with_row_index("_at").filter(pl.col("_row") < 0)
+    extra_rows: dict[int, dict[str, int]] = {}
+    for at, group, text in added.select("_at", "_g", "_text").iter_rows():
+        extra_rows.setdefault(group, {})[text] = n + at
     return PreparedTags(
         frame=frame.drop("_row"),
         tag_index=KeyIndex(frame["tag_id"].to_numpy()),
@@ -167,7 +170,7 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
         group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
         strings=strings,
         codes=np.concatenate([raw["type"].to_numpy(), np.full(len(strings) - n, CAPTION_CODE)]).astype(np.int8),
-        extra_rank={(g, text): n + at for at, g, text in added.select("_at", "_g", "_text").iter_rows()},
+        extra_rows=extra_rows,
         # groups sort in caption order, so the texts after the separator are one block
         rest=(n + int((caption["_g"] <= G_MARK).sum()), n + caption.height),
         prefixed_offset=caption.height,
@@ -214,14 +217,16 @@ def resolve_tags(tags: PreparedTags, tag_ids: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _argsort_rows(primary: np.ndarray, secondary: list[np.ndarray]) -> np.ndarray:
-    """Row order by (primary, *secondary), all integer arrays."""
+    """Row order by (primary, *secondary), all integer arrays (at least one secondary)."""
     if not len(primary):
         return np.empty(0, dtype=np.int64)
-    order = np.lexsort(secondary[::-1]) if secondary else np.arange(len(primary))
+    order = np.lexsort(secondary[::-1])
     return order[np.argsort(primary[order], kind="stable")]
 
 
-def _per_relation_keys(rows: ChunkRows, tags: PreparedTags, post_ids: np.ndarray, config: CaptionConfig) -> list[np.ndarray]:
+def _per_relation_keys(
+    rows: ChunkRows, tags: PreparedTags, post_ids: np.ndarray, config: CaptionConfig
+) -> list[np.ndarray]:
     """In-group sort keys of each relation for the orders that depend on the post ("db", "shuffle")."""
     if config.tag_order == "db":
         return [rows.rid]
@@ -242,8 +247,7 @@ def _extra_rows(
     post_index = np.arange(frame.height, dtype=np.int64)
     pis, ranks, groups = [], [], []
     for group, values in parts:
-        mapping = {text: row for (g, text), row in tags.extra_rank.items() if g == group}
-        rank = values.replace_strict(mapping, default=-1, return_dtype=pl.Int64).to_numpy()
+        rank = values.replace_strict(tags.extra_rows.get(group, {}), default=-1, return_dtype=pl.Int64).to_numpy()
         present = rank >= 0
         pis.append(post_index[present])
         ranks.append(rank[present])
@@ -251,7 +255,7 @@ def _extra_rows(
     if config.keep_separator is not None:
         alone = _nothing_after_keep(rows, np.concatenate(pis), frame.height, tags)
         pis.append(post_index[alone])
-        ranks.append(np.full(len(pis[-1]), tags.extra_rank[(G_MARK, config.keep_separator)], dtype=np.int64))
+        ranks.append(np.full(len(pis[-1]), tags.extra_rows[G_MARK][config.keep_separator], dtype=np.int64))
         groups.append(np.full(len(pis[-1]), G_MARK, dtype=np.int64))
     return np.concatenate(pis), np.concatenate(ranks), np.concatenate(groups)
 
