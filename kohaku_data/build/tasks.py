@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kohaku_data.atomic import write_atomic
 from kohaku_data.build.plan import PlanItem
 from kohaku_data.config import ImageConfig
 from kohaku_data.sources import read_entry
@@ -111,14 +111,10 @@ def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
 
 
 def _stage(staging: Path, item: PlanItem, staged: Staged) -> None:
-    path = staged_path(staging, item.key, staged.ok)
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = json.dumps(staged.header, sort_keys=True).encode()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(_LEN.pack(len(head)) + head + (staged.data or b""))
-    # No fsync per file: a result lost in a crash is only recomputed; rename keeps it whole.
-    os.replace(tmp, path)
+    # Not durable (no fsync per file): a result lost in a crash is only recomputed; the rename
+    # keeps it whole.
+    write_atomic(staged_path(staging, item.key, staged.ok), _LEN.pack(len(head)) + head + (staged.data or b""))
 
 
 def load_staged(staging: Path, item: PlanItem, *, header_only: bool = False) -> Staged | None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from kohaku_data.atomic import replacing
+from kohaku_data.atomic import replacing, write_atomic
 from kohaku_data.errors import KdataError
 
 
@@ -83,10 +82,7 @@ def _write_txt(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[in
     total = 0
     for frame in frames:
         for post_id, caption in frame.select("id", "caption").iter_rows():
-            final = out / f"{post_id}.txt"
-            tmp = out / f".{post_id}.txt.tmp"
-            tmp.write_text(caption, encoding="utf-8")
-            os.replace(tmp, final)
+            write_atomic(out / f"{post_id}.txt", caption.encode("utf-8"))
         total += frame.height
         on_chunk(frame.height)
     return total
