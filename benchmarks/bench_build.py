@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kohaku_data.build import build_dataset  # noqa: E402
-from kohaku_data.build.recaption import recaption_dataset  # noqa: E402
+from kohaku_data.assembly import build_dataset  # noqa: E402
+from kohaku_data.assembly.recaption import recaption_dataset  # noqa: E402
 from kohaku_data.config import Recipe  # noqa: E402
 from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.images import process_image  # noqa: E402
@@ -134,7 +134,7 @@ def peak_rss_mb(db_path: Path, src: Path, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     code = (
         "import sys, resource; from pathlib import Path; sys.path.insert(0, sys.argv[4]);"
-        "from benchmarks.bench_build import RECIPE; from kohaku_data.build import build_dataset;"
+        "from benchmarks.bench_build import RECIPE; from kohaku_data.assembly import build_dataset;"
         "from kohaku_data.db import DanbooruDB;"
         "db = DanbooruDB.open(sys.argv[1], readonly=True);"
         "build_dataset(Path(sys.argv[2]), Path(sys.argv[3]), RECIPE, db, workers=1);"

@@ -17,7 +17,7 @@ import pytest
 import webdataset as wds
 from typer.testing import CliRunner
 
-from kohaku_data.build import BuildError
+from kohaku_data.assembly import BuildError
 from kohaku_data.cli import app
 from test_build_support import ORPHAN_KEY, Inputs, build, folder_bytes, make_inputs, small_recipe
 

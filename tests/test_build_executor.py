@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kohaku_data.build.executor import LocalExecutor, WorkerDied
+from kohaku_data.assembly.executor import LocalExecutor, WorkerDied
 
 
 def square(x: int) -> int:

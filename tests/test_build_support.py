@@ -99,7 +99,7 @@ def _write_tar(path: Path, files: dict[str, bytes]) -> None:
 
 
 def build(inputs: Inputs, out: Path, recipe: Recipe | None = None, **kw):
-    from kohaku_data.build import build_dataset
+    from kohaku_data.assembly import build_dataset
     from kohaku_data.db import DanbooruDB
 
     with DanbooruDB.open(inputs.db, readonly=True) as db:

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kohaku_data.build import BuildError
-from kohaku_data.build.recaption import recaption_dataset
-from kohaku_data.build.verify import verify_dataset
+from kohaku_data.assembly import BuildError
+from kohaku_data.assembly.recaption import recaption_dataset
+from kohaku_data.assembly.verify import verify_dataset
 from kohaku_data.db import DanbooruDB
 from test_build_support import build, folder_bytes, make_inputs, small_recipe
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from kohaku_data.build.verify import verify_dataset
+from kohaku_data.assembly.verify import verify_dataset
 from kohaku_data.cli import app
 from test_build_support import build, make_inputs
 

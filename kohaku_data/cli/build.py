@@ -23,7 +23,7 @@ def build(
 ) -> None:
     """Build webdataset shards, manifest.parquet, index.json and dataset.lock from a recipe (resumable)."""
     with clean_errors():
-        from kohaku_data.build import build_dataset
+        from kohaku_data.assembly import build_dataset
         from kohaku_data.config import load_recipe
         from kohaku_data.db import DanbooruDB
 
@@ -52,7 +52,7 @@ def verify(
 ) -> None:
     """Re-hash every shard against index.json and check manifest/shard agreement (exit 1 on any mismatch)."""
     with clean_errors():
-        from kohaku_data.build.verify import verify_dataset
+        from kohaku_data.assembly.verify import verify_dataset
 
         report = verify_dataset(dataset)
         for problem in report.problems:

@@ -57,7 +57,7 @@ def caption(
         handle, rec = _open(db, recipe)
         with handle:
             if dataset is not None:
-                from kohaku_data.build.recaption import recaption_dataset
+                from kohaku_data.assembly.recaption import recaption_dataset
 
                 typer.echo(json.dumps(recaption_dataset(dataset, rec, handle), indent=2, default=str))
                 return

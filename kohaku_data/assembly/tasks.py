@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kohaku_data.atomic import write_atomic
-from kohaku_data.build.plan import PlanItem
+from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.config import ImageConfig
 from kohaku_data.sources import read_entry
 

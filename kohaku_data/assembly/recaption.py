@@ -24,16 +24,16 @@ from typing import Any
 
 import polars as pl
 
-from kohaku_data.build.lock import (
+from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
 )
-from kohaku_data.build.manifest import (
+from kohaku_data.assembly.manifest import (
     INDEX_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, Parts, dataset_stats, manifest_row,
     merge_parquet, write_index, write_parquet, write_stats,
 )
-from kohaku_data.build.plan import REJECT_SCHEMA
-from kohaku_data.build.shards import ShardInfo, ShardWriter, shard_name
-from kohaku_data.build.tasks import Staged, sample_members
+from kohaku_data.assembly.plan import REJECT_SCHEMA
+from kohaku_data.assembly.shards import ShardInfo, ShardWriter, shard_name
+from kohaku_data.assembly.tasks import Staged, sample_members
 from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB
 

@@ -17,10 +17,10 @@ from typing import Any
 import polars as pl
 
 from kohaku_data.atomic import replacing
-from kohaku_data.build.lock import dumps, write_atomic
-from kohaku_data.build.plan import REJECT_SCHEMA
-from kohaku_data.build.shards import ShardInfo
-from kohaku_data.build.tasks import Staged
+from kohaku_data.assembly.lock import dumps, write_atomic
+from kohaku_data.assembly.plan import REJECT_SCHEMA
+from kohaku_data.assembly.shards import ShardInfo
+from kohaku_data.assembly.tasks import Staged
 
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.parquet"

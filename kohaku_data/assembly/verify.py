@@ -15,8 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kohaku_data.build.manifest import INDEX_NAME, MANIFEST_NAME
-from kohaku_data.build.shards import file_sha256
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
+from kohaku_data.assembly.shards import file_sha256
 from kohaku_data.errors import KdataError
 
 

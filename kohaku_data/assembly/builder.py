@@ -1,4 +1,4 @@
-"""`kdata build`: a recipe + a DB + raw files → deterministic webdataset shards and manifests.
+"""The build orchestration behind `kdata build`: plan → image tasks → packing → final files.
 
     result = build_dataset(Path("raw"), Path("datasets/demo-1"), recipe, db, workers=4)
 
@@ -20,18 +20,18 @@ from typing import Any
 
 import polars as pl
 
-from kohaku_data.build.executor import Executor, LocalExecutor
-from kohaku_data.build.lock import (
+from kohaku_data.assembly.executor import Executor, LocalExecutor
+from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, check_same_recipe, db_fingerprint, dumps, lock_dict, read_lock,
     write_atomic,
 )
-from kohaku_data.build.manifest import (
+from kohaku_data.assembly.manifest import (
     MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, STATS_NAME, Parts, dataset_stats, merge_parquet,
     manifest_row, write_index, write_parquet, write_stats,
 )
-from kohaku_data.build.plan import REJECT_SCHEMA, BuildPlan, PlanItem, make_plan
-from kohaku_data.build.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
-from kohaku_data.build.tasks import (
+from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, PlanItem, make_plan
+from kohaku_data.assembly.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
+from kohaku_data.assembly.tasks import (
     ImageTask, load_staged, remove_staged, run_image_task, sample_members, staging_dir,
 )
 from kohaku_data.config import Recipe
@@ -42,7 +42,6 @@ STAGING_NAME = ".staging"
 STATE_NAME = "state.json"
 _PACK_BATCH = 1024  # posts captioned per bulk call while packing
 
-__all__ = ["BuildError", "BuildResult", "Executor", "LocalExecutor", "build_dataset"]
 
 
 @dataclass
