@@ -8,7 +8,7 @@ DEMO    ?= demo
 DATASETS ?= datasets
 WORKERS ?=
 
-.PHONY: venv demo test bench dataset verify browser-test clean
+.PHONY: venv demo test wheel-smoke bench dataset verify browser-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The wheel in a fresh venv, every command run outside the checkout (CI runs it too).
+wheel-smoke:
+	bash .ci/wheel-smoke
 
 # make bench [QUICK=1] [ONLY="images captions"]
 bench: venv

@@ -280,15 +280,35 @@ class Recipe(_Strict):
 
 
 def load_recipe(path: Path | None) -> Recipe:
-    """Read `pipelines/NAME.toml`; `None` gives the documented default recipe."""
+    """Read a recipe file, or a shipped recipe by name (`demo`, `kohaku-xl-gamma`: the
+    `pipelines/*.toml` installed as `kohaku_data.recipes`); `None` gives the default recipe."""
     if path is None:
         return Recipe()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist (recipes live in pipelines/*.toml)")
+    path = _recipe_file(Path(path))
     try:
         return Recipe.model_validate(tomllib.loads(path.read_text()))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(f"recipe {path} is invalid:\n{exc}") from exc
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with kdata, by name."""
+    import importlib.resources
+
+    folder = Path(str(importlib.resources.files("kohaku_data.recipes")))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def _recipe_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = path.name.removesuffix(".toml")
+    if path.parent in (Path("."), Path("pipelines")) and name in shipped:
+        return shipped[name]
+    raise ConfigError(
+        f"recipe {path} does not exist: give a recipe file, or one of the shipped recipes by name "
+        f"({', '.join(shipped)})"
+    )

@@ -9,6 +9,7 @@ published columns, so the published tools still read a migrated file.
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from types import ModuleType
 
 from peewee import CharField
 
-import kohaku_data
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.errors import KdataError
 
@@ -37,8 +37,9 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    """The repository's `migrations/` folder (kdata is installed editable)."""
-    return Path(kohaku_data.__file__).parents[1] / "migrations"
+    """The installed `kohaku_data.migrations` package: the top-level `migrations/` folder, which
+    setup.py maps into the wheel (and an editable install maps back to the checkout)."""
+    return Path(str(importlib.resources.files("kohaku_data.migrations")))
 
 
 def available(directory: Path | None = None) -> list[Migration]:
@@ -46,7 +47,7 @@ def available(directory: Path | None = None) -> list[Migration]:
     directory = directory or migrations_dir()
     if not directory.is_dir():
         raise MigrationError(
-            f"migrations folder {directory} not found: install kohaku-data editable (pip install -e .)"
+            f"migrations folder {directory} not found: reinstall kohaku-data (pip install --force-reinstall kohaku-data)"
         )
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.py")):
