@@ -22,6 +22,7 @@ from typing import Any
 
 from kohaku_data.atomic import write_atomic
 from kohaku_data.assembly.plan import PlanItem
+from kohaku_data.assembly.sample_schema import TAG_CATEGORIES, conform
 from kohaku_data.config import ImageConfig
 from kohaku_data.sources import read_entry
 
@@ -144,9 +145,6 @@ def remove_staged(staging: Path, key: int) -> None:
 
 
 # -- sample members ---------------------------------------------------------------------------
-TAG_CATEGORIES = ("general", "artist", "character", "copyright", "meta")
-
-
 def sample_members(staged: Staged, caption: dict[str, Any]) -> list[tuple[str, bytes]]:
     """`<key>.<webp|png>`, `<key>.txt`, `<key>.json` — the members of one webdataset sample."""
     key = staged.header["key"]
@@ -155,26 +153,21 @@ def sample_members(staged: Staged, caption: dict[str, Any]) -> list[tuple[str, b
     return [
         (f"{key}.{staged.header['format']}", staged.data),
         (f"{key}.txt", text),
-        (f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()),
+        (f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()),
     ]
 
 
 def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, Any]:
-    return {
+    """The `.json` of a sample, in the one fixed schema of `sample_schema` (no nulls, every key)."""
+    values = {
         "id": header["key"],
         "bucket": header["bucket"],
         "crop_box": header["crop_box"],
         "original_size": header["source_size"],
         "source": header["input"]["name"],
         "source_format": header["source_format"],
-        "rating": caption.get("rating"),
-        "rating_tag": caption.get("rating_tag"),
-        "score": caption.get("score"),
-        "fav_count": caption.get("fav_count"),
-        "created_at": caption.get("created_at"),
-        "quality": caption.get("quality"),
-        "year_tag": caption.get("year_tag"),
-        "md5": caption.get("md5"),
-        "tags": {cat: list(caption.get(f"tags_{cat}") or []) for cat in TAG_CATEGORIES},
-        "caption": caption["caption"],
+        "tags": {cat: caption.get(f"tags_{cat}") for cat in TAG_CATEGORIES},
+        **{k: caption.get(k) for k in (
+            "rating", "rating_tag", "score", "fav_count", "created_at", "quality", "year_tag", "md5", "caption")},
     }
+    return conform(values)
