@@ -215,8 +215,8 @@ class _Packer:
             self._commit()
         if self.writer is None:
             self.writer = ShardWriter(self.build.out / shard_name(self.recipe.name, self.index))
-        self.writer.add_sample(members)
-        self.rows.append(manifest_row(staged, caption, self.writer.path.name))
+        placement = self.writer.add_sample(members)
+        self.rows.append(manifest_row(staged, caption, self.writer.path.name, placement))
 
     def _full(self, size: int) -> bool:
         cap = self.recipe.shard_max_samples
@@ -261,7 +261,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{6})\.tar(\.tmp)?$")
+_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{6})\.(tar|json)(\.tmp)?$")  # a shard or its member index
 
 
 def _remove_stale_shards(out: Path, name: str, count: int) -> None:

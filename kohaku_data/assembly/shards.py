@@ -4,16 +4,26 @@ Every member header is fixed (USTAR, mtime 0, uid/gid 0, empty owner names, mode
 the bytes of a shard depend only on its members' names and contents: the same samples give the
 same shard on any machine, for any worker count. A shard is written to `NAME.tar.tmp` and
 renamed into place, so a finished shard file is always complete.
+
+Beside each shard `NAME-000000.tar` lies its member index `NAME-000000.json` in the form of
+deepghs/hfutils (`hfutils.index`): `filesize`, `hash` (git's blob sha1, what the Hub shows),
+`hash_lfs` (sha256 of the file, the LFS oid) and `files` {member name: `offset` (of the member's
+data, past its header), `size`, `sha256`}. With it (or the manifest's `*_offset` / `*_size`
+columns) a reader fetches one sample by byte range, locally or from object storage, without
+scanning the tar.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 
 BLOCK = 512
 # The tar end: two zero blocks, then padding of the whole archive to tarfile's RECORDSIZE.
@@ -44,10 +54,17 @@ def fixed_tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 @dataclass(frozen=True)
 class ShardInfo:
+    """One `index.json` shardlist entry (the wids form; wids checks `md5sum`)."""
+
     url: str  # file name, relative to the dataset folder
     nsamples: int
     filesize: int
     sha256: str
+    md5sum: str
+
+
+# name -> (offset of the member's data in the tar, size): where one sample's members lie.
+Placement = dict[str, tuple[int, int]]
 
 
 class ShardWriter:
@@ -57,20 +74,27 @@ class ShardWriter:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
         self._file = open(self.tmp, "wb")
-        self._hash = hashlib.sha256()
-        self._tar = tarfile.open(fileobj=_HashingWriter(self._file, self._hash), mode="w",
+        self._hash, self._md5 = hashlib.sha256(), hashlib.md5()
+        self._tar = tarfile.open(fileobj=_HashingWriter(self._file, (self._hash, self._md5)), mode="w",
                                  format=tarfile.USTAR_FORMAT)
         self.nsamples = 0
         self.content_bytes = 0
+        self.files: dict[str, dict[str, Any]] = {}  # the member index's `files`
 
-    def add(self, name: str, data: bytes) -> None:
+    def add(self, name: str, data: bytes) -> tuple[int, int]:
+        """Append one member; returns (offset of its data in the tar, size)."""
+        start = self._tar.offset
         self._tar.addfile(fixed_tarinfo(name, len(data)), io.BytesIO(data))
-        self.content_bytes += member_bytes(len(data))
+        # What addfile wrote: header block(s), then the data padded to a block.
+        offset = self._tar.offset - -(-len(data) // BLOCK) * BLOCK
+        self.files[name] = {"offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.content_bytes += self._tar.offset - start
+        return offset, len(data)
 
-    def add_sample(self, members: list[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            self.add(name, data)
+    def add_sample(self, members: list[tuple[str, bytes]]) -> Placement:
+        placement = {name: self.add(name, data) for name, data in members}
         self.nsamples += 1
+        return placement
 
     def commit(self) -> ShardInfo:
         self._tar.close()
@@ -78,7 +102,10 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
-        return ShardInfo(self.path.name, self.nsamples, self.path.stat().st_size, self._hash.hexdigest())
+        filesize = self.path.stat().st_size
+        _write_beside(member_index_path(self.path), member_index_bytes(
+            member_index(filesize, git_blob_sha1(self.path), self._hash.hexdigest(), self.files)))
+        return ShardInfo(self.path.name, self.nsamples, filesize, self._hash.hexdigest(), self._md5.hexdigest())
 
     def abort(self) -> None:
         self._file.close()
@@ -88,11 +115,12 @@ class ShardWriter:
 class _HashingWriter:
     """A write-only file object that hashes what passes through (no second read of the shard)."""
 
-    def __init__(self, file: io.BufferedWriter, digest) -> None:
-        self._file, self._digest = file, digest
+    def __init__(self, file: io.BufferedWriter, digests) -> None:
+        self._file, self._digests = file, digests
 
     def write(self, data: bytes) -> int:
-        self._digest.update(data)
+        for digest in self._digests:
+            digest.update(data)
         return self._file.write(data)
 
     def tell(self) -> int:
@@ -109,3 +137,102 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def shard_name(name: str, index: int) -> str:
     return f"{name}-{index:06d}.tar"
+
+
+# -- member index (hfutils form) -----------------------------------------------------------------
+def member_index_path(tar: Path) -> Path:
+    """`NAME-000000.tar` → `NAME-000000.json` (hfutils puts the index beside the tar so)."""
+    return tar.with_suffix(".json")
+
+
+def member_index(filesize: int, sha1: str, sha256: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"filesize": filesize, "hash": sha1, "hash_lfs": sha256, "files": files}
+
+
+def _write_beside(path: Path, data: bytes) -> None:
+    """Atomic and durable, through `NAME.json.tmp` like the shard's own `NAME.tar.tmp`: a build
+    killed mid-write leaves a temp name the builder knows and removes (not a random one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def member_index_bytes(index: dict[str, Any]) -> bytes:
+    # Compact (one line, ~100 bytes a member) with sorted keys: the same shard, the same bytes.
+    return json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+
+
+def git_blob_sha1(path: Path, chunk: int = 1 << 22) -> str:
+    """sha1 of `blob <size>\\0` + the file: git's object id, the `hash` hfutils records.
+
+    The size comes first, so this needs a second read of the finished file (from the page cache,
+    right after writing it; the image stage dwarfs it)."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_member_index(tar: Path) -> dict[str, Any]:
+    return json.loads(member_index_path(tar).read_bytes())
+
+
+def tar_member_index(tar: Path) -> dict[str, Any]:
+    """The member index as read back from the tar itself (what `kdata verify` compares with)."""
+    files: dict[str, dict[str, Any]] = {}
+    size = tar.stat().st_size
+    sha1, sha256, md5 = hashlib.sha1(f"blob {size}\0".encode()), hashlib.sha256(), hashlib.md5()
+    with open(tar, "rb") as raw:  # one read for the three digests
+        while block := raw.read(1 << 22):
+            for digest in (sha1, sha256, md5):
+                digest.update(block)
+    with tarfile.open(tar, "r:") as archive:
+        for member in archive:
+            if member.isreg():
+                data = archive.extractfile(member).read()
+                files[member.name] = {"offset": member.offset_data, "size": member.size,
+                                      "sha256": hashlib.sha256(data).hexdigest()}
+    index = member_index(size, sha1.hexdigest(), sha256.hexdigest(), files)
+    index["md5sum"] = md5.hexdigest()
+    return index
+
+
+def shard_file_problems(out: Path, entry: dict[str, Any], rows) -> list[str]:
+    """Do the shard's md5sum (index.json), member index and the manifest's member offsets agree
+    with the tar? `rows`: the shard's manifest rows (polars frame). [] when all agree."""
+    tar = out / entry["url"]
+    name = entry["url"]
+    try:
+        actual = tar_member_index(tar)
+    except (tarfile.TarError, OSError) as exc:
+        return [f"{name}: unreadable tar ({exc})"]
+    problems = []
+    if entry.get("md5sum") != actual.pop("md5sum"):
+        problems.append(f"{name}: md5sum differs from index.json (or index.json has none: rebuild)")
+    try:
+        recorded = read_member_index(tar)
+    except (OSError, ValueError):
+        problems.append(f"{name}: member index {member_index_path(tar).name} is missing or unreadable")
+    else:
+        if recorded != actual:
+            problems.append(f"{name}: member index {member_index_path(tar).name} does not match the tar")
+    problems += _offset_problems(name, actual["files"], rows)
+    return problems
+
+
+def _offset_problems(name: str, files: dict[str, dict[str, Any]], rows) -> list[str]:
+    problems = []
+    needed = [f"{m}_{k}" for m in ("image", "txt", "json") for k in ("offset", "size")]
+    if any(col not in rows.columns for col in needed):
+        return [f"{name}: the manifest has no member offset columns (built by an older kdata: rebuild)"]
+    for row in rows.iter_rows(named=True):
+        key = row["key"]
+        for member, col in ((row["image"], "image"), (f"{key}.txt", "txt"), (f"{key}.json", "json")):
+            found = files.get(member)
+            if found is None or (found["offset"], found["size"]) != (row[f"{col}_offset"], row[f"{col}_size"]):
+                problems.append(f"{name}: manifest offset/size of {member} do not match the tar")
+    return problems

@@ -19,6 +19,7 @@ def sample(
     no_images: Annotated[bool, typer.Option("--no-images", help="Write the DB only.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing OUT/danbooru.db.")] = False,
     migrate: Annotated[bool, typer.Option("--migrate", help="Also apply migrations/ and fill the tag alias table.")] = False,
+    tail_tags: Annotated[int | None, typer.Option("--tail-tags", min=0, help="Synthetic long-tail tags on a few posts each (default: posts/8 from 100k posts, ~1M tag names at full size; 0: real tags only).")] = None,
 ) -> None:
     """Write a deterministic, realistic sample DB and raw images with the hard cases."""
     with clean_errors():
@@ -26,7 +27,7 @@ def sample(
 
         summary = write_sample(out, posts, seed, images=0 if no_images else images,
                                layout="tar" if tar else "folder", force=force, progress=is_tty(),
-                               migrate=migrate)
+                               migrate=migrate, tail_tags=tail_tags)
         typer.echo(f"wrote {summary.db_path} ({summary.posts:,} posts) in {summary.seconds_db:.1f}s")
         if summary.files:
             kind = "tar files" if tar else "image files"

@@ -29,10 +29,11 @@ class SampleSummary:
 
 def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None = None,
                  layout: Literal["folder", "tar"] = "folder", force: bool = False,
-                 progress: bool = False, migrate: bool = False) -> SampleSummary:
+                 progress: bool = False, migrate: bool = False, tail_tags: int | None = None) -> SampleSummary:
     """OUT/danbooru.db with `posts` posts and images for the first `images` of them
     (None: min(posts, 2000); 0: none). Refuses a non-empty OUT/danbooru.db unless `force`.
-    `migrate`: also apply migrations/ and fill the alias table (else: the published schema)."""
+    `migrate`: also apply migrations/ and fill the alias table (else: the published schema).
+    `tail_tags`: synthetic long-tail tags (None: the size rule of `sample.tail.default_tail_tags`)."""
     out_dir = Path(out_dir)
     db_path = out_dir / "danbooru.db"
     if db_path.exists() and db_path.stat().st_size > 0:
@@ -40,7 +41,7 @@ def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None
             raise SampleError(f"{db_path} already exists: choose another OUT or pass --force to replace it")
         db_path.unlink()
     t0 = time.perf_counter()
-    write_sample_db(db_path, posts, seed, progress=progress)
+    write_sample_db(db_path, posts, seed, progress=progress, tail_tags=tail_tags)
     t1 = time.perf_counter()
     count = min(posts, DEFAULT_MAX_IMAGES) if images is None else images
     files = write_sample_images(out_dir, db_path, seed, layout=layout, max_images=count) if count > 0 else []

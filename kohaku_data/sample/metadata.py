@@ -1,10 +1,12 @@
 """A deterministic, realistic Danbooru2023-shaped sqlite: `write_sample_db(path, posts, seed)`.
 
 Tags are the 20,000 most used real Danbooru tags (bundled CSV) drawn with their real popularity
-curve; posts get realistic ratings, dates, sizes, scores and URLs. Everything is generated as
-numpy columns (no per-post Python loop except string formatting) and bulk-inserted over a raw
-sqlite3 connection with journaling off, indexes dropped during the load and rebuilt after, so
-1M posts (~26M tag rows) take well under two minutes.
+curve, and big samples a synthetic long tail (tail.py: ~1M tag names at full size); posts get
+realistic ratings, dates, sizes, scores and URLs. Everything is generated as numpy columns (no
+per-post Python loop except string formatting), one chunk of posts at a time (memory is one
+chunk, whatever the size), and bulk-inserted over a raw sqlite3 connection with journaling off,
+indexes dropped during the load and rebuilt after, so 1M posts (~26M tag rows) take well under
+two minutes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import csv
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import numpy as np
 from kohaku_data.db.enums import Rating, TagType
 from kohaku_data.db.handle import published_schema_sql
 from kohaku_data.errors import KdataError
+from kohaku_data.sample.tail import Tail, default_tail_tags, make_tail
 
 
 class SampleError(KdataError):
@@ -87,8 +91,22 @@ def load_tag_table() -> TagTable:
 
 
 # --------------------------------------------------------------------------------------------
-# Generation
+# Generation, one chunk of posts at a time
 # --------------------------------------------------------------------------------------------
+# Posts are generated in chunks of CHUNK_POSTS (fixed: it is part of what a seed means), each
+# chunk from random streams of its own (seed, component, chunk index), so memory holds one
+# chunk's rows however big the sample (7.8M posts and ~190M relations in about a gigabyte).
+# A chunk depends on the others only through small, whole-sample draws and a little carry:
+# - creation times are sorted over the sample (ids follow time): each day's upload count is
+#   drawn once (~7,000 numbers) and a post's moment in its day is a hash of (seed, position);
+# - ids are a running sum of gaps, parents up to 30 posts back (both carried to the next chunk),
+#   and a post's has_children needs the next chunk's first children (their draws are repeated);
+# - the long tail (tail.py) is drawn once, a few bytes per relation, and sliced per chunk.
+CHUNK_POSTS = 1 << 17
+_FAMILY_REACH = 30
+_DAY_MS = 86_400_000
+
+
 @dataclass
 class _Sample:
     posts: dict[str, list]  # column name -> values, in the published column order
@@ -98,23 +116,97 @@ class _Sample:
     popularity: np.ndarray  # per used tag
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    # One independent stream per component: changing one generator never shifts the others.
-    return np.random.default_rng([seed, stream])
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk's rows: post columns and its relations (ids), sorted by (post, tag)."""
+
+    posts: dict[str, list]
+    rel_post: np.ndarray
+    rel_tag: np.ndarray  # tag ids (index + 1)
 
 
-def _created_ms(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Sorted UTC timestamps (ms) 2005–2024, uploads growing ~22% a year like Danbooru's."""
-    years = np.arange(_FIRST_YEAR, _LAST_YEAR + 1)
-    weights = 1.22 ** (years - _FIRST_YEAR)
-    weights[0] *= 0.6  # Danbooru opened in May 2005
-    year = rng.choice(years, size=n, p=weights / weights.sum())
-    first_day = {_FIRST_YEAR: "2005-05-24"}  # Danbooru's first upload
-    start = np.array([first_day.get(y, f"{y}-01-01") for y in years], "datetime64[ms]").astype(np.int64)
-    stop = np.array([f"{y + 1}-01-01" for y in years], "datetime64[ms]").astype(np.int64)
-    k = year - _FIRST_YEAR
-    ms = start[k] + (rng.random(n) * (stop[k] - start[k])).astype(np.int64)
-    return np.sort(ms)
+@dataclass(frozen=True)
+class _Plan:
+    """What every chunk shares: the sample's small whole-sample draws and the tag model."""
+
+    seed: int
+    posts: int
+    table: TagTable  # the real tags, then the tail's
+    idx: dict[str, int]  # real tag name -> index
+    day_start: np.ndarray  # UTC ms of each day's start
+    day_end: np.ndarray  # posts uploaded up to each day's end (cumulative)
+    tail: Tail
+    drawn: np.ndarray  # general/meta tags drawn independently per post
+    p: np.ndarray  # per tag: chance to be on a post
+    nsfw: np.ndarray  # tags only put on questionable/explicit posts
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.posts // CHUNK_POSTS)
+
+
+@dataclass
+class _Carry:
+    """What chunk j + 1 needs from chunk j: the last id and the ids of the last 30 posts."""
+
+    last_id: int = 0
+    recent: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def _rng(seed: int, stream: int, chunk: int | None = None) -> np.random.Generator:
+    # One independent stream per component (and chunk): changing one never shifts the others.
+    return np.random.default_rng([seed, stream] if chunk is None else [seed, stream, chunk])
+
+
+def _plan(seed: int, posts: int, table: TagTable, tail_tags: int) -> _Plan:
+    tail = make_tail(_rng(seed, 5), tail_tags, posts, len(table.names))
+    taken = set(table.names)  # a tail name never equals a real one
+    names = table.names + [n if n not in taken else f"{n}_t" for n in tail.names]
+    full = TagTable(names, np.concatenate([table.types, tail.types]),
+                    np.concatenate([table.counts, tail.counts]), table.aliases + [[]] * len(tail.names))
+    idx = table.index()
+    types, counts = table.types, table.counts
+    excluded = _COMPOSITION_TAGS | _DERIVED_META | _NSFW_TAGS
+    free = np.array([name not in excluded for name in table.names])
+    p = np.minimum(counts / _POSTS_SCALE, 0.95)
+    p = np.where(types == TagType.GENERAL, p * _GENERAL_THIN, p)
+    drawn = np.flatnonzero(free & ((types == TagType.GENERAL) | (types == TagType.META)))
+    nsfw = np.array([idx[t] for t in sorted(_NSFW_TAGS) if t in idx], np.int64)
+    day_start, day_end = _days(_rng(seed, 1), posts)
+    return _Plan(seed, posts, full, idx, day_start, day_end, tail, drawn, p, nsfw)
+
+
+def _days(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every day from Danbooru's first upload (2005-05-24) to 2024-12-31 and the cumulative
+    uploads at its end: uploads grow ~22% a year like Danbooru's, uniform within a year."""
+    days = np.arange(np.datetime64("2005-05-24"), np.datetime64(f"{_LAST_YEAR + 1}-01-01"))
+    year = days.astype("datetime64[Y]").astype(np.int64) + 1970 - _FIRST_YEAR
+    weight = 1.22 ** year / np.bincount(year)[year]
+    weight[year == 0] *= 0.6  # Danbooru opened in May 2005
+    counts = rng.multinomial(n, weight / weight.sum())
+    return days.astype("datetime64[ms]").astype(np.int64), np.cumsum(counts)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _created_ms(plan: _Plan, start: int, stop: int) -> np.ndarray:
+    """Sorted UTC timestamps (ms) of posts start..stop-1, the same whatever the chunking: the
+    whole days around the range are drawn (hash of seed and position) and sorted."""
+    first, last = np.searchsorted(plan.day_end, [start, stop - 1], side="right")
+    lo = int(plan.day_end[first - 1]) if first else 0
+    hi = int(plan.day_end[last])
+    pos = np.arange(lo, hi, dtype=np.uint64)
+    salt = _splitmix64(np.array([plan.seed & 0xFFFFFFFFFFFFFFFF], np.uint64))[0]
+    unit = (_splitmix64(pos ^ salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    day = np.searchsorted(plan.day_end, pos.astype(np.int64), side="right")
+    ms = plan.day_start[day] + (unit * _DAY_MS).astype(np.int64)
+    ms.sort()  # days are disjoint and in order: a plain sort sorts within each day
+    return ms[start - lo:stop - lo]
 
 
 def _iso(ms: np.ndarray) -> list[str]:
@@ -159,11 +251,11 @@ def _md5s(rng: np.random.Generator, n: int) -> list[str]:
     return [hexed[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
-def _sources(rng: np.random.Generator, created: list[str], artist: list[str]) -> tuple[list, list]:
+def _sources(rng: np.random.Generator, created: list[str], artist: list[str],
+             frac: np.ndarray) -> tuple[list, list]:
     """Mostly pixiv and twitter URLs (pixiv ids grow with time), some other sites, some empty."""
     n = len(created)
     kind = rng.choice(4, size=n, p=[0.45, 0.30, 0.10, 0.15]).tolist()
-    frac = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     pixiv = (1_000 + frac * 120_000_000 + rng.integers(0, 200_000, n)).astype(np.int64).tolist()
     tweet = rng.integers(10**17, 18 * 10**17, n).tolist()
     sources, pixiv_ids = [], []
@@ -183,21 +275,39 @@ def _sources(rng: np.random.Generator, created: list[str], artist: list[str]) ->
     return sources, pixiv_ids
 
 
-def _family(rng: np.random.Generator, ids: np.ndarray) -> tuple[list, np.ndarray]:
-    """~4% of posts are children of one of the 30 posts before them."""
+def _family_draws(seed: int, chunk: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which posts of a chunk are children (~4%) and how many posts back their parent is."""
+    rng = _rng(seed, 4, chunk)
+    return rng.random(size) < 0.04, rng.integers(1, _FAMILY_REACH + 1, size)
+
+
+def _family(plan: _Plan, chunk: int, start: int, ids: np.ndarray, carry: _Carry) -> tuple[list, np.ndarray]:
+    """parent_id (None or an id up to 30 posts back) and has_children of one chunk's posts."""
     n = len(ids)
-    pos = np.arange(n)
-    child = (rng.random(n) < 0.04) & (pos > 0)
-    parent_pos = np.maximum(0, pos - rng.integers(1, 31, n))
-    parent = np.where(child, ids[parent_pos], 0)
-    has_children = np.isin(ids, parent[child]).astype(np.int64)
+    pos = np.arange(start, start + n)
+    child, back = _family_draws(plan.seed, chunk, n)
+    child &= pos > 0
+    parent_pos = np.maximum(0, pos - back)
+    known = np.concatenate([carry.recent, ids])  # ids of positions start - len(recent) ...
+    parent = np.where(child, known[parent_pos - (start - len(carry.recent))], 0)
+    hit = parent_pos[child]
+    stop = start + n
+    if stop < plan.posts:  # children in the next chunk's first posts may have parents here
+        nxt_child, nxt_back = _family_draws(plan.seed, chunk + 1, min(CHUNK_POSTS, plan.posts - stop))
+        reach = slice(0, _FAMILY_REACH)
+        nxt_parent = np.arange(stop, stop + len(nxt_child[reach])) - nxt_back[reach]
+        hit = np.concatenate([hit, nxt_parent[nxt_child[reach] & (nxt_parent < stop)]])
+    has_children = np.zeros(n, np.int64)
+    has_children[hit[hit >= start] - start] = 1
     return [int(p) if c else None for p, c in zip(parent.tolist(), child.tolist())], has_children
 
 
-def _post_columns(seed: int, n: int, artist: list[str]) -> dict[str, list]:
-    rng = _rng(seed, 1)
-    created = _created_ms(rng, n)
-    ids = np.cumsum(1 + rng.geometric(0.8, n) - 1)  # gaps: deleted/expunged ids
+def _post_columns(plan: _Plan, chunk: int, start: int, stop: int, artist: list[str],
+                  carry: _Carry) -> dict[str, list]:
+    rng = _rng(plan.seed, 1, chunk)
+    n = stop - start
+    created = _created_ms(plan, start, stop)
+    ids = carry.last_id + np.cumsum(rng.geometric(0.8, n))  # gaps: deleted/expunged ids
     updated = np.minimum(created + rng.exponential(400 * 86_400_000, n).astype(np.int64), _DUMP_TIME_MS)
     created_s = _iso(created)
     width, height = _sizes(rng, n)
@@ -206,12 +316,15 @@ def _post_columns(seed: int, n: int, artist: list[str]) -> dict[str, list]:
     size = (width * height * _EXT_BYTES_PER_PX[ext_i] * rng.lognormal(0, 0.4, n)).astype(np.int64)
     score, up, down, fav = _scores(rng, created)
     md5 = _md5s(rng, n)
-    source, pixiv_id = _sources(rng, created_s, artist)
-    parent, has_children = _family(rng, ids)
+    frac = np.arange(start, stop) / max(plan.posts - 1, 1)
+    source, pixiv_id = _sources(rng, created_s, artist, frac)
+    parent, has_children = _family(plan, chunk, start, ids, carry)
     banned = rng.random(n) < 0.003
     has_large = ((width > 850) & np.isin(ext, ["jpg", "png", "webp", "avif"])).astype(np.int64)
     rank = np.minimum(rng.zipf(1.4, n), 500_000)  # a few uploaders do most of the uploads
     urls = _urls(md5, ext.tolist(), has_large.tolist(), banned.tolist())
+    carry.last_id = int(ids[-1])
+    carry.recent = np.concatenate([carry.recent, ids])[-_FAMILY_REACH:]
     return {
         "id": ids.tolist(), "created_at": created_s,
         "uploader_id": ((rank * 104_729) % 999_983 + 1).tolist(), "source": source, "md5": md5,
@@ -258,18 +371,19 @@ def _bernoulli(rng: np.random.Generator, members: np.ndarray, tags: np.ndarray,
     """Put tag t on each post of `members` with probability p[t], without a per-tag scan.
 
     Rare tags (p < 2%): draw each tag's count, then that many posts with replacement; the
-    duplicates this makes are rare and removed by the final unique. Common tags: exact sampling
-    without replacement, one call per tag (a few hundred tags).
+    duplicates this makes are rare and removed by the final unique. Common tags (a few hundred):
+    exact, one uniform per (tag, post), 16 tags at a time to bound the temporary.
     """
     m = len(members)
     common = p >= 0.02
     k = rng.binomial(m, p[~common])
     posts = [members[rng.integers(0, m, int(k.sum()))]]
     tag_list = [np.repeat(tags[~common], k)]
-    for t, pt in zip(tags[common].tolist(), p[common].tolist()):
-        chosen = rng.choice(m, size=rng.binomial(m, pt), replace=False)
-        posts.append(members[chosen])
-        tag_list.append(np.full(len(chosen), t))
+    ct, cp = tags[common], p[common]
+    for s in range(0, len(ct), 16):
+        which, post = np.nonzero(rng.random((len(ct[s:s + 16]), m)) < cp[s:s + 16, None])
+        posts.append(members[post])
+        tag_list.append(ct[s:s + 16][which])
     return np.concatenate(posts), np.concatenate(tag_list)
 
 
@@ -321,62 +435,81 @@ def _size_meta(width: np.ndarray, height: np.ndarray, ext: np.ndarray, rng: np.r
     return np.concatenate(posts), np.concatenate(tags)
 
 
-def _relations(seed: int, table: TagTable, cols: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
-    """(post index, tag index) pairs, unique and sorted by post then tag."""
-    rng = _rng(seed, 2)
+def _relations(plan: _Plan, chunk: int, start: int, cols: dict[str, list],
+               artists: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(post position in the chunk, tag index) pairs, unique and sorted by post then tag."""
+    rng = _rng(plan.seed, 2, chunk)
     n = len(cols["id"])
-    idx = table.index()
-    types, counts = table.types, table.counts
+    types, counts, idx = plan.table.types, plan.table.counts, plan.idx
     parts = [_composition(rng, n, idx, counts)]
     for ttype, count_p in ((TagType.COPYRIGHT, [0.12, 0.78, 0.10]),
                            (TagType.CHARACTER, [0.35, 0.45, 0.13, 0.07])):
-        pool = np.flatnonzero(types == ttype)
+        pool = np.flatnonzero(types[:len(idx)] == ttype)
         parts.append(_pick_per_post(rng, n, count_p, pool, counts[pool].astype(float)))
     width, height = np.array(cols["image_width"]), np.array(cols["image_height"])
     parts.append(_size_meta(width, height, np.array(cols["file_ext"]), rng, idx))
-    excluded = _COMPOSITION_TAGS | _DERIVED_META | _NSFW_TAGS
-    free = np.array([name not in excluded for name in table.names])
-    p = np.minimum(counts / _POSTS_SCALE, 0.95)
-    p = np.where(types == TagType.GENERAL, p * _GENERAL_THIN, p)
-    drawn = np.flatnonzero(free & ((types == TagType.GENERAL) | (types == TagType.META)))
-    parts.append(_bernoulli(rng, np.arange(n), drawn, p[drawn]))
+    parts.append(_bernoulli(rng, np.arange(n), plan.drawn, plan.p[plan.drawn]))
     # NSFW tags only on q/e posts, at their real overall frequency.
     lewd = np.flatnonzero(np.array(cols["rating"]) >= Rating.QUESTIONABLE)
-    nsfw = np.array([idx[t] for t in sorted(_NSFW_TAGS) if t in idx])
     if len(lewd):
         share = len(lewd) / n
-        parts.append(_bernoulli(rng, lewd, nsfw, np.minimum(p[nsfw] / share, 0.9)))
-    parts.append(_artists(seed, n, table))
-    key = np.concatenate([a.astype(np.int64) * len(table.names) + b for a, b in parts])
+        parts.append(_bernoulli(rng, lewd, plan.nsfw, np.minimum(plan.p[plan.nsfw] / share, 0.9)))
+    parts.append(artists)
+    tail_pos, tail_tag = plan.tail.between(start, start + n)
+    parts.append((tail_pos - start, tail_tag))
+    width_t = len(plan.table.names)
+    key = np.concatenate([a.astype(np.int64) * width_t + b for a, b in parts])
     key.sort()  # sort + neighbour compare: far faster than np.unique's hash path here
     key = key[np.concatenate([[True], key[1:] != key[:-1]])]
-    return key // len(table.names), key % len(table.names)
+    return key // width_t, key % width_t
 
 
-def _artists(seed: int, n: int, table: TagTable) -> tuple[np.ndarray, np.ndarray]:
+def _artists(plan: _Plan, chunk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Every post has an artist (the first is its main one); 7% have two or three."""
-    rng = _rng(seed, 3)
-    pool = np.flatnonzero(table.types == TagType.ARTIST)
+    rng = _rng(plan.seed, 3, chunk)
+    real = plan.table.types[:len(plan.idx)]
+    pool = np.flatnonzero(real == TagType.ARTIST)
     # np.repeat keeps posts in order, so a post's first row is its main artist.
-    return _pick_per_post(rng, n, [0.0, 0.93, 0.06, 0.01], pool, table.counts[pool].astype(float))
+    return _pick_per_post(rng, n, [0.0, 0.93, 0.06, 0.01], pool, plan.table.counts[pool].astype(float))
 
 
-def _main_artists(seed: int, n: int, table: TagTable) -> list[str]:
-    posts, tags = _artists(seed, n, table)
-    first = np.searchsorted(posts, np.arange(n))
-    return [table.names[t] for t in tags[first].tolist()]
-
-
-def generate(seed: int, posts: int, table: TagTable | None = None) -> _Sample:
-    """All rows of a sample DB, in memory (column lists and relation arrays)."""
-    table = table or load_tag_table()
-    cols = _post_columns(seed, posts, _main_artists(seed, posts, table))
-    rel_post_i, rel_tag_i = _relations(seed, table, cols)
+def _chunk(plan: _Plan, chunk: int, carry: _Carry) -> _Chunk:
+    start = chunk * CHUNK_POSTS
+    stop = min(start + CHUNK_POSTS, plan.posts)
+    artists = _artists(plan, chunk, stop - start)
+    first = np.searchsorted(artists[0], np.arange(stop - start))
+    main = [plan.table.names[t] for t in artists[1][first].tolist()]
+    cols = _post_columns(plan, chunk, start, stop, main, carry)
+    rel_pos, rel_tag = _relations(plan, chunk, start, cols, artists)
     ids = np.array(cols["id"], np.int64)
-    popularity = np.bincount(rel_tag_i, minlength=len(table.names))
-    used = np.flatnonzero(popularity)
-    return _Sample(cols, ids[rel_post_i], rel_tag_i + 1, used, popularity[used])
+    return _Chunk(cols, ids[rel_pos], rel_tag + 1)
 
+
+def iter_chunks(seed: int, posts: int, table: TagTable | None = None,
+                tail_tags: int | None = None) -> tuple[TagTable, Iterator[_Chunk]]:
+    """The full tag table (real tags, then `tail_tags` tail tags: default `default_tail_tags`)
+    and an iterator over the sample's chunks, in id order."""
+    table = table or load_tag_table()
+    plan = _plan(seed, posts, table, default_tail_tags(posts) if tail_tags is None else tail_tags)
+
+    def chunks() -> Iterator[_Chunk]:
+        carry = _Carry()
+        for j in range(plan.chunks):
+            yield _chunk(plan, j, carry)
+
+    return plan.table, chunks()
+
+
+def generate(seed: int, posts: int, table: TagTable | None = None, tail_tags: int | None = None) -> _Sample:
+    """All rows of a sample DB in memory (for small samples and benchmarks: the writer streams)."""
+    full, chunks = iter_chunks(seed, posts, table, tail_tags)
+    parts = list(chunks)
+    cols = {name: [v for part in parts for v in part.posts[name]] for name in parts[0].posts}
+    rel_post = np.concatenate([p.rel_post for p in parts])
+    rel_tag = np.concatenate([p.rel_tag for p in parts])
+    popularity = np.bincount(rel_tag - 1, minlength=len(full.names))
+    used = np.flatnonzero(popularity)
+    return _Sample(cols, rel_post, rel_tag, used, popularity[used])
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -391,38 +524,36 @@ def _index_name(statement: str) -> str:
     return statement.split('"')[1]
 
 
-def _chunks(columns: list[list], size: int):
-    total = len(columns[0])
-    for start in range(0, total, size):
-        yield zip(*(c[start:start + size] for c in columns))
-
-
-def _load(conn: sqlite3.Connection, sample: _Sample, table: TagTable, log) -> None:
+def _load(conn: sqlite3.Connection, table: TagTable, chunks: Iterator[_Chunk], posts: int, log) -> None:
     indexes = _index_statements()
     for statement in indexes:
         conn.execute(f'DROP INDEX IF EXISTS "{_index_name(statement)}"')
-    names = list(sample.posts)
-    insert = f'INSERT INTO "post" ({", ".join(names)}) VALUES ({", ".join("?" * len(names))})'
-    for rows in _chunks(list(sample.posts.values()), 100_000):
-        conn.executemany(insert, rows)
-    log("posts inserted")
-    used = sample.used_tags.tolist()
+    popularity = np.zeros(len(table.names), np.int64)
+    insert, relations, done = None, 0, 0
+    # Ids are assigned by sqlite in insertion order (1..R): rows sorted by post, then tag.
+    rel = 'INSERT INTO "posttagrelation" (post_id, tag_id) VALUES (?, ?)'
+    for chunk in chunks:
+        if insert is None:
+            names = list(chunk.posts)
+            insert = f'INSERT INTO "post" ({", ".join(names)}) VALUES ({", ".join("?" * len(names))})'
+        conn.executemany(insert, zip(*chunk.posts.values()))
+        conn.executemany(rel, zip(chunk.rel_post.tolist(), chunk.rel_tag.tolist()))
+        popularity += np.bincount(chunk.rel_tag - 1, minlength=len(popularity))
+        relations += len(chunk.rel_post)
+        done += len(chunk.posts["id"])
+        log(f"{done:,}/{posts:,} posts, {relations:,} tag relations inserted")
+    used = np.flatnonzero(popularity)
     conn.executemany(
         'INSERT INTO "tag" (id, name, type, popularity) VALUES (?, ?, ?, ?)',
         ((i + 1, table.names[i], int(table.types[i]), int(c))
-         for i, c in zip(used, sample.popularity.tolist())),
+         for i, c in zip(used.tolist(), popularity[used].tolist())),
     )
-    # Ids are assigned by sqlite in insertion order (1..R): rows sorted by post, then tag.
-    rel = 'INSERT INTO "posttagrelation" (post_id, tag_id) VALUES (?, ?)'
-    step = 1_000_000
-    for start in range(0, len(sample.rel_post), step):
-        conn.executemany(rel, zip(sample.rel_post[start:start + step].tolist(),
-                                  sample.rel_tag[start:start + step].tolist()))
-    log(f"{len(sample.rel_post):,} tag relations inserted")
+    log(f"{len(used):,} tags inserted")
     for statement in indexes:
         conn.execute(statement)
     log("indexes built")
-    _write_aliases(conn, [table.names[i] for i in used], [table.aliases[i] for i in used])
+    used_list = used.tolist()
+    _write_aliases(conn, [table.names[i] for i in used_list], [table.aliases[i] for i in used_list])
 
 
 def write_aliases(conn: sqlite3.Connection) -> int:
@@ -458,9 +589,13 @@ def _row_count(path: Path) -> int | None:
         return None
 
 
-def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = False) -> None:
+def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = False,
+                    tail_tags: int | None = None) -> None:
     """Write a Danbooru2023-schema sqlite with `posts` realistic posts, deterministic per seed.
 
+    `tail_tags`: synthetic long-tail tags beside the real ones (None: `default_tail_tags(posts)`,
+    about a million names at full size, none below 100k posts). Posts are generated and written
+    a chunk at a time, so memory stays about a gigabyte at any size.
     A new file is written to a temporary name and moved into place. An existing file that has
     the published tables but no rows (e.g. made by `kdata db init`, migrations applied) is
     filled in place, aliases included; a file with posts is never overwritten.
@@ -468,6 +603,8 @@ def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = F
     path = Path(path)
     if posts < 1:
         raise SampleError(f"--posts must be at least 1 (got {posts})")
+    if tail_tags is not None and tail_tags < 0:
+        raise SampleError(f"--tail-tags must be 0 or more (got {tail_tags})")
     existing = path.exists() and path.stat().st_size > 0
     if existing and _row_count(path) != 0:
         raise SampleError(
@@ -478,13 +615,11 @@ def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = F
     def log(msg: str) -> None:
         if progress:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
-    table = load_tag_table()
-    sample = generate(seed, posts, table)
-    log(f"generated {posts:,} posts, {len(sample.rel_post):,} tag relations")
+    table, chunks = iter_chunks(seed, posts, load_tag_table(), tail_tags)
     target = path if existing else path.with_name(f".{path.name}.{os.getpid()}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write(target, sample, table, fresh=not existing, log=log)
+        _write(target, table, chunks, posts, fresh=not existing, log=log)
         if not existing:
             os.replace(target, path)
     except BaseException:
@@ -494,7 +629,7 @@ def write_sample_db(path: Path, posts: int, seed: int = 0, *, progress: bool = F
     log(f"wrote {path}")
 
 
-def _write(target: Path, sample: _Sample, table: TagTable, *, fresh: bool, log) -> None:
+def _write(target: Path, table: TagTable, chunks: Iterator[_Chunk], posts: int, *, fresh: bool, log) -> None:
     if fresh:
         target.unlink(missing_ok=True)
     conn = sqlite3.connect(target, isolation_level=None)
@@ -506,7 +641,7 @@ def _write(target: Path, sample: _Sample, table: TagTable, *, fresh: bool, log) 
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-262144")
         conn.execute("BEGIN")
-        _load(conn, sample, table, log)
+        _load(conn, table, chunks, posts, log)
         conn.execute("COMMIT")
     finally:
         conn.close()
