@@ -19,7 +19,7 @@ import polars as pl
 from kohaku_data.atomic import replacing
 from kohaku_data.assembly.lock import dumps, write_atomic
 from kohaku_data.assembly.plan import REJECT_SCHEMA
-from kohaku_data.assembly.shards import ShardInfo
+from kohaku_data.assembly.shards import Placement, ShardInfo, member_index_path
 from kohaku_data.assembly.tasks import Staged
 
 MANIFEST_NAME = "manifest.parquet"
@@ -36,13 +36,22 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "image_bytes": pl.Int64, "sha256": pl.String, "caption": pl.String,
     "rating": pl.String, "quality": pl.String, "year": pl.String,
     "score": pl.Int64, "fav_count": pl.Int64, "created_at": pl.String,
+    # Where each member's DATA (not its tar header) lies in the shard: one byte-range read per
+    # member fetches a sample without scanning the tar (kohaku_data.train relies on these names).
+    "image_offset": pl.Int64, "image_size": pl.Int64, "txt_offset": pl.Int64, "txt_size": pl.Int64,
+    "json_offset": pl.Int64, "json_size": pl.Int64,
 }
+OFFSET_COLUMNS = ("image_offset", "image_size", "txt_offset", "txt_size", "json_offset", "json_size")
 _PARQUET = {"compression": "zstd", "compression_level": 3, "statistics": True, "row_group_size": 65_536}
 
 
-def manifest_row(staged: Staged, caption: dict[str, Any], shard: str) -> dict[str, Any]:
+def manifest_row(staged: Staged, caption: dict[str, Any], shard: str, placement: Placement) -> dict[str, Any]:
+    """One sample's row; `placement` is what `ShardWriter.add_sample` returned for its members."""
     h = staged.header
     left, top, right, bottom = h["crop_box"]
+    key = h["key"]
+    (image_offset, image_size), (txt_offset, txt_size), (json_offset, json_size) = (
+        placement[f"{key}.{h['format']}"], placement[f"{key}.txt"], placement[f"{key}.json"])
     return {
         "key": h["key"], "shard": shard, "image": f"{h['key']}.{h['format']}", "format": h["format"],
         "width": h["width"], "height": h["height"], "bucket": f"{h['bucket'][0]}x{h['bucket'][1]}",
@@ -53,6 +62,8 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str) -> dict[st
         "caption": caption["caption"], "rating": caption.get("rating"), "quality": caption.get("quality"),
         "year": caption.get("year_tag"), "score": caption.get("score"), "fav_count": caption.get("fav_count"),
         "created_at": None if caption.get("created_at") is None else str(caption["created_at"]),
+        "image_offset": image_offset, "image_size": image_size, "txt_offset": txt_offset,
+        "txt_size": txt_size, "json_offset": json_offset, "json_size": json_size,
     }
 
 
@@ -82,9 +93,12 @@ class Parts:
         done: list[tuple[ShardInfo, int]] = []
         while (path := self._path(len(done), ".json")).is_file():
             record = json.loads(path.read_text())
-            info = ShardInfo(**record["shard"])
+            try:
+                info = ShardInfo(**record["shard"])
+            except TypeError:  # a part from an older kdata (no md5sum): redo that shard
+                break
             tar = out / info.url
-            if not tar.is_file() or tar.stat().st_size != info.filesize:
+            if not tar.is_file() or tar.stat().st_size != info.filesize or not member_index_path(tar).is_file():
                 break
             done.append((info, record["last_key"]))
         return done

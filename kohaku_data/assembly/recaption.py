@@ -129,8 +129,8 @@ def _copy_shard(old_tar: Path, rows: pl.DataFrame, captions: dict[int, dict], wr
                             "detail": "the post is no longer in the DB"})
             continue
         staged = Staged(_header(row), data)
-        writer.add_sample(sample_members(staged, caption))
-        new_rows.append(manifest_row(staged, caption, writer.path.name))
+        placement = writer.add_sample(sample_members(staged, caption))
+        new_rows.append(manifest_row(staged, caption, writer.path.name, placement))
     return new_rows
 
 

@@ -1,6 +1,7 @@
 """`kdata verify OUT`: does the dataset on disk match its index and manifest?
 
-Checks: every shard of index.json exists with its size and sha256; every manifest row's image
+Checks: every shard of index.json exists with its size, sha256 and md5sum, and its member index
+(`NAME-000000.json`) and the manifest's member offsets match the tar; every manifest row's image
 member is in its shard with that sha256, with its `.txt` (equal to the manifest caption) and
 `.json`; no extra members or samples; per-shard counts agree; no shard files outside the index.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
-from kohaku_data.assembly.shards import file_sha256
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, OFFSET_COLUMNS
+from kohaku_data.assembly.shards import file_sha256, shard_file_problems
 from kohaku_data.errors import KdataError
 
 
@@ -42,7 +43,9 @@ def verify_dataset(out: Path) -> VerifyReport:
         if not (out / name).is_file():
             raise VerifyError(f"{out} has no {name}: is it a dataset built by `kdata build`?")
     index = json.loads((out / INDEX_NAME).read_text())
-    manifest = pl.read_parquet(out / MANIFEST_NAME, columns=["key", "shard", "image", "sha256", "caption"])
+    present = pl.read_parquet_schema(out / MANIFEST_NAME)
+    offsets = [c for c in OFFSET_COLUMNS if c in present]  # an older build has none: reported per shard
+    manifest = pl.read_parquet(out / MANIFEST_NAME, columns=["key", "shard", "image", "sha256", "caption", *offsets])
     report = VerifyReport()
     listed = {entry["url"] for entry in index["shardlist"]}
     for entry in index["shardlist"]:
@@ -71,6 +74,7 @@ def _check_shard(out: Path, entry: dict, rows: pl.DataFrame, report: VerifyRepor
     if rows.height != entry["nsamples"]:
         report.problems.append(f"{entry['url']}: manifest has {rows.height} samples, index.json says {entry['nsamples']}")
     _check_members(path, rows, report)
+    report.problems += shard_file_problems(out, entry, rows)  # md5sum, member index, manifest offsets
 
 
 def _check_members(path: Path, rows: pl.DataFrame, report: VerifyReport) -> None:
