@@ -1,0 +1,187 @@
+"""Tag cleanup for captions: aliases resolved, rare general tags pruned, implied tags dropped.
+
+Rules, in this order, on each post's tags (tag ids; names come from the DB's tables):
+
+1. **Aliases** (`resolve_aliases`): a tag whose name is an alias (`kdata_tag_alias`) becomes the
+   tag it names, when that tag is in the `tag` table (else it stays as it is). A post holding
+   both ends up with the tag once.
+2. **Pruning** (`min_general_posts = N`): general tags whose `tag.popularity` (the number of
+   posts carrying them) is below N are left out.
+3. **Implications** (`drop_implied`): a tag is dropped when another tag of the post implies it
+   through any chain of `kdata_tag_implication` (e.g. `cat_ears` → `animal_ears`: a post with
+   both keeps `cat_ears`). Implication names go through the aliases too; pairs on a cycle
+   (Danbooru forbids them, old dumps may still hold one) are ignored, so no tag ever removes
+   itself or its own implier.
+
+Everything is numpy over the page's (post, tag) arrays, no loop per post: aliases are one
+lookup, implications a CSR expansion of each tag's implied set and one membership test of
+packed (post, tag) keys. The tables are read once (with the thresholds) so a whole build uses
+one consistent set, and `summary()` (counts + sha256) goes into dataset.lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.db.enums import TagType
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TagRules:
+    """Rule tables in tag-id space (sorted arrays: picklable, cheap to send to workers)."""
+
+    alias_from: np.ndarray = field(default_factory=lambda: _EMPTY)  # sorted tag ids
+    alias_to: np.ndarray = field(default_factory=lambda: _EMPTY)  # tag id each one becomes
+    pruned: np.ndarray = field(default_factory=lambda: _EMPTY)  # sorted tag ids left out
+    implier: np.ndarray = field(default_factory=lambda: _EMPTY)  # sorted unique tag ids that imply something
+    implied_start: np.ndarray = field(default_factory=lambda: _EMPTY)  # CSR offsets into `implied`, len(implier) + 1
+    implied: np.ndarray = field(default_factory=lambda: _EMPTY)  # tag ids implied (transitively) by implier[i]
+    min_general_posts: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (len(self.alias_from) or len(self.pruned) or len(self.implier))
+
+    def apply(self, post_id: np.ndarray, tag_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tag ids after aliasing, keep mask) of relations given as parallel arrays."""
+        tag = tag_id
+        if len(self.alias_from):
+            found, at = _find(self.alias_from, tag_id)
+            if found.any():
+                tag = tag_id.copy()
+                tag[found] = self.alias_to[at[found]]
+        keep = _first_of_pairs(post_id, tag) if tag is not tag_id else np.ones(len(tag), dtype=bool)
+        if len(self.pruned):
+            keep &= ~_find(self.pruned, tag)[0]
+        if len(self.implier):
+            keep &= ~self._implied_mask(post_id, tag, keep)
+        return tag, keep
+
+    def _implied_mask(self, post_id: np.ndarray, tag: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Which relations carry a tag implied by another kept tag of the same post."""
+        found, at = _find(self.implier, tag)
+        found &= keep
+        if not found.any():
+            return np.zeros(len(tag), dtype=bool)
+        starts, ends = self.implied_start[at[found]], self.implied_start[at[found] + 1]
+        counts = ends - starts
+        offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        implied_post = np.repeat(post_id[found], counts)
+        implied_tag = self.implied[offsets]
+        lo = int(min(tag.min(), implied_tag.min()))
+        span = int(max(tag.max(), implied_tag.max())) - lo + 1
+        p_lo, p_span = int(post_id.min()), int(post_id.max()) - int(post_id.min()) + 1
+        if p_span * span >= (1 << 62):
+            raise ValueError("post and tag id ranges too wide to pack")
+        keys = (post_id - p_lo) * span + (tag - lo)
+        return np.isin(keys, (implied_post - p_lo) * span + (implied_tag - lo))
+
+    def summary(self) -> dict[str, object]:
+        """What dataset.lock records: counts and one sha256 over every table."""
+        digest = hashlib.sha256()
+        for part in (self.alias_from, self.alias_to, self.pruned, self.implier, self.implied_start, self.implied):
+            digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+            digest.update(b"|")
+        return {
+            "aliases": int(len(self.alias_from)), "pruned_general_tags": int(len(self.pruned)),
+            "min_general_posts": self.min_general_posts, "implying_tags": int(len(self.implier)),
+            "implied_pairs": int(len(self.implied)), "sha256": digest.hexdigest(),
+        }
+
+
+def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    at = np.searchsorted(sorted_keys, queries)
+    at = np.minimum(at, len(sorted_keys) - 1)
+    return sorted_keys[at] == queries, at
+
+
+def _first_of_pairs(post: np.ndarray, tag: np.ndarray) -> np.ndarray:
+    """Mask keeping the first relation of each (post, tag) pair (aliases can make two)."""
+    order = np.lexsort((np.arange(len(tag)), tag, post))
+    same = (post[order][1:] == post[order][:-1]) & (tag[order][1:] == tag[order][:-1])
+    keep = np.ones(len(tag), dtype=bool)
+    keep[order[1:][same]] = False
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def load_tag_rules(db: DanbooruDB, *, aliases: bool, implications: bool, min_general_posts: int) -> TagRules:
+    """The rule tables `db` holds for the options that are on (missing tables: no rules)."""
+    conn = db.connection()
+    names = pl.DataFrame(
+        conn.execute("SELECT name, id FROM tag").fetchall(), schema={"name": pl.String, "id": pl.Int64}, orient="row",
+    )
+    alias_pairs = _pairs(db, "kdata_tag_alias", "alias", "tag_name") if aliases else _no_pairs()
+    alias_ids = _resolve_aliases(alias_pairs, names)
+    pruned = _EMPTY
+    if min_general_posts > 0:
+        rows = conn.execute("SELECT id FROM tag WHERE type = ? AND popularity < ?",
+                            (int(TagType.GENERAL), min_general_posts)).fetchall()
+        pruned = np.unique(np.array([r[0] for r in rows], dtype=np.int64))
+    implier, start, implied = _EMPTY, np.zeros(1, dtype=np.int64), _EMPTY
+    if implications:
+        pairs = _pairs(db, "kdata_tag_implication", "antecedent", "consequent")
+        implier, start, implied = _implication_csr(_closure(_canonical(pairs, alias_pairs)), names)
+    return TagRules(
+        alias_from=alias_ids[0], alias_to=alias_ids[1], pruned=pruned,
+        implier=implier, implied_start=start, implied=implied, min_general_posts=min_general_posts,
+    )
+
+
+def _no_pairs() -> pl.DataFrame:
+    return pl.DataFrame(schema={"a": pl.String, "b": pl.String})
+
+
+def _pairs(db: DanbooruDB, table: str, left: str, right: str) -> pl.DataFrame:
+    if not db.has_table(table):
+        return _no_pairs()
+    rows = db.connection().execute(f'SELECT "{left}", "{right}" FROM "{table}"').fetchall()
+    return pl.DataFrame(rows, schema={"a": pl.String, "b": pl.String}, orient="row")
+
+
+def _resolve_aliases(pairs: pl.DataFrame, names: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(from ids, to ids) sorted by from id: aliases whose both names are tags."""
+    ids = (pairs.join(names.rename({"name": "a", "id": "from"}), on="a")
+           .join(names.rename({"name": "b", "id": "to"}), on="b")
+           .filter(pl.col("from") != pl.col("to")).sort("from"))
+    return ids["from"].to_numpy().astype(np.int64), ids["to"].to_numpy().astype(np.int64)
+
+
+def _canonical(pairs: pl.DataFrame, aliases: pl.DataFrame) -> pl.DataFrame:
+    """Implication names through the aliases (when on), without self-pairs or repeats."""
+    if aliases.height:
+        mapping = dict(aliases.iter_rows())
+        pairs = pairs.with_columns(pl.col("a").replace(mapping), pl.col("b").replace(mapping))
+    return pairs.filter(pl.col("a") != pl.col("b")).unique().sort("a", "b")
+
+
+def _closure(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Transitive closure by repeated self-joins (chains double in length each round), minus
+    pairs on a cycle (a implies b and b implies a)."""
+    closed = pairs
+    while True:
+        step = closed.join(closed, left_on="b", right_on="a", suffix="_2").select("a", b="b_2")
+        grown = pl.concat([closed, step]).unique()
+        if grown.height == closed.height:
+            break
+        closed = grown
+    reverse = closed.select(a="b", b="a")
+    return closed.join(reverse, on=["a", "b"], how="anti").filter(pl.col("a") != pl.col("b")).sort("a", "b")
+
+
+def _implication_csr(pairs: pl.DataFrame, names: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = (pairs.join(names.rename({"name": "a", "id": "ai"}), on="a")
+           .join(names.rename({"name": "b", "id": "bi"}), on="b")
+           .select("ai", "bi").unique().sort("ai", "bi"))
+    implier, counts = np.unique(ids["ai"].to_numpy().astype(np.int64), return_counts=True)
+    start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return implier, start, ids["bi"].to_numpy().astype(np.int64)

@@ -1,0 +1,66 @@
+"""Collate one bucket's samples: images stacked, SDXL size conditioning as tensors.
+
+SDXL conditions the UNet on (original_size, crop_top_left, target_size). kdata stores images
+already resized to their bucket, so a trainer that reads sizes from the stored file would
+condition on the bucket size; here they come from the manifest: the true source size.
+`time_ids` is the six numbers in the order SDXL's `add_time_ids` wants them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kohaku_data.train.errors import SamplerError
+
+_SIZES = ("original_size", "crop_top_left", "target_size")
+_FIXED = {"image", "key", "padded", *_SIZES}
+
+
+class BucketCollate:
+    """`collate_fn` for a DataLoader over `KdataDataset` with `BucketBatchSampler`.
+
+    `dtype=None`: images stay uint8 (B, C, H, W); a float dtype gives values in [-1, 1] (what
+    SD/SDXL VAEs take). Other fields come back as lists (captions, tags, the json fields).
+    """
+
+    def __init__(self, dtype: Any = None) -> None:
+        self.dtype = dtype
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        images = [_as_tensor(s["image"]) for s in samples]
+        shapes = {tuple(im.shape) for im in images}
+        if len(shapes) > 1:
+            raise SamplerError(f"one batch holds images of shapes {sorted(shapes)}: batch with "
+                               f"BucketBatchSampler so every batch is one bucket.")
+        image = torch.stack(images)
+        if self.dtype is not None and self.dtype != torch.uint8:
+            image = image.to(self.dtype).div_(127.5).sub_(1.0)
+        out: dict[str, Any] = {
+            "image": image,
+            "key": torch.tensor([s["key"] for s in samples], dtype=torch.int64),
+            "padded": torch.tensor([bool(s.get("padded", False)) for s in samples], dtype=torch.bool),
+        }
+        for name in _SIZES:
+            out[name] = torch.tensor([list(s[name]) for s in samples], dtype=torch.int64)
+        out["time_ids"] = torch.cat([out[name] for name in _SIZES], dim=1)
+        for name in samples[0]:
+            if name not in _FIXED:
+                out[name] = [s.get(name) for s in samples]
+        return out
+
+
+def _as_tensor(image: Any):
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        return image
+    if isinstance(image, (bytes, bytearray)):
+        raise SamplerError("the dataset gives image bytes: open it with decode='torch' to collate images.")
+    array = np.array(image)  # PIL image or HWC array
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1)

@@ -1,0 +1,182 @@
+"""`KdataDataset`: a map-style reader of a built dataset, one byte range per sample.
+
+`manifest.parquet` records, per sample, the byte offset and size of each member's data inside
+its shard (`image_offset`/`image_size`, `txt_…`, `json_…`). A sample's three members are
+adjacent in the tar, so `ds[i]` is one read of the span from the first member's data to the last
+one's end, then slicing: no tar scan, and the same code for a local folder and an fsspec URL.
+
+Only the columns indexing needs are loaded up front (ints and short strings), so opening a
+million-sample dataset takes well under a second; `ds.manifest`, the full frame, is read on
+first use. Row i of `ds.manifest` is sample i, and sample order is the manifest's (key order).
+
+SDXL conditioning comes from the manifest, not from the stored image: `original_size` is the
+(h, w) of the *source* file, `crop_top_left` the (top, left) of the crop in the scaled source,
+`target_size` the (h, w) of the stored image (its bucket).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from kohaku_data.train.errors import ReaderError
+from kohaku_data.train.ranges import RangeFiles
+
+Decode = Literal["pil", "numpy", "torch", "bytes"]
+DECODES = ("pil", "numpy", "torch", "bytes")
+MANIFEST = "manifest.parquet"  # the name kohaku_data.assembly writes (not imported: no build deps here)
+MEMBERS = ("image", "txt", "json")
+OFFSET_COLUMNS = tuple(f"{m}_{part}" for m in MEMBERS for part in ("offset", "size"))
+INDEX_COLUMNS = ("key", "shard", "bucket", "width", "height", "crop_left", "crop_top",
+                 "source_width", "source_height", *OFFSET_COLUMNS)
+KEEP_SEPARATOR = "|||"
+
+
+class KdataDataset:
+    """Map-style dataset over a kdata build: `len(ds)`, `ds[i]` -> a dict (see `__getitem__`).
+
+    `decode`: "pil" (PIL image), "numpy" (HxWxC uint8), "torch" (CxHxW uint8 tensor) or "bytes"
+    (the stored file). `mode`: the PIL mode images are converted to ("RGB"; None keeps the
+    stored RGB/RGBA). `keep_separator`: where `caption_parts` splits the caption (None: no kept
+    part). Works with any DataLoader `num_workers`: handles are reopened in each worker.
+    """
+
+    def __init__(self, location: str, decode: Decode = "pil", *, mode: str | None = "RGB",
+                 keep_separator: str | None = KEEP_SEPARATOR) -> None:
+        if decode not in DECODES:
+            raise ReaderError(f"decode={decode!r} is not one of {', '.join(DECODES)}: pick one of them.")
+        if decode == "torch":
+            _require_torch()
+        self.location, self.decode, self.mode, self.keep_separator = str(location), decode, mode, keep_separator
+        self.files = RangeFiles(self.location)
+        self._index = self._read_index()
+        self._manifest: pl.DataFrame | None = None
+        # Plain arrays: one row lookup per sample is then a few numpy reads, not a polars row.
+        cols = {c: self._index[c].to_numpy() for c in INDEX_COLUMNS if c != "shard"}
+        self._cols = cols
+        self._span_start = np.minimum.reduce([cols[f"{m}_offset"] for m in MEMBERS])
+        self._span_end = np.maximum.reduce([cols[f"{m}_offset"] + cols[f"{m}_size"] for m in MEMBERS])
+        self._shard_names, self._shard_code = factorize(self._index["shard"])
+
+    # -- manifest ----------------------------------------------------------------------------------
+    def _read_index(self) -> pl.DataFrame:
+        if not self.files.exists(MANIFEST):
+            raise ReaderError(f"{self.location} has no {MANIFEST}: point KdataDataset at the folder "
+                              f"`kdata build` wrote (shards, manifest.parquet, index.json).")
+        with self.files.open(MANIFEST) as f:
+            schema = pl.read_parquet_schema(f)
+            missing = [c for c in INDEX_COLUMNS if c not in schema]
+            if missing:
+                raise ReaderError(f"{MANIFEST} lacks {', '.join(missing)}: the dataset was built before "
+                                  f"member offsets were recorded; rebuild it with this kdata version.")
+            f.seek(0)
+            frame = pl.read_parquet(f, columns=list(INDEX_COLUMNS))
+        nulls = [c for c in OFFSET_COLUMNS if frame[c].null_count()]
+        if nulls:
+            raise ReaderError(f"{MANIFEST} has samples without {nulls[0]}: rebuild the dataset.")
+        return frame
+
+    @property
+    def manifest(self) -> pl.DataFrame:
+        """The whole manifest (read on first use); row i is sample i."""
+        if self._manifest is None:
+            with self.files.open(MANIFEST) as f:
+                self._manifest = pl.read_parquet(f)
+        return self._manifest
+
+    def column(self, name: str) -> pl.Series:
+        """One manifest column, without loading the whole manifest when it is an index column."""
+        if name in self._index.columns:
+            return self._index[name]
+        if self._manifest is None:
+            with self.files.open(MANIFEST) as f:
+                if name not in pl.read_parquet_schema(f):
+                    raise ReaderError(f"{MANIFEST} has no column {name!r}: name one of its columns.")
+                f.seek(0)
+                return pl.read_parquet(f, columns=[name])[name]
+        return self._manifest[name]
+
+    def __len__(self) -> int:
+        return self._index.height
+
+    # -- samples -----------------------------------------------------------------------------------
+    def read_members(self, i: int) -> dict[str, bytes]:
+        """The raw bytes of sample i's image, txt and json members (one range read)."""
+        c = self._cols
+        start, end = int(self._span_start[i]), int(self._span_end[i])
+        span = self.files.read(self._shard_names[self._shard_code[i]], start, end - start)
+        out = {}
+        for m in MEMBERS:
+            at = int(c[f"{m}_offset"][i]) - start
+            out[m] = span[at:at + int(c[f"{m}_size"][i])]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """`key`, `image`, `caption`, `caption_parts` (kept, rest), `original_size` (h, w of the
+        source), `crop_top_left` (top, left), `target_size` (h, w stored), `padded` (True when a
+        sampler repeated this entry to fill a batch), then the fields of the sample's json (the
+        keys above win: e.g. the json's `original_size` is (w, h))."""
+        index = int(i)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} is out of range for {len(self)} samples")
+        members = self.read_members(index)
+        c = self._cols
+        caption = members["txt"].decode("utf-8")
+        item = json.loads(members["json"])
+        item.update(
+            key=int(c["key"][index]),
+            image=self._decode(members["image"]),
+            caption=caption,
+            caption_parts=split_caption(caption, self.keep_separator),
+            original_size=(int(c["source_height"][index]), int(c["source_width"][index])),
+            crop_top_left=(int(c["crop_top"][index]), int(c["crop_left"][index])),
+            target_size=(int(c["height"][index]), int(c["width"][index])),
+            padded=bool(getattr(i, "padded", False)),
+        )
+        return item
+
+    def _decode(self, data: bytes) -> Any:
+        if self.decode == "bytes":
+            return data
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(data))
+        if self.mode is not None and im.mode != self.mode:
+            im = im.convert(self.mode)
+        else:
+            im.load()
+        if self.decode == "pil":
+            return im
+        array = np.asarray(im)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if self.decode == "numpy":
+            return array
+        import torch
+
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a writable copy for torch
+
+
+def factorize(values: pl.Series) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted distinct values, each row's position among them): vectorised, no Python loop."""
+    names = values.unique().sort()
+    return tuple(names.to_list()), names.search_sorted(values).to_numpy().astype(np.int32)
+
+
+def split_caption(caption: str, separator: str | None = KEEP_SEPARATOR) -> tuple[str, str]:
+    """(kept, rest) of a kdata caption: `kept, |||rest` -> ("kept", "rest"); no separator: ("", caption)."""
+    if not separator or separator not in caption:
+        return "", caption.strip()
+    kept, rest = caption.split(separator, 1)
+    return kept.strip().rstrip(",").strip(), rest.strip().lstrip(",").strip()
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ReaderError("decode='torch' needs PyTorch: pip install 'kohaku-data[torch]'.") from None
