@@ -1,30 +1,39 @@
 """Run Danbooru-style tag queries (syntax: `query_parse.py`) against a Danbooru2023 sqlite.
 
     select_posts(db, "1girl solo -comic rating:g,s score:>10")      # peewee ModelSelect over db.Post
-    query_ids(db, "1girl solo order:score", limit=100)              # fast path: list of post ids
+    query_ids(db, "(cat_ears or dog_ears) *_hair order:score", limit=100)   # fast path: post ids
     count_posts(db, "1girl -comic")
 
 Two engines give the same answers:
 
 - `select_posts` is plain SQL: one `id IN (SELECT post_id FROM posttagrelation WHERE tag_id = ?)`
-  per tag. It composes with peewee (joins, more filters), but SQLite runs each popular tag's
-  subquery as a large temporary set, so tag-heavy queries are slow on the full DB.
-- `query_ids` / `count_posts` intersect *sorted id arrays* with numpy. Measured on a 1M-post
-  sample (benchmarks/bench_query.py), the cost of any plan is dominated by moving ids out of
-  SQLite: `fetchall()` of 600k one-int rows takes ~300 ms, while `SELECT group_concat(post_id)`
-  over the covering index `posttagrelation(tag_id, post_id)` (migration 0003) plus
-  `np.fromstring(sep=",")` takes ~45 ms. So each tag becomes one sorted array in a single row,
-  tags (and the ~ group as one step) are applied rarest first, and a tag much more popular than
-  the current candidates is *probed* for them instead (`post_id IN json_each(?)`, one index seek
-  each). Metatags are one more array from the covering index `post(rating, score, ...)`, or a
-  rowid probe of the candidates when they are few; excluded tags are removed last. For
-  `1girl solo -comic rating:g,s score:>10` this takes ~150 ms on 1M posts, where SQL EXISTS
-  probes driven from the metatag range (300k posts, 3 seeks each) took ~700 ms and the
-  IN-subquery SQL ~500 ms.
+  per tag, joined by the query's AND/OR/NOT. It composes with peewee (joins, more filters), but
+  SQLite runs each popular tag's subquery as a large temporary set, so tag-heavy queries are
+  slow on the full DB.
+- `query_ids` / `count_posts` evaluate the query tree (`query_plan.py`) over *sorted id arrays*
+  with numpy. Measured on a 1M-post sample (benchmarks/bench_query.py), the cost of any plan is
+  dominated by moving ids out of SQLite: `fetchall()` of 600k one-int rows takes ~300 ms, while
+  `SELECT group_concat(post_id)` over the covering index `posttagrelation(tag_id, post_id)`
+  (migration 0003) plus `np.fromstring(sep=",")` takes ~45 ms. So each tag becomes one sorted
+  array in a single row. In a conjunction the parts run smallest first and each later part only
+  has to answer for the current candidates: a tag much more popular than the candidates is
+  *probed* for them (`post_id IN json_each(?)`, one index seek each) instead of read, metatags
+  are one array from the covering index `post(rating, score, ...)` or a rowid probe of the
+  candidates when they are few, and negated parts are removed last, probed the same way.
+  An `or` is the union of its parts; a wildcard or an `or` of plain tags is one union read.
 
-Pages (`limit` without `order:`, as `kdata serve` and the build plan ask for them) run the same
-engine over growing windows of post ids, starting at the cursor, until the page is full: a page
-costs a window's worth of ids, not the whole result.
+Pages (`limit`), as `kdata serve` and the build plan ask for them, never compute the whole
+result when they need not:
+
+- without `order:`, the same engine runs over growing windows of post ids, starting at the
+  cursor, until the page is full: a page costs a window's worth of ids;
+- with `order:score|favcount|date|id` on a migrated file, the engine walks that order's index
+  (migration 0003) in growing chunks from the cursor and keeps the chunk's posts that match
+  (all tags probed): `long_hair order:score` reads a few hundred index entries, not the 34% of
+  posts that have the tag. The walk is chosen only when the query is expected to match often
+  enough (at most `_WALK_MAX` index entries per page), and gives up for the full plan if that
+  estimate was wrong;
+- otherwise the matches are ordered by a top-k (`np.partition`), not a sort of every match.
 
 Ordering and cursors: without `order:`, ids are ascending and `after_id` keeps ids > after_id.
 With `order:` the cursor is the *last id of the previous page*: the next page starts after that
@@ -37,24 +46,27 @@ All user text reaches SQLite as bound parameters; only fixed column names are fo
 
 from __future__ import annotations
 
-import difflib
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from peewee import SQL, ModelSelect
 
 from kohaku_data.db.enums import TagType
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.query_parse import (
-    MetaFilter,
-    Order,
-    ParsedQuery,
-    QueryError,
-    Range,
-    parse_query,
+from kohaku_data.db.query_parse import And, Not, Or, Order, ParsedQuery, QueryError, parse_query
+from kohaku_data.db.query_plan import (
+    COLUMN,
+    TAG_SUBQUERY,
+    Plan,
+    SqlLeaf,
+    Tag,
+    TagLeaf,
+    estimate,
+    make_plan,
+    marks,
+    tree_sql,
 )
 
 __all__ = [
@@ -62,17 +74,7 @@ __all__ = [
     "select_posts",
 ]
 
-# SQL for each metatag / order key: fixed strings only (never user text).
-_COLUMN = {
-    "id": "id", "score": "score", "favcount": "fav_count", "width": "image_width",
-    "height": "image_height", "date": "created_at", "filesize": "file_size",
-    "rating": "rating", "filetype": "file_ext",
-    "mpixels": "(image_width * image_height / 1000000.0)",
-    # Danbooru rounds the ratio to 2 decimals before comparing (ratio:16:9 == ratio:1.78).
-    "ratio": "ROUND(CAST(image_width AS REAL) / MAX(image_height, 1), 2)",
-}
 _KEY_KIND = {"date": "text", "mpixels": "float", "ratio": "float"}  # others are integers
-_TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
 
 # Probe a tag for the candidates (one index seek each) instead of reading its whole id list
 # when the tag has this many times more posts than there are candidates. Reading costs about
@@ -86,32 +88,23 @@ _PROBE_MAX = 20_000
 _MIN_WINDOW = 4096
 # Up to this many ids, a window's metatags are checked on the rowid range of `post`.
 _ROWID_WINDOW_MAX = 200_000
+# An ordered page walks the order's index when it expects to read at most this many entries
+# (each costs a probe per tag, ~1 µs), and gives up for the full plan after 4x as many.
+_WALK_MAX = 50_000
+_MIN_CHUNK = 256
+# Order keys whose index (migration 0003) a page can walk; `id` walks the table itself.
+_WALK_INDEX = {"score": "score", "favcount": "fav_count", "date": "created_at"}
 
-
-@dataclass(frozen=True)
-class _Tag:
-    name: str
-    id: int
-    popularity: int
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A parsed query with its tags resolved to ids."""
-
-    query: ParsedQuery
-    include: tuple[_Tag, ...]
-    exclude: tuple[_Tag, ...]
-    any_of: tuple[_Tag, ...]
+_Span = tuple[int, int]  # post ids lo <= id < hi
 
 
 # -- public API -------------------------------------------------------------------------------
 def select_posts(db: DanbooruDB, text: str) -> ModelSelect:
     """A peewee query over `db.Post` with the filters and order of `text` applied."""
-    plan = _plan(db, text)
-    where, params = _where_sql(plan)
+    plan = make_plan(db, text)
+    where, params = tree_sql(plan.tree)
     select = db.Post.select()
-    if where:
+    if where != "1":
         select = select.where(SQL(where, params))
     return select.order_by(*(SQL(term) for term in _order_terms(plan.query.order)))
 
@@ -122,152 +115,38 @@ def query_ids(
     """Matching post ids in query order (ascending id without `order:`), paged by `after_id`."""
     if limit is not None and limit < 0:
         raise QueryError(f"limit must be >= 0, got {limit}")
-    plan = _plan(db, text)
+    plan = make_plan(db, text)
     conn = db.connection()
-    if not plan.query.has_tags and limit is not None:
+    order = plan.query.order
+    if not plan.has_tags and limit is not None:
         # No tags and a LIMIT: SQL can walk an index in order and stop early.
         return _sql_ids(conn, plan, limit, after_id)
-    if limit is not None and plan.query.order is None and (plan.include or plan.any_of) \
-            and _has_tag_post_index(conn):
+    if limit is not None and order is None and _has_index(conn, "posttagrelation", ("tag_id", "post_id")):
         return _windowed_ids(conn, plan, limit, after_id)
-    ids, keys = _array_ids(conn, plan, plan.query.order)
-    ids = _page(conn, plan.query.order, ids, keys, after_id)
+    if limit is not None and order is not None and _walkable(conn, plan, order, limit):
+        walked = _walked_ids(conn, plan, order, limit, after_id)
+        if walked is not None:
+            return walked
+    ids = _eval(conn, plan.tree, None, None)
+    keys = None
+    if order is not None and order.name != "id":
+        ids, keys = _keys(conn, order, ids)
+    ids = _page(conn, order, ids, keys, after_id, limit)
     return (ids if limit is None else ids[:limit]).tolist()
 
 
 def count_posts(db: DanbooruDB, text: str) -> int:
     """How many posts match (order: is ignored)."""
-    plan = _plan(db, text)
+    plan = make_plan(db, text)
     conn = db.connection()
-    if not plan.query.has_tags:
-        where, params = _where_sql(plan)
-        sql = "SELECT COUNT(*) FROM post" + (f" WHERE {where}" if where else "")
+    if not plan.has_tags:
+        where, params = tree_sql(plan.tree)
+        sql = "SELECT COUNT(*) FROM post" + (f" WHERE {where}" if where != "1" else "")
         return conn.execute(sql, params).fetchone()[0]
-    ids, _ = _array_ids(conn, plan, None)
-    return int(ids.size)
+    return int(_eval(conn, plan.tree, None, None).size)
 
 
-# -- tag resolution ---------------------------------------------------------------------------
-def _plan(db: DanbooruDB, text: str) -> _Plan:
-    query = parse_query(text)
-    tags = _resolve(db, query.tag_names)
-    return _Plan(
-        query,
-        include=tuple(tags[n] for n in query.include),
-        exclude=tuple(tags[n] for n in query.exclude),
-        any_of=tuple(tags[n] for n in query.any_of),
-    )
-
-
-def _resolve(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, _Tag]:
-    """Name → tag, following kdata_tag_alias first (as Danbooru rewrites aliased search tags)."""
-    if not names:
-        return {}
-    conn = db.connection()
-    aliases = _aliases(db, names)
-    canonical = {n: aliases.get(n, n) for n in names}
-    wanted = sorted(set(canonical.values()))
-    rows = conn.execute(
-        f"SELECT name, id, popularity FROM tag WHERE name IN ({_marks(len(wanted))})", wanted
-    ).fetchall()
-    found = {name: (tag_id, pop) for name, tag_id, pop in rows}
-    unknown = [n for n in names if canonical[n] not in found]
-    if unknown:
-        raise QueryError(_unknown_message(db, unknown))
-    return {n: _Tag(canonical[n], *found[canonical[n]]) for n in names}
-
-
-def _aliases(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, str]:
-    if not db.has_table("kdata_tag_alias"):  # file not migrated yet: no aliases
-        return {}
-    rows = db.connection().execute(
-        f"SELECT alias, tag_name FROM kdata_tag_alias WHERE alias IN ({_marks(len(names))})",
-        list(names),
-    ).fetchall()
-    return dict(rows)
-
-
-def _unknown_message(db: DanbooruDB, unknown: list[str]) -> str:
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, _suggestion_pool(db, name), n=5, cutoff=0.6)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        parts.append(f"{name!r}{hint}")
-    colon = any(":" in n for n in unknown)
-    tail = (
-        "; metatags are id:, score:, favcount:, width:, height:, mpixels:, ratio:, date:, "
-        "year:, rating:, filetype:, order:" if colon else ""
-    )
-    return f"unknown tag{'s' if len(parts) > 1 else ''}: {', '.join(parts)}{tail}"
-
-
-def _suggestion_pool(db: DanbooruDB, name: str) -> list[str]:
-    """Candidates for difflib: the most popular tags plus names sharing the first letters.
-
-    difflib over every tag of the full DB (~1M names) takes seconds; this pool is a few
-    thousand names and still catches typos of common tags and of rare tags' endings.
-    """
-    conn = db.connection()
-    pool = [r[0] for r in conn.execute("SELECT name FROM tag ORDER BY popularity DESC LIMIT 5000")]
-    prefix = name[:2]
-    if prefix:
-        # Range scan on the unique name index (LIKE would escape badly and skip the index).
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        pool += [r[0] for r in conn.execute(
-            "SELECT name FROM tag WHERE name >= ? AND name < ? LIMIT 20000", (prefix, upper))]
-        if db.has_table("kdata_tag_alias"):
-            pool += [r[0] for r in conn.execute(
-                "SELECT alias FROM kdata_tag_alias WHERE alias >= ? AND alias < ? LIMIT 20000",
-                (prefix, upper))]
-    return list(dict.fromkeys(pool))
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-# -- SQL building (both engines) --------------------------------------------------------------
-def _where_sql(plan: _Plan) -> tuple[str, list]:
-    clauses, params = _filter_clauses(plan.query.filters)
-    for tag in plan.include:
-        clauses.append(f"id IN ({_TAG_SUBQUERY} = ?)")
-        params.append(tag.id)
-    if plan.any_of:
-        clauses.append(f"id IN ({_TAG_SUBQUERY} IN ({_marks(len(plan.any_of))}))")
-        params += [t.id for t in plan.any_of]
-    for tag in plan.exclude:
-        clauses.append(f"id NOT IN ({_TAG_SUBQUERY} = ?)")
-        params.append(tag.id)
-    return " AND ".join(clauses), params
-
-
-def _filter_clauses(filters: tuple[MetaFilter, ...]) -> tuple[list[str], list]:
-    clauses: list[str] = []
-    params: list = []
-    for f in filters:
-        column = _COLUMN[f.name]
-        if f.range is None:
-            sql, args = f"{column} IN ({_marks(len(f.values))})", list(f.values)
-        else:
-            sql, args = _range_sql(column, f.range)
-        clauses.append(f"NOT ({sql})" if f.negated else f"({sql})")
-        params += args
-    return clauses, params
-
-
-def _range_sql(column: str, rng: Range) -> tuple[str, list]:
-    parts, args = [], []
-    if rng.lo is not None and rng.lo == rng.hi and rng.lo_inclusive and rng.hi_inclusive:
-        return f"{column} = ?", [rng.lo]
-    if rng.lo is not None:
-        parts.append(f"{column} {'>=' if rng.lo_inclusive else '>'} ?")
-        args.append(rng.lo)
-    if rng.hi is not None:
-        parts.append(f"{column} {'<=' if rng.hi_inclusive else '<'} ?")
-        args.append(rng.hi)
-    return " AND ".join(parts) or "1", args
-
-
+# -- SQL paths --------------------------------------------------------------------------------
 def _order_terms(order: Order | None) -> list[str]:
     """ORDER BY terms; ties break by id in the key's direction (Danbooru: `score DESC, id DESC`)."""
     if order is None:
@@ -275,39 +154,36 @@ def _order_terms(order: Order | None) -> list[str]:
     direction = "DESC" if order.descending else "ASC"
     if order.name == "id":
         return [f"id {direction}"]
-    return [f"{_COLUMN[order.name]} {direction}", f"id {direction}"]
+    return [f"{COLUMN[order.name]} {direction}", f"id {direction}"]
 
 
-def _sql_ids(conn: sqlite3.Connection, plan: _Plan, limit: int | None, after_id: int | None):
+def _sql_ids(conn: sqlite3.Connection, plan: Plan, limit: int, after_id: int | None) -> list[int]:
     """Queries without tags: plain SQL, so SQLite can stop early on an index for LIMIT."""
-    where, params = _where_sql(plan)
-    clauses = [where] if where else []
+    where, params = tree_sql(plan.tree)
+    clauses = [where] if where != "1" else []
     if after_id is not None:
         cursor_sql, cursor_params = _cursor_sql(conn, plan.query.order, after_id)
         clauses.append(cursor_sql)
         params += cursor_params
     sql = "SELECT id FROM post"
     if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY " + ", ".join(_order_terms(plan.query.order))
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [r[0] for r in conn.execute(sql, params)]
+        sql += " WHERE " + " AND ".join(f"({c})" for c in clauses)
+    sql += " ORDER BY " + ", ".join(_order_terms(plan.query.order)) + " LIMIT ?"
+    return [r[0] for r in conn.execute(sql, [*params, limit])]
 
 
 def _cursor_sql(conn: sqlite3.Connection, order: Order | None, after_id: int) -> tuple[str, list]:
     if order is None or order.name == "id":
         return ("id < ?" if order and order.descending else "id > ?"), [after_id]
-    column = _COLUMN[order.name]
+    column = COLUMN[order.name]
     key = _cursor_key(conn, order, after_id, raw=True)
     op = "<" if order.descending else ">"
-    return f"({column} {op} ? OR ({column} = ? AND id {op} ?))", [key, key, after_id]
+    return f"{column} {op} ? OR ({column} = ? AND id {op} ?)", [key, key, after_id]
 
 
 def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool = False):
     """The sort key of the cursor post (as text-parsed like the arrays, unless `raw`)."""
-    column = _COLUMN[order.name]
+    column = COLUMN[order.name]
     fn = "" if raw else "group_concat"
     row = conn.execute(f"SELECT {fn}({column}) FROM post WHERE id = ?", (after_id,)).fetchone()
     if row is None or row[0] is None:
@@ -318,143 +194,152 @@ def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool
     return row[0] if raw else _parse_list(row[0], order.name)[0]
 
 
-# -- array engine -----------------------------------------------------------------------------
-_Span = tuple[int, int]  # post ids lo <= id < hi
-
-
-def _has_tag_post_index(conn: sqlite3.Connection) -> bool:
-    """An index on posttagrelation leading with (tag_id, post_id) exists (migration 0003)."""
-    for row in conn.execute("PRAGMA index_list(posttagrelation)").fetchall():
+def _has_index(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> bool:
+    """An index on `table` leading with `columns` exists."""
+    for row in conn.execute(f"PRAGMA index_list({table})").fetchall():
         name = row[1].replace('"', '""')
-        columns = [r[2] for r in conn.execute(f'PRAGMA index_info("{name}")')]
-        if columns[:2] == ["tag_id", "post_id"]:
+        have = [r[2] for r in conn.execute(f'PRAGMA index_info("{name}")')]
+        if tuple(have[:len(columns)]) == columns:
             return True
     return False
 
 
-def _windowed_ids(conn: sqlite3.Connection, plan: _Plan, limit: int, after_id: int | None) -> list[int]:
-    """A page in id order: run the array engine over growing id windows until `limit` ids are
-    found, so a page of a popular query costs a window's worth of ids, not the whole result
-    (`1girl solo` on 1M posts: ~0.2 ms per page of 100 instead of ~100 ms)."""
-    # Two subqueries: SQLite answers a lone min() or max() from the rowid b-tree at once, but
-    # scans the table for `SELECT min(id), max(id)`.
-    lo_id, hi_id = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
-    if hi_id is None or limit == 0:
-        return []
-    lo = max(lo_id, after_id + 1 if after_id is not None else lo_id)
-    window = _first_window(plan, limit, hi_id - lo_id + 1)
-    found: list[int] = []
-    while lo <= hi_id and len(found) < limit:
-        ids, _ = _array_ids(conn, plan, None, (lo, lo + window))
-        found.extend(ids[: limit - len(found)].tolist())
-        lo += window
-        window *= 4  # the estimate was too hopeful: widen fast (few windows even when sparse)
-    return found
+# -- array engine -----------------------------------------------------------------------------
+def _eval(conn: sqlite3.Connection, node, within: np.ndarray | None, span: _Span | None) -> np.ndarray:
+    """Sorted unique ids matching `node`: among `within` when given, within `span` when given."""
+    if within is not None and within.size == 0:
+        return within
+    if isinstance(node, TagLeaf):
+        return _tag_ids(conn, node.tags, within, span)
+    if isinstance(node, SqlLeaf):
+        return _sql_leaf_ids(conn, node, within, span)
+    if isinstance(node, Not):
+        base = within if within is not None else _universe(conn, span)
+        return _minus(base, _eval(conn, node.child, base, span))
+    if isinstance(node, Or):
+        parts = [_eval(conn, child, within, span) for child in node.children]
+        return _union(parts)
+    return _eval_and(conn, node, within, span)
 
 
-def _first_window(plan: _Plan, limit: int, id_span: int) -> int:
-    """Ids to scan for about 2x `limit` matches, assuming tags are independent."""
-    share = 1.0
-    for tag in plan.include:
-        share *= min(1.0, tag.popularity / id_span)
-    if plan.any_of:
-        share *= min(1.0, sum(t.popularity for t in plan.any_of) / id_span)
-    share *= 0.5 ** len(plan.query.filters)
-    return max(_MIN_WINDOW, int(2 * limit / max(share, 1e-9)))
-
-
-def _array_ids(
-    conn: sqlite3.Connection, plan: _Plan, order: Order | None, span: _Span | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sorted unique ids matching the whole query (within `span` when given), and their sort
-    keys when `order` needs them."""
-    ids = _positive_tags(conn, plan, span)
-    need_key = order is not None and order.name != "id"
-    keys = None
-    if ids is None or plan.query.filters or need_key:
-        ids, keys = _apply_meta(conn, plan.query.filters, order if need_key else None, ids, span)
-    for tag in sorted(plan.exclude, key=lambda t: t.popularity):
+def _eval_and(conn: sqlite3.Connection, node: And, within: np.ndarray | None, span: _Span | None):
+    """Positive parts smallest first (each only checks the survivors), then negated parts."""
+    positives = [c for c in node.children if not isinstance(c, Not)]
+    negatives = [c.child for c in node.children if isinstance(c, Not)]
+    ids = within
+    for child in sorted(positives, key=_rank):
+        ids = _eval(conn, child, ids, span)
+        if ids.size == 0:
+            return ids
+    if ids is None:
+        ids = _universe(conn, span)
+    for child in sorted(negatives, key=_rank):
         if ids.size == 0:
             break
-        drop = _tag_ids(conn, tag, within=ids, span=span)
-        keep = ~np.isin(ids, drop, assume_unique=True)
-        ids = ids[keep]
-        keys = None if keys is None else keys[keep]
-    return ids, keys
-
-
-def _positive_tags(conn: sqlite3.Connection, plan: _Plan, span: _Span | None = None) -> np.ndarray | None:
-    """Ids having every include tag and one of the ~ tags; None when there are no such tags.
-
-    Each include tag, and the ~ group as a whole (its size is at most the sum of its tags'),
-    is one step; steps run smallest first so later, popular tags can be probed instead of read.
-    """
-    steps = [(t.popularity, (t,)) for t in plan.include]
-    if plan.any_of:
-        steps.append((sum(t.popularity for t in plan.any_of), plan.any_of))
-    ids: np.ndarray | None = None
-    for _, tags in sorted(steps, key=lambda step: step[0]):
-        parts = [_tag_ids(conn, t, within=ids, span=span) for t in tags]
-        found = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
-        ids = found if ids is None else np.intersect1d(ids, found, assume_unique=True)
-        if ids.size == 0:
-            break
+        ids = _minus(ids, _eval(conn, child, ids, span))
     return ids
 
 
-def _tag_ids(
-    conn: sqlite3.Connection, tag: _Tag, within: np.ndarray | None, span: _Span | None = None
-) -> np.ndarray:
-    """Sorted unique post ids of `tag` (only those in `within` when probing is cheaper; only
-    those in `span` when given)."""
-    if within is not None and tag.popularity > _PROBE_RATIO * within.size:
-        sql = f"{_TAG_SUBQUERY} = ? AND post_id IN (SELECT value FROM json_each(?))"
-        args: tuple = (tag.id, json.dumps(within.tolist()))
+def _rank(node) -> tuple[int, float]:
+    """Conjunction order: tags and groups by expected size; metatags after them (one index
+    scan or rowid probe of the survivors) unless they bound the ids (`id:1,2,3`)."""
+    if isinstance(node, SqlLeaf):
+        return (0 if node.bounded else 1, node.estimate)
+    return (0, _size(node))
+
+
+def _size(node) -> float:
+    """An upper bound on the matches of `node`, good enough to order a conjunction's parts."""
+    if isinstance(node, (TagLeaf, SqlLeaf)):
+        return node.estimate
+    if isinstance(node, Or):
+        return sum(map(_size, node.children))
+    if isinstance(node, And):
+        return min((_size(c) for c in node.children if not isinstance(c, Not)), default=float("inf"))
+    return float("inf")
+
+
+def _tag_ids(conn: sqlite3.Connection, tags: tuple[Tag, ...], within: np.ndarray | None,
+             span: _Span | None) -> np.ndarray:
+    """Posts having any of `tags`: probed for `within` when the tags are much more popular
+    than the candidates, else read whole from the covering index (one union read)."""
+    if not tags:
+        return np.empty(0, dtype=np.int64)
+    popularity = sum(t.popularity for t in tags)
+    if len(tags) == 1:
+        sql, args = f"{TAG_SUBQUERY} = ?", (tags[0].id,)
     else:
-        sql, args = f"{_TAG_SUBQUERY} = ?", (tag.id,)
+        sql, args = f"{TAG_SUBQUERY} IN ({marks(len(tags))})", tuple(t.id for t in tags)
+    probe = within is not None and popularity > _PROBE_RATIO * len(tags) * within.size
+    if probe:
+        sql += " AND post_id IN (SELECT value FROM json_each(?))"
+        args += (json.dumps(within.tolist()),)
     if span is not None:  # a range of the covering index (tag_id, post_id)
         sql += " AND post_id >= ? AND post_id < ?"
         args += span
     text = conn.execute(f"SELECT group_concat(post_id) FROM ({sql})", args).fetchone()[0]
-    return _sorted_unique(_parse_list(text, "id"))
+    ids = _sorted_unique(_parse_list(text, "id"))
+    if within is None or probe:
+        return ids
+    return np.intersect1d(ids, within, assume_unique=True)
 
 
-def _apply_meta(
-    conn: sqlite3.Connection,
-    filters: tuple[MetaFilter, ...],
-    order: Order | None,
-    ids: np.ndarray | None,
-    span: _Span | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Keep the ids passing the metatags (all posts, or those in `span`, when `ids` is None),
-    with sort keys."""
-    clauses, params = _filter_clauses(filters)
+def _sql_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | None,
+                  span: _Span | None) -> np.ndarray:
+    """Posts passing a metatag condition: a rowid probe of few candidates, else an index scan."""
+    clauses, params = [f"({leaf.where})"], list(leaf.params)
     source = "post"
     if span is not None:
         clauses.append("id >= ? AND id < ?")
         params += span
         if span[1] - span[0] <= _ROWID_WINDOW_MAX:
             source = "post NOT INDEXED"  # a short rowid range beats a metatag index range
-    if ids is not None and ids.size <= _PROBE_MAX:
+    if within is not None and within.size <= _PROBE_MAX:
         # Few candidates: look each up by rowid. NOT INDEXED stops SQLite from preferring a
         # range of kdata_post_meta (which can be far longer than the candidate list).
         source = "post NOT INDEXED"
         clauses.append("id IN (SELECT value FROM json_each(?))")
-        params.append(json.dumps(ids.tolist()))
-    key_sql = f", group_concat({_COLUMN[order.name]})" if order else ""
-    where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    row = conn.execute(f"SELECT group_concat(id){key_sql} FROM {source}{where}", params).fetchone()
-    found = _parse_list(row[0], "id")
+        params.append(json.dumps(within.tolist()))
+    where = " AND ".join(clauses)
+    text = conn.execute(f"SELECT group_concat(id) FROM {source} WHERE {where}", params).fetchone()[0]
     # The covering index yields ids in index order (rating, score, ...), not id order. Ids are
     # unique, so an unstable sort is exact (and several times faster than a stable one).
-    if not order:
-        found = np.sort(found)
-        return (found if ids is None else np.intersect1d(found, ids, assume_unique=True)), None
-    keys = _parse_list(row[1], order.name)
+    found = np.sort(_parse_list(text, "id"))
+    return found if within is None else np.intersect1d(found, within, assume_unique=True)
+
+
+def _universe(conn: sqlite3.Connection, span: _Span | None) -> np.ndarray:
+    """Every post id (in `span`): what a query of only negated parts starts from."""
+    if span is None:
+        text = conn.execute("SELECT group_concat(id) FROM post").fetchone()[0]
+        return np.sort(_parse_list(text, "id"))
+    text = conn.execute("SELECT group_concat(id) FROM post WHERE id >= ? AND id < ?", span).fetchone()[0]
+    return _parse_list(text, "id")  # a rowid range comes out in id order
+
+
+def _minus(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    return ids[~np.isin(ids, drop, assume_unique=True)] if drop.size else ids
+
+
+def _union(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [p for p in parts if p.size]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+
+
+def _keys(conn: sqlite3.Connection, order: Order, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids that are posts, their sort keys): rowid probes for few ids, else one index scan."""
+    column = COLUMN[order.name]
+    if ids.size <= _PROBE_MAX:
+        row = conn.execute(
+            f"SELECT group_concat(id), group_concat({column}) FROM post NOT INDEXED "
+            "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids.tolist()),)).fetchone()
+    else:
+        row = conn.execute(f"SELECT group_concat(id), group_concat({column}) FROM post").fetchone()
+    found, keys = _parse_list(row[0], "id"), _parse_list(row[1], order.name)
     sort = np.argsort(found)
     found, keys = found[sort], keys[sort]
-    if ids is None:
-        return found, keys
     at = np.minimum(np.searchsorted(found, ids), max(found.size - 1, 0))
     hit = found[at] == ids if found.size else np.zeros(ids.size, dtype=bool)
     return ids[hit], keys[at[hit]]
@@ -477,14 +362,17 @@ def _sorted_unique(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
+# -- pages ------------------------------------------------------------------------------------
 def _page(
     conn: sqlite3.Connection,
     order: Order | None,
     ids: np.ndarray,
     keys: np.ndarray | None,
     after_id: int | None,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """Order `ids` (ascending already) by the query's order and drop everything up to the cursor."""
+    """Order `ids` (ascending already) by the query's order and drop everything up to the cursor;
+    with `limit`, only the first `limit` are guaranteed in order (a top-k, not a full sort)."""
     descending = order is not None and order.descending
     if keys is None:  # order by id
         if after_id is not None:
@@ -497,11 +385,116 @@ def _page(
         else:
             mask = (keys > key) | ((keys == key) & (ids > after_id))
         ids, keys = ids[mask], keys[mask]
+    if limit is not None and 0 < limit < ids.size // 4 and keys.dtype != object:
+        # Keep every post whose key ties or beats the limit-th best key: a superset of the
+        # page, found in linear time; the sort below then orders only those.
+        kth = np.partition(keys, keys.size - limit)[keys.size - limit] if descending \
+            else np.partition(keys, limit - 1)[limit - 1]
+        keep = keys >= kth if descending else keys <= kth
+        ids, keys = ids[keep], keys[keep]
     # ids are ascending, so a stable sort on the key gives (key asc, id asc); reversed, that is
     # (key desc, id desc), Danbooru's tie-break for descending orders.
     sort = np.argsort(keys, kind="stable")
     ids = ids[sort]
     return ids[::-1] if descending else ids
+
+
+def _windowed_ids(conn: sqlite3.Connection, plan: Plan, limit: int, after_id: int | None) -> list[int]:
+    """A page in id order: run the array engine over growing id windows until `limit` ids are
+    found, so a page of a popular query costs a window's worth of ids, not the whole result
+    (`1girl solo` on 1M posts: ~0.2 ms per page of 100 instead of ~100 ms)."""
+    # Two subqueries: SQLite answers a lone min() or max() from the rowid b-tree at once, but
+    # scans the table for `SELECT min(id), max(id)`.
+    lo_id, hi_id = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
+    if hi_id is None or limit == 0:
+        return []
+    lo = max(lo_id, after_id + 1 if after_id is not None else lo_id)
+    window = _first_window(plan, limit, hi_id - lo_id + 1)
+    found: list[int] = []
+    while lo <= hi_id and len(found) < limit:
+        ids = _eval(conn, plan.tree, None, (lo, lo + window))
+        found.extend(ids[: limit - len(found)].tolist())
+        lo += window
+        window *= 4  # the estimate was too hopeful: widen fast (few windows even when sparse)
+    return found
+
+
+def _first_window(plan: Plan, limit: int, id_span: int) -> int:
+    """Ids to scan for about 2x `limit` matches, assuming the query's parts are independent."""
+    share = estimate(plan.tree, id_span) / max(id_span, 1)
+    return max(_MIN_WINDOW, int(2 * limit / max(share, 1e-9)))
+
+
+def _walkable(conn: sqlite3.Connection, plan: Plan, order: Order, limit: int) -> bool:
+    """Walk the order's index when a page is expected within `_WALK_MAX` entries."""
+    if order.name != "id" and not (order.name in _WALK_INDEX
+                                   and _has_index(conn, "post", (_WALK_INDEX[order.name],))):
+        return False
+    share = estimate(plan.tree, plan.posts) / max(plan.posts, 1)
+    return limit == 0 or limit / max(share, 1e-12) <= _WALK_MAX
+
+
+def _walked_ids(conn: sqlite3.Connection, plan: Plan, order: Order, limit: int,
+                after_id: int | None) -> list[int] | None:
+    """A page in `order`: index entries in growing chunks from the cursor, each chunk's
+    matches kept in walk order. None when the walk reads 4x `_WALK_MAX` entries without
+    filling the page (the estimate was wrong: the full plan is cheaper then)."""
+    if limit == 0:
+        return []
+    share = estimate(plan.tree, plan.posts) / max(plan.posts, 1)
+    chunk = max(_MIN_CHUNK, int(2 * limit / max(share, 1e-12)))
+    cursor = None if after_id is None else (_cursor_key(conn, order, after_id, raw=True), after_id)
+    found: list[int] = []
+    walked = 0
+    while len(found) < limit:
+        ids, keys = _walk_chunk(conn, order, cursor, chunk)
+        if ids.size == 0:
+            break
+        walked += ids.size
+        match = _eval(conn, plan.tree, np.sort(ids), None)
+        found.extend(ids[np.isin(ids, match, assume_unique=True)][: limit - len(found)].tolist())
+        if ids.size < chunk or len(found) >= limit:
+            break
+        if walked > 4 * _WALK_MAX:
+            return None
+        cursor = (keys[-1], int(ids[-1]))
+        chunk *= 4
+    return found
+
+
+def _walk_chunk(conn: sqlite3.Connection, order: Order, cursor: tuple | None,
+                n: int) -> tuple[np.ndarray, list]:
+    """The next `n` posts in `order` after `cursor` (key, id): ids and raw keys, in order.
+    Ties at the cursor key are one index range `(key = k AND id < cursor)`, the rest another."""
+    direction, op = ("DESC", "<") if order.descending else ("ASC", ">")
+    if order.name == "id":
+        where, params = ("", []) if cursor is None else (f"WHERE id {op} ?", [cursor[1]])
+        rows = conn.execute(f"SELECT id, id FROM post {where} ORDER BY id {direction} LIMIT ?",
+                            [*params, n]).fetchall()
+    else:
+        column = COLUMN[order.name]
+        select = f"SELECT id, {column} FROM post INDEXED BY {_index_name(conn, column)}"
+        if cursor is None:
+            rows = conn.execute(f"{select} ORDER BY {column} {direction}, id {direction} LIMIT ?",
+                                (n,)).fetchall()
+        else:
+            key, last = cursor
+            rows = conn.execute(f"{select} WHERE {column} = ? AND id {op} ? "
+                                f"ORDER BY id {direction} LIMIT ?", (key, last, n)).fetchall()
+            if len(rows) < n:
+                rows += conn.execute(f"{select} WHERE {column} {op} ? ORDER BY {column} "
+                                     f"{direction}, id {direction} LIMIT ?",
+                                     (key, n - len(rows))).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
+
+
+def _index_name(conn: sqlite3.Connection, column: str) -> str:
+    """The quoted name of an index of `post` leading with `column` (checked by _walkable)."""
+    for row in conn.execute("PRAGMA index_list(post)").fetchall():
+        name = row[1].replace('"', '""')
+        if [r[2] for r in conn.execute(f'PRAGMA index_info("{name}")')][:1] == [column]:
+            return f'"{name}"'
+    raise QueryError(f"no index on post({column}): run `kdata db migrate`")
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -511,14 +504,14 @@ def post_records(db: DanbooruDB, ids: list[int], chunk: int = 500) -> Iterator[d
     columns = db.columns("post")
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
-        marks = _marks(len(part))
+        placeholders = marks(len(part))
         rows = conn.execute(
-            f"SELECT {', '.join(columns)} FROM post WHERE id IN ({marks})", part
+            f"SELECT {', '.join(columns)} FROM post WHERE id IN ({placeholders})", part
         ).fetchall()
         by_id = {row[0]: dict(zip(columns, row)) for row in rows}
         tags = conn.execute(
             "SELECT r.post_id, t.type, t.name FROM posttagrelation r JOIN tag t ON t.id = r.tag_id"
-            f" WHERE r.post_id IN ({marks}) ORDER BY t.name",
+            f" WHERE r.post_id IN ({placeholders}) ORDER BY t.name",
             part,
         ).fetchall()
         for record in by_id.values():

@@ -1,16 +1,22 @@
 """Parse Danbooru-style tag queries into a `ParsedQuery` (pure: no database).
 
-Syntax (Danbooru's):
+Syntax (Danbooru's current one, `PostQuery::Parser`):
 
-    1girl solo          every tag (AND)          -comic              not this tag
-    ~cat_ears ~dog_ears at least one of the ~tags (all ~tags form one OR group, as on Danbooru)
+    1girl solo          every tag (AND; `a and b` means the same)
+    -comic              not this tag (or group, or metatag: `-(a b)`, `-rating:e`, `-score:<0`)
+    cat_ears or dog_ears, (a or b) c      `or` binds looser than juxtaposition: `a b or c` is `(a b) or c`
+    ~cat_ears ~dog_ears the ~ items of one group (one pair of parentheses, or the whole query) form
+                        one OR group, as on Danbooru: `~a ~b c` is `(a or b) c`
+    *_hair  hatsune_miku*  wildcards over tag names (`*` matches any run of characters): the
+                        MAX_WILDCARD_TAGS most popular matching tags, OR-ed (Danbooru's cap, 100)
     rating:g,s          general/sensitive/questionable/explicit (letters or words, comma list)
     score:>10  favcount:10..100  id:..5000000  width:>=1024  height:<2000  mpixels:>=1  ratio:0.5..2
+    id:1,2,3  score:1,5,10  score:1,5..10   a comma list of values or ranges matches any of them
     date:2020-01-01..2023-12-31  year:2021  filetype:png,jpg  order:score
-    -rating:e  -score:<0  ...  any filter metatag can be negated
 
 Ranges: `N`, `>N`, `>=N`, `<N`, `<=N`, `a..b` (inclusive), `..b` (<= b), `a..` (>= a).
 `ratio` is width/height rounded to 2 decimals like Danbooru, and takes `16:9` as well as `1.78`.
+`order:` may appear once, in the top-level conjunction (not under `or`, `-` or `~`).
 
 Dates: `post.created_at` holds ISO strings with Danbooru's server offset (US Eastern, e.g.
 `2023-03-17T03:50:48.762-04:00`). `date:`/`year:` compare the *date as written* (the local
@@ -18,6 +24,10 @@ calendar date of that offset), not the UTC date: that is what Danbooru shows on 
 it needs no time-zone arithmetic, and it compares as a plain string range on the column.
 `order:date` likewise sorts the strings as written (local time; posts an hour apart around a
 DST change may swap places, which only matters within that hour).
+
+The result is a tree of `TagTerm`, `Wildcard`, `MetaFilter`, `Not`, `And`, `Or` (plus `ALL`
+for the empty query), already simplified: `~` groups rewritten to `Or`, nested And/Or
+flattened, double negations removed, and negation folded into metatags.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from datetime import date
+from typing import Union
 
 from kohaku_data.db.enums import Rating
 from kohaku_data.errors import KdataError
@@ -33,6 +44,11 @@ from kohaku_data.errors import KdataError
 
 class QueryError(KdataError):
     """A tag query that cannot be run: bad syntax, unknown metatag or value, unknown tag."""
+
+
+# Danbooru's PostQueryBuilder::MAX_WILDCARD_TAGS: a `blah*` search uses at most this many
+# tags, the most popular first (ties by name), so a pattern like `*` stays a bounded query.
+MAX_WILDCARD_TAGS = 100
 
 
 @dataclass(frozen=True)
@@ -47,12 +63,47 @@ class Range:
 
 @dataclass(frozen=True)
 class MetaFilter:
-    """One filter metatag. `values` for list metatags (rating, filetype), `range` otherwise."""
+    """One filter metatag: `values` for list metatags (rating, filetype), else `ranges` (a
+    post matches when its value lies in any of them)."""
 
     name: str  # canonical metatag name, a key of RANGE_METATAGS or LIST_METATAGS
     negated: bool = False
-    range: Range | None = None
+    ranges: tuple[Range, ...] = ()
     values: tuple[int | str, ...] = ()
+
+    @property
+    def range(self) -> Range | None:
+        """The one range of a single-range filter (None for lists and unions)."""
+        return self.ranges[0] if len(self.ranges) == 1 else None
+
+
+@dataclass(frozen=True)
+class TagTerm:
+    name: str  # lower-cased as typed; aliases are resolved against the DB later
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    pattern: str  # lower-cased, `*` = any run of characters; every other character is literal
+
+
+@dataclass(frozen=True)
+class Not:
+    child: "Node"
+
+
+@dataclass(frozen=True)
+class And:
+    children: tuple["Node", ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    children: tuple["Node", ...]
+
+
+Node = Union[TagTerm, Wildcard, MetaFilter, Not, And, Or]
+ALL = And(())  # the empty query: every post
 
 
 @dataclass(frozen=True)
@@ -63,19 +114,50 @@ class Order:
 
 @dataclass(frozen=True)
 class ParsedQuery:
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    any_of: tuple[str, ...] = ()  # the ~ group: a post needs at least one of these
-    filters: tuple[MetaFilter, ...] = ()
+    tree: Node = ALL
     order: Order | None = None
+
+    # The parts of a top-level conjunction, for callers and tests that look at simple queries.
+    @property
+    def include(self) -> tuple[str, ...]:
+        return tuple(c.name for c in _top(self.tree) if isinstance(c, TagTerm))
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        return tuple(c.child.name for c in _top(self.tree)
+                     if isinstance(c, Not) and isinstance(c.child, TagTerm))
+
+    @property
+    def any_of(self) -> tuple[str, ...]:
+        groups = [c for c in _top(self.tree) if isinstance(c, Or)
+                  and all(isinstance(g, TagTerm) for g in c.children)]
+        return tuple(g.name for g in groups[0].children) if len(groups) == 1 else ()
+
+    @property
+    def filters(self) -> tuple[MetaFilter, ...]:
+        return tuple(c for c in _top(self.tree) if isinstance(c, MetaFilter))
 
     @property
     def tag_names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.include + self.exclude + self.any_of))
+        return tuple(dict.fromkeys(n.name for n in walk(self.tree) if isinstance(n, TagTerm)))
 
     @property
     def has_tags(self) -> bool:
-        return bool(self.include or self.exclude or self.any_of)
+        return any(isinstance(n, (TagTerm, Wildcard)) for n in walk(self.tree))
+
+
+def _top(tree: Node) -> tuple[Node, ...]:
+    return tree.children if isinstance(tree, And) else (tree,)
+
+
+def walk(node: Node):
+    """Every node of the tree, parents before children."""
+    yield node
+    if isinstance(node, (And, Or)):
+        for child in node.children:
+            yield from walk(child)
+    elif isinstance(node, Not):
+        yield from walk(node.child)
 
 
 # metatag → kind of value; aliases map Danbooru's spellings to the canonical name.
@@ -102,49 +184,224 @@ ORDER_KEYS: dict[str, tuple[str, bool]] = {
 }
 FILETYPE_ALIASES = {"jpeg": "jpg"}
 ALL_METATAGS = (*RANGE_METATAGS, *LIST_METATAGS, "order")
-RANGE_FORMS = "N, >N, >=N, <N, <=N, A..B, ..B or A.."
+RANGE_FORMS = "N, >N, >=N, <N, <=N, A..B, ..B, A.. or a comma list of these"
 
 _RANGE_SHAPED = re.compile(r"^(>=|<=|>|<|\.\.)|\.\.")
+_KEYWORD = re.compile(r"(?i)(and|or)(?=\s|$)")
+_SPACE = re.compile(r"\s*")
+
+
+# -- parser -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Opt:
+    """A `~` item before rewriting: its parent turns all its `~` children into one Or."""
+
+    child: Node
+
+
+@dataclass(frozen=True)
+class _OrderTerm:
+    order: Order
+
+
+class _Parser:
+    """Recursive descent over Danbooru's grammar (app/logical/post_query/parser.rb):
+
+        or_clause  = and_clause ["or" or_clause]      and_clause = factors ["and" and_clause]
+        factors    = factor {factor}                  factor     = "-" expr | "~" expr | expr
+        expr       = "(" or_clause ")" | term
+
+    A term is a run of non-space characters; inside parentheses, trailing `)` that would leave
+    a tag's own parentheses unbalanced close the group instead (`(foo_(bar))` is `foo_(bar)`).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.depth = 0  # unclosed '('
+
+    def parse(self):
+        self._space()
+        if self.pos == len(self.text):
+            return ALL
+        node = self._or_clause()
+        self._space()
+        if self.pos < len(self.text):
+            raise QueryError(
+                f"unexpected {self.text[self.pos:]!r}: every ')' needs an opening '(' before it")
+        return node
+
+    def _space(self) -> None:
+        self.pos = _SPACE.match(self.text, self.pos).end()
+
+    def _keyword(self, word: str) -> bool:
+        self._space()
+        m = _KEYWORD.match(self.text, self.pos)
+        if m and m.group(1).lower() == word:
+            self.pos = m.end()
+            return True
+        return False
+
+    def _or_clause(self):
+        left = self._and_clause()
+        if self._keyword("or"):
+            return Or((left, self._operand("or")))
+        return left
+
+    def _and_clause(self):
+        left = self._factors()
+        if self._keyword("and"):
+            right = self._operand("and", clause=self._and_clause)
+            return And((left, right))
+        return left
+
+    def _operand(self, word: str, clause=None):
+        self._space()
+        if self._at_end_of_group():
+            raise QueryError(f"'{word}' needs a tag, metatag or group after it")
+        return (clause or self._or_clause)()
+
+    def _at_end_of_group(self) -> bool:
+        return self.pos == len(self.text) or self.text[self.pos] == ")" \
+            or bool(_KEYWORD.match(self.text, self.pos))
+
+    def _factors(self):
+        factors = []
+        while True:
+            self._space()
+            if self._at_end_of_group():
+                break
+            factors.append(self._factor())
+        if not factors:
+            where = self.text[self.pos:self.pos + 10] or "the end"
+            raise QueryError(f"expected a tag, metatag or '(' before {where!r}")
+        return And(tuple(factors))
+
+    def _factor(self):
+        prefix = self.text[self.pos]
+        if prefix in "-~":
+            self.pos += 1
+            self._space()
+            if self.pos == len(self.text) or self.text[self.pos] in "-~)":
+                raise QueryError(f"expected a tag or metatag after '{prefix}'")
+            inner = self._expr()
+            return Not(inner) if prefix == "-" else _Opt(inner)
+        return self._expr()
+
+    def _expr(self):
+        if self.text[self.pos] == "(":
+            self.pos += 1
+            self.depth += 1
+            self._space()
+            if self.pos < len(self.text) and self.text[self.pos] == ")":
+                raise QueryError("empty parentheses '()': put tags or metatags inside")
+            node = self._or_clause()
+            self._space()
+            if self.pos == len(self.text) or self.text[self.pos] != ")":
+                raise QueryError("unclosed '(': add the matching ')'")
+            self.pos += 1
+            self.depth -= 1
+            return node
+        return self._term()
+
+    def _term(self):
+        end = self.pos
+        while end < len(self.text) and not self.text[end].isspace():
+            end += 1
+        token = self.text[self.pos:end]
+        meta = _metatag_of(token)
+        # Give back the ')' that close open groups; a tag keeps those that balance its own '('.
+        closers = 0
+        while closers < self.depth and token.endswith(")") and (meta or not _balanced(token)):
+            token = token[:-1]
+            closers += 1
+        self.pos = end - closers
+        if not token:
+            raise QueryError("expected a tag or metatag before ')'")
+        return _leaf(token, meta)
+
+
+def _balanced(token: str) -> bool:
+    depth = 0
+    for ch in token:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _leaf(token: str, meta: str | None):
+    if meta is None:
+        name = token.lower()
+        return Wildcard(name) if "*" in name else TagTerm(name)
+    if meta == "order":
+        return _OrderTerm(_parse_order(token))
+    return _parse_filter(meta, token.split(":", 1)[1], negated=False)
 
 
 def parse_query(text: str) -> ParsedQuery:
     """Parse a query string; raises QueryError with what is accepted on malformed input."""
-    include: list[str] = []
-    exclude: list[str] = []
-    any_of: list[str] = []
-    filters: list[MetaFilter] = []
+    raw = _Parser(text).parse()
     orders: list[Order] = []
-    for token in text.split():
-        negated, either, body = _prefixes(token)
-        meta = _metatag_of(body)
-        if meta is None:
-            (exclude if negated else any_of if either else include).append(body.lower())
-        elif either:
-            raise QueryError(f"{token!r}: metatags cannot be in a ~ group; only tags can")
-        elif meta == "order":
-            if negated:
-                raise QueryError(f"{token!r}: order: cannot be negated")
-            orders.append(_parse_order(body))
-        else:
-            filters.append(_parse_filter(meta, body.split(":", 1)[1], negated))
+    tree = _simplify(_rewrite(raw, orders, top=True))
     if len(orders) > 1:
         raise QueryError("more than one order: metatag; give at most one")
-    return ParsedQuery(
-        include=tuple(dict.fromkeys(include)),
-        exclude=tuple(dict.fromkeys(exclude)),
-        any_of=tuple(dict.fromkeys(any_of)),
-        filters=tuple(filters),
-        order=orders[0] if orders else None,
-    )
+    return ParsedQuery(tree=tree, order=orders[0] if orders else None)
 
 
-def _prefixes(token: str) -> tuple[bool, bool, str]:
-    negated = token.startswith("-")
-    either = token.startswith("~")
-    body = token[1:] if negated or either else token
-    if not body or body.startswith(("-", "~")):
-        raise QueryError(f"{token!r}: expected a tag or metatag after '-' or '~'")
-    return negated, either, body
+def _rewrite(node, orders: list[Order], top: bool):
+    """`~` items → one Or per parent; order: terms taken out (only allowed in the top AND)."""
+    if isinstance(node, _OrderTerm):
+        if not top:
+            raise QueryError("order: must stand at the top level, not under or, '-' or '~'")
+        orders.append(node.order)
+        return ALL
+    if isinstance(node, _Opt):  # a ~ item whose parent is not a conjunction (cannot parse)
+        return _rewrite(node.child, orders, top=False)
+    if isinstance(node, Not):
+        if isinstance(node.child, _OrderTerm):
+            raise QueryError("order: cannot be negated")
+        return Not(_rewrite(node.child, orders, top=False))
+    if isinstance(node, (And, Or)):
+        opts = [c.child for c in node.children if isinstance(c, _Opt)]
+        rest = [c for c in node.children if not isinstance(c, _Opt)]
+        keep_top = top and isinstance(node, And)
+        children = [_rewrite(c, orders, keep_top) for c in rest]
+        if opts:
+            if any(isinstance(o, _OrderTerm) for o in opts):
+                raise QueryError("order: cannot be in a ~ group; only tags and metatags can")
+            children.append(Or(tuple(_rewrite(o, orders, top=False) for o in opts)))
+        return type(node)(tuple(children))
+    return node
+
+
+def _simplify(node: Node) -> Node:
+    """Flatten nested And/Or, drop single-child groups and double negations, fold `-` into
+    metatags (so the engines see `MetaFilter(negated=True)` rather than `Not`)."""
+    if isinstance(node, Not):
+        child = _simplify(node.child)
+        if isinstance(child, Not):
+            return child.child
+        if isinstance(child, MetaFilter):
+            return MetaFilter(child.name, not child.negated, child.ranges, child.values)
+        if child == ALL:
+            return Or(())  # matches nothing
+        return Not(child)
+    if isinstance(node, (And, Or)):
+        kind = type(node)
+        flat: list[Node] = []
+        for child in map(_simplify, node.children):
+            if isinstance(child, kind):
+                flat.extend(child.children)
+            elif child == ALL and kind is And:
+                continue
+            else:
+                flat.append(child)
+        if kind is Or and any(c == ALL for c in flat):
+            return ALL
+        flat = list(dict.fromkeys(flat))
+        return flat[0] if len(flat) == 1 else kind(tuple(flat))
+    return node
 
 
 def _metatag_of(body: str) -> str | None:
@@ -188,13 +445,15 @@ def _parse_filter(name: str, value: str, negated: bool) -> MetaFilter:
             raise QueryError(f"filetype:{value}: expected a comma list of extensions like png,jpg")
         return MetaFilter(name, negated, values=tuple(dict.fromkeys(exts)))
     kind = RANGE_METATAGS[name]
-    rng = _parse_range(value, lambda v: _scalar(name, kind, v), f"{name}:")
+    label = f"{name}:{value}"
+    ranges = [_parse_range(part, lambda v: _scalar(kind, v), label, kind)
+              for part in value.split(",")]
     if kind == "year":  # a year range is a date range over whole years
-        rng = _year_to_dates(rng)
+        ranges = [_year_to_dates(r) for r in ranges]
         name = "date"
     elif kind == "date":
-        rng = _date_to_bounds(rng)
-    return MetaFilter(name, negated, range=rng)
+        ranges = [_date_to_bounds(r) for r in ranges]
+    return MetaFilter(name, negated, ranges=tuple(dict.fromkeys(ranges)))
 
 
 def _ratings(value: str) -> list[int]:
@@ -207,7 +466,7 @@ def _ratings(value: str) -> list[int]:
         ) from None
 
 
-def _parse_range(value: str, scalar, label: str) -> Range:
+def _parse_range(value: str, scalar, label: str, kind: str) -> Range:
     try:
         for op, lo_inc, hi_inc in ((">=", True, True), ("<=", True, True), (">", False, True),
                                    ("<", True, False)):
@@ -224,8 +483,7 @@ def _parse_range(value: str, scalar, label: str) -> Range:
         return Range(lo=v, hi=v)
     except ValueError:
         raise QueryError(
-            f"{label}{value}: malformed value; accepted forms: {RANGE_FORMS}"
-            f" where N is {_KIND_HELP[_kind_of(label)]}"
+            f"{label}: malformed value; accepted forms: {RANGE_FORMS} where N is {_KIND_HELP[kind]}"
         ) from None
 
 
@@ -235,11 +493,7 @@ _KIND_HELP = {
 }
 
 
-def _kind_of(label: str) -> str:
-    return RANGE_METATAGS[label.rstrip(":")]
-
-
-def _scalar(name: str, kind: str, text: str) -> float | int | str:
+def _scalar(kind: str, text: str) -> float | int | str:
     if kind in ("int", "year"):
         if not re.fullmatch(r"-?\d+", text):
             raise ValueError(text)
@@ -294,4 +548,3 @@ def _year_to_dates(rng: Range) -> Range:
     lo = first(rng.lo, rng.lo_inclusive)
     hi = None if rng.hi is None else first(rng.hi, not rng.hi_inclusive)
     return Range(lo=lo, hi=hi, lo_inclusive=True, hi_inclusive=False)
-

@@ -1,0 +1,288 @@
+"""A parsed query bound to one database: tags resolved to ids, wildcards expanded, metatag-only
+subtrees compiled to one SQL condition each, and a size estimate on every node.
+
+The tree both engines of `query.py` run has these nodes:
+
+- `TagLeaf(tags)`: posts having any of `tags` (one tag, a wildcard's expansion, or an
+  `or` of plain tags, which is one index read per tag and a union);
+- `SqlLeaf(where, params)`: a condition on `post` columns (every subtree without tags:
+  `rating:g,s score:>10`, `-id:1,2`, `(rating:e or score:<0)`);
+- `And`, `Or`, `Not` over those (the classes of `query_parse`).
+
+All user text reaches SQLite as bound parameters; only fixed column names are formatted in.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.db.query_parse import (
+    MAX_WILDCARD_TAGS,
+    And,
+    MetaFilter,
+    Node,
+    Not,
+    Or,
+    ParsedQuery,
+    QueryError,
+    Range,
+    TagTerm,
+    Wildcard,
+    parse_query,
+    walk,
+)
+
+# SQL for each metatag / order key: fixed strings only (never user text).
+COLUMN = {
+    "id": "id", "score": "score", "favcount": "fav_count", "width": "image_width",
+    "height": "image_height", "date": "created_at", "filesize": "file_size",
+    "rating": "rating", "filetype": "file_ext",
+    "mpixels": "(image_width * image_height / 1000000.0)",
+    # Danbooru rounds the ratio to 2 decimals before comparing (ratio:16:9 == ratio:1.78).
+    "ratio": "ROUND(CAST(image_width AS REAL) / MAX(image_height, 1), 2)",
+}
+TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
+# Without better knowledge, each metatag keeps about half of the posts it sees.
+_META_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    id: int
+    popularity: int
+
+
+@dataclass(frozen=True)
+class TagLeaf:
+    """Posts having at least one of `tags` (empty: none; a wildcard that matched nothing)."""
+
+    tags: tuple[Tag, ...]
+
+    @property
+    def estimate(self) -> int:
+        return sum(t.popularity for t in self.tags)
+
+
+@dataclass(frozen=True)
+class SqlLeaf:
+    """A condition on post columns. `bounded` when it confines ids to `estimate` values
+    (`id:1,2,3`, `id:100..200`), so it is worth running before any tag."""
+
+    where: str
+    params: tuple
+    estimate: float
+    bounded: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    query: ParsedQuery
+    tree: object  # TagLeaf | SqlLeaf | And | Or | Not
+    posts: int  # rows of `post` (an estimate base; max(id) - min(id) + 1 is close enough)
+
+    @property
+    def has_tags(self) -> bool:
+        return self.query.has_tags
+
+
+def make_plan(db: DanbooruDB, text: str) -> Plan:
+    query = parse_query(text)
+    conn = db.connection()
+    lo, hi = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
+    posts = 0 if hi is None else hi - lo + 1
+    tags = _resolve(db, query.tag_names)
+    wildcards = {n.pattern: _expand(db, n.pattern) for n in walk(query.tree) if isinstance(n, Wildcard)}
+    return Plan(query, _bind(query.tree, tags, wildcards, posts), posts)
+
+
+# -- binding ----------------------------------------------------------------------------------
+def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]], posts: int):
+    if isinstance(node, TagTerm):
+        return TagLeaf((tags[node.name],))
+    if isinstance(node, Wildcard):
+        return TagLeaf(wildcards[node.pattern])
+    if isinstance(node, MetaFilter):
+        return _meta_leaf(node, posts)
+    if isinstance(node, Not):
+        child = _bind(node.child, tags, wildcards, posts)
+        if isinstance(child, SqlLeaf):
+            return SqlLeaf(f"NOT ({child.where})", child.params, max(posts - child.estimate, 0))
+        return Not(child)
+    children = [_bind(c, tags, wildcards, posts) for c in node.children]
+    return _group(type(node), children, posts)
+
+
+def _group(kind, children: list, posts: int):
+    """And/Or of bound children: all SQL children fuse into one leaf, and (for Or) all tag
+    children into one union, so each is a single read."""
+    sql = [c for c in children if isinstance(c, SqlLeaf)]
+    rest = [c for c in children if not isinstance(c, SqlLeaf)]
+    if kind is Or:
+        leaves = [c for c in rest if isinstance(c, TagLeaf)]
+        rest = [c for c in rest if not isinstance(c, TagLeaf)]
+        if leaves:
+            union = tuple(dict.fromkeys(t for leaf in leaves for t in leaf.tags))
+            rest.insert(0, TagLeaf(union))
+    if len(sql) > 1:
+        joiner = " AND " if kind is And else " OR "
+        where = joiner.join(f"({c.where})" for c in sql) or ("1" if kind is And else "0")
+        params = tuple(p for c in sql for p in c.params)
+        if kind is And:
+            estimate = min(c.estimate for c in sql) if any(c.bounded for c in sql) else \
+                posts * _META_SHARE ** len(sql)
+            bounded = any(c.bounded for c in sql)
+        else:
+            estimate, bounded = min(posts, sum(c.estimate for c in sql)), all(c.bounded for c in sql)
+        sql = [SqlLeaf(where, params, estimate, bounded)]
+    children = sql + rest
+    if len(children) == 1:
+        return children[0]
+    return kind(tuple(children))
+
+
+def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
+    column = COLUMN[f.name]
+    if f.values:
+        where, params = f"{column} IN ({marks(len(f.values))})", tuple(f.values)
+    else:
+        parts = [range_sql(column, r) for r in f.ranges]
+        where = " OR ".join(f"({sql})" for sql, _ in parts)
+        params = tuple(p for _, args in parts for p in args)
+    estimate, bounded = posts * _META_SHARE, False
+    if f.name == "id" and all(r.lo is not None and r.hi is not None for r in f.ranges):
+        estimate, bounded = min(posts, sum(r.hi - r.lo + 1 for r in f.ranges)), True
+    if f.negated:
+        return SqlLeaf(f"NOT ({where})", params, max(posts - estimate, 0) if bounded else estimate)
+    return SqlLeaf(where, params, estimate, bounded)
+
+
+def range_sql(column: str, rng: Range) -> tuple[str, list]:
+    parts, args = [], []
+    if rng.lo is not None and rng.lo == rng.hi and rng.lo_inclusive and rng.hi_inclusive:
+        return f"{column} = ?", [rng.lo]
+    if rng.lo is not None:
+        parts.append(f"{column} {'>=' if rng.lo_inclusive else '>'} ?")
+        args.append(rng.lo)
+    if rng.hi is not None:
+        parts.append(f"{column} {'<=' if rng.hi_inclusive else '<'} ?")
+        args.append(rng.hi)
+    return " AND ".join(parts) or "1", args
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def estimate(node, posts: int) -> float:
+    """Expected number of matching posts, assuming the parts are independent."""
+    if isinstance(node, (TagLeaf, SqlLeaf)):
+        return min(node.estimate, posts)
+    if isinstance(node, Not):
+        return max(posts - estimate(node.child, posts), 0)
+    sizes = [estimate(c, posts) for c in node.children]
+    if isinstance(node, Or):
+        return min(posts, sum(sizes))
+    share = 1.0
+    for size in sizes:
+        share *= size / posts if posts else 0.0
+    return share * posts
+
+
+# -- SQL of a bound tree (the plain engine, and the no-tag fast path) ---------------------------
+def tree_sql(node) -> tuple[str, list]:
+    """One WHERE condition on `post` for the whole tree (tags as `id IN (subquery)`)."""
+    if isinstance(node, SqlLeaf):
+        return node.where, list(node.params)
+    if isinstance(node, TagLeaf):
+        if not node.tags:
+            return "0", []
+        if len(node.tags) == 1:
+            return f"id IN ({TAG_SUBQUERY} = ?)", [node.tags[0].id]
+        return f"id IN ({TAG_SUBQUERY} IN ({marks(len(node.tags))}))", [t.id for t in node.tags]
+    if isinstance(node, Not):
+        sql, params = tree_sql(node.child)
+        return f"NOT ({sql})", params
+    if not node.children:
+        return ("1" if isinstance(node, And) else "0"), []
+    parts = [tree_sql(c) for c in node.children]
+    joiner = " AND " if isinstance(node, And) else " OR "
+    return joiner.join(f"({s})" for s, _ in parts), [p for _, ps in parts for p in ps]
+
+
+# -- tag resolution ---------------------------------------------------------------------------
+def _resolve(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, Tag]:
+    """Name → tag, following kdata_tag_alias first (as Danbooru rewrites aliased search tags)."""
+    if not names:
+        return {}
+    conn = db.connection()
+    aliases = _aliases(db, names)
+    canonical = {n: aliases.get(n, n) for n in names}
+    wanted = sorted(set(canonical.values()))
+    rows = conn.execute(
+        f"SELECT name, id, popularity FROM tag WHERE name IN ({marks(len(wanted))})", wanted
+    ).fetchall()
+    found = {name: (tag_id, pop) for name, tag_id, pop in rows}
+    unknown = [n for n in names if canonical[n] not in found]
+    if unknown:
+        raise QueryError(_unknown_message(db, unknown))
+    return {n: Tag(canonical[n], *found[canonical[n]]) for n in names}
+
+
+def _expand(db: DanbooruDB, pattern: str) -> tuple[Tag, ...]:
+    """The tags a wildcard stands for, as Danbooru picks them: names matching the pattern
+    with posts, most popular first (ties by name), at most MAX_WILDCARD_TAGS. A prefix pattern
+    (`hatsune_miku*`) is a range of the unique name index; others scan the tag names."""
+    glob = "".join("[" + ch + "]" if ch in "?[" else ch for ch in pattern)
+    rows = db.connection().execute(
+        "SELECT name, id, popularity FROM tag WHERE name GLOB ? AND popularity > 0 "
+        "ORDER BY popularity DESC, name LIMIT ?", (glob, MAX_WILDCARD_TAGS)
+    ).fetchall()
+    return tuple(Tag(*row) for row in rows)
+
+
+def _aliases(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, str]:
+    if not db.has_table("kdata_tag_alias"):  # file not migrated yet: no aliases
+        return {}
+    rows = db.connection().execute(
+        f"SELECT alias, tag_name FROM kdata_tag_alias WHERE alias IN ({marks(len(names))})",
+        list(names),
+    ).fetchall()
+    return dict(rows)
+
+
+def _unknown_message(db: DanbooruDB, unknown: list[str]) -> str:
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, _suggestion_pool(db, name), n=5, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    colon = any(":" in n for n in unknown)
+    tail = (
+        "; metatags are id:, score:, favcount:, width:, height:, mpixels:, ratio:, date:, "
+        "year:, rating:, filetype:, order:" if colon else ""
+    )
+    return f"unknown tag{'s' if len(parts) > 1 else ''}: {', '.join(parts)}{tail}"
+
+
+def _suggestion_pool(db: DanbooruDB, name: str) -> list[str]:
+    """Candidates for difflib: the most popular tags plus names sharing the first letters.
+
+    difflib over every tag of the full DB (~1M names) takes seconds; this pool is a few
+    thousand names and still catches typos of common tags and of rare tags' endings.
+    """
+    conn = db.connection()
+    pool = [r[0] for r in conn.execute("SELECT name FROM tag ORDER BY popularity DESC LIMIT 5000")]
+    prefix = name[:2]
+    if prefix:
+        # Range scan on the unique name index (LIKE would escape badly and skip the index).
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        pool += [r[0] for r in conn.execute(
+            "SELECT name FROM tag WHERE name >= ? AND name < ? LIMIT 20000", (prefix, upper))]
+        if db.has_table("kdata_tag_alias"):
+            pool += [r[0] for r in conn.execute(
+                "SELECT alias FROM kdata_tag_alias WHERE alias >= ? AND alias < ? LIMIT 20000",
+                (prefix, upper))]
+    return list(dict.fromkeys(pool))
