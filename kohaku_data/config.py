@@ -177,6 +177,27 @@ COUNT_TAGS = (
 )
 
 
+class AttachedTags(_Strict):
+    """Percentile tags from a numeric column of `kdata db attach` (e.g. an aesthetic score),
+    ruled exactly like quality: a post gets the best band whose threshold (a 'linear' quantile
+    of the column over the DB's posts, per rating or over all) its value is strictly above."""
+
+    column: str
+    percentiles: tuple[float, ...] = (90, 70, 40, 15)
+    bands: tuple[str, ...] = ("very aesthetic", "aesthetic", "displeasing", "very displeasing", "very displeasing")
+    cohort: Literal["rating", "all"] = "rating"
+
+    @model_validator(mode="after")
+    def _bands_match(self) -> "AttachedTags":
+        if len(self.bands) != len(self.percentiles) + 1:
+            raise ValueError(f"attached_tags {self.column}: bands needs exactly one more name than percentiles")
+        if list(self.percentiles) != sorted(self.percentiles, reverse=True) or any(
+            not 0 <= p <= 100 for p in self.percentiles
+        ):
+            raise ValueError(f"attached_tags {self.column}: percentiles must go from high to low within 0..100")
+        return self
+
+
 class CaptionConfig(_Strict):
     """Caption rules; see kohaku_data/captions/__init__.py for the format and an example."""
 
@@ -216,6 +237,18 @@ class CaptionConfig(_Strict):
     drop_meta_containing: tuple[str, ...] = NON_VISUAL_META
     drop_artist_containing: tuple[str, ...] = ("banned",)
     separator: str = ", "
+    # Tag cleanup (kohaku_data/curation/tagrules.py); all off by default
+    resolve_aliases: bool = False  # alias names (kdata_tag_alias) become the tag they name
+    drop_implied: bool = False  # drop a tag another tag of the post implies (transitively)
+    min_general_posts: int = Field(0, ge=0)  # leave out general tags on fewer posts than this
+    year_number: bool = False  # also `year 2021` right after the period tag (NoobAI, Animagine 4)
+    year_number_prefix: str = "year "
+    # Imported per-post data (`kdata db attach`, kohaku_data/curation/attached.py)
+    attached_tags: tuple[AttachedTags, ...] = ()  # percentile tags, after the quality tag
+    text_fields: tuple[str, ...] = ()  # text columns kept apart in the json (`texts`)
+    # What the .txt holds: the tag caption, the first text field a post has (else its tags), or both
+    caption_mode: Literal["tags", "text", "tags_then_text"] = "tags"
+    text_joiner: str = "\n"  # between the tags and the text in tags_then_text
 
     @model_validator(mode="after")
     def _bands_match(self) -> "CaptionConfig":
@@ -266,6 +299,8 @@ class Recipe(_Strict):
     # md5 of the bytes vs post.md5, checked when the file's size equals post.file_size (then it
     # claims to be the original); a re-encoded or resized copy (other size) is not checked.
     check_md5: bool = True
+    dedup: "DedupConfig" = Field(default_factory=lambda: DedupConfig())
+    weights: "WeightConfig" = Field(default_factory=lambda: WeightConfig())
 
     @property
     def dataset_name(self) -> str:
@@ -277,6 +312,30 @@ class Recipe(_Strict):
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+class DedupConfig(_Strict):
+    """Duplicates (kohaku_data/curation/dedup.py): `exact` = same md5 or same decoded pixels;
+    `near` = also a perceptual hash within `threshold` bits (64-bit hash; the threshold comes
+    from benchmarks/bench_dedup.py). Each group keeps one post; the others are rejects
+    `duplicate` with the kept key in the detail."""
+
+    policy: Literal["off", "exact", "near"] = "off"
+    threshold: int = Field(10, ge=0, le=32)  # Hamming distance in bits, `near` only
+    family_threshold: int | None = Field(None, ge=0, le=32)  # parent/child posts: this looser one
+    keep: Literal["fav_count", "score"] = "fav_count"  # highest, then most pixels, then lowest id
+
+
+class WeightConfig(_Strict):
+    """Repeat-factor sample weights (LVIS): r(c) = max(1, sqrt(threshold / f(c))) with f(c) the
+    share of samples carrying tag c; a sample's weight is the max over its tags of `categories`
+    (1.0 when it has none). Empty `categories`: no weights (every weight 1.0)."""
+
+    categories: tuple[Literal["artist", "character", "copyright", "general", "meta"], ...] = ()
+    threshold: float = Field(0.001, gt=0, le=1)
+
+
+Recipe.model_rebuild()
 
 
 def load_recipe(path: Path | None) -> Recipe:

@@ -67,6 +67,8 @@ class FakeDanbooru:
         self.slow_seconds = slow_seconds
         self.delay = delay  # seconds before every answer (to catch a sync mid-way)
         self.faults: deque[str] = deque()
+        # /tag_implications.json and /tag_aliases.json records (API format), by path
+        self.relations: dict[str, list[dict]] = {"/tag_implications.json": [], "/tag_aliases.json": []}
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -112,6 +114,17 @@ class FakeDanbooru:
         return posts[start:start + limit]
 
 
+    def relation_page(self, path: str, params: dict[str, str]) -> list[dict]:
+        """Danbooru's index paging for relations: `page=a<id>` (ascending id, reversed like
+        posts), `search[status]` filter, `limit` capped at 1000."""
+        limit = max(1, min(int(params.get("limit", 20)), 1000))
+        after = int(params.get("page", "a0")[1:])
+        status = params.get("search[status]")
+        with self.lock:
+            records = [r for r in self.relations[path] if r["id"] > after and (status is None or r["status"] == status)]
+        return sorted(records, key=lambda r: r["id"])[:limit][::-1]
+
+
 def _handler_for(server: FakeDanbooru) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -130,6 +143,8 @@ def _handler_for(server: FakeDanbooru) -> type[BaseHTTPRequestHandler]:
                 time.sleep(server.delay)
             if not self._authorised():
                 return self._send(401, b'{"success":false,"message":"bad login"}')
+            if url.path in server.relations:
+                return self._send(200, json.dumps(server.relation_page(url.path, params)).encode())
             if url.path != "/posts.json":
                 return self._send(404, b'{"success":false}')
             self._answer(fault, params)

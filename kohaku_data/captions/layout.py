@@ -189,9 +189,14 @@ def _caption_texts(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
     return pl.concat([shown, extra]).sort("_g", "_k").drop("_k")
 
 
+def year_number_texts(config: CaptionConfig) -> list[str]:
+    """`year 2005` … `year 2099`: the `year_number` tags (after the period tag, same group)."""
+    return [f"{config.year_number_prefix}{y}" for y in range(config.year_min, 2100)] if config.year_number else []
+
+
 def _extra_texts(config: CaptionConfig) -> dict[int, list[str]]:
     """Texts of the rows added per post, by caption group."""
-    extra = {G_YEAR: list(config.year_tags), G_RATING: list(dict.fromkeys(config.rating_tags.values())),
+    extra = {G_YEAR: list(config.year_tags) + year_number_texts(config), G_RATING: list(dict.fromkeys(config.rating_tags.values())),
              G_QUALITY: list(config.quality_bands)}
     if config.keep_separator is not None:
         extra[G_MARK] = [config.keep_separator]  # only for posts with nothing after it
@@ -244,6 +249,8 @@ def _extra_rows(
     post, rows that sort into the caption like tags, and of the keep separator of posts with
     nothing after it (the others get it as a prefix of their first element after it)."""
     parts = [(G_YEAR, frame["year_tag"]), (G_RATING, frame["rating_tag"]), (G_QUALITY, frame["quality"])]
+    if config.year_number:  # right after the period tag: same group, later strings rows
+        parts.insert(1, (G_YEAR, frame["year_number_tag"]))
     post_index = np.arange(frame.height, dtype=np.int64)
     pis, ranks, groups = [], [], []
     for group, values in parts:
@@ -359,6 +366,8 @@ def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
     rating_tag = pl.col("rating").replace_strict(config.rating_tags, default=None, return_dtype=pl.String)
     if not config.rating:
         rating_tag = pl.lit(None, dtype=pl.String)
+    if config.year_number:
+        frame = frame.with_columns(year_number_tag=pl.lit(config.year_number_prefix) + pl.col("_year").cast(pl.String))
     return frame.with_columns(rating=rating).with_columns(rating_tag=rating_tag)
 
 

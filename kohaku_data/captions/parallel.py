@@ -33,11 +33,15 @@ def caption_page(
     posts: pl.DataFrame, rel: Relations, tags: TagSource, config: CaptionConfig, thresholds: Thresholds
 ) -> pl.DataFrame:
     """Caption frame of one page (posts ordered by id, with their relations)."""
+    curation = thresholds.curation  # tag cleanup and attached data (kohaku_data/curation/captions.py)
+    if curation is not None:
+        rel = curation.relations(rel)
     pi, rel = rel.of_posts(posts["id"].to_numpy())
     table = tags.lookup(rel.tag_id)
     found, ti = resolve_tags(table, rel.tag_id)
     rows = ChunkRows(pi, ti, rel.rid)
-    return build_captions(posts, table, rows if found.all() else rows.take(found), config, thresholds)
+    frame = build_captions(posts, table, rows if found.all() else rows.take(found), config, thresholds)
+    return frame if curation is None else curation.finish(frame, config)
 
 
 class _Worker:

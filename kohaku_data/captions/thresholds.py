@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -52,9 +52,15 @@ class Thresholds:
     cutoff_date: str | None = None
     interpolation: str = INTERPOLATION
     counts: Mapping[str, int] = field(default_factory=dict)  # posts counted per group
+    # kohaku_data.curation.captions.CaptionCuration (tag rules, attached data) or None; the lock
+    # records its summary() (not its tables), under "curation", only when there is one.
+    curation: Any = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, curation=None))
+        del out["curation"]
+        if self.curation is not None:
+            out["curation"] = self.curation.summary()
         out["percentiles"] = list(self.percentiles)
         out["year_edges"] = list(self.year_edges)
         out["by_rating"] = {k: list(v) for k, v in self.by_rating.items()}
@@ -185,7 +191,11 @@ def _year_edges(dates: pl.Series, config: CaptionConfig) -> tuple[str, ...]:
 
 def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
     """Quantiles of the quality metric per rating (and cohort), and year edges, from `db`."""
-    return thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+    from kohaku_data.curation.captions import caption_curation
+
+    thresholds = thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+    curation = caption_curation(db, config)  # None unless the config cleans tags or uses attached data
+    return thresholds if curation is None else replace(thresholds, curation=curation)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ def sync(
     updated_since: Annotated[str | None, typer.Option(
         "--updated-since", help="Also re-fetch posts changed since DATE (YYYY-MM-DD or ISO time), via tags=order:change.",
     )] = None,
+    tag_relations: Annotated[bool, typer.Option(
+        "--tag-relations", help="Also replace the tag implications and aliases with the server's active ones.",
+    )] = False,
 ) -> None:
     """Pull new posts (and optionally recently changed ones) from a Danbooru API into the DB.
 
@@ -49,6 +52,11 @@ def sync(
             if since is not None:
                 refreshed = refresh_updated(handle, client, since, limit_per_page=limit_per_page, progress=is_tty())
                 err_console.print(f"changed since {since.isoformat()}: {refreshed.summary()}", highlight=False)
+            if tag_relations:
+                from kohaku_data.service.sync import sync_tag_relations
+
+                stored = sync_tag_relations(handle, client, progress=is_tty())
+                err_console.print(f"tag relations: {stored}", highlight=False)
 
 
 def serve(

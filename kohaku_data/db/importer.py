@@ -40,6 +40,7 @@ from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.progress import progress_bar
 from kohaku_data.db.columnar import FrameWriter, TagIdCache, read_frame
 from kohaku_data.db.records import InputFileError, ParsedPost, RecordError, parse_post
+from kohaku_data.db.relations import RelationCounts, parsed_relations, relation_kind, write_relations
 from kohaku_data.db.tag_rows import ParsedTag, TagCounts, parse_tag_row, upsert_tags
 from kohaku_data.db.upsert import UpsertCounts, _Batch, _require_writable, upsert_posts, write_parsed
 
@@ -66,6 +67,7 @@ class ImportSummary:
     files: int = 0
     posts: UpsertCounts = field(default_factory=UpsertCounts)
     tags: TagCounts = field(default_factory=TagCounts)
+    relations: RelationCounts = field(default_factory=RelationCounts)  # tag implications / aliases
     rejected: int = 0
     rejects_path: Path | None = None  # None when nothing was rejected
     migrations_applied: list[str] = field(default_factory=list)
@@ -77,6 +79,7 @@ class ImportSummary:
             "files": self.files,
             "posts": vars(self.posts),
             "tags": vars(self.tags),
+            "relations": vars(self.relations),
             "rejected": self.rejected,
             "rejects_path": str(self.rejects_path) if self.rejects_path else None,
             "migrations_applied": self.migrations_applied,
@@ -248,6 +251,19 @@ def _import_tags(
                       lambda batch: summary.tags.add(upsert_tags(db, batch)), bar, fh)
 
 
+def _import_relations(
+    db: DanbooruDB, path: Path, fh: Any, kind: str, rejects: _Rejects, summary: ImportSummary,
+    batch_size: int, bar: Any,
+) -> None:
+    """`/tag_implications.json` or `/tag_aliases.json` pages (array or JSONL): active pairs in,
+    non-active ones out (kohaku_data/db/relations.py)."""
+    records = _jsonl_records(path, fh) if kind == "jsonl" else _array_records(path, fh)
+    relations = parsed_relations(records, lambda line, reason, record: rejects.add(path, line, reason, record))
+    which = relation_kind(path)
+    _write_in_batches(relations, batch_size,
+                      lambda batch: summary.relations.add(write_relations(db, which, batch)), bar, fh)
+
+
 def _parsed_tags(path: Path, reader: Any, rejects: _Rejects) -> Iterator[ParsedTag]:
     """The tag rows of a CSV reader that parse; bad CSV and bad rows go to `rejects`."""
     while True:
@@ -381,6 +397,8 @@ def _import_file(
         with _open_binary(path) as fh:
             if kind == "tags":
                 _import_tags(db, path, fh, rejects, summary, batch_size, bar)
+            elif relation_kind(path) is not None:
+                _import_relations(db, path, fh, kind, rejects, summary, batch_size, bar)
             else:
                 _import_posts(db, path, fh, kind, rejects, summary, batch_size, bar)
     except (OSError, EOFError) as exc:  # truncated or corrupt .gz, unreadable file

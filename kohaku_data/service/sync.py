@@ -250,3 +250,43 @@ def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE_LIMIT:
         raise KdataError(f"--limit-per-page must be between 1 and {MAX_PAGE_LIMIT} (Danbooru's cap), got {limit}")
 
+
+
+# --------------------------------------------------------------------------------------------
+# Tag implications and aliases
+# --------------------------------------------------------------------------------------------
+RELATION_PAGE_LIMIT = 1000  # Danbooru's cap for index endpoints
+
+
+def sync_tag_relations(db: DanbooruDB, client: DanbooruClient, *, progress: bool = False) -> dict[str, int]:
+    """Pull every active implication and alias (`search[status]=active`, paged by id with
+    `page=a<id>`) and make the kdata tables hold exactly those. A listing cut short by an error
+    changes nothing: the tables are replaced only after the last page."""
+    from kohaku_data.db.relations import ALIASES_PATH, IMPLICATIONS_PATH, parse_relation, replace_relations
+
+    _require_sync_table(db)
+    if not db.has_table("kdata_tag_implication"):
+        from kohaku_data.db.migrate import migrate
+
+        migrate(db)
+    stored: dict[str, int] = {}
+    for kind, path in (("implications", IMPLICATIONS_PATH), ("aliases", ALIASES_PATH)):
+        relations, bad, after = [], 0, 0
+        with progress_bar(f"sync {kind}", total=None, enabled=progress) as bar:
+            while True:
+                page = client.get_json(path, {"limit": RELATION_PAGE_LIMIT, "page": f"a{after}",
+                                              "search[status]": "active"})
+                records = [r for r in page if isinstance(r, dict) and isinstance(r.get("id"), int)] \
+                    if isinstance(page, list) else []
+                bar.advance(1)
+                if not records:
+                    break
+                for record in records:
+                    try:
+                        relations.append(parse_relation(record))
+                    except RecordError:
+                        bad += 1
+                after = max(r["id"] for r in records)
+        stored[kind] = replace_relations(db, kind, relations)
+        stored[f"{kind}_rejected"] = bad
+    return stored
