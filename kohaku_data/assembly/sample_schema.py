@@ -43,6 +43,13 @@ JSON_FIELDS: dict[str, Any] = {
     "md5": "string",
     "tags": {cat: "list:string" for cat in TAG_CATEGORIES},
     "caption": "string",
+    # kohaku_data/curation: the tag caption (`caption` is what the .txt holds, by caption_mode),
+    # the recipe's text fields (names and values, same order; "" = the post has none) and the
+    # tags of its attached numeric columns
+    "tag_caption": "string",
+    "text_fields": "list:string",
+    "texts": "list:string",
+    "attached_tags": "list:string",
 }
 MISSING_INT = 0  # score / fav_count when the DB has none (documented above)
 

@@ -23,6 +23,7 @@ from typing import Any
 from kohaku_data.atomic import write_atomic
 from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES, conform
+from kohaku_data.curation.captions import curated_fields
 from kohaku_data.config import ImageConfig
 from kohaku_data.sources import read_entry
 
@@ -169,5 +170,6 @@ def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, An
         "tags": {cat: caption.get(f"tags_{cat}") for cat in TAG_CATEGORIES},
         **{k: caption.get(k) for k in (
             "rating", "rating_tag", "score", "fav_count", "created_at", "quality", "year_tag", "md5", "caption")},
+        **curated_fields(caption),  # tag caption, text fields, attached tags (kohaku_data/curation)
     }
     return conform(values)

@@ -102,3 +102,24 @@ def migrate_(db: DbOption = None) -> None:
             console.print(f"applied {', '.join(applied)}; {path} is at version {version}", highlight=False)
         else:
             console.print(f"{path} is up to date (version {version})", highlight=False)
+
+
+@app.command("attach")
+def attach(
+    file: Annotated[Path, typer.Argument(help="A .parquet or .csv file with `id` (or `post_id`) and a value column.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the attached column (rerunning replaces it).")],
+    column: Annotated[str | None, typer.Option("--column", help="Value column (default: the only non-id column).")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="numeric or text (default: from the column's values).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Store a per-post column from outside (aesthetic score, caption text) in kdata tables."""
+    from kohaku_data.curation.attached import attach_column
+    from kohaku_data.db import DanbooruDB
+
+    with clean_errors(kept="The DB keeps the column as it was before this attach", target="the DB"):
+        path = settings(db=db).require_db()
+        with DanbooruDB.open(path) as handle:
+            result = attach_column(handle, file, name, column, kind)
+        reasons = ", ".join(f"{k} {v:,}" for k, v in result.reasons.items()) or "none"
+        console.print(f"attached {result.name} ({result.kind}): {result.posts:,} posts; "
+                      f"rejected {result.rejected:,} ({reasons})", highlight=False)

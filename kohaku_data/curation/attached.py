@@ -48,16 +48,22 @@ class AttachResult:
                 "reasons": self.reasons, "sha256": self.sha256}
 
 
-def attach_column(db: DanbooruDB, path: Path, name: str, column: str | None = None) -> AttachResult:
-    """Store `column` of `path` as the attached column `name` (replacing an older one)."""
+def attach_column(
+    db: DanbooruDB, path: Path, name: str, column: str | None = None, kind: str | None = None,
+) -> AttachResult:
+    """Store `column` of `path` as the attached column `name` (replacing an older one). `kind`
+    (numeric / text) defaults to the column's type: parquet numbers, or CSV values that all
+    read as numbers, are numeric."""
     from kohaku_data.db.migrate import migrate
 
     if not _NAME.match(name):
         raise AttachError(f"--name {name!r}: use a letter then letters, digits or _ (at most 64)")
     frame = _read_input(Path(path))
     id_col, value_col = _columns(frame, path, column)
-    kind = "numeric" if frame[value_col].dtype.is_numeric() else "text"
-    if kind == "text" and frame[value_col].dtype != pl.String:
+    kind = kind or _kind_of(frame[value_col])
+    if kind not in ("numeric", "text"):
+        raise AttachError(f"--kind {kind!r}: use numeric or text")
+    if not (frame[value_col].dtype.is_numeric() or frame[value_col].dtype == pl.String):
         raise AttachError(f"column {value_col!r} of {path} is {frame[value_col].dtype}: attach numbers or text")
     migrate(db)
     rows = _checked_rows(db, frame.select(pl.col(id_col).alias("_id"), pl.col(value_col).alias("_v")), kind)
@@ -69,6 +75,13 @@ def attach_column(db: DanbooruDB, path: Path, name: str, column: str | None = No
     return AttachResult(name, kind, good.height, bad.height, reasons, digest)
 
 
+def _kind_of(values: pl.Series) -> str:
+    if values.dtype.is_numeric():
+        return "numeric"
+    filled = values.str.strip_chars().replace("", None).drop_nulls()
+    return "numeric" if filled.len() and filled.cast(pl.Float64, strict=False).null_count() == 0 else "text"
+
+
 def _read_input(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise AttachError(f"{path} does not exist: give a .parquet or .csv file")
@@ -77,7 +90,7 @@ def _read_input(path: Path) -> pl.DataFrame:
         if suffix == ".parquet":
             return pl.read_parquet(path)
         if suffix == ".csv":
-            return pl.read_csv(path, infer_schema_length=10_000)
+            return pl.read_csv(path, infer_schema=False)  # text; the kind is decided per column
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise AttachError(f"cannot read {path} ({exc}): fix the file and rerun") from None
     raise AttachError(f"{path}: attach reads .parquet or .csv files")
@@ -103,20 +116,22 @@ def _checked_rows(db: DanbooruDB, frame: pl.DataFrame, kind: str) -> pl.DataFram
         _raw_id=pl.col("_id").cast(pl.String), _id=pl.col("_id").cast(pl.Int64, strict=False)
     )
     if kind == "numeric":
-        value = pl.col("_v").cast(pl.Float64, strict=False)
+        value = pl.col("_v").cast(pl.Float64, strict=False) if frame["_v"].dtype.is_numeric() else \
+            pl.col("_v").str.strip_chars().cast(pl.Float64, strict=False)
         bad_value = value.is_null() | value.is_nan() | value.is_infinite()
     else:
         value = pl.col("_v")
         bad_value = value.is_null() | (value.str.strip_chars() == "")
     frame = frame.with_columns(_v=value, _bad=bad_value)
     known = _known_ids(db, frame["_id"].drop_nulls().unique().sort().to_numpy())
+    frame = frame.join(pl.DataFrame({"_id": known, "_known": True}), on="_id", how="left", maintain_order="left")
     reason = (
         pl.when(pl.col("_id").is_null()).then(pl.lit("bad_id"))
-        .when(~pl.col("_id").is_in(known)).then(pl.lit("unknown_post"))
+        .when(pl.col("_known").is_null()).then(pl.lit("unknown_post"))
         .when(pl.col("_id").is_first_distinct().not_()).then(pl.lit("duplicate_id"))
         .when(pl.col("_bad")).then(pl.lit("bad_value"))
     )
-    return frame.with_columns(_reason=reason).drop("_bad")
+    return frame.with_columns(_reason=reason).drop("_bad", "_known")
 
 
 def _known_ids(db: DanbooruDB, ids: np.ndarray) -> pl.Series:

@@ -171,3 +171,15 @@ def attached_bands(db: DanbooruDB, rule: AttachedTags) -> AttachedBands:
         "counts": {r["_g"]: int(r["_n"]) for r in table.iter_rows(named=True)},
     }
     return AttachedBands(rule, values["post_id"].to_numpy(), bands, thresholds)
+
+
+def curated_fields(caption: dict[str, Any]) -> dict[str, Any]:
+    """The sample `.json` keys curation adds, from a caption row: `tag_caption`, `text_fields`
+    and `texts` (the recipe's text fields, names and values in the same order), `attached_tags`."""
+    fields_in_order = [k for k in caption if k.startswith("text_")]  # frame columns follow the recipe
+    return {
+        "tag_caption": caption.get("tag_caption", caption.get("caption")),
+        "text_fields": [k[len("text_"):] for k in fields_in_order],
+        "texts": [caption[k] or "" for k in fields_in_order],
+        "attached_tags": [caption[k] for k in caption if k.startswith("attached_") and caption[k]],
+    }
