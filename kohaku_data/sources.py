@@ -1,29 +1,45 @@
-"""Where a post's image bytes live: a folder of `<id>.<ext>` files or danbooru2023 tars.
+"""Where a post's image bytes live: a folder of `<id>.<ext>` files or danbooru2023 tars, on a disk
+or behind an fsspec URL (`s3://bucket/danbooru2023/`).
 
-    source = open_source(Path("raw/"))
-    for entry in source.entries():          # one entry per post id, sorted by id
+    source = open_source("raw/")            # or "s3://bucket/danbooru2023/"
+    source.files                            # one row per post id, sorted: key, container, member, offset, size
+    for entry in source.entries():          # the same as plain objects (small sources, tests)
         data = read_entry(entry)            # works in any process: entries are plain data
     source.rejects                          # what was refused, with a reason
 
-Tars are indexed from their headers only (member data offsets), never unpacked. Members whose
-names would leave the tree, links and other non-regular members are refused. Files under an
-`updates/` folder win over older copies of the same id.
+The index is columnar (polars): ~44 bytes a file, where one Python object per file took ~350.
+Tars are never unpacked: a tar's members come from its hfutils-form index beside it
+(`data-0001.json`, the form the Hub's danbooru mirrors publish) when that index fits the tar,
+else from one streamed pass that also writes that index for next time (see `tar_index`).
+Members are read by byte range. Members whose names would leave the tree, links and other
+non-regular members are refused. Files under an `updates/` folder win over older copies.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tarfile
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
+import polars as pl
+
+from kohaku_data import storage, tar_index
 from kohaku_data.errors import KdataError
 
 IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "jfif", "png", "webp", "avif", "gif", "bmp", "tif", "tiff"}
 )
 UPDATES_DIR = "updates"
+# One row per file. `container` numbers `Source.containers` (a tar, or the plain file itself);
+# `member` is the tar member name (null for a plain file); `offset` where its bytes start.
+FILES_SCHEMA: dict[str, pl.DataType] = {
+    "key": pl.Int64, "container": pl.UInt32, "member": pl.String, "offset": pl.Int64, "size": pl.Int64,
+}
+_INDEX_THREADS = 8  # tars indexed at once (network- and hash-bound; hashlib releases the GIL)
+_FINGERPRINT_CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 class SourceError(KdataError):
@@ -38,7 +54,7 @@ class SourceEntry:
     name: str  # display name relative to the source root, e.g. "data-0001.tar:1001.jpg"
     ext: str  # lower case, no dot
     size: int
-    path: str  # the file itself, or the tar that holds it
+    path: str  # the file itself, or the tar that holds it (a local path or a URL)
     member: str | None = None  # tar member name
     offset: int | None = None  # byte offset of the member's data in the tar
 
@@ -53,45 +69,79 @@ class SourceReject:
 
 @dataclass
 class Source:
-    root: Path
-    _entries: list[SourceEntry] = field(default_factory=list)
+    root: str  # as given: a local path or a URL
+    files: pl.DataFrame  # FILES_SCHEMA, sorted by key, one row per key
+    containers: list[str]  # path of each container relative to root ("" when root is the file)
     rejects: list[SourceReject] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return self.files.height
+
+    def container_path(self, index: int) -> str:
+        rel = self.containers[index]
+        return str(storage.join(self.root, rel)) if rel else self.root
+
     def entries(self) -> list[SourceEntry]:
-        return list(self._entries)
+        """Every file as a `SourceEntry` (one object each: for small sources and tests)."""
+        return entries_of(self, self.files)
 
     def fingerprint(self) -> str:
         """sha256 of the kept input list (names and sizes): changes when the inputs change."""
         digest = hashlib.sha256()
-        for entry in self._entries:
-            digest.update(f"{entry.key}\t{entry.name}\t{entry.size}\n".encode())
+        for start in range(0, self.files.height, _FINGERPRINT_CHUNK):
+            lines = self._names(self.files.slice(start, _FINGERPRINT_CHUNK)).select(
+                pl.format("{}\t{}\t{}\n", "key", "name", "size"))
+            digest.update("".join(lines.to_series()).encode())
         return digest.hexdigest()
 
+    def _names(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with its display name (`rel:member` for tar members, `rel` for files)."""
+        rel = pl.Series(self.containers, dtype=pl.String)
+        return frame.with_columns(rel=rel.gather(frame["container"])).with_columns(
+            name=pl.when(pl.col("member").is_null()).then(pl.col("rel"))
+            .otherwise(pl.concat_str("rel", pl.lit(":"), "member")))
 
-def open_source(path: str | Path) -> Source:
-    """Index a folder (recursively; plain files and `.tar` files) or a single tar."""
-    root = Path(path)
-    if not root.exists():
-        raise SourceError(f"source {root} does not exist: pass a folder of <id>.<ext> files or tars")
-    candidates: list[SourceEntry] = []
-    rejects: list[SourceReject] = []
-    for file_path in _walk(root):
-        rel = file_path.relative_to(root).as_posix() if root.is_dir() else file_path.name
-        if file_path.suffix.lower() == ".tar":
-            _index_tar(file_path, rel, candidates, rejects)
+
+def entries_of(source: Source, frame: pl.DataFrame) -> list[SourceEntry]:
+    """`SourceEntry` objects for some rows of `source.files` (e.g. one task's slice)."""
+    paths = [source.container_path(i) for i in range(len(source.containers))] if frame.height else []
+    out = []
+    for key, container, member, offset, size in frame.select(list(FILES_SCHEMA)).iter_rows():
+        rel = source.containers[container]
+        if member is None:
+            out.append(SourceEntry(key, rel or storage.name_of(source.root), _ext(rel or source.root), size,
+                                   paths[container]))
         else:
-            _add_file(file_path, rel, candidates, rejects)
-    return Source(root, _pick_winners(candidates, rejects), rejects)
+            out.append(SourceEntry(key, f"{rel}:{member}", _ext(member), size, paths[container], member, offset))
+    return out
+
+
+def open_source(path: storage.Target) -> Source:
+    """Index a folder (recursively; plain files and `.tar` files) or a single tar."""
+    root = str(path)
+    if not storage.exists(root):
+        raise SourceError(f"source {root} does not exist: pass a folder of <id>.<ext> files or tars")
+    if storage.is_dir(root):
+        listing = storage.list_files(root)
+    else:
+        listing = [("", storage.size(root))]
+    builder = _Builder(root)
+    tars = [(rel, size) for rel, size in listing if _is_tar(rel or root)]
+    index_files = {_index_rel(rel) for rel, _ in tars}
+    for rel, size in listing:
+        if not _is_tar(rel or root) and rel not in index_files:
+            builder.add_file(rel, size)
+    for rel, scan in zip([rel for rel, _ in tars], _scan_all(root, tars)):
+        builder.add_tar(rel, scan)
+    return builder.finish()
 
 
 def read_entry(entry: SourceEntry) -> bytes:
-    """The bytes of one entry. Raises SourceError when the file changed or was cut short."""
+    """The bytes of one entry (one ranged read). Raises SourceError when the file changed or
+    was cut short."""
     try:
-        with open(entry.path, "rb") as f:
-            if entry.offset is not None:
-                f.seek(entry.offset)
-            data = f.read(entry.size)
-    except OSError as exc:
+        data = storage.read_range(entry.path, entry.offset or 0, entry.size)
+    except (OSError, storage.StorageError) as exc:
         raise SourceError(f"cannot read {entry.name}: {exc}") from exc
     if len(data) != entry.size:
         raise SourceError(f"{entry.name}: expected {entry.size} bytes, read {len(data)} (file changed or cut short)")
@@ -99,98 +149,148 @@ def read_entry(entry: SourceEntry) -> bytes:
 
 
 # -- scanning --------------------------------------------------------------------------------
-def _walk(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
-    return found
+def _is_tar(name: str) -> bool:
+    return name.lower().endswith(".tar")
 
 
-def _parse_name(name: str) -> tuple[int | None, str]:
-    stem, _, ext = PurePosixPath(name).name.partition(".")
-    key = int(stem) if stem.isdigit() else None
-    return key, ext.lower()
+def _index_rel(tar_rel: str) -> str:
+    return (tar_rel[:-4] + ".json") if tar_rel else ""
 
 
-def _add_file(path: Path, rel: str, out: list[SourceEntry], rejects: list[SourceReject]) -> None:
-    key, ext = _parse_name(rel)
-    if ext not in IMAGE_EXTENSIONS:
-        rejects.append(SourceReject(rel, "unsupported_extension", f"extension {ext!r} is not an image type"))
-    elif key is None:
-        rejects.append(SourceReject(rel, "not_a_post_id", "file name must be <post id>.<ext>"))
-    else:
-        out.append(SourceEntry(key, rel, ext, path.stat().st_size, str(path)))
+def _ext(name: str) -> str:
+    return PurePosixPath(name).name.partition(".")[2].lower()
 
 
-def _index_tar(path: Path, rel: str, out: list[SourceEntry], rejects: list[SourceReject]) -> None:
-    file_size = path.stat().st_size
-    tar_path = str(path)  # one string shared by every member's entry (millions of entries)
+def _scan_all(root: str, tars: list[tuple[str, int]]) -> list[tar_index.TarScan]:
+    """Members of every tar, in listing order (tars are indexed in parallel threads)."""
+    if not tars:
+        return []
+    with ThreadPoolExecutor(min(_INDEX_THREADS, len(tars))) as pool:
+        return list(pool.map(lambda t: _scan_one(root, *t), tars))
+
+
+def _scan_one(root: str, rel: str, size: int) -> tar_index.TarScan:
+    tar = str(storage.join(root, rel)) if rel else root
+    index = tar_index.load_index(tar, size)
+    if index is not None:
+        return tar_index.TarScan(tar_index.members_of(index))
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in _members(tar, rel, rejects):
-                _add_member(tar_path, rel, member, file_size, out, rejects)
-    except (tarfile.TarError, OSError) as exc:
-        rejects.append(SourceReject(rel, "corrupt_tar", str(exc)))
+        scan = tar_index.scan_tar(tar, size)
+    except (OSError, storage.StorageError) as exc:
+        return tar_index.TarScan(refused=[("", "corrupt_tar", str(exc))])
+    if scan.index is not None:
+        _write_index(tar, scan.index)
+    return scan
 
 
-def _members(tar: tarfile.TarFile, rel: str, rejects: list[SourceReject]):
-    """Members one by one, keeping those read before a corrupt header."""
-    while True:
-        try:
-            member = tar.next()
-        except tarfile.TarError as exc:
-            rejects.append(SourceReject(rel, "corrupt_tar", f"unreadable header after the members kept: {exc}"))
+def _write_index(tar: str, index: dict) -> None:
+    """Keep the index beside the tar for the next run; a read-only source only costs that."""
+    try:
+        storage.commit_bytes(tar_index.index_path(tar), tar_index.index_bytes(index), durable=False)
+    except (OSError, storage.StorageError) as exc:
+        _log.warning("could not write the index of %s (%s); it is indexed again next time", tar, exc)
+
+
+class _Builder:
+    """Collects candidate files (plain files and tar members) as columns, then picks winners."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.containers: list[str] = []
+        self.frames: list[pl.DataFrame] = []
+        self.rejects: list[SourceReject] = []
+
+    def add_file(self, rel: str, size: int) -> None:
+        self.containers.append(rel)
+        self.frames.append(pl.DataFrame(
+            {"container": [len(self.containers) - 1], "member": [None], "offset": [0], "size": [size]},
+            schema={k: v for k, v in FILES_SCHEMA.items() if k != "key"}))
+
+    def add_tar(self, rel: str, scan: tar_index.TarScan) -> None:
+        shown = rel or storage.name_of(self.root)
+        for member, reason, detail in scan.refused:
+            self.rejects.append(SourceReject(f"{shown}:{member}" if member else shown, reason, detail))
+        if not scan.members:
             return
-        if member is None:
-            return
-        yield member
+        self.containers.append(rel)
+        names, offsets, sizes = zip(*scan.members)
+        self.frames.append(pl.DataFrame(
+            {"container": pl.Series([len(self.containers) - 1] * len(names), dtype=pl.UInt32),
+             "member": pl.Series(names, dtype=pl.String), "offset": pl.Series(offsets, dtype=pl.Int64),
+             "size": pl.Series(sizes, dtype=pl.Int64)}))
+
+    def finish(self) -> Source:
+        schema = {k: v for k, v in FILES_SCHEMA.items() if k != "key"}
+        frame = pl.concat(self.frames, rechunk=True) if self.frames else pl.DataFrame(schema=schema)
+        source = Source(self.root, pl.DataFrame(schema=FILES_SCHEMA), self.containers, self.rejects)
+        source.files = _pick_winners(source, _classify(source, frame))
+        return source
 
 
-def _add_member(tar_path: str, rel: str, member: tarfile.TarInfo, file_size: int,
-                out: list[SourceEntry], rejects: list[SourceReject]) -> None:
-    name = f"{rel}:{member.name}"
-    if member.isdir():
-        return
-    if not _is_safe_member_name(member.name):
-        rejects.append(SourceReject(name, "unsafe_member_name", "absolute or leaves the tree"))
-    elif member.issym() or member.islnk():
-        rejects.append(SourceReject(name, "tar_link", f"link to {member.linkname!r} refused"))
-    elif not member.isreg():
-        rejects.append(SourceReject(name, "corrupt_tar_member", "not a regular file"))
-    elif member.offset_data + member.size > file_size:
-        rejects.append(SourceReject(name, "corrupt_tar_member", "data runs past the end of the tar"))
-    else:
-        key, ext = _parse_name(member.name)
-        if ext not in IMAGE_EXTENSIONS:
-            rejects.append(SourceReject(name, "unsupported_extension", f"extension {ext!r} is not an image type"))
-        elif key is None:
-            rejects.append(SourceReject(name, "not_a_post_id", "member name must be <post id>.<ext>"))
-        else:
-            out.append(SourceEntry(key, name, ext, member.size, tar_path, member.name, member.offset_data))
+def _classify(source: Source, frame: pl.DataFrame) -> pl.DataFrame:
+    """Name checks on every candidate at once; refusals go to `source.rejects`, the rest keep
+    their post id (`key`)."""
+    rel = pl.Series(source.containers, dtype=pl.String)
+    shown = rel.replace("", storage.name_of(source.root)) if len(rel) else rel
+    named = frame.with_columns(_rel=shown.gather(frame["container"]))
+    named = named.with_columns(
+        _name=pl.coalesce("member", "_rel"),
+        display=pl.when(pl.col("member").is_null()).then("_rel").otherwise(pl.concat_str("_rel", pl.lit(":"), "member")),
+    )
+    base = pl.col("_name").str.split("/").list.last()
+    stem = base.str.split_exact(".", 1).struct.field("field_0")
+    ext = base.str.splitn(".", 2).struct.field("field_1").str.to_lowercase().fill_null("")
+    member = pl.col("member")
+    unsafe = member.is_not_null() & (
+        member.str.contains(r"^[/\\]") | member.str.contains("\\", literal=True) | (member == "")
+        | member.str.split("/").list.first().str.contains(":", literal=True)
+        | member.str.contains(r"(^|/)\.\.(/|$)"))
+    checked = named.with_columns(
+        _ext=ext, _key=pl.when(stem.str.contains(r"^[0-9]+$")).then(stem.str.to_integer(strict=False)),
+    ).with_columns(
+        _reason=pl.when(unsafe).then(pl.lit("unsafe_member_name"))
+        .when(~pl.col("_ext").is_in(sorted(IMAGE_EXTENSIONS))).then(pl.lit("unsupported_extension"))
+        .when(pl.col("_key").is_null()).then(pl.lit("not_a_post_id")),
+    )
+    refused = checked.filter(pl.col("_reason").is_not_null())
+    for display, reason, ext_value, is_member in refused.select(
+            "display", "_reason", "_ext", pl.col("member").is_not_null()).iter_rows():
+        source.rejects.append(SourceReject(display, reason, _detail(reason, ext_value, is_member)))
+    return checked.filter(pl.col("_reason").is_null()).select(
+        pl.col("_key").alias("key"), "container", "member", "offset", "size", "display")
 
 
-def _is_safe_member_name(name: str) -> bool:
-    if not name or name.startswith(("/", "\\")) or "\\" in name or ":" in PurePosixPath(name).parts[0]:
-        return False
-    return ".." not in PurePosixPath(name).parts
+def _detail(reason: str, ext: str, is_member: bool) -> str:
+    if reason == "unsafe_member_name":
+        return "absolute or leaves the tree"
+    if reason == "unsupported_extension":
+        return f"extension {ext!r} is not an image type"
+    return "member name must be <post id>.<ext>" if is_member else "file name must be <post id>.<ext>"
 
 
-def _pick_winners(candidates: list[SourceEntry], rejects: list[SourceReject]) -> list[SourceEntry]:
-    """One entry per key: an `updates/` copy beats the rest; otherwise the first by name."""
-    ranked = sorted(candidates, key=lambda e: (e.key, not _in_updates(e), e.name))
-    winners: list[SourceEntry] = []
-    for entry in ranked:
-        if winners and winners[-1].key == entry.key:
-            if _in_updates(winners[-1]) and not _in_updates(entry):
-                continue  # an older copy replaced by an update: expected, not a reject
-            rejects.append(SourceReject(entry.name, "duplicate_key", f"post {entry.key} also in {winners[-1].name}"))
-            continue
-        winners.append(entry)
-    return winners
+def _pick_winners(source: Source, candidates: pl.DataFrame) -> pl.DataFrame:
+    """One row per key: an `updates/` copy beats the rest; otherwise the first by name. Only
+    keys found more than once are compared (by name, in Python: there are few)."""
+    updates = pl.Series([_in_updates(rel) for rel in source.containers], dtype=pl.Boolean)
+    dup = candidates["key"].is_duplicated()
+    single = candidates.filter(~dup)
+    chosen = [single]
+    if dup.any():
+        dups = candidates.filter(dup).with_columns(_upd=updates.gather(candidates.filter(dup)["container"]))
+        dups = dups.sort(["key", "_upd", "display"], descending=[False, True, False])
+        keep = []
+        last_key, winner_name, winner_upd = None, "", False
+        for key, name, upd in dups.select("key", "display", "_upd").iter_rows():
+            if key != last_key:
+                last_key, winner_name, winner_upd = key, name, upd
+                keep.append(True)
+                continue
+            keep.append(False)
+            if not (winner_upd and not upd):  # an older copy replaced by an update: expected
+                source.rejects.append(SourceReject(name, "duplicate_key", f"post {key} also in {winner_name}"))
+        chosen.append(dups.filter(pl.Series(keep, dtype=pl.Boolean)).drop("_upd"))
+    return pl.concat(chosen).sort("key").select(list(FILES_SCHEMA)).rechunk()
 
 
-def _in_updates(entry: SourceEntry) -> bool:
-    return UPDATES_DIR in PurePosixPath(entry.name.split(":", 1)[0]).parts[:-1]
+def _in_updates(rel: str) -> bool:
+    return UPDATES_DIR in PurePosixPath(rel).parts[:-1]

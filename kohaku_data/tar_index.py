@@ -1,0 +1,170 @@
+"""Per-tar member indexes in the form the Hub's danbooru mirrors publish (deepghs/hfutils,
+cheesechaser), so a source indexed once — by kdata or by the Hub — is never read through again:
+
+    data-0001.tar   →   data-0001.json
+    {"filesize": 9876543, "hash": "<git blob sha1>", "hash_lfs": "<sha256>",
+     "files": {"1001.jpg": {"offset": 1536, "size": 48213, "sha256": "…"}, …}}
+
+`hash` is git's object id of the file (sha1 of `blob <size>\\0` + the bytes: what the Hub shows
+for a file), `hash_lfs` the sha256 of the file (its LFS oid), `offset` where a member's *data*
+starts (past its header). Only regular members are listed, as hfutils does.
+
+Building an index streams the tar once, front to back, in large blocks (one sequential read is
+far faster over a network than a ranged request per member header), hashing as it goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from kohaku_data import storage
+
+Member = tuple[str, int, int]  # name, offset of the data, size
+
+
+@dataclass
+class TarScan:
+    """What one pass over a tar found: the regular members, what was refused, and the index
+    (None when the tar is damaged or holds links: such a tar is scanned again next time, so its
+    refusals are reported again)."""
+
+    members: list[Member] = field(default_factory=list)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (member, reason, detail)
+    index: dict[str, Any] | None = None
+
+
+def index_path(tar: storage.Target) -> storage.Target:
+    """`…/data-0001.tar` → `…/data-0001.json` (the name hfutils gives it)."""
+    name = storage.name_of(tar)
+    stem = name[:-4] if name.lower().endswith(".tar") else name
+    return storage.join(storage.parent_of(tar), f"{stem}.json")
+
+
+def load_index(tar: storage.Target, tar_size: int) -> dict[str, Any] | None:
+    """The index beside `tar` if there is one that fits this very tar, else None.
+
+    Fits: its `filesize` is the tar's size, and its hash equals the one the store reports for
+    the tar without reading it (the Hub: the LFS sha256). Stores that report no content hash
+    (a disk, S3) are trusted on the size; every member kdata reads is still checked against the
+    post's md5, so a tar replaced in place by another of the same size gives rejects, not wrong
+    images."""
+    try:
+        index = json.loads(storage.read_bytes(index_path(tar)))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(index, dict) or not isinstance(index.get("files"), dict):
+        return None
+    if index.get("filesize") != tar_size:
+        return None
+    reported = _reported_sha256(tar)
+    if reported is not None and reported != index.get("hash_lfs"):
+        return None
+    return index
+
+
+def members_of(index: dict[str, Any]) -> list[Member]:
+    return [(name, int(m["offset"]), int(m["size"])) for name, m in index["files"].items()]
+
+
+def scan_tar(tar: storage.Target, tar_size: int) -> TarScan:
+    """Stream `tar` once: its regular members (with sha256), refusals, and its index."""
+    scan = TarScan()
+    sha1 = hashlib.sha1(f"blob {tar_size}\0".encode())
+    sha256 = hashlib.sha256()
+    files: dict[str, dict[str, Any]] = {}
+    clean = True
+    with storage.open_read(tar) as raw:
+        reader = _HashingReader(raw, (sha1, sha256))
+        try:
+            clean = _walk(tarfile.open(fileobj=reader, mode="r|"), tar_size, scan, files)
+        except (tarfile.TarError, EOFError) as exc:
+            scan.refused.append(("", "corrupt_tar", str(exc)))
+            clean = False
+        reader.drain()
+    if clean and reader.total == tar_size:
+        scan.index = {"filesize": tar_size, "hash": sha1.hexdigest(), "hash_lfs": sha256.hexdigest(), "files": files}
+    return scan
+
+
+def index_bytes(index: dict[str, Any]) -> bytes:
+    """Compact JSON with members in tar order (as hfutils writes it)."""
+    return json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _walk(tar: tarfile.TarFile, tar_size: int, scan: TarScan, files: dict[str, dict[str, Any]]) -> bool:
+    """Members one by one; those read before a damaged header or a cut-off member are kept.
+    Returns whether the tar was clean (only directories and regular files, all whole)."""
+    clean = True
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.TarError as exc:
+            scan.refused.append(("", "corrupt_tar", f"unreadable header after the members kept: {exc}"))
+            return False
+        if member is None:
+            return clean
+        if member.isdir():
+            continue
+        if member.issym() or member.islnk():
+            scan.refused.append((member.name, "tar_link", f"link to {member.linkname!r} refused"))
+            clean = False
+        elif not member.isreg():
+            scan.refused.append((member.name, "corrupt_tar_member", "not a regular file"))
+            clean = False
+        elif member.offset_data + member.size > tar_size or not _hash_member(tar, member, files):
+            scan.refused.append((member.name, "corrupt_tar_member", "data runs past the end of the tar"))
+            return False
+        else:
+            scan.members.append((member.name, member.offset_data, member.size))
+
+
+def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: dict[str, dict[str, Any]]) -> bool:
+    digest = hashlib.sha256()
+    left = member.size
+    try:
+        f = tar.extractfile(member)
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                return False
+            digest.update(block)
+            left -= len(block)
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    files[member.name] = {"offset": member.offset_data, "size": member.size, "sha256": digest.hexdigest()}
+    return True
+
+
+def _reported_sha256(tar: storage.Target) -> str | None:
+    if not storage.is_remote(tar):
+        return None
+    try:
+        meta = storage.info(tar)
+    except (OSError, storage.StorageError):
+        return None
+    lfs = meta.get("lfs")
+    return lfs.get("sha256") if isinstance(lfs, dict) else None
+
+
+class _HashingReader:
+    """A read-only file object that hashes every byte that passes through it."""
+
+    def __init__(self, raw: IO[bytes], digests) -> None:
+        self._raw, self._digests = raw, digests
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        for digest in self._digests:
+            digest.update(data)
+        self.total += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) what the tar reader left: the end blocks and record padding."""
+        while self.read(1 << 22):
+            pass
