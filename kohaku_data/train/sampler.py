@@ -95,11 +95,11 @@ class BucketBatchSampler:
         return self.plan().report.batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # The start is read when iteration begins, not when iter() is called: a DataLoader with
+        # workers calls iter() twice and drops the first iterator unused.
         plan = self.plan()
-        self._next, self._resume = self.start_position(), False
-        return self._batches(plan, self._next)
-
-    def _batches(self, plan: EpochPlan, start: int) -> Iterator[list[int]]:
+        start = self._next = self.start_position()
+        self._resume = False
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         rows, pads = plan.batches[:, lo:hi], plan.padded[:, lo:hi]
         for b in range(start, rows.shape[0]):
