@@ -2,18 +2,19 @@
 
     result = build_dataset(Path("raw"), Path("datasets/demo-1"), recipe, db, workers=4)
 
-Flow: plan (posts ∩ files, sorted) → image tasks in parallel into a content-addressed staging
-area (`OUT/.staging/`) → shards packed in key order from the staging area, captions made in
-bulk per batch → manifest / rejects / index / stats / dataset.lock merged from per-shard parts.
-Shard boundaries depend only on sizes, never on worker timing, so any worker count gives the
-same bytes; a killed build resumes from its staged results and committed shards.
+Flow: plan (posts ∩ files, sorted) → image tasks of fixed membership, on the executor (local
+processes or a Ray cluster), into a content-addressed staging area (`OUT/.staging/`) → the
+driver lays shards out in key order from the results' sizes, captions made in bulk per batch →
+shard tasks, on the executor, write the tars from the staging area → manifest / rejects / index
+/ stats / dataset.lock merged from per-shard parts (`pipeline.py` is the driver loop).
+Shard boundaries depend only on sizes, never on worker timing, so any worker or node count
+gives the same bytes; a killed build resumes from its staged results and committed shards.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,21 +28,18 @@ from kohaku_data.assembly.lock import (
 )
 from kohaku_data.assembly.manifest import (
     MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, STATS_NAME, Parts, dataset_stats, merge_parquet,
-    manifest_row, write_index, write_parquet, write_stats,
+    write_index, write_parquet, write_stats,
 )
-from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, PlanItem, make_plan
-from kohaku_data.assembly.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
-from kohaku_data.assembly.tasks import (
-    ImageTask, load_staged, remove_staged, run_image_task, sample_members, staging_dir,
-)
+from kohaku_data.assembly.packing import ShardLayout
+from kohaku_data.assembly.pipeline import ImageTasks, Pipeline
+from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, make_plan
+from kohaku_data.assembly.shards import ShardInfo
+from kohaku_data.assembly.tasks import staging_dir
 from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.progress import progress_bar
 
 STAGING_NAME = ".staging"
 STATE_NAME = "state.json"
-_PACK_BATCH = 1024  # posts captioned per bulk call while packing
-
 
 
 @dataclass
@@ -56,6 +54,7 @@ class BuildResult:
     reused: int = 0  # staged results or committed shards reused from an interrupted run
     up_to_date: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    placements: dict[str, int] = field(default_factory=dict)  # where this run's tasks ran → count
 
 
 def build_dataset(
@@ -68,8 +67,10 @@ def build_dataset(
     out = Path(out)
     with build_lock(out):
         source = open_source(src)
-        build = _Build(out, recipe, db, executor or LocalExecutor(workers), progress)
-        return build.run(source, force)
+        executor = executor or LocalExecutor(workers)
+        result = _Build(out, recipe, db, executor, progress).run(source, force)
+        result.placements = dict(sorted(getattr(executor, "placements", {}).items()))
+        return result
 
 
 class _Build:
@@ -121,33 +122,24 @@ class _Build:
 
     # -- the work ------------------------------------------------------------------------------
     def _process_and_pack(self, plan: BuildPlan, thresholds) -> tuple[list[ShardInfo], list[dict], dict]:
+        """Image tasks and shard tasks on the executor (see pipeline.py); the driver lays the
+        shards out and records their parts."""
         kept = self.parts.completed(self.out)
         last_key = kept[-1][1] if kept else -1
-        todo = [item for item in plan.items if item.key > last_key]
-        packer = _Packer(self, thresholds, len(kept))
-        tasks = list(_chunks(todo, _task_size(len(todo), getattr(self.executor, "workers", 1))))
-        ready: dict[int, tuple[PlanItem, ...]] = {}
-        next_index, batch = 0, []
-        counts = {"processed": 0, "reused": len(plan.items) - len(todo)}
-        with progress_bar("build", len(todo), self.progress) as bar:
-            for result in self.executor.map_unordered(run_image_task, self._image_tasks(tasks)):
-                counts["processed"] += result.done
-                counts["reused"] += result.reused
-                ready[result.index] = tasks[result.index]
-                bar.advance(result.done + result.reused)
-                while next_index in ready:  # pack the finished prefix, in plan order
-                    batch.extend(ready.pop(next_index))
-                    next_index += 1
-                if len(batch) >= _PACK_BATCH:
-                    packer.pack(batch)
-                    batch = []
-        packer.pack(batch)
-        tail = packer.finish()
-        return [info for info, _ in kept] + packer.shards, tail, counts
+        start = plan.position_after(last_key)
+        tasks = ImageTasks(plan, start, self.recipe.image, self.recipe.check_md5, self.staging)
+        layout = ShardLayout(self.out, self.recipe, len(kept))
+        pipeline = Pipeline(self.executor, layout, self.parts, self.staging,
+                            lambda ids: self._captions(ids, thresholds), self.progress)
+        pipeline.run(tasks)
+        shards = [info for info, _ in kept] + [pipeline.shards[i] for i in sorted(pipeline.shards)]
+        return shards, pipeline.tail, {"processed": pipeline.processed, "reused": start + pipeline.reused}
 
-    def _image_tasks(self, tasks: list[tuple[PlanItem, ...]]) -> Iterator[ImageTask]:
-        for index, items in enumerate(tasks):
-            yield ImageTask(index, items, self.recipe.image, self.recipe.check_md5, str(self.staging))
+    def _captions(self, ids: list[int], thresholds) -> dict[int, dict]:
+        from kohaku_data.captions import caption_posts
+
+        frame = caption_posts(self.db, ids, self.recipe.caption, thresholds)
+        return {row["id"]: row for row in frame.iter_rows(named=True)}
 
     # -- final files ----------------------------------------------------------------------------
     def _finish(self, plan: BuildPlan, shards: list[ShardInfo], tail: list[dict], lock: dict,
@@ -167,91 +159,7 @@ class _Build:
         return _result_from_stats(out, processed=counts["processed"], reused=counts["reused"])
 
 
-class _Packer:
-    """Packs staged results into shards in plan order, one bulk caption call per batch."""
-
-    def __init__(self, build: _Build, thresholds, first_index: int) -> None:
-        self.build, self.thresholds = build, thresholds
-        self.recipe = build.recipe
-        self.index = first_index
-        self.writer: ShardWriter | None = None
-        self.rows: list[dict] = []
-        self.rejects: list[dict] = []
-        self.keys: list[int] = []  # staged keys covered by the open shard (removed on commit)
-        self.last_key = -1
-        self.shards: list[ShardInfo] = []
-
-    def pack(self, items: list[PlanItem]) -> None:
-        if not items:
-            return
-        captions = self._captions([item.key for item in items])
-        for item in items:
-            staged = load_staged(self.build.staging, item)
-            if staged is None:
-                raise BuildError(f"the staged result of post {item.key} vanished; rerun the build to redo it")
-            caption = captions.get(item.key)
-            if not staged.ok:
-                self._reject(item, staged.header["reason"], staged.header.get("detail", ""))
-            elif caption is None:
-                self._reject(item, "post_missing", "the post left the DB during the build")
-            else:
-                self._add(item, staged, caption)
-            self.keys.append(item.key)
-            self.last_key = item.key
-
-    def _captions(self, ids: list[int]) -> dict[int, dict]:
-        from kohaku_data.captions import caption_posts
-
-        frame = caption_posts(self.build.db, ids, self.recipe.caption, self.thresholds)
-        return {row["id"]: row for row in frame.iter_rows(named=True)}
-
-    def _reject(self, item: PlanItem, reason: str, detail: str) -> None:
-        self.rejects.append({"key": item.key, "source": item.entry.name, "reason": reason, "detail": detail})
-
-    def _add(self, item: PlanItem, staged, caption: dict) -> None:
-        members = sample_members(staged, caption)
-        size = sum(member_bytes(len(data)) for _, data in members)
-        if self.writer is not None and self._full(size):
-            self._commit()
-        if self.writer is None:
-            self.writer = ShardWriter(self.build.out / shard_name(self.recipe.name, self.index))
-        placement = self.writer.add_sample(members)
-        self.rows.append(manifest_row(staged, caption, self.writer.path.name, placement))
-
-    def _full(self, size: int) -> bool:
-        cap = self.recipe.shard_max_samples
-        if cap is not None and self.writer.nsamples >= cap:
-            return True
-        return tar_size(self.writer.content_bytes + size) > self.recipe.shard_max_bytes
-
-    def _commit(self) -> None:
-        info = self.writer.commit()
-        self.build.parts.commit(self.index, info, self.last_key, self.rows, self.rejects)
-        for key in self.keys:  # the shard is final: its staged results are no longer needed
-            remove_staged(self.build.staging, key)
-        self.shards.append(info)
-        self.index += 1
-        self.writer, self.rows, self.rejects, self.keys = None, [], [], []
-
-    def finish(self) -> list[dict]:
-        """Commit the open shard; the rejects after the last sample are returned (the tail)."""
-        if self.writer is not None:
-            self._commit()
-        return self.rejects
-
-
 # -- helpers ----------------------------------------------------------------------------------
-def _task_size(n: int, workers: int) -> int:
-    """Small tasks keep workers busy on small builds; 64 bounds per-task overhead on big ones.
-    (Task size never changes the output: packing follows the plan, not the tasks.)"""
-    return max(1, min(64, -(-n // max(1, workers * 8))))
-
-
-def _chunks(items: list[PlanItem], size: int) -> Iterator[tuple[PlanItem, ...]]:
-    for start in range(0, len(items), size):
-        yield tuple(items[start:start + size])
-
-
 def _read_json(path: Path) -> dict | None:
     import json
 

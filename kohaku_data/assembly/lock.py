@@ -75,6 +75,9 @@ def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_
 
 
 def toolchain_versions() -> dict[str, str]:
+    """The versions of the libraries that decide the output bytes (every task reports them; a
+    cluster whose nodes disagree is refused)."""
+    import numpy
     import PIL
     import polars
     from PIL import features
@@ -82,7 +85,9 @@ def toolchain_versions() -> dict[str, str]:
     return {
         "pillow": PIL.__version__,
         "libwebp": features.version("webp") or "",
+        "libavif": features.version("avif") or "",
         "zlib": features.version("zlib") or "",
+        "numpy": numpy.__version__,
         "polars": polars.__version__,
     }
 

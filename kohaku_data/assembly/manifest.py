@@ -58,7 +58,7 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str, placement:
         "crop_left": left, "crop_top": top, "crop_right": right, "crop_bottom": bottom,
         "source": h["input"]["name"], "source_format": h["source_format"], "source_mode": h["source_mode"],
         "source_width": h["source_size"][0], "source_height": h["source_size"][1],
-        "md5_checked": h["md5_checked"], "image_bytes": len(staged.data), "sha256": h["sha256"],
+        "md5_checked": h["md5_checked"], "image_bytes": staged.image_bytes, "sha256": h["sha256"],
         "caption": caption["caption"], "rating": caption.get("rating"), "quality": caption.get("quality"),
         "year": caption.get("year_tag"), "score": caption.get("score"), "fav_count": caption.get("fav_count"),
         "created_at": None if caption.get("created_at") is None else str(caption["created_at"]),

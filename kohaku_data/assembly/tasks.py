@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES, conform
 from kohaku_data.curation.captions import curated_fields
 from kohaku_data.config import ImageConfig
+from kohaku_data.errors import KdataError
 from kohaku_data.sources import read_entry
 
 _LEN = struct.Struct(">I")
@@ -40,10 +42,34 @@ class ImageTask:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """Where one stored image lies: a byte range of a staged file (read where a shard is written,
+    so image bytes never travel through the driver)."""
+
+    path: str
+    offset: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StagedInfo:
+    """What the driver needs of a staged result: its header, and where the image is (ok only)."""
+
+    header: dict[str, Any]
+    image: ImageRef | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.header["status"] == "ok"
+
+
+@dataclass(frozen=True)
 class TaskResult:
     index: int
     done: int  # items processed now
     reused: int  # items whose staged result was still valid
+    items: tuple[StagedInfo, ...] = ()  # one per task item, in task order
 
 
 @dataclass(frozen=True)
@@ -52,10 +78,15 @@ class Staged:
 
     header: dict[str, Any]
     data: bytes | None = None
+    size: int | None = None  # the image's size when `data` is not loaded (on the driver)
 
     @property
     def ok(self) -> bool:
         return self.header["status"] == "ok"
+
+    @property
+    def image_bytes(self) -> int:
+        return len(self.data) if self.data is not None else (self.size or 0)
 
 
 def staging_dir(root: Path, image: ImageConfig, check_md5: bool) -> Path:
@@ -71,13 +102,16 @@ def staged_path(staging: Path, key: int, ok: bool) -> Path:
 def run_image_task(task: ImageTask) -> TaskResult:
     staging = Path(task.staging)
     done = reused = 0
+    infos = []
     for item in task.items:
-        if load_staged(staging, item, header_only=True) is not None:
+        info = staged_info(staging, item)
+        if info is not None:
             reused += 1
-            continue
-        _stage(staging, item, _process(item, task.image, task.check_md5))
-        done += 1
-    return TaskResult(task.index, done, reused)
+        else:
+            info = _stage(staging, item, _process(item, task.image, task.check_md5))
+            done += 1
+        infos.append(info)
+    return TaskResult(task.index, done, reused, tuple(infos))
 
 
 def _input(item: PlanItem) -> dict[str, Any]:
@@ -112,11 +146,58 @@ def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
     return Staged(header, result.data)
 
 
-def _stage(staging: Path, item: PlanItem, staged: Staged) -> None:
+def _stage(staging: Path, item: PlanItem, staged: Staged) -> StagedInfo:
     head = json.dumps(staged.header, sort_keys=True).encode()
+    path = staged_path(staging, item.key, staged.ok)
     # Not durable (no fsync per file): a result lost in a crash is only recomputed; the rename
     # keeps it whole.
-    write_atomic(staged_path(staging, item.key, staged.ok), _LEN.pack(len(head)) + head + (staged.data or b""))
+    write_atomic(path, _LEN.pack(len(head)) + head + (staged.data or b""))
+    return _info(path, staged.header, _LEN.size + len(head), len(staged.data or b""))
+
+
+def _info(path: Path, header: dict[str, Any], offset: int, size: int) -> StagedInfo:
+    if header["status"] != "ok":
+        return StagedInfo(header)
+    return StagedInfo(header, ImageRef(str(path), offset, size, header["sha256"]))
+
+
+def staged_info(staging: Path, item: PlanItem) -> StagedInfo | None:
+    """The header and image location of `item`'s staged result, if one holds for this very
+    input (the image is not read: `read_staged_image` checks its sha256 where it is used)."""
+    for ok in (True, False):
+        path = staged_path(staging, item.key, ok)
+        try:
+            with open(path, "rb") as f:
+                head_len = _LEN.unpack(f.read(_LEN.size))[0]
+                header = json.loads(f.read(head_len))
+                size = os.fstat(f.fileno()).st_size - _LEN.size - head_len
+        except FileNotFoundError:
+            continue
+        except (ValueError, struct.error):
+            return None
+        if header.get("input") != _input(item):
+            return None  # another file now has this id: recompute
+        return _info(path, header, _LEN.size + head_len, size)
+    return None
+
+
+class StagedDamaged(KdataError):
+    """A staged image no longer matches its header (disk trouble, or a hand-edited staging area)."""
+
+
+def read_staged_image(ref: ImageRef) -> bytes:
+    """The stored image bytes at `ref`, checked against their sha256. A damaged staged result is
+    removed, so that the rerun the error asks for recomputes it."""
+    try:
+        with open(ref.path, "rb") as f:
+            f.seek(ref.offset)
+            data = f.read(ref.size)
+    except FileNotFoundError:
+        raise StagedDamaged(f"the staged result {ref.path} vanished; rerun the build to redo it") from None
+    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+        Path(ref.path).unlink(missing_ok=True)
+        raise StagedDamaged(f"the staged result {ref.path} was damaged (removed); rerun the build to redo it")
+    return data
 
 
 def load_staged(staging: Path, item: PlanItem, *, header_only: bool = False) -> Staged | None:

@@ -1,0 +1,139 @@
+"""Distributed shard packing: the driver lays shards out from sizes, shard tasks write them.
+
+The driver knows every member's size without touching an image: the image tasks return the
+size (and staged location) of each stored image, and the `.txt` / `.json` members are made on
+the driver from the captions it computes in bulk. So `ShardLayout` fixes the shard boundaries
+(exact byte caps, gap-free numbering) from the plan and the results alone — the same for any
+executor, node or worker count — and each closed shard becomes a `ShardJob`: its samples in
+order, small members inline, images by reference to their staged bytes. `write_shard` runs
+wherever the executor puts it, reads those images by byte range, writes the tar (and its member
+index) beside the others and returns its `ShardInfo`: image bytes never pass through the driver.
+
+`ShardLayout.add` follows the plan order exactly as a single packer would: a reject joins the
+open shard's reject list; a sample that would take the open shard past its cap first closes it
+(so a shard's `last_key` is the last plan item before the sample that did not fit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kohaku_data.assembly.lock import BuildError
+from kohaku_data.assembly.plan import PlanItem
+from kohaku_data.assembly.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
+from kohaku_data.assembly.tasks import ImageRef, Staged, StagedInfo, read_staged_image, sample_members
+from kohaku_data.config import Recipe
+
+Member = tuple[str, "bytes | ImageRef"]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: plain data, picklable, no DB (a task for any executor)."""
+
+    index: int
+    path: str  # where the tar goes
+    samples: tuple[tuple[Member, ...], ...]
+    size: int  # the tar's size the layout computed; the writer must land on it exactly
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    index: int
+    info: ShardInfo
+    placements: tuple[dict, ...]  # per sample, what ShardWriter.add_sample returned
+
+
+@dataclass
+class LaidOut:
+    """A closed shard on the driver: its job, and what its part records once it is written."""
+
+    job: ShardJob
+    samples: list[tuple[Staged, dict]]  # (staged header, caption) per sample, for manifest rows
+    rejects: list[dict]
+    last_key: int
+    keys: list[int]  # every plan item it covers (their staged results go once it is written)
+
+
+def write_shard(job: ShardJob) -> ShardDone:
+    """Write one shard from its job (runs in a worker, on any node that sees the staging area)."""
+    writer = ShardWriter(Path(job.path))
+    try:
+        placements = tuple(writer.add_sample([(name, _bytes(data)) for name, data in sample])
+                           for sample in job.samples)
+        info = writer.commit()
+    except BaseException:
+        writer.abort()  # a failed write leaves no temporary file; the rerun redoes this shard
+        raise
+    if info.filesize != job.size:
+        raise BuildError(f"{info.url} came out {info.filesize} bytes, the layout said {job.size}; "
+                         "this is a kdata bug: please report it")
+    return ShardDone(job.index, info, placements)
+
+
+def _bytes(data: bytes | ImageRef) -> bytes:
+    return read_staged_image(data) if isinstance(data, ImageRef) else data
+
+
+@dataclass
+class ShardLayout:
+    """Shard boundaries from sizes only; `add` items in plan order, `finish` at the end."""
+
+    out: Path
+    recipe: Recipe
+    index: int  # the next shard's number
+    _members: list[tuple[Member, ...]] = field(default_factory=list)
+    _samples: list[tuple[Staged, dict]] = field(default_factory=list)
+    _rejects: list[dict] = field(default_factory=list)
+    _keys: list[int] = field(default_factory=list)
+    _content: int = 0
+    _last_key: int = -1
+
+    def add(self, item: PlanItem, staged: StagedInfo, caption: dict[str, Any] | None) -> LaidOut | None:
+        """Place one plan item; returns the shard it closed, if it closed one."""
+        closed = None
+        if not staged.ok:
+            self._reject(item, staged.header["reason"], staged.header.get("detail", ""))
+        elif caption is None:
+            self._reject(item, "post_missing", "the post left the DB during the build")
+        else:
+            closed = self._add(staged, caption)
+        self._keys.append(item.key)
+        self._last_key = item.key
+        return closed
+
+    def finish(self) -> tuple[LaidOut | None, list[dict]]:
+        """Close the open shard; the rejects after its last sample are the build's tail."""
+        if self._members:
+            return self._close(), []
+        return None, self._rejects
+
+    def _reject(self, item: PlanItem, reason: str, detail: str) -> None:
+        self._rejects.append({"key": item.key, "source": item.entry.name, "reason": reason, "detail": detail})
+
+    def _add(self, info: StagedInfo, caption: dict[str, Any]) -> LaidOut | None:
+        staged = Staged(info.header, None, info.image.size)
+        members = tuple((name, info.image if data is None else data) for name, data in sample_members(staged, caption))
+        size = sum(member_bytes(m.size if isinstance(m, ImageRef) else len(m)) for _, m in members)
+        closed = self._close() if self._members and self._full(size) else None
+        self._members.append(members)
+        self._samples.append((staged, caption))
+        self._content += size
+        return closed
+
+    def _full(self, size: int) -> bool:
+        cap = self.recipe.shard_max_samples
+        if cap is not None and len(self._members) >= cap:
+            return True
+        return tar_size(self._content + size) > self.recipe.shard_max_bytes
+
+    def _close(self) -> LaidOut:
+        path = self.out / shard_name(self.recipe.name, self.index)
+        job = ShardJob(self.index, str(path), tuple(self._members), tar_size(self._content))
+        laid = LaidOut(job, self._samples, self._rejects, self._last_key, self._keys)
+        self.index += 1
+        self._members, self._samples, self._rejects, self._keys, self._content = [], [], [], [], 0
+        return laid
+
