@@ -149,14 +149,34 @@ def hf_yaml_header(index: dict[str, Any]) -> str:
     """The YAML front matter of the dataset card (`---` … `---\\n`): one `default` config whose
     train split is the shards of `index` (index.json), and the features above. Written by hand
     (no YAML library needed), deterministic, parsed back by the tests with PyYAML and 🤗."""
+    shards = index.get("shardlist", [])
+    return card_header(shard_glob(index), hf_features_yaml(), sum(int(s["nsamples"]) for s in shards),
+                       sum(int(s["filesize"]) for s in shards))
+
+
+def hf_parquet_features_yaml() -> list[dict[str, Any]]:
+    """The columns of `kdata export --format hf` parquet files: key, image, caption, json."""
+    return [{"name": "key", "dtype": "int64"}, {"name": "image", "dtype": "image"},
+            {"name": "caption", "dtype": "string"}, {"name": "json", "struct": _yaml_struct(JSON_FIELDS)}]
+
+
+def card_header(path_pattern: str, features: list[dict[str, Any]], nsamples: int, nbytes: int) -> str:
+    """Front matter with one `default` config (train split = `path_pattern`) and `features`."""
     lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
-             f"    path: {_quote(shard_glob(index))}", "dataset_info:", "  config_name: default", "  features:"]
-    lines += _yaml_lines(hf_features_yaml(), "  ")
-    nsamples = sum(int(s["nsamples"]) for s in index.get("shardlist", []))
-    nbytes = sum(int(s["filesize"]) for s in index.get("shardlist", []))
+             f"    path: {_quote(path_pattern)}", "dataset_info:", "  config_name: default", "  features:"]
+    lines += _yaml_lines(features, "  ")
     lines += ["  splits:", "  - name: train", f"    num_examples: {nsamples}", f"    num_bytes: {nbytes}",
               f"  download_size: {nbytes}", "---", ""]
     return "\n".join(lines)
+
+
+def strip_header(card: str) -> str:
+    """A card's text without its YAML front matter (to put another header on it)."""
+    if card.startswith("---\n"):
+        end = card.find("\n---\n", 4)
+        if end != -1:
+            return card[end + 5:]
+    return card
 
 
 def _yaml_lines(items: list[dict[str, Any]], indent: str) -> list[str]:
