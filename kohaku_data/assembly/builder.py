@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.executor import Executor, LocalExecutor
 from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, check_same_recipe, db_fingerprint, dumps, lock_dict, read_lock,
@@ -154,6 +155,7 @@ class _Build:
         write_index(out, shards, self.recipe.name)
         write_stats(out, dataset_stats(out, rejects, shards))
         _remove_stale_shards(out, self.recipe.name, len(shards))
+        write_card(out, lock)  # README.md + card/*.png, made from the files above
         write_atomic(out / LOCK_NAME, dumps(lock))  # last: its presence means "complete"
         shutil.rmtree(self.staging_root)
         return _result_from_stats(out, processed=counts["processed"], reused=counts["reused"])

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
 )
@@ -112,6 +113,7 @@ def _rewrite(dataset: Path, target: Path, recipe: Recipe, db: DanbooruDB, thresh
     write_index(target, shards, recipe.name)
     stats = dataset_stats(target, rejects, shards)
     write_stats(target, stats)
+    write_card(target, lock)  # README.md + card/*.png, made from the files above
     write_atomic(target / LOCK_NAME, dumps(lock))
     shutil.rmtree(target / ".staging")
     return stats

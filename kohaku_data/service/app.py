@@ -266,6 +266,15 @@ def _add_dataset_routes(app: FastAPI, state: ServiceState) -> None:
     def histograms(name: str) -> dict[str, Any]:
         return {"name": name, **catalog.get(name).histograms()}
 
+    @app.get("/datasets/{name}/card", summary="The dataset card (README.md) as markdown and HTML, and its pictures")
+    def card(name: str) -> dict[str, Any]:
+        return {"name": name, **catalog.get(name).card(f"/datasets/{quote(name)}/card")}
+
+    @app.get("/datasets/{name}/card/{picture}", summary="One picture of the dataset card (PNG)")
+    def card_picture(name: str, picture: str) -> FileResponse:
+        return FileResponse(catalog.get(name).card_picture(picture), media_type="image/png",
+                            headers={"Cache-Control": "no-cache"})
+
     @app.get("/datasets/{name}/samples/{key}",
              summary="A sample's image (caption in X-Kdata-Caption, percent-encoded UTF-8); "
                      "`{key}.json` gives caption and metadata as JSON")

@@ -26,6 +26,8 @@ from kohaku_data.errors import KdataError
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PICTURE_RE = re.compile(r"^[a-z_]+\.png$")
+_FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.S)
 
 
 class DatasetError(KdataError):
@@ -103,6 +105,28 @@ class Dataset:
                 counts = frame.group_by(column).len().sort(["len", column], descending=[True, False], nulls_last=True)
                 out[column] = [{"value": _jsonable(v), "count": n} for v, n in counts.iter_rows()]
         return out
+
+    # -- the card (README.md + card/*.png, written by every build) ----------------------------
+    def card(self, picture_base: str) -> dict[str, Any]:
+        """The card's markdown (YAML header dropped), as HTML too, with its pictures under
+        `picture_base` (the route that serves `card/NAME.png`)."""
+        from markdown_it import MarkdownIt
+
+        path = self.path / "README.md"
+        if not path.is_file():
+            raise DatasetError(f"dataset {self.name} has no card (README.md): rebuild it with a kdata that writes one")
+        text = _FRONT_MATTER.sub("", path.read_text(encoding="utf-8"), count=1)
+        pictures = sorted(p.name for p in (self.path / "card").glob("*.png"))
+        linked = text.replace("](card/", f"]({picture_base}/")
+        # html=False: the card escapes its data, and no raw HTML from a folder reaches the page.
+        html = MarkdownIt("commonmark", {"html": False}).enable("table").render(linked)
+        return {"markdown": text, "html": html, "pictures": [f"{picture_base}/{p}" for p in pictures]}
+
+    def card_picture(self, picture: str) -> Path:
+        path = self.path / "card" / picture
+        if not _PICTURE_RE.match(picture) or not path.is_file():
+            raise DatasetError(f"dataset {self.name} has no card picture {picture!r}")
+        return path
 
     # -- samples -----------------------------------------------------------------------------
     def read_member(self, key: str, ext: str) -> bytes:

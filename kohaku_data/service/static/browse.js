@@ -103,7 +103,24 @@ function histogram(target, rows) {
     box.append(bar);
   }
 }
+// The card's HTML comes from the server (markdown rendered without raw HTML). Each picture marks
+// what it loaded as: data-width (its naturalWidth; the browse test reads it) or a visible error.
+async function showCard(name) {
+  const box = $("#card");
+  try {
+    const card = await api(`/datasets/${encodeURIComponent(name)}/card`);
+    box.innerHTML = card.html;
+    for (const img of box.querySelectorAll("img")) {
+      const mark = () => { img.dataset.width = String(img.naturalWidth); };
+      if (img.complete && img.naturalWidth) mark(); else img.addEventListener("load", mark);
+      img.addEventListener("error", () => img.replaceWith(el("p", { class: "error" }, `picture missing: ${img.getAttribute("src")}`)));
+    }
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "muted" }, err.message));
+  }
+}
 async function showDataset(name) {
+  showCard(name);
   const grid = $("#grid");
   grid.replaceChildren();
   $("#status").textContent = "loading…";

@@ -1,0 +1,277 @@
+"""The dataset card: the ONE writer of a dataset folder's `README.md` and its `card/*.png`.
+
+    write_card(Path("datasets/demo-1"), lock)   # every build and re-caption, before dataset.lock
+
+The README is a 🤗 dataset card: the YAML header of `sample_schema.hf_yaml_header` (configs /
+data_files over the shards, the features of the json), then in plain words what the folder
+holds and how it was made — recipe and hash, DB fingerprint and date range, counts, the
+thresholds actually used, rejects with examples — and the pictures of `card_plots`. It is made
+from the folder's files and the lock dict alone (`card_data`), holds no time or path, and the
+same build gives the same bytes. Values that come from the data (tags, file names, details) are
+escaped, so the markdown renders the same on the Hub, on GitHub and in `kdata serve`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kohaku_data.assembly.card_data import CardFacts, card_facts
+from kohaku_data.assembly.card_plots import render_plots
+from kohaku_data.assembly.lock import write_atomic
+
+README_NAME = "README.md"
+CARD_DIR = "card"
+PICTURE_RE = re.compile(r"^[a-z_]+\.png$")
+# Picture file → (heading, what it answers); README order.
+PICTURES = {
+    "buckets.png": ("Buckets", "How many samples each aspect-ratio bucket holds, from the tallest to the widest."),
+    "shares.png": ("Quality, year and rating", "The share of each quality, year and rating tag in the captions."),
+    "year_quality.png": ("Quality per year", "The quality mix of each year's posts: does one era dominate a band?"),
+    "tags.png": ("Top tags", "The most frequent artists, characters, copyrights, general and meta tags."),
+    "scores.png": ("Score and favourites", "Distributions of the posts' score and fav_count (the quality metrics)."),
+    "rejects.png": ("Rejects", "Inputs left out of the dataset, by reason (examples in the table below)."),
+}
+
+
+@dataclass(frozen=True)
+class Card:
+    readme: Path
+    pictures: tuple[Path, ...]
+
+
+def write_card(folder: Path, lock: dict[str, Any]) -> Card:
+    """Write `card/*.png` then `README.md` into `folder` (atomically each); stale pictures go."""
+    folder = Path(folder)
+    facts = card_facts(folder, lock)
+    pngs = render_plots(facts)
+    card_dir = folder / CARD_DIR
+    card_dir.mkdir(exist_ok=True)
+    for old in card_dir.glob("*.png"):
+        if old.name not in pngs:
+            old.unlink()
+    for name, data in pngs.items():
+        write_atomic(card_dir / name, data)
+    readme = folder / README_NAME
+    write_atomic(readme, card_markdown(facts, list(pngs)).encode())
+    return Card(readme, tuple(card_dir / name for name in pngs))
+
+
+def card_markdown(facts: CardFacts, pictures: list[str]) -> str:
+    parts = [
+        _yaml_header(facts.index), _title(facts), _overview(facts), _thresholds(facts),
+        _pictures(pictures), _rejects(facts), _files(facts), _loading(facts), _recipe_table(facts),
+    ]
+    return "\n".join(p for p in parts if p).rstrip() + "\n"
+
+
+def _yaml_header(index: dict[str, Any]) -> str:
+    from kohaku_data.assembly.sample_schema import hf_yaml_header
+
+    return hf_yaml_header(index)
+
+
+# -- sections ----------------------------------------------------------------------------------
+def _title(facts: CardFacts) -> str:
+    recipe = facts.recipe
+    lines = [f"# {esc(recipe.get('name', '?'))}-{esc(recipe.get('version', '?'))}", ""]
+    if recipe.get("description"):
+        lines += [f"> {esc(recipe['description'])}", ""]
+    n, shards = facts.stats.get("samples", 0), len(facts.index.get("shardlist", []))
+    lines += [
+        f"A kohaku-data (`kdata build`) dataset for anime text-to-image training: "
+        f"**{n:,} samples** in {shards:,} webdataset shards ({human_bytes(facts.stats.get('bytes', 0))}). "
+        "Each sample is one Danbooru post: its image, resized once (LANCZOS) into an aspect-ratio bucket "
+        "and stored losslessly, its caption (`.txt`) and its metadata (`.json`). Everything below was "
+        "computed from this folder's own files; `dataset.lock` holds the full record.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _overview(facts: CardFacts) -> str:
+    lock, stats, recipe = facts.lock, facts.stats, facts.recipe
+    first, last = facts.date_range
+    shards = [s["url"] for s in facts.index.get("shardlist", [])]
+    rejects = facts.rejects
+    reject_text = ", ".join(f"{esc(r)} {n:,}" for r, n in zip(rejects["reason"], rejects["n"]))
+    tool = lock.get("toolchain", {})
+    rows = [
+        ("recipe", f"`{esc(recipe.get('name', '?'))}` version `{esc(recipe.get('version', '?'))}`, "
+                   f"sha256 `{lock.get('recipe_sha256', '?')}`"),
+        ("query", f"`{esc(recipe['query'])}`" if recipe.get("query") else "every post of the DB that has a file"),
+        ("DB fingerprint", f"`{lock.get('db_fingerprint', '?')}`"),
+        ("posts dated", f"{first} … {last}" if first else "no dated posts"),
+        ("inputs sha256", f"`{lock.get('inputs_sha256', '?')}`"),
+        ("samples", f"{stats.get('samples', 0):,}"),
+        ("shards", f"{len(shards):,}" + (f" (`{esc(shards[0])}` … `{esc(shards[-1])}`)" if shards else "")),
+        ("bytes", f"{stats.get('bytes', 0):,} in shards ({human_bytes(stats.get('bytes', 0))}), "
+                  f"{stats.get('image_bytes', 0):,} of them image bytes"),
+        ("rejects", f"{int(rejects['n'].sum()):,}" + (f" ({reject_text})" if reject_text else "")),
+        ("images", f"bucket preset `{esc(_get(recipe, 'image.bucket'))}`, codec `{esc(_get(recipe, 'image.codec'))}`"),
+        ("built with", f"kdata {esc(lock.get('kdata_version', '?'))}"
+                       + "".join(f", {esc(k)} {esc(v)}" for k, v in sorted(tool.items()) if v)),
+    ]
+    return "\n".join(["## At a glance", "", *_table(["", ""], rows), ""])
+
+
+def _thresholds(facts: CardFacts) -> str:
+    caption = facts.recipe.get("caption", {})
+    t = facts.lock.get("caption_thresholds") or {}
+    lines = ["## Thresholds used", ""]
+    lines += _quality_table(caption, t)
+    lines += _year_table(caption, t)
+    for key in sorted(k for k in facts.lock if k.endswith("_thresholds") and k != "caption_thresholds"):
+        flat = flatten(facts.lock[key])
+        lines += [f"**{esc(key.removesuffix('_thresholds').replace('_', ' ').title())}** (from `dataset.lock`, `{key}`):", ""]
+        lines += _table(["key", "value"], [(f"`{esc(k)}`", _show(v)) for k, v in flat.items()]) + [""]
+    return "\n".join(lines)
+
+
+def _quality_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
+    if not caption.get("quality", True) or not t.get("by_rating"):
+        return ["**Quality**: no quality tags in this recipe.", ""]
+    bands, pcts = list(caption.get("quality_bands", ())), list(t.get("percentiles", ()))
+    ratings = [r for r in ("general", "sensitive", "questionable", "explicit") if r in t["by_rating"]]
+    ratings += sorted(set(t["by_rating"]) - set(ratings))
+    rows = []
+    for i, band in enumerate(bands):
+        if i < len(pcts):
+            rows.append((esc(band), f"> p{pcts[i]:g}", *(_num(t["by_rating"][r][i]) for r in ratings)))
+        else:
+            rows.append((esc(band), "the rest", *("" for _ in ratings)))
+    counts = t.get("counts", {})
+    lines = [f"**Quality** (metric `{esc(t.get('metric', '?'))}`; a post gets the best band whose threshold its "
+             f"metric is strictly above; thresholds are the `{esc(t.get('interpolation', 'linear'))}` percentiles "
+             "of the DB's posts of the same rating):", ""]
+    lines += _table(["band", "percentile", *[f"{r} ({counts.get(r, 0):,} posts)" for r in ratings]], rows)
+    if t.get("by_cohort"):
+        lines += ["", f"{len(t['by_cohort'])} (rating, year) cohorts with at least "
+                      f"{caption.get('cohort_min_posts', '?')} posts have thresholds of their own (in `dataset.lock`)."]
+    if t.get("cutoff_date"):
+        lines += ["", f"Posts written after {t['cutoff_date']} get no quality tag (their favourites are still growing)."]
+    return lines + [""]
+
+
+def _year_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
+    tags, edges = list(caption.get("year_tags", ())), list(t.get("year_edges", ()))
+    if not caption.get("year", True) or not edges:
+        return ["**Year**: no year tags in this recipe.", ""]
+    rows = []
+    for i, tag in enumerate(tags):
+        start = edges[i] if i < len(edges) else "?"
+        end = edges[i - 1] if i > 0 else None
+        rows.append((esc(tag), start, f"before {end}" if end else "today"))
+    return [f"**Year** (mode `{esc(caption.get('year_mode', '?'))}`; a post gets the first tag whose start "
+            "its written date is on or after):", "", *_table(["tag", "from", "until"], rows), ""]
+
+
+def _pictures(pictures: list[str]) -> str:
+    lines = ["## Pictures", ""]
+    for name in pictures:
+        heading, text = PICTURES.get(name, (name, ""))
+        lines += [f"### {heading}", "", text, "", f"![{heading}]({CARD_DIR}/{name})", ""]
+    return "\n".join(lines)
+
+
+def _rejects(facts: CardFacts) -> str:
+    frame = facts.rejects
+    if frame.height == 0:
+        return "## Rejects\n\nNo input was rejected.\n"
+    rows = [(f"`{esc(r)}`", f"{n:,}", " · ".join(esc(_short(e)) for e in ex))
+            for r, n, ex in frame.select("reason", "n", "examples").iter_rows()]
+    return "\n".join(["## Rejects", "", "Every input left out, with the reason (all of them in `rejects.parquet`):",
+                      "", *_table(["reason", "inputs", "examples (key: detail)"], rows), ""])
+
+
+def _files(facts: CardFacts) -> str:
+    name = esc(facts.index.get("name", facts.recipe.get("name", "?")))
+    rows = [
+        (f"`{name}-NNNNNN.tar`", "webdataset shards; per sample `<id>.webp` (or `.png`), `<id>.txt`, `<id>.json`"),
+        ("`manifest.parquet`", "one row per sample: shard, bucket, crop, source size, sha256, caption, quality, …"),
+        ("`rejects.parquet`", "one row per input left out: key, source, reason, detail"),
+        ("`index.json`", "the shard list (wids shard index: url, nsamples, filesize, sha256)"),
+        ("`stats.json`", "counts and bucket histograms, overall and per shard"),
+        ("`dataset.lock`", "what this version was built from: recipe, DB fingerprint, thresholds, toolchain"),
+        (f"`{CARD_DIR}/`", "the pictures of this card"),
+    ]
+    return "\n".join(["## Files", "", *_table(["file", "what it holds"], rows), ""])
+
+
+def _loading(facts: CardFacts) -> str:
+    shards = facts.index.get("shardlist", [])
+    name = facts.index.get("name", "NAME")
+    pattern = f"{name}-{{000000..{len(shards) - 1:06d}}}.tar" if shards else f"{name}-000000.tar"
+    return "\n".join([
+        "## Loading", "", "```python",
+        "import datasets  # the YAML header above declares the shards and the json's features",
+        'ds = datasets.load_dataset("PATH/TO/THIS/FOLDER", split="train")', "",
+        "import webdataset as wds",
+        f'ds = wds.WebDataset("PATH/TO/THIS/FOLDER/{pattern}").decode("pil").to_tuple("webp;png", "txt", "json")',
+        "```", "",
+    ])
+
+
+def _recipe_table(facts: CardFacts) -> str:
+    rows = [(f"`{esc(k)}`", _show(v)) for k, v in flatten(facts.recipe).items()]
+    return "\n".join(["## Recipe (every key)", "", *_table(["key", "value"], rows), ""])
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (lists stay values), in sorted key order."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key in sorted(data):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        value = data[key]
+        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def esc(value: Any) -> str:
+    """Text from the data made inert in markdown tables: no HTML, no column breaks, one line."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("`", "'").replace("\n", " ").replace("\r", " ")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _table(header: list[str], rows: list[tuple]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data if data != {} else "?"
+
+
+def _show(value: Any) -> str:
+    """A recipe value as read in a table: strings in code spans (a separator `, ` stays visible)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show(v) for v in value) if value else "(none)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return f"`{esc(value)}`" if value else "(empty)"
+    return esc(value)
+
+
+def _num(value: Any) -> str:
+    return f"{float(value):.4g}" if isinstance(value, (int, float)) else esc(value)
+
+
+def _short(text: str, limit: int = 110) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

@@ -1,0 +1,156 @@
+"""The numbers behind a dataset's card, computed from its files with polars (no image opened).
+
+    facts = card_facts(Path("datasets/demo-1"), lock)
+
+Inputs: `manifest.parquet` (one row per sample), `rejects.parquet`, `stats.json`, `index.json`
+and the lock dict (passed in: the card is written *before* `dataset.lock`, which stays the
+build's last write). Tags per category are the one thing the manifest lacks; they come from the
+samples' `.json` members, read by a header walk of the shards that seeks over every image.
+Every frame is sorted on fixed keys, so the same folder gives the same facts (and card bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME
+from kohaku_data.assembly.sample_schema import TAG_CATEGORIES
+
+RATING_ORDER = ("general", "sensitive", "questionable", "explicit")
+NONE_LABEL = "(none)"  # a sample without a quality / year tag (tag off, broken date, cutoff)
+TOP_TAGS = 15
+REJECT_EXAMPLES = 3
+_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything the card's text and pictures show; plain frames and dicts."""
+
+    lock: dict[str, Any]
+    index: dict[str, Any]
+    stats: dict[str, Any]
+    manifest: pl.DataFrame  # the columns the card uses
+    buckets: pl.DataFrame  # bucket, width, height, aspect, n, share (by aspect ratio)
+    shares: dict[str, pl.DataFrame]  # quality / year / rating -> value, n, share (fixed order)
+    year_quality: pl.DataFrame  # year (calendar, from created_at), quality, n
+    tags: pl.DataFrame  # category, tag, n: the TOP_TAGS of each category
+    rejects: pl.DataFrame  # reason, n, examples (list of "key: detail")
+    date_range: tuple[str | None, str | None]
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return self.lock.get("recipe", {})
+
+
+def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    caption = lock.get("recipe", {}).get("caption", {})
+    rejects = pl.read_parquet(folder / REJECTS_NAME)
+    dates = manifest["date"].drop_nulls()
+    return CardFacts(
+        lock=lock, index=_read_json(folder / INDEX_NAME), stats=_read_json(folder / STATS_NAME),
+        manifest=manifest, buckets=bucket_counts(manifest),
+        shares={
+            "quality": shares(manifest, "quality", caption.get("quality_bands", ())),
+            "year": shares(manifest, "year", tuple(reversed(caption.get("year_tags", ())))),
+            "rating": shares(manifest, "rating", RATING_ORDER),
+        },
+        year_quality=year_quality(manifest),
+        tags=top_tags(folder, TOP_TAGS),
+        rejects=reject_summary(rejects, REJECT_EXAMPLES),
+        date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
+    )
+
+
+def read_manifest(folder: Path) -> pl.DataFrame:
+    """The manifest columns the card and `kdata diff` read, plus `date` (YYYY-MM-DD as written)."""
+    created = pl.col("created_at")
+    frame = pl.read_parquet(folder / MANIFEST_NAME)
+    return frame.with_columns(date=pl.when(created.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(created.str.slice(0, 10)))
+
+
+def bucket_counts(manifest: pl.DataFrame) -> pl.DataFrame:
+    """Samples per bucket, ordered from the tallest to the widest aspect ratio (w / h)."""
+    size = pl.col("bucket").str.split_exact("x", 1)
+    return (
+        manifest.group_by("bucket").len("n")
+        .with_columns(width=size.struct.field("field_0").cast(pl.Int64),
+                      height=size.struct.field("field_1").cast(pl.Int64))
+        .with_columns(aspect=pl.col("width") / pl.col("height"), share=pl.col("n") / pl.col("n").sum())
+        .sort("aspect", "bucket")
+        .select("bucket", "width", "height", "aspect", "n", "share")
+    )
+
+
+def shares(manifest: pl.DataFrame, column: str, order: tuple[str, ...]) -> pl.DataFrame:
+    """Counts of `column`'s values in the recipe's order (unknown values after, then none)."""
+    counts = (manifest.select(pl.col(column).fill_null("").replace("", NONE_LABEL).alias("value"))
+              .group_by("value").len("n"))
+    rank = {v: i for i, v in enumerate(order)}
+    rank[NONE_LABEL] = len(order) + 1
+    return (counts.with_columns(rank=pl.col("value").replace_strict(rank, default=len(order), return_dtype=pl.Int64))
+            .sort("rank", "value").drop("rank")
+            .with_columns(share=pl.col("n") / pl.col("n").sum()))
+
+
+def year_quality(manifest: pl.DataFrame) -> pl.DataFrame:
+    """Samples per (calendar year of the post, quality band): the per-year quality mix."""
+    return (manifest.select(year=pl.col("date").str.slice(0, 4),
+                            quality=pl.col("quality").fill_null("").replace("", NONE_LABEL))
+            .drop_nulls("year").group_by("year", "quality").len("n").sort("year", "quality"))
+
+
+def reject_summary(rejects: pl.DataFrame, examples: int) -> pl.DataFrame:
+    """Rejects per reason (most first) with the first few keys and details of each."""
+    shown = pl.concat_str(pl.col("key").cast(pl.String).fill_null("-"), pl.lit(": "), pl.col("detail").fill_null(""))
+    return (rejects.sort("key", "source").group_by("reason", maintain_order=True)
+            .agg(n=pl.len(), examples=shown.head(examples))
+            .sort(["n", "reason"], descending=[True, False]))
+
+
+def top_tags(folder: Path, top: int) -> pl.DataFrame:
+    """The `top` most frequent tags of each category over the samples' `.json` members."""
+    empty = pl.DataFrame(schema={"category": pl.String, "tag": pl.String, "n": pl.UInt32})
+    docs = [doc.decode("utf-8") for shard in _shards(folder) for doc in json_members(shard)]
+    if not docs:
+        return empty
+    dtype = pl.Struct({"tags": pl.Struct({c: pl.List(pl.String) for c in TAG_CATEGORIES})})
+    tags = pl.Series(docs).str.json_decode(dtype).struct.unnest().unnest("tags")
+    long = pl.concat([tags.select(category=pl.lit(c), tag=pl.col(c)).explode("tag") for c in TAG_CATEGORIES])
+    return (long.drop_nulls("tag").group_by("category", "tag").len("n")
+            .sort(["category", "n", "tag"], descending=[False, True, False])
+            .group_by("category", maintain_order=True).head(top))
+
+
+def json_members(shard: Path) -> list[bytes]:
+    """The `.json` members of one kdata shard, in order, by walking its USTAR headers.
+
+    kdata writes its shards itself (fixed USTAR headers, regular files only), so a header walk
+    that seeks over every other member is safe, and ~4x faster than `tarfile`'s member objects:
+    the card reads 1M samples' json in seconds, never an image byte."""
+    out: list[bytes] = []
+    with open(shard, "rb") as f:
+        while len(head := f.read(_BLOCK)) == _BLOCK and head.strip(b"\0"):
+            name = head[:100].split(b"\0", 1)[0]
+            size = int(head[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            padded = -(-size // _BLOCK) * _BLOCK
+            if name.endswith(b".json"):
+                out.append(f.read(padded)[:size])
+            else:
+                f.seek(padded, 1)
+    return out
+
+
+def _shards(folder: Path) -> list[Path]:
+    return [folder / s["url"] for s in _read_json(folder / INDEX_NAME).get("shardlist", [])]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,236 @@
+"""The card's pictures: one PNG per question a trainer asks, drawn by matplotlib (Agg, headless).
+
+    pngs = render_plots(facts)   # {"buckets.png": b"\\x89PNG...", ...}
+
+Same facts, same bytes: every figure is drawn under matplotlib's built-in defaults (never the
+user's matplotlibrc) plus the fixed style below, with its bundled DejaVu Sans (matplotlib lists
+its own fonts before the system's, so an installed DejaVu never takes over), and saved without
+the `Software` text chunk; Pillow writes no time chunk. No pyplot: plain `Figure` objects, so
+nothing global is touched and two builds in one process cannot share a figure.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from kohaku_data.assembly.card_data import NONE_LABEL, CardFacts
+
+WIDTH = 9.0  # inches; 100 dpi → 900 px, readable on the Hub's card column
+DPI = 100
+INK, MUTED, GRID = "#222222", "#666666", "#dddddd"
+BAR = "#4c72b0"
+ORIENTATION = {"portrait": "#4c72b0", "square": "#55a868", "landscape": "#dd8452"}
+_STYLE = {
+    "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 11, "axes.titleweight": "bold",
+    "axes.edgecolor": MUTED, "axes.labelcolor": INK, "xtick.color": MUTED, "ytick.color": INK,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "axes.axisbelow": True,
+    "grid.color": GRID, "grid.linewidth": 0.6, "figure.facecolor": "white", "savefig.facecolor": "white",
+    "svg.hashsalt": "kdata", "path.simplify": True,
+}
+
+
+def render_plots(facts: CardFacts) -> dict[str, bytes]:
+    """Every picture of the card, by file name (in `card/`), as PNG bytes."""
+    import matplotlib
+
+    plots: dict[str, Callable] = {
+        "buckets.png": _buckets, "shares.png": _shares, "year_quality.png": _year_quality,
+        "tags.png": _tags, "scores.png": _scores, "rejects.png": _rejects,
+    }
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # inside the context: restored afterwards
+        matplotlib.rcParams.update(_STYLE)
+        return {name: _png(draw(facts)) for name, draw in plots.items()}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _figure(height: float, rows: int = 1, cols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _empty(ax, title: str, text: str = "nothing to show") -> None:
+    ax.set_title(title, loc="left")
+    ax.text(0.5, 0.5, text, ha="center", va="center", color=MUTED, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _hbars(ax, labels: list[str], counts: list[int], colors=BAR, total: int | None = None) -> None:
+    """Horizontal bars, first label on top, each with its count and share written beside it."""
+    y = np.arange(len(labels))
+    ax.barh(y, counts, color=colors, height=0.7)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.grid(axis="y", visible=False)
+    total = total or max(1, sum(counts))
+    top = max(counts) if counts else 1
+    for yi, n in zip(y, counts):
+        ax.text(n + top * 0.01, yi, f"{n:,}  ({100 * n / total:.1f}%)", va="center", fontsize=8, color=MUTED)
+    ax.set_xlim(0, top * 1.28)
+    _integer_axis(ax.xaxis)
+
+
+# -- the pictures ------------------------------------------------------------------------------
+def _buckets(facts: CardFacts):
+    b = facts.buckets
+    fig, axes = _figure(max(2.2, 0.6 + 0.24 * b.height))
+    ax = axes[0, 0]
+    if b.height == 0:
+        _empty(ax, "Buckets")
+        return fig
+    orient = [("square" if w == h else "portrait" if w < h else "landscape") for w, h in zip(b["width"], b["height"])]
+    labels = [f"{w}×{h}   ar {a:.2f}" for w, h, a in zip(b["width"], b["height"], b["aspect"])]
+    _hbars(ax, labels, b["n"].to_list(), [ORIENTATION[o] for o in orient])
+    ax.set_title("Samples per bucket (width × height, aspect ratio w/h; tall → wide)", loc="left")
+    ax.set_xlabel("samples")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in ORIENTATION.items()], loc="lower right", frameon=False)
+    return fig
+
+
+def _shares(facts: CardFacts):
+    names = ("quality", "year", "rating")
+    tallest = max(facts.shares[n].height for n in names)
+    fig, axes = _figure(max(2.2, 0.9 + 0.26 * tallest), 1, 3)
+    for ax, name in zip(axes[0], names):
+        frame = facts.shares[name]
+        if frame.height == 0:
+            _empty(ax, name.title())
+            continue
+        colors = _band_colors(frame["value"].to_list()) if name == "quality" else BAR
+        _hbars(ax, frame["value"].to_list(), frame["n"].to_list(), colors)
+        ax.set_title(f"{name.title()} tags", loc="left")
+        ax.set_xticks([])
+    return fig
+
+
+def _year_quality(facts: CardFacts):
+    frame = facts.year_quality
+    fig, axes = _figure(3.6)
+    ax = axes[0, 0]
+    if frame.height == 0:
+        _empty(ax, "Quality per year")
+        return fig
+    bands = [v for v in facts.shares["quality"]["value"].to_list()]
+    wide = frame.pivot(on="quality", index="year", values="n").sort("year").fill_null(0)
+    years = wide["year"].to_list()
+    totals = np.zeros(len(years))
+    for band in bands:
+        if band in wide.columns:
+            totals += wide[band].to_numpy()
+    bottom = np.zeros(len(years))
+    x = np.arange(len(years))
+    for band, color in zip(bands, _band_colors(bands)):
+        if band not in wide.columns:
+            continue
+        share = wide[band].to_numpy() / np.maximum(totals, 1)
+        ax.bar(x, share, bottom=bottom, color=color, width=0.8, label=band)
+        bottom += share
+    for xi, n in zip(x, totals):
+        ax.text(xi, 1.01, f"{int(n):,}", ha="center", va="bottom", fontsize=7, color=MUTED, rotation=90)
+    ax.set_xticks(x, years, rotation=90 if len(years) > 12 else 0)
+    ax.set_ylim(0, 1.12)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25%", "50%", "75%", "100%"])
+    ax.set_title("Quality mix per year of posting (numbers: samples that year)", loc="left")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, reverse=True)
+    return fig
+
+
+def _tags(facts: CardFacts):
+    order = ("artist", "character", "copyright", "general", "meta")
+    per = {c: facts.tags.filter(pl.col("category") == c) for c in order}
+    rows = max([p.height for p in per.values()] + [1])
+    fig, axes = _figure(max(3.0, 0.7 + 0.2 * rows) * 2, 2, 3)
+    for ax, category in zip(axes.flat, order):
+        frame = per[category]
+        if frame.height == 0:
+            _empty(ax, category.title(), "no tags")
+            continue
+        _hbars(ax, frame["tag"].to_list(), frame["n"].to_list(), total=facts.manifest.height)
+        ax.set_title(f"Top {category} tags", loc="left")
+        ax.set_xticks([])
+        ax.tick_params(axis="y", labelsize=8)
+    axes.flat[-1].set_axis_off()
+    fig.suptitle("Most frequent tags per category (share: of all samples)", x=0.01, ha="left", color=MUTED, fontsize=9)
+    return fig
+
+
+def _scores(facts: CardFacts):
+    fig, axes = _figure(3.0, 1, 2)
+    for ax, column in zip(axes[0], ("score", "fav_count")):
+        values = facts.manifest[column].drop_nulls().to_numpy()
+        if values.size == 0:
+            _empty(ax, column)
+            continue
+        labels, counts = _power_bins(values)
+        x = np.arange(len(labels))
+        ax.bar(x, counts, color=BAR, width=0.8)
+        ax.set_xticks(x, labels, rotation=45 if len(labels) > 9 else 0, ha="right" if len(labels) > 9 else "center")
+        ax.grid(axis="x", visible=False)
+        _integer_axis(ax.yaxis)
+        q = np.quantile(values, [0.5, 0.9, 0.99])
+        ax.set_title(f"{column}: median {q[0]:g}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, max {values.max()}", loc="left")
+        ax.set_xlabel(f"{column} (bins double in width)")
+        ax.set_ylabel("samples")
+    return fig
+
+
+def _rejects(facts: CardFacts):
+    frame = facts.rejects
+    fig, axes = _figure(max(1.8, 0.7 + 0.26 * frame.height))
+    ax = axes[0, 0]
+    if frame.height == 0:
+        _empty(ax, "Rejects", "no rejects")
+        return fig
+    _hbars(ax, frame["reason"].to_list(), frame["n"].to_list(), "#c44e52")
+    ax.set_title("Rejected inputs by reason", loc="left")
+    ax.set_xlabel("inputs")
+    return fig
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _band_colors(bands: list[str]) -> list:
+    """Best band green → worst red; samples without a band grey."""
+    from matplotlib import colormaps
+
+    ranked = [b for b in bands if b != NONE_LABEL]
+    cmap = colormaps["RdYlGn_r"]
+    spots = np.linspace(0.08, 0.92, max(2, len(ranked)))
+    colours = {b: cmap(float(s)) for b, s in zip(ranked, spots)}
+    return [colours.get(b, "#bbbbbb") for b in bands]
+
+
+def _power_bins(values: np.ndarray) -> tuple[list[str], list[int]]:
+    """Counts in bins a person reads at once: `< 0`, `0`, `1`, `2–3`, `4–7`, … (powers of two)."""
+    labels, counts = [], []
+    negative = int((values < 0).sum())
+    if negative:
+        labels.append("< 0")
+        counts.append(negative)
+    labels.append("0")
+    counts.append(int((values == 0).sum()))
+    low, top = 1, max(int(values.max()), 1)
+    while low <= top:
+        high = low * 2 - 1
+        labels.append(str(low) if low == high else f"{low}–{high}")
+        counts.append(int(((values >= low) & (values <= high)).sum()))
+        low *= 2
+    return labels, counts
+
+
+def _integer_axis(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))

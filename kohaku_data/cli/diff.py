@@ -1,0 +1,84 @@
+"""`kdata diff A B [--json]`: what changed between two built datasets. Exit 0 identical, 1
+different, 2 on error (like `diff`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kohaku_data.cli.common import err_console
+from kohaku_data.errors import KdataError
+
+SHOWN = 8  # rows per table in the terminal (--json has everything)
+
+
+def diff(
+    a: Annotated[str, typer.Argument(help="The old dataset folder (a `kdata build` output).")],
+    b: Annotated[str, typer.Argument(help="The new dataset folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON (for scripts).")] = False,
+) -> None:
+    """Samples added / removed / changed (images, captions, metadata), recipe and threshold keys
+    that changed, bucket and quality shifts — from manifests, locks and indexes, no image opened."""
+    from kohaku_data.assembly.diff import diff_datasets
+
+    try:
+        report = diff_datasets(a, b)
+    except KdataError as exc:
+        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, sort_keys=True, default=str))
+    else:
+        show(report, Console(highlight=False, emoji=False))
+    raise typer.Exit(0 if report["identical"] else 1)
+
+
+def show(report: dict[str, Any], console: Console) -> None:
+    """The terminal summary: one verdict line, then only the tables that have something in them."""
+    s = report["samples"]
+    colour = "green" if report["identical"] else "yellow"
+    console.print(f"[bold]{escape(report['a'])}[/] → [bold]{escape(report['b'])}[/]: "
+                  f"[{colour}]{escape(report['summary'])}[/]")
+    console.print(f"samples {s['a']:,} → {s['b']:,}: {s['added']:,} added, {s['removed']:,} removed, "
+                  f"{s['changed']:,} changed of {s['common']:,} in both")
+    for what in ("added", "removed", "changed"):
+        if s[f"{what}_examples"]:
+            console.print(f"  {what}: " + ", ".join(str(k) for k in s[f"{what}_examples"])
+                          + (" …" if s[what] > len(s[f"{what}_examples"]) else ""))
+    if report["columns"]:
+        table = _table("column", "samples changed", "example (key: a → b)")
+        for column, info in sorted(report["columns"].items(), key=lambda kv: (-kv[1]["changed"], kv[0])):
+            ex = info["examples"][0]
+            table.add_row(column, f"{info['changed']:,}", escape(f"{ex['key']}: {_short(ex['a'])} → {_short(ex['b'])}"))
+        console.print(table)
+    if report["lock"]:
+        table = _table("dataset.lock key", "a", "b")
+        for change in report["lock"][:SHOWN * 3]:
+            table.add_row(escape(change["key"]), escape(_short(change["a"])), escape(_short(change["b"])))
+        console.print(table)
+    for name in ("buckets", "quality"):
+        rows = [r for r in report[name] if r["delta"]][:SHOWN]
+        if rows:
+            table = _table(name, "a", "b", "share a → b")
+            for r in rows:
+                table.add_row(escape(str(r["value"])), f"{r['a']:,}", f"{r['b']:,}",
+                              f"{100 * r['share_a']:.1f}% → {100 * r['share_b']:.1f}% ({100 * r['share_delta']:+.1f})")
+            console.print(table)
+    sh = report["shards"]
+    console.print(f"shards {sh['a']} → {sh['b']}: " + ("identical bytes" if sh["identical"]
+                                                       else f"{sh['same_bytes']} of {sh['a']} unchanged"))
+
+
+def _table(*columns: str) -> Table:
+    table = Table(*columns, show_edge=False, header_style="bold")
+    return table
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

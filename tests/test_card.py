@@ -1,0 +1,146 @@
+"""The dataset card every build and re-caption writes: README.md (🤗 header + plain words) and
+card/*.png, from the folder's own files, byte-identical for the same build."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from kohaku_data.assembly.card import CARD_DIR, PICTURES, esc, write_card
+from kohaku_data.assembly.card_data import json_members, top_tags
+from kohaku_data.assembly.recaption import recaption_dataset
+from kohaku_data.db import DanbooruDB
+from test_build_support import build, make_inputs, small_recipe
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("card")
+    inputs = make_inputs(root, n_posts=24)
+    out = root / "ds"
+    build(inputs, out)
+    return inputs, out
+
+
+def _card_bytes(folder) -> dict[str, bytes]:
+    files = {"README.md": (folder / "README.md").read_bytes()}
+    files.update({p.name: p.read_bytes() for p in sorted((folder / CARD_DIR).iterdir())})
+    return files
+
+
+def test_readme_has_the_hf_header_and_every_section(built):
+    _, out = built
+    text = (out / "README.md").read_text()
+    lock = json.loads((out / "dataset.lock").read_text())
+    header, body = re.match(r"\A---\n(.*?)\n---\n(.*)\Z", text, re.S).groups()
+    yaml = pytest.importorskip("yaml")
+    meta = yaml.safe_load(header)
+    assert meta["configs"][0]["data_files"][0]["path"] == "t-*.tar"
+    stats = json.loads((out / "stats.json").read_text())
+    assert meta["dataset_info"]["splits"][0]["num_examples"] == stats["samples"] > 0
+    for heading in ("# t-1", "## At a glance", "## Thresholds used", "## Pictures", "## Rejects", "## Files",
+                    "## Loading", "## Recipe (every key)"):
+        assert f"\n{heading}\n" in body
+    assert lock["recipe_sha256"] in body and lock["db_fingerprint"] in body and lock["inputs_sha256"] in body
+    assert f"**{stats['samples']:,} samples**" in body
+    general = lock["caption_thresholds"]["by_rating"].get("general")
+    if general:  # the quality table shows the thresholds the lock recorded
+        assert f"| masterpiece | > p95 | {float(general[0]):.4g} |" in body
+    for tag, edge in zip(lock["recipe"]["caption"]["year_tags"], lock["caption_thresholds"]["year_edges"]):
+        assert f"| {tag} | {edge} |" in body
+
+
+def test_rejects_table_counts_every_reason_with_examples(built):
+    _, out = built
+    body = (out / "README.md").read_text()
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert rejects.height > 0
+    for reason, n in rejects.group_by("reason").len().iter_rows():
+        row = re.search(rf"^\| `{reason}` \| {n:,} \| (.*) \|$", body, re.M)
+        assert row, reason
+        first = rejects.filter(pl.col("reason") == reason).sort("key")["key"][0]
+        assert row.group(1).startswith(f"{first}: ")
+
+
+def test_pictures_are_linked_and_decode(built):
+    _, out = built
+    body = (out / "README.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(card/([a-z_]+\.png)\)", body)
+    assert linked == list(PICTURES)
+    assert sorted(p.name for p in (out / CARD_DIR).iterdir()) == sorted(linked)
+    for name in linked:
+        with Image.open(out / CARD_DIR / name) as im:
+            assert im.format == "PNG" and im.width >= 800 and im.height >= 150
+            im.load()
+            assert sum(1 for n in im.convert("L").histogram() if n) > 10  # drawn, not blank
+            assert "Software" not in im.info  # no version text in the file
+
+
+def test_two_builds_give_identical_card_bytes(built, tmp_path):
+    inputs, out = built
+    again = tmp_path / "again"
+    build(inputs, again, workers=2)
+    assert _card_bytes(again) == _card_bytes(out)
+
+
+def test_top_tags_come_from_the_samples_json(built):
+    _, out = built
+    counts: dict[tuple[str, str], int] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            docs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".json")]
+        assert json_members(shard) == docs  # the header walk reads exactly tarfile's members
+        for doc in docs:
+            for category, tags in json.loads(doc)["tags"].items():
+                for tag in tags:
+                    counts[(category, tag)] = counts.get((category, tag), 0) + 1
+    top = top_tags(out, 3)
+    assert top.height > 0
+    for category, tag, n in top.iter_rows():
+        assert counts[(category, tag)] == n
+        better = [c for (cat, _), c in counts.items() if cat == category and c > n]
+        assert len(better) < 3
+
+
+def test_recaption_writes_its_own_card(built):
+    inputs, out = built
+    recipe = small_recipe(caption={"tag_order": "alpha"})
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        new = recaption_dataset(out, recipe, db)["out"]
+    from pathlib import Path
+
+    new = Path(new)
+    body = (new / "README.md").read_text()
+    assert recipe.sha256() in body and "| `caption.tag_order` | `alpha` |" in body
+    old_cards, new_cards = _card_bytes(out), _card_bytes(new)
+    assert old_cards["buckets.png"] == new_cards["buckets.png"]  # same images, same buckets
+    assert old_cards["README.md"] != new_cards["README.md"]
+
+
+def test_stale_pictures_go_and_data_text_is_escaped(built, tmp_path):
+    _, out = built
+    (out / CARD_DIR / "old_plot.png").write_bytes(b"stale")
+    write_card(out, json.loads((out / "dataset.lock").read_text()))
+    assert not (out / CARD_DIR / "old_plot.png").exists()
+    assert esc("<img src=x>|`a`\nb") == "&lt;img src=x&gt;\\|'a' b"
+
+
+def test_empty_pictures_still_render(tmp_path):
+    """A dataset with no rejects still gets every picture (the rejects one says so)."""
+    from kohaku_data.assembly.card_data import card_facts
+    from kohaku_data.assembly.card_plots import render_plots
+
+    inputs = make_inputs(tmp_path, n_posts=12)
+    out = tmp_path / "ds"
+    build(inputs, out)
+    pl.DataFrame(schema=pl.read_parquet(out / "rejects.parquet").schema).write_parquet(out / "rejects.parquet")
+    facts = card_facts(out, json.loads((out / "dataset.lock").read_text()))
+    pngs = render_plots(facts)
+    assert set(pngs) == set(PICTURES)
+    assert all(Image.open(io.BytesIO(data)).width > 0 for data in pngs.values())
