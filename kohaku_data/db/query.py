@@ -473,7 +473,8 @@ def _walk_chunk(conn: sqlite3.Connection, order: Order, cursor: tuple | None,
                             [*params, n]).fetchall()
     else:
         column = COLUMN[order.name]
-        select = f"SELECT id, {column} FROM post INDEXED BY {_index_name(conn, column)}"
+        index = _index_name(conn, column)
+        select = f"SELECT id, {column} FROM post" + (f" INDEXED BY {index}" if index else "")
         if cursor is None:
             rows = conn.execute(f"{select} ORDER BY {column} {direction}, id {direction} LIMIT ?",
                                 (n,)).fetchall()
@@ -488,13 +489,14 @@ def _walk_chunk(conn: sqlite3.Connection, order: Order, cursor: tuple | None,
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
 
 
-def _index_name(conn: sqlite3.Connection, column: str) -> str:
-    """The quoted name of an index of `post` leading with `column` (checked by _walkable)."""
+def _index_name(conn: sqlite3.Connection, column: str) -> str | None:
+    """The quoted name of an index of `post` leading with `column` (_walkable checks there is
+    one; without, SQLite sorts each chunk: right, only slow)."""
     for row in conn.execute("PRAGMA index_list(post)").fetchall():
         name = row[1].replace('"', '""')
         if [r[2] for r in conn.execute(f'PRAGMA index_info("{name}")')][:1] == [column]:
             return f'"{name}"'
-    raise QueryError(f"no index on post({column}): run `kdata db migrate`")
+    return None
 
 
 # -- records ----------------------------------------------------------------------------------

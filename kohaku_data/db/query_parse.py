@@ -16,7 +16,8 @@ Syntax (Danbooru's current one, `PostQuery::Parser`):
 
 Ranges: `N`, `>N`, `>=N`, `<N`, `<=N`, `a..b` (inclusive), `..b` (<= b), `a..` (>= a).
 `ratio` is width/height rounded to 2 decimals like Danbooru, and takes `16:9` as well as `1.78`.
-`order:` may appear once, in the top-level conjunction (not under `or`, `-` or `~`).
+`order:` may appear once, anywhere but under `-` or `~`; like Danbooru's, it matches every post
+(`a or b order:score` is `a or b`, sorted).
 
 Dates: `post.created_at` holds ISO strings with Danbooru's server offset (US Eastern, e.g.
 `2023-03-17T03:50:48.762-04:00`). `date:`/`year:` compare the *date as written* (the local
@@ -343,34 +344,33 @@ def parse_query(text: str) -> ParsedQuery:
     """Parse a query string; raises QueryError with what is accepted on malformed input."""
     raw = _Parser(text).parse()
     orders: list[Order] = []
-    tree = _simplify(_rewrite(raw, orders, top=True))
+    tree = _simplify(_rewrite(raw, orders))
     if len(orders) > 1:
         raise QueryError("more than one order: metatag; give at most one")
     return ParsedQuery(tree=tree, order=orders[0] if orders else None)
 
 
-def _rewrite(node, orders: list[Order], top: bool):
-    """`~` items → one Or per parent; order: terms taken out (only allowed in the top AND)."""
+def _rewrite(node, orders: list[Order], negated: bool = False):
+    """`~` items → one Or per parent; order: terms taken out wherever they stand (as on
+    Danbooru, an order: term matches every post, so `a or b order:score` is `a or b` sorted),
+    but never under `-` or `~`, where that reading would surprise."""
     if isinstance(node, _OrderTerm):
-        if not top:
-            raise QueryError("order: must stand at the top level, not under or, '-' or '~'")
+        if negated:
+            raise QueryError("order: cannot be negated; put it outside any '-(...)'")
         orders.append(node.order)
         return ALL
     if isinstance(node, _Opt):  # a ~ item whose parent is not a conjunction (cannot parse)
-        return _rewrite(node.child, orders, top=False)
+        return _rewrite(node.child, orders, negated)
     if isinstance(node, Not):
-        if isinstance(node.child, _OrderTerm):
-            raise QueryError("order: cannot be negated")
-        return Not(_rewrite(node.child, orders, top=False))
+        return Not(_rewrite(node.child, orders, negated=True))
     if isinstance(node, (And, Or)):
         opts = [c.child for c in node.children if isinstance(c, _Opt)]
         rest = [c for c in node.children if not isinstance(c, _Opt)]
-        keep_top = top and isinstance(node, And)
-        children = [_rewrite(c, orders, keep_top) for c in rest]
+        children = [_rewrite(c, orders, negated) for c in rest]
         if opts:
             if any(isinstance(o, _OrderTerm) for o in opts):
                 raise QueryError("order: cannot be in a ~ group; only tags and metatags can")
-            children.append(Or(tuple(_rewrite(o, orders, top=False) for o in opts)))
+            children.append(Or(tuple(_rewrite(o, orders, negated) for o in opts)))
         return type(node)(tuple(children))
     return node
 
