@@ -160,8 +160,13 @@ def _rng(seed: int, stream: int, chunk: int | None = None) -> np.random.Generato
 
 def _plan(seed: int, posts: int, table: TagTable, tail_tags: int) -> _Plan:
     tail = make_tail(_rng(seed, 5), tail_tags, posts, len(table.names))
-    taken = set(table.names)  # a tail name never equals a real one
-    names = table.names + [n if n not in taken else f"{n}_t" for n in tail.names]
+    names = list(table.names)
+    taken = set(names)  # a tail name never equals a real one (nor another tail name)
+    for name in tail.names:
+        while name in taken:
+            name += "_t"
+        taken.add(name)
+        names.append(name)
     full = TagTable(names, np.concatenate([table.types, tail.types]),
                     np.concatenate([table.counts, tail.counts]), table.aliases + [[]] * len(tail.names))
     idx = table.index()

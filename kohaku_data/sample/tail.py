@@ -5,7 +5,7 @@ are artists, characters and copyrights with a few posts, and general tags hardly
 A sample without that tail hides the cost of a 1M-row tag table (reading, mapping, caption
 lookups), so big samples get one: `default_tail_tags(posts)` names per posts (about 1M at
 Danbooru2023's 7.8M posts), each on a zeta-distributed number of posts (61% on one post, 87% on
-at most five, capped at 1,000), clustered in time (an artist is active for a while), so the
+at most five, capped at 1,000; thinned when more tail tags than the rule are asked for), clustered in time (an artist is active for a while), so the
 tail's relations of any post range can be generated on their own.
 
 Names are built from syllables by a bijection of the tail index (unique by construction, and
@@ -84,7 +84,7 @@ def tail_names(count: int, types: np.ndarray) -> list[str]:
         if t == TagType.CHARACTER:
             names.append(f"{f}_{s}_(tail)")
         elif t == TagType.COPYRIGHT:
-            names.append(f"{f}{s}_(series)")
+            names.append(f"{f}_{s}_(series)")
         elif t == TagType.GENERAL:
             names.append(f"{f}_{s}_pose")
         else:
@@ -98,8 +98,14 @@ def make_tail(rng: np.random.Generator, count: int, posts: int, first: int) -> T
         empty = np.empty(0, np.int64)
         return Tail([], np.empty(0, np.int8), empty, empty, empty)
     types = _TYPES[rng.choice(len(_TYPES), size=count, p=_TYPE_P)]
-    counts = rng.zipf(_ZETA_A, count)
-    counts = np.minimum(counts, min(_MAX_POSTS_PER_TAG, posts)).astype(np.int64)
+    counts = np.minimum(rng.zipf(_ZETA_A, count), _MAX_POSTS_PER_TAG)
+    # More tail tags than the size rule gives (a 1M-row tag table on a small sample): each tag
+    # keeps a share of its posts (at least one, or it would not be in the tag table), so the
+    # tail adds about as many relations per post as at full size, not more.
+    share = min(1.0, posts * TAIL_TAGS_PER_POST / count)
+    if share < 1.0:
+        counts = np.maximum(rng.binomial(counts, share), 1)
+    counts = np.minimum(counts, posts).astype(np.int64)
     # Each tag's posts lie in a window around its own moment, ~50 posts of the sequence per use.
     centre = rng.integers(0, posts, count)
     window = np.maximum(counts * 50, 200)

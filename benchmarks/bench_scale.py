@@ -1,0 +1,318 @@
+"""Every command of issue 10's table at full Danbooru2023 size, run as a user runs it.
+
+    .venv/bin/python benchmarks/bench_scale.py [--posts 7800000] [--build-only] [--no-hakubooru]
+    make bench ONLY=scale            (never part of `make test`; a plain `make bench` skips it)
+
+- The DB: `kdata sample OUT --posts N --no-images` (the real tags plus the synthetic long tail:
+  ~1M tag names at 7.8M posts), made once and cached in benchmarks/.cache/scale-N/ with the time
+  and peak memory of making it (build.json); then a copy goes through `kdata db migrate` (timed,
+  file size before/after), cached as migrated.db. The 7.8M DB takes ~11 GB and many minutes.
+- A second DB of 200k posts with a 1M-row tag table (`--tail-tags 980000`): the fixed cost of a
+  small caption job (imports, thresholds, tag-table prep) is what that row measures.
+- Each row is a subprocess (`kdata ...`, or a fresh `kdata serve` on 127.0.0.1 for /stats and
+  /posts), timed whole-process, peak memory as anonymous RSS of the process tree (file pages
+  that sqlite reads are page cache, not memory the job holds), beside its baseline measured in
+  the same run: hakubooru 0.0.3 (benchmarks/.cache/venv-hakubooru, as bench_captions.py) for
+  captions, a plain full-scan SQL statement for queries, info and stats.
+Results: benchmarks/results/scale.json. Other engineers share the machine: figures are noisy,
+ratios (same run) are the comparable part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"
+sys.path.insert(0, str(ROOT.parent))
+from benchmarks.bench_captions import ensure_hakubooru, run_hakubooru  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
+
+KDATA = [str(Path(sys.executable).parent / "kdata")]
+SMALL_POSTS, SMALL_TAIL = 200_000, 980_000
+QUERY = "1girl solo -comic rating:g,s score:>10"
+QUERY_SQL = (  # the same question as plain SQL on the published indexes, no kdata code
+    "SELECT count(*) FROM post p WHERE p.rating IN (0, 1) AND p.score > 10 "
+    "AND EXISTS (SELECT 1 FROM posttagrelation r JOIN tag t ON t.id = r.tag_id WHERE r.post_id = p.id AND t.name = '1girl') "
+    "AND EXISTS (SELECT 1 FROM posttagrelation r JOIN tag t ON t.id = r.tag_id WHERE r.post_id = p.id AND t.name = 'solo') "
+    "AND NOT EXISTS (SELECT 1 FROM posttagrelation r JOIN tag t ON t.id = r.tag_id WHERE r.post_id = p.id AND t.name = 'comic')"
+)
+POSTS_SQL = (
+    "SELECT p.id FROM post p JOIN posttagrelation r ON r.post_id = p.id "
+    "WHERE r.tag_id = (SELECT id FROM tag WHERE name = 'long_hair') ORDER BY p.score DESC, p.id DESC LIMIT 20"
+)
+STATS_SQL = (
+    "SELECT (SELECT count(*) FROM post), (SELECT count(*) FROM tag), (SELECT count(*) FROM posttagrelation), "
+    "(SELECT min(created_at) || max(created_at) FROM post), (SELECT group_concat(n) FROM "
+    "(SELECT count(*) AS n FROM post GROUP BY rating)), (SELECT group_concat(n) FROM (SELECT count(*) AS n FROM tag GROUP BY type))"
+)
+CAPTION_STATS_SQL = "SELECT rating, substr(created_at, 1, 4), count(*), avg(fav_count) FROM post GROUP BY 1, 2"
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and memory
+# --------------------------------------------------------------------------------------------
+def _anon_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+class TreePeak:
+    """Peak anonymous RSS of a process and its descendants, sampled every 10 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, sum(_anon_bytes(p) for p in _tree(self.pid)))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run(cmd: list[str], label: str, *, timeout: float = 7200) -> dict:
+    """Run `cmd` to the end: wall seconds, peak anonymous RSS of its tree, last output line."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = TreePeak(proc.pid)
+    out, _ = proc.communicate(timeout=timeout)
+    seconds = time.perf_counter() - t0
+    r = {"cmd": " ".join(["kdata", *cmd[1:]] if cmd[0] == KDATA[0] else cmd), "seconds": seconds,
+         "peak_anon_bytes": peak.stop(), "exit": proc.returncode,
+         "output_tail": out.strip().splitlines()[-3:] if out.strip() else []}
+    print(f"  {label}: {seconds:.2f}s, peak anon {r['peak_anon_bytes'] / 2**20:,.0f} MiB, exit {proc.returncode}",
+          flush=True)
+    if proc.returncode:
+        print("\n".join(out.strip().splitlines()[-15:]), flush=True)
+    return r
+
+
+def sql_time(db: Path, sql: str, label: str) -> dict:
+    """A plain sqlite3 statement, its own connection (cold statement cache, warm page cache)."""
+    t0 = time.perf_counter()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(sql).fetchall()
+    seconds = time.perf_counter() - t0
+    print(f"  baseline {label}: {seconds:.2f}s", flush=True)
+    return {"sql": sql, "seconds": seconds, "rows": len(rows)}
+
+
+# --------------------------------------------------------------------------------------------
+# The cached DBs
+# --------------------------------------------------------------------------------------------
+def build_db(posts: int, tail: int | None = None) -> tuple[Path, dict]:
+    """OUT/danbooru.db made by `kdata sample`, cached with the measurement of making it."""
+    folder = CACHE / (f"scale-{posts}" + (f"-tail{tail}" if tail is not None else ""))
+    db, meta = folder / "sample" / "danbooru.db", folder / "build.json"
+    if db.exists() and meta.exists():
+        return db, json.loads(meta.read_text())
+    shutil.rmtree(folder / "sample", ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [*KDATA, "sample", str(folder / "sample"), "--posts", str(posts), "--no-images"]
+    if tail is not None:
+        cmd += ["--tail-tags", str(tail)]
+    r = run(cmd, f"kdata sample --posts {posts:,}")
+    if r["exit"]:
+        raise SystemExit("kdata sample failed")
+    r["file_bytes"] = db.stat().st_size
+    with sqlite3.connect(db) as conn:
+        r["relations"] = conn.execute("SELECT max(id) FROM posttagrelation").fetchone()[0]
+        r["tags"] = conn.execute("SELECT count(*) FROM tag").fetchone()[0]
+    meta.write_text(json.dumps(r, indent=2))
+    return db, r
+
+
+def migrated_db(published: Path) -> tuple[Path, dict]:
+    """A copy through `kdata db migrate`; rerun on the cached copy (a no-op unless migrations
+    were added since) so it is always current."""
+    path, meta = published.parent.parent / "migrated.db", published.parent.parent / "migrate.json"
+    if not (path.exists() and meta.exists()):
+        tmp = path.with_suffix(".tmp")
+        shutil.copyfile(published, tmp)
+        before = tmp.stat().st_size
+        r = run([*KDATA, "db", "migrate", "--db", str(tmp)], "kdata db migrate (fresh copy)")
+        if r["exit"]:
+            raise SystemExit("kdata db migrate failed")
+        r.update(bytes_before=before, bytes_after=tmp.stat().st_size)
+        r["size_ratio"] = r["bytes_after"] / before
+        os.replace(tmp, path)
+        meta.write_text(json.dumps(r, indent=2))
+    r = json.loads(meta.read_text())
+    again = run([*KDATA, "db", "migrate", "--db", str(path)], "kdata db migrate (cached copy, pending only)")
+    r["rerun"] = {k: again[k] for k in ("seconds", "exit")}
+    return path, r
+
+
+# --------------------------------------------------------------------------------------------
+# The rows
+# --------------------------------------------------------------------------------------------
+def hakubooru_rate(python: Path | None, db: Path, sample: int) -> dict | None:
+    if python is None:
+        return None
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        top = conn.execute("SELECT max(id) FROM post").fetchone()[0]
+        ids = sorted({r[0] for r in conn.execute(
+            "SELECT id FROM post WHERE id IN (%s)" % ",".join(map(str, random.Random(0).sample(range(1, top + 1), min(top, sample * 2)))))})[:sample]
+    t0 = time.perf_counter()
+    base = run_hakubooru(python, db, ids)
+    rate = base["posts"] / base["seconds"]
+    print(f"  baseline hakubooru 0.0.3 on {db.name}: {rate:,.0f} captions/s ({base['posts']:,} posts)", flush=True)
+    return {"posts": base["posts"], "seconds": base["seconds"], "captions_per_s": rate,
+            "process_seconds": time.perf_counter() - t0}
+
+
+def caption_row(db: Path, posts: int, out: Path, hb: dict | None, workers: int) -> dict:
+    cmd = [*KDATA, "caption", "--db", str(db), "--out", str(out)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    r = run(cmd, f"kdata caption --out c.parquet ({posts:,} posts, {workers} worker(s))")
+    out.unlink(missing_ok=True)
+    if hb:
+        r["baseline_hakubooru_seconds"] = posts / hb["captions_per_s"]
+        r["speedup_vs_hakubooru"] = r["baseline_hakubooru_seconds"] / r["seconds"]
+        print(f"    = {r['speedup_vs_hakubooru']:.0f}x hakubooru whole-process ({r['baseline_hakubooru_seconds']:,.0f}s)")
+    return r
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 600) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = resp.read()
+    return time.perf_counter() - t0, body
+
+
+def serve_rows(db: Path) -> dict:
+    """A fresh `kdata serve` per request kind: the first /stats, then /posts?q= (first and warm)."""
+    rows = {}
+    for name, path in (("stats", "/stats"), ("posts", "/posts?q=long_hair%20order:score&limit=20")):
+        port = _free_port()
+        proc = subprocess.Popen([*KDATA, "serve", "--db", str(db), "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            t_start = time.perf_counter()
+            while True:
+                try:
+                    _get(f"http://127.0.0.1:{port}/openapi.json", timeout=5)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.perf_counter() - t_start > 120:
+                        raise SystemExit(f"kdata serve did not start on {db}")
+                    time.sleep(0.1)
+            ready = time.perf_counter() - t_start
+            first, body = _get(f"http://127.0.0.1:{port}{path}")
+            second, _ = _get(f"http://127.0.0.1:{port}{path}")
+            rows[name] = {"path": path, "startup_s": ready, "first_s": first, "second_s": second,
+                          "bytes": len(body)}
+            print(f"  fresh kdata serve {path}: first {first:.3f}s, second {second:.3f}s (ready after {ready:.1f}s)",
+                  flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--posts", type=int, default=7_800_000)
+    parser.add_argument("--build-only", action="store_true", help="make the cached DBs and stop")
+    parser.add_argument("--no-hakubooru", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="(from make bench QUICK=1) same as --posts 300000")
+    args = parser.parse_args()
+    posts = 300_000 if args.quick and args.posts == 7_800_000 else args.posts
+    cores = os.cpu_count() or 1
+    results: dict = {"posts": posts, "cpu_count": cores, "rows": {}}
+    print(f"scale benchmark at {posts:,} posts ({cores} cores)", flush=True)
+    published, built = build_db(posts)
+    results["rows"]["sample"] = built
+    migrated, mig = migrated_db(published)
+    results["rows"]["db migrate"] = mig
+    small, small_built = build_db(SMALL_POSTS, SMALL_TAIL)
+    small_migrated, _ = migrated_db(small)
+    results["small_db"] = small_built
+    if args.build_only:
+        write_results("scale", results)
+        return
+    python = None if args.no_hakubooru else ensure_hakubooru()
+    hb = hakubooru_rate(python, migrated, 20_000)
+    hb_small = hakubooru_rate(python, small_migrated, 10_000)
+    results["baselines"] = {"hakubooru": hb, "hakubooru_small": hb_small}
+    tmp = CACHE / "scale-captions.parquet"
+    rows = results["rows"]
+    rows["caption"] = caption_row(migrated, posts, tmp, hb, 1)
+    if cores > 1:
+        rows[f"caption workers={cores}"] = caption_row(migrated, posts, tmp, hb, cores)
+    rows["caption 200k"] = caption_row(small_migrated, SMALL_POSTS, tmp, hb_small, 1)
+    if cores > 1:
+        rows[f"caption 200k workers={cores}"] = caption_row(small_migrated, SMALL_POSTS, tmp, hb_small, cores)
+    rows["query --count"] = run([*KDATA, "query", QUERY, "--count", "--db", str(migrated)], "kdata query --count")
+    rows["query --count"]["baseline"] = sql_time(migrated, QUERY_SQL, "query as plain SQL")
+    rows["db info"] = run([*KDATA, "db", "info", "--db", str(migrated)], "kdata db info")
+    rows["db info"]["baseline"] = sql_time(migrated, STATS_SQL, "counts as plain SQL")
+    rows["caption stats"] = run([*KDATA, "caption", "stats", "--db", str(migrated)], "kdata caption stats")
+    rows["caption stats"]["baseline"] = sql_time(migrated, CAPTION_STATS_SQL, "rating/year groups as plain SQL")
+    served = serve_rows(migrated)
+    rows["/stats"] = {**served["stats"], "baseline": sql_time(migrated, STATS_SQL, "stats counts as plain SQL")}
+    rows["/posts"] = {**served["posts"], "baseline": sql_time(migrated, POSTS_SQL, "/posts as plain SQL")}
+    _print_table(results)
+    write_results("scale", results)
+
+
+def _print_table(results: dict) -> None:
+    rows = results["rows"]
+    print(f"\n{'command':<44} {'figure':>14} {'peak anon':>10}  baseline (same run)")
+    for name, r in rows.items():
+        figure = r.get("seconds", r.get("first_s"))
+        peak = r.get("peak_anon_bytes")
+        base = r.get("baseline", {}).get("seconds") if isinstance(r.get("baseline"), dict) else None
+        extra = (f"hakubooru {r['baseline_hakubooru_seconds']:,.0f}s = {r['speedup_vs_hakubooru']:.0f}x"
+                 if "speedup_vs_hakubooru" in r else (f"plain SQL {base:.2f}s" if base is not None else ""))
+        if "size_ratio" in r:
+            extra = f"file {r['bytes_before'] / 2**30:.1f} -> {r['bytes_after'] / 2**30:.1f} GiB ({r['size_ratio']:.2f}x)"
+        peak_s = f"{peak / 2**30:.2f} GiB" if peak else "-"
+        print(f"{name:<44} {figure:>13.2f}s {peak_s:>10}  {extra}")
+
+
+if __name__ == "__main__":
+    main()
