@@ -51,6 +51,11 @@ dataset: venv
 verify: venv
 	@for d in $(DATASETS)/*/; do $(KDATA) verify $$d || exit 1; done
 
+# make diff A=datasets/NAME-1 B=datasets/NAME-2 [JSON=1]: what changed between two builds (exit 1 if anything)
+diff: venv
+	@test -n "$(A)" -a -n "$(B)" || (echo "usage: make diff A=DATASET B=DATASET [JSON=1]" >&2; exit 2)
+	$(KDATA) diff $(A) $(B) $(if $(JSON),--json)
+
 # The browse page in a real headless browser (Debian's chromium; installed here if missing).
 browser-test: venv
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)

@@ -92,15 +92,17 @@ def test_two_builds_give_identical_card_bytes(built, tmp_path):
 def test_top_tags_come_from_the_samples_json(built):
     _, out = built
     counts: dict[tuple[str, str], int] = {}
+    docs = []
     for shard in sorted(out.glob("*.tar")):
         with tarfile.open(shard) as tar:
-            docs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".json")]
-        assert json_members(shard) == docs  # the header walk reads exactly tarfile's members
-        for doc in docs:
-            for category, tags in json.loads(doc)["tags"].items():
-                for tag in tags:
-                    counts[(category, tag)] = counts.get((category, tag), 0) + 1
-    top = top_tags(out, 3)
+            docs += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".json")]
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert json_members(out, manifest) == docs  # read at the manifest's offsets: exactly tarfile's members
+    for doc in docs:
+        for category, tags in json.loads(doc)["tags"].items():
+            for tag in tags:
+                counts[(category, tag)] = counts.get((category, tag), 0) + 1
+    top = top_tags(out, manifest, 3)
     assert top.height > 0
     for category, tag, n in top.iter_rows():
         assert counts[(category, tag)] == n

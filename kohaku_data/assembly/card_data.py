@@ -5,13 +5,14 @@
 Inputs: `manifest.parquet` (one row per sample), `rejects.parquet`, `stats.json`, `index.json`
 and the lock dict (passed in: the card is written *before* `dataset.lock`, which stays the
 build's last write). Tags per category are the one thing the manifest lacks; they come from the
-samples' `.json` members, read by a header walk of the shards that seeks over every image.
+samples' `.json` members, read at the byte offsets the manifest records (no image is read).
 Every frame is sorted on fixed keys, so the same folder gives the same facts (and card bytes).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ RATING_ORDER = ("general", "sensitive", "questionable", "explicit")
 NONE_LABEL = "(none)"  # a sample without a quality / year tag (tag off, broken date, cutoff)
 TOP_TAGS = 15
 REJECT_EXAMPLES = 3
-_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
             "rating": shares(manifest, "rating", RATING_ORDER),
         },
         year_quality=year_quality(manifest),
-        tags=top_tags(folder, TOP_TAGS),
+        tags=top_tags(folder, manifest, TOP_TAGS),
         rejects=reject_summary(rejects, REJECT_EXAMPLES),
         date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
     )
@@ -115,10 +115,10 @@ def reject_summary(rejects: pl.DataFrame, examples: int) -> pl.DataFrame:
             .sort(["n", "reason"], descending=[True, False]))
 
 
-def top_tags(folder: Path, top: int) -> pl.DataFrame:
+def top_tags(folder: Path, manifest: pl.DataFrame, top: int) -> pl.DataFrame:
     """The `top` most frequent tags of each category over the samples' `.json` members."""
     empty = pl.DataFrame(schema={"category": pl.String, "tag": pl.String, "n": pl.UInt32})
-    docs = [doc.decode("utf-8") for shard in _shards(folder) for doc in json_members(shard)]
+    docs = [doc.decode("utf-8") for doc in json_members(folder, manifest)]
     if not docs:
         return empty
     dtype = pl.Struct({"tags": pl.Struct({c: pl.List(pl.String) for c in TAG_CATEGORIES})})
@@ -129,27 +129,19 @@ def top_tags(folder: Path, top: int) -> pl.DataFrame:
             .group_by("category", maintain_order=True).head(top))
 
 
-def json_members(shard: Path) -> list[bytes]:
-    """The `.json` members of one kdata shard, in order, by walking its USTAR headers.
-
-    kdata writes its shards itself (fixed USTAR headers, regular files only), so a header walk
-    that seeks over every other member is safe, and ~4x faster than `tarfile`'s member objects:
-    the card reads 1M samples' json in seconds, never an image byte."""
+def json_members(folder: Path, manifest: pl.DataFrame) -> list[bytes]:
+    """Every sample's `.json` member, in manifest order, by one `pread` at the offset the manifest
+    records (never a tar scan, never an image byte): ~1 s for 1M samples from the page cache."""
+    if "json_offset" not in manifest.columns:
+        return []  # a manifest without member offsets (older kdata): the card shows no tags
     out: list[bytes] = []
-    with open(shard, "rb") as f:
-        while len(head := f.read(_BLOCK)) == _BLOCK and head.strip(b"\0"):
-            name = head[:100].split(b"\0", 1)[0]
-            size = int(head[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            padded = -(-size // _BLOCK) * _BLOCK
-            if name.endswith(b".json"):
-                out.append(f.read(padded)[:size])
-            else:
-                f.seek(padded, 1)
+    for (shard,), rows in manifest.select("shard", "json_offset", "json_size").group_by("shard", maintain_order=True):
+        fd = os.open(folder / shard, os.O_RDONLY)
+        try:
+            out += [os.pread(fd, size, offset) for offset, size in zip(rows["json_offset"], rows["json_size"])]
+        finally:
+            os.close(fd)
     return out
-
-
-def _shards(folder: Path) -> list[Path]:
-    return [folder / s["url"] for s in _read_json(folder / INDEX_NAME).get("shardlist", [])]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

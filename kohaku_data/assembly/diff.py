@@ -8,17 +8,20 @@ checked in one vectorised pass (`ne_missing`, so null == null). A sample's image
 changed when its stored bytes differ (the manifest's sha256), its caption when the `.txt` text
 differs, its metadata when any of the `.json` fields kept in the manifest differ. Recipe and
 threshold changes come from the two `dataset.lock`s, flattened to dotted keys; bucket and
-quality shifts from the manifests' counts. No image and no shard is ever opened.
+quality shifts from the manifests' counts. No image and no shard is ever opened; either side may be
+an fsspec URL (`s3://…`), read through `kohaku_data.storage`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.assembly.card import flatten
 from kohaku_data.assembly.card_data import NONE_LABEL
 from kohaku_data.assembly.lock import LOCK_NAME
@@ -70,18 +73,20 @@ class _Side:
 
     @classmethod
     def open(cls, where: str | Path) -> "_Side":
-        folder = Path(where)
-        if "://" in str(where):
-            raise DiffError(f"{where}: kdata diff reads local dataset folders only; copy or mount it first")
-        if not (folder / LOCK_NAME).is_file() or not (folder / MANIFEST_NAME).is_file():
-            raise DiffError(f"{where} is not a finished dataset (no dataset.lock or manifest.parquet); "
-                            "give the folder of a `kdata build` output")
+        """Read through `kohaku_data.storage`: a local folder or an fsspec URL (three small files
+        and the manifest, one GET each)."""
         try:
-            manifest = pl.read_parquet(folder / MANIFEST_NAME)
-            lock = json.loads((folder / LOCK_NAME).read_text())
-            index = json.loads((folder / INDEX_NAME).read_text()) if (folder / INDEX_NAME).is_file() else {}
+            lock = json.loads(storage.read_bytes(storage.join(where, LOCK_NAME)))
+            manifest = pl.read_parquet(io.BytesIO(storage.read_bytes(storage.join(where, MANIFEST_NAME))))
+        except FileNotFoundError:
+            raise DiffError(f"{where} is not a finished dataset (no dataset.lock or manifest.parquet); "
+                            "give the folder of a `kdata build` output") from None
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise DiffError(f"{where} has an unreadable file ({exc}); rebuild it or run `kdata verify` on it") from exc
+        try:
+            index = json.loads(storage.read_bytes(storage.join(where, INDEX_NAME)))
+        except FileNotFoundError:
+            index = {}
         return cls(manifest, lock, index)
 
 

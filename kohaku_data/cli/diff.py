@@ -28,8 +28,9 @@ def diff(
 
     try:
         report = diff_datasets(a, b)
-    except KdataError as exc:
-        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
+    except Exception as exc:  # like diff(1): any trouble is exit 2, said in one line
+        text = str(exc) if isinstance(exc, KdataError) else f"cannot read a side ({type(exc).__name__}: {exc})"
+        err_console.print("[bold red]error:[/] " + escape(text), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=1, sort_keys=True, default=str))
@@ -43,7 +44,7 @@ def show(report: dict[str, Any], console: Console) -> None:
     s = report["samples"]
     colour = "green" if report["identical"] else "yellow"
     console.print(f"[bold]{escape(report['a'])}[/] → [bold]{escape(report['b'])}[/]: "
-                  f"[{colour}]{escape(report['summary'])}[/]")
+                  f"[{colour}]{escape(report['summary'])}[/]", soft_wrap=True)
     console.print(f"samples {s['a']:,} → {s['b']:,}: {s['added']:,} added, {s['removed']:,} removed, "
                   f"{s['changed']:,} changed of {s['common']:,} in both")
     for what in ("added", "removed", "changed"):
@@ -54,10 +55,11 @@ def show(report: dict[str, Any], console: Console) -> None:
         table = _table("column", "samples changed", "example (key: a → b)")
         for column, info in sorted(report["columns"].items(), key=lambda kv: (-kv[1]["changed"], kv[0])):
             ex = info["examples"][0]
-            table.add_row(column, f"{info['changed']:,}", escape(f"{ex['key']}: {_short(ex['a'])} → {_short(ex['b'])}"))
+            left, right = _changed_part(ex["a"], ex["b"])
+            table.add_row(column, f"{info['changed']:,}", escape(f"{ex['key']}: {left} → {right}"))
         console.print(table)
     if report["lock"]:
-        table = _table("dataset.lock key", "a", "b")
+        table = _table("dataset.lock key", "a", "b", wrap_first=False)
         for change in report["lock"][:SHOWN * 3]:
             table.add_row(escape(change["key"]), escape(_short(change["a"])), escape(_short(change["b"])))
         console.print(table)
@@ -74,9 +76,20 @@ def show(report: dict[str, Any], console: Console) -> None:
                                                        else f"{sh['same_bytes']} of {sh['a']} unchanged"))
 
 
-def _table(*columns: str) -> Table:
-    table = Table(*columns, show_edge=False, header_style="bold")
+def _table(*columns: str, wrap_first: bool = True) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for i, name in enumerate(columns):
+        table.add_column(name, no_wrap=(i == 0 and not wrap_first), overflow="fold")
     return table
+
+
+def _changed_part(a: Any, b: Any, context: int = 12, limit: int = 40) -> tuple[str, str]:
+    """Both values cut to where they first differ (long captions differ far from their start)."""
+    ta, tb = _short(a, 10_000), _short(b, 10_000)
+    same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    start = max(0, same - context)
+    lead = "…" if start else ""
+    return lead + _short(ta[start:], limit), lead + _short(tb[start:], limit)
 
 
 def _short(value: Any, limit: int = 60) -> str:
