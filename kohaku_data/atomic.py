@@ -22,9 +22,20 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        name_failed_write(exc, path)
         raise
+
+
+def name_failed_write(exc: BaseException, path: Path) -> None:
+    """Note on an OSError from `write()` (which carries no file name) the file the user knows,
+    so the CLI can say which file a full disk or a size limit stopped (see errors.write_problem)."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.add_note(f"{WRITING_NOTE}{path}")
+
+
+WRITING_NOTE = "while writing "
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:

@@ -22,7 +22,8 @@ def build(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Build webdataset shards, manifest.parquet, index.json and dataset.lock from a recipe (resumable)."""
-    with clean_errors():
+    kept = "The shards already committed and the staged images in the output folder are kept"
+    with clean_errors(kept=kept):
         from kohaku_data.assembly import build_dataset
         from kohaku_data.config import load_recipe
         from kohaku_data.db import DanbooruDB

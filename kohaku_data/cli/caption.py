@@ -53,7 +53,7 @@ def caption(
     """Write id → caption (+ the separate tags) for the selected posts."""
     if ctx.invoked_subcommand is not None:
         return
-    with clean_errors():
+    with clean_errors(kept="No partial output is left: an output file appears only once complete"):
         handle, rec = _open(db, recipe)
         with handle:
             if dataset is not None:

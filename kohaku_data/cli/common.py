@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kohaku_data.config import Settings, load_settings
-from kohaku_data.errors import KdataError
+from kohaku_data.errors import KdataError, write_problem
 
 DbOption = Annotated[
     Path | None,
@@ -31,13 +32,27 @@ err_console = Console(stderr=True, emoji=False)
 
 
 @contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn kdata's own errors into one clear line on stderr and exit status 1."""
+def clean_errors(kept: str = "", target: str = "the output") -> Iterator[None]:
+    """Turn kdata's own errors into one clear line on stderr and exit status 1.
+
+    A failed write (full disk, size limit, quota, read-only, permissions) becomes one sentence
+    too: what could not be written (the file, else `target`), what is kept (`kept`, said by the
+    command) and that a rerun resumes. A file-size limit (RLIMIT_FSIZE) would kill the process
+    with SIGXFSZ before Python sees EFBIG, so the signal is ignored; worker processes inherit that."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         yield
-    except KdataError as exc:
-        err_console.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
+    except Exception as exc:
+        # A write failure wins even under a kdata error (a migration that failed on a full disk).
+        problem = write_problem(exc)
+        if problem is None and not isinstance(exc, KdataError):
+            raise
+        _print_error(problem.sentence(kept, target) if problem else str(exc))
         raise typer.Exit(1) from None
+
+
+def _print_error(text: str) -> None:
+    err_console.print("[bold red]error:[/] " + escape(text), highlight=False, soft_wrap=True)
 
 
 def settings(db: Path | None = None, recipe: Path | None = None) -> Settings:

@@ -21,7 +21,7 @@ def init(db: DbOption = None) -> None:
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.migrate import migrate
 
-    with clean_errors():
+    with clean_errors(kept="The DB keeps what it had", target="the DB"):
         path = settings(db=db).require_db()
         with DanbooruDB.create(path) as handle:
             applied = migrate(handle)
@@ -67,7 +67,8 @@ def import_(
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.importer import import_files
 
-    with clean_errors():
+    kept = "Every batch committed before the error is kept in the DB (importing again is idempotent)"
+    with clean_errors(kept=kept, target="the DB"):
         path = settings(db=db).require_db()
         with DanbooruDB.open(path) as handle:
             summary = import_files(handle, files, rejects_path=rejects, batch_size=batch_size, progress=is_tty())
@@ -93,7 +94,7 @@ def migrate_(db: DbOption = None) -> None:
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.migrate import current_version, migrate
 
-    with clean_errors():
+    with clean_errors(kept="The DB stays at its last complete migration", target="the DB"):
         path = settings(db=db).require_db()
         with DanbooruDB.open(path) as handle:
             applied = migrate(handle)

@@ -20,7 +20,7 @@ def images(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Lossless image stage: bucket, resize once (LANCZOS), store lossless WebP/PNG, verify every write."""
-    with clean_errors():
+    with clean_errors(kept="The images already written to the output folder are kept"):
         from kohaku_data.config import load_recipe
         from kohaku_data.images.batch import run_images
 

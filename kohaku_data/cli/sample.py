@@ -22,7 +22,7 @@ def sample(
     tail_tags: Annotated[int | None, typer.Option("--tail-tags", min=0, help="Synthetic long-tail tags on a few posts each (default: posts/8 from 100k posts, ~1M tag names at full size; 0: real tags only).")] = None,
 ) -> None:
     """Write a deterministic, realistic sample DB and raw images with the hard cases."""
-    with clean_errors():
+    with clean_errors(kept="No partial sample is left behind"):
         from kohaku_data.sample import write_sample
 
         summary = write_sample(out, posts, seed, images=0 if no_images else images,

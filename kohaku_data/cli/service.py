@@ -39,7 +39,7 @@ def sync(
     from kohaku_data.service.client import ClientSettings, DanbooruClient, credentials_from_env
     from kohaku_data.service.sync import parse_since, refresh_updated, sync_posts
 
-    with clean_errors():
+    with clean_errors(kept="The posts stored so far and the sync position are kept", target="the DB"):
         since = parse_since(updated_since) if updated_since else None
         client_settings = ClientSettings(rate=rate, timeout=timeout, max_failures=max_failures, backoff_base=backoff,
                                          **({"user_agent": user_agent} if user_agent else {}))

@@ -238,7 +238,9 @@ class FrameWriter:
             if missing.len():
                 mentions = tags.filter(pl.col("name").is_in(missing.implode()))
                 first = mentions.group_by("row", "name").agg(pl.col("type").first())  # k-ordered concat
-                new = first.sort("row").group_by("name").agg(pl.col("type").last())
+                # New tags get ids in the order of their first post, then by name: the same ids
+                # on every run (a plain group_by's order changes with polars' threads).
+                new = first.sort("row", "name").group_by("name", maintain_order=True).agg(pl.col("type").last())
                 self.conn.executemany("INSERT INTO tag (name, type, popularity) VALUES (?, ?, 0)", new.iter_rows())
                 stored = pl.concat([stored, self._lookup(new["name"].to_list())])
             self.cache.add(stored)

@@ -41,12 +41,18 @@ def write_sample(out_dir: Path, posts: int, seed: int = 0, *, images: int | None
             raise SampleError(f"{db_path} already exists: choose another OUT or pass --force to replace it")
         db_path.unlink()
     t0 = time.perf_counter()
-    write_sample_db(db_path, posts, seed, progress=progress, tail_tags=tail_tags)
-    t1 = time.perf_counter()
-    count = min(posts, DEFAULT_MAX_IMAGES) if images is None else images
-    files = write_sample_images(out_dir, db_path, seed, layout=layout, max_images=count) if count > 0 else []
-    if migrate:
-        _migrate_with_aliases(db_path)
+    try:
+        write_sample_db(db_path, posts, seed, progress=progress, tail_tags=tail_tags)
+        t1 = time.perf_counter()
+        count = min(posts, DEFAULT_MAX_IMAGES) if images is None else images
+        files = write_sample_images(out_dir, db_path, seed, layout=layout, max_images=count) if count > 0 else []
+        if migrate:
+            _migrate_with_aliases(db_path)
+    except BaseException:
+        # A half-written sample (a full disk, Ctrl-C) must not block the rerun as "already exists".
+        for leftover in (db_path, db_path.with_name(db_path.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+        raise
     return SampleSummary(db_path, posts, files, t1 - t0, time.perf_counter() - t1)
 
 
