@@ -65,3 +65,14 @@ def test_shipped_recipes_load():
     assert {"demo", "kohaku-xl-gamma"} <= set(recipes)
     gamma = recipes["kohaku-xl-gamma"]
     assert gamma.image.bucket_preset().min_area == 768 * 1024
+
+
+def test_shipped_recipes_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pipelines/ here: the installed kohaku_data.recipes answer
+    repo = Path(__file__).resolve().parents[1] / "pipelines"
+    for name in ("demo", "kohaku-xl-gamma"):
+        shipped = load_recipe(Path(name))
+        assert shipped == load_recipe(repo / f"{name}.toml")
+        assert load_recipe(Path(f"pipelines/{name}.toml")) == shipped
+    with pytest.raises(ConfigError, match="shipped recipes by name"):
+        load_recipe(Path("no-such-recipe"))
