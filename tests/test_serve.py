@@ -198,6 +198,8 @@ def test_caption_default_and_named_recipe(site) -> None:
     some_tag = posts[pid]["tag_string_general"].split()[0].replace("_", " ")
     assert some_tag in default["caption"] and some_tag in plain["caption"]
     assert "|||" in default["caption"] and "|||" not in plain["caption"]
+    shipped = client.get(f"/posts/{pid}/caption", params={"recipe": "kohaku-xl-gamma"})  # not in pipelines/
+    assert shipped.status_code == 200 and some_tag in shipped.json()["caption"]
     assert client.get(f"/posts/{pid}/caption", params={"recipe": "missing"}).status_code == 404
     assert client.get(f"/posts/{pid}/caption", params={"recipe": "../etc/passwd"}).status_code == 400
 

@@ -13,7 +13,7 @@ from kohaku_data.cli.common import (
 
 
 def build(
-    src: Annotated[Path, typer.Option("--src", help="Folder of <id>.<ext> files (nested allowed) or danbooru2023 tars.")],
+    src: Annotated[str, typer.Option("--src", help="Folder of <id>.<ext> files (nested allowed) or danbooru2023 tars; a path or a URL (s3://bucket/danbooru2023/).")],
     out: Annotated[Path | None, typer.Option("--out", help="Dataset folder (default: <datasets>/<name>-<version>).")] = None,
     db: DbOption = None,
     recipe: RecipeOption = None,
@@ -49,7 +49,7 @@ def _summary(result) -> None:
 
 
 def verify(
-    dataset: Annotated[Path, typer.Argument(help="A dataset folder made by `kdata build`.")],
+    dataset: Annotated[str, typer.Argument(help="A dataset folder made by `kdata build` (a path or a URL).")],
 ) -> None:
     """Re-hash every shard against index.json and check manifest/shard agreement (exit 1 on any mismatch)."""
     with clean_errors():

@@ -65,15 +65,24 @@ class ServiceState:
         if name:
             if not _RECIPE_RE.match(name):
                 raise KdataError(f"recipe name {name!r} must be letters, digits, '-' or '_' (a file in pipelines/)")
-            if self.pipelines is None or not (self.pipelines / f"{name}.toml").is_file():
-                raise NotFound(f"no recipe {name!r} in {self.pipelines}/")
-            path = self.pipelines / f"{name}.toml"
+            path = self._recipe_path(name)
         config = load_recipe(path).caption
         key = config.model_dump_json()
         with self._lock:  # thresholds scan the whole DB: compute once per caption config
             if key not in self._thresholds:
                 self._thresholds[key] = compute_thresholds(self.db, config)
             return config, self._thresholds[key]
+
+    def _recipe_path(self, name: str) -> Path:
+        """pipelines/NAME.toml of the served folder, else the recipe of that name shipped with kdata."""
+        from kohaku_data.config import shipped_recipes
+
+        local = self.pipelines / f"{name}.toml" if self.pipelines is not None else None
+        if local is not None and local.is_file():
+            return local
+        if name in (shipped := shipped_recipes()):
+            return shipped[name]
+        raise NotFound(f"no recipe {name!r} in {self.pipelines}/ nor among the shipped recipes ({', '.join(shipped)})")
 
     def stats(self) -> dict[str, Any]:
         """Counts, thresholds and band shares: whole-DB scans, so computed once per app (the DB
