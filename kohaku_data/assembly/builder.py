@@ -37,6 +37,7 @@ from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, make_plan
 from kohaku_data.assembly.shards import ShardInfo
 from kohaku_data.assembly.tasks import staging_dir
 from kohaku_data.config import Recipe
+from kohaku_data.curation.build import DEDUP_CACHE, curated_fingerprint, dedup_plan, finish_manifest
 from kohaku_data.db.handle import DanbooruDB
 
 STAGING_NAME = ".staging"
@@ -80,6 +81,7 @@ class _Build:
         self.staging_root = out / STAGING_NAME
         self.staging = staging_dir(self.staging_root / "images", recipe.image, recipe.check_md5)
         self.parts = Parts(self.staging_root / "parts")
+        self.dedup_stats: dict = {}
 
     # -- state ---------------------------------------------------------------------------------
     def run(self, source, force: bool) -> BuildResult:
@@ -87,13 +89,16 @@ class _Build:
 
         previous = read_lock(self.out)
         check_same_recipe(self.out, self.recipe, previous, force)
-        state = {"recipe_sha256": self.recipe.sha256(), "db_fingerprint": db_fingerprint(self.db),
+        state = {"recipe_sha256": self.recipe.sha256(),
+                 "db_fingerprint": curated_fingerprint(self.db, self.recipe, db_fingerprint(self.db)),
                  "inputs_sha256": source.fingerprint()}
         if not force and self._up_to_date(previous, state):
             return _result_from_stats(self.out, up_to_date=True)
         self._prepare(state, force)
         thresholds = compute_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
+        plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self.out / DEDUP_CACHE,
+                                            self.progress)  # a no-op unless the recipe's dedup is on
         shards, tail, counts = self._process_and_pack(plan, thresholds)
         lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"])
         return self._finish(plan, shards, tail, lock, counts)
@@ -153,7 +158,8 @@ class _Build:
         ).sort("key", "source", "reason", nulls_last=False)
         write_parquet(rejects, out / REJECTS_NAME)
         write_index(out, shards, self.recipe.name)
-        write_stats(out, dataset_stats(out, rejects, shards))
+        curated = finish_manifest(out, out / MANIFEST_NAME, self.db, self.recipe, self.dedup_stats)  # weights
+        write_stats(out, {**dataset_stats(out, rejects, shards), **curated})
         _remove_stale_shards(out, self.recipe.name, len(shards))
         write_card(out, lock)  # README.md + card/*.png, made from the files above
         write_atomic(out / LOCK_NAME, dumps(lock))  # last: its presence means "complete"

@@ -107,11 +107,14 @@ def _rewrite(dataset: Path, target: Path, recipe: Recipe, db: DanbooruDB, thresh
         parts.commit(len(shards), info, int(rows["key"].max()), new_rows, [])
         shards.append(info)
     merge_parquet(parts.manifest_files(len(shards)), MANIFEST_SCHEMA, target / MANIFEST_NAME)
+    from kohaku_data.curation.build import finish_manifest, previous_dedup
+
+    curated = finish_manifest(target, target / MANIFEST_NAME, db, recipe, previous_dedup(dataset))  # weights
     rejects = pl.concat([pl.read_parquet(dataset / REJECTS_NAME), pl.DataFrame(dropped, schema=REJECT_SCHEMA)])
     rejects = rejects.sort("key", "source", "reason", nulls_last=False)
     write_parquet(rejects, target / REJECTS_NAME)
     write_index(target, shards, recipe.name)
-    stats = dataset_stats(target, rejects, shards)
+    stats = {**dataset_stats(target, rejects, shards), **curated}
     write_stats(target, stats)
     write_card(target, lock)  # README.md + card/*.png, made from the files above
     write_atomic(target / LOCK_NAME, dumps(lock))

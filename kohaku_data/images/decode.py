@@ -25,8 +25,10 @@ def ensure_avif() -> None:
         pass  # AVIF inputs will then be rejected as "unidentified"
 
 
-def decode(data: bytes, *, max_pixels: int, animated: str) -> Image.Image:
-    """Open, check size and frames, load pixels, apply EXIF orientation."""
+def decode(data: bytes, *, max_pixels: int, animated: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open, check size and frames, load pixels, apply EXIF orientation. `draft` (w, h): a
+    JPEG may be decoded at a reduced scale (1/2..1/8) no smaller than that — for hashes, which
+    need no exact pixels; other formats decode in full."""
     if not data:
         raise Rejected("empty_file", "the file has 0 bytes")
     ensure_avif()
@@ -34,6 +36,8 @@ def decode(data: bytes, *, max_pixels: int, animated: str) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         im = _open(data, max_pixels)
         _check_frames(im, animated)
+        if draft is not None and im.format == "JPEG":
+            im.draft(im.mode, draft)
         _load(im)
     _upright(im)
     return im
