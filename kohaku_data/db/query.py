@@ -55,7 +55,10 @@ from peewee import SQL, ModelSelect
 
 from kohaku_data.db.enums import TagType
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.query_parse import And, Not, Or, Order, ParsedQuery, QueryError, parse_query
+from kohaku_data.db.query_bits import DENSE, Bits, open_bits
+from kohaku_data.db.query_parse import (
+    And, MetaFilter, Not, Or, Order, ParsedQuery, QueryError, parse_query,
+)
 from kohaku_data.db.query_plan import (
     COLUMN,
     TAG_SUBQUERY,
@@ -127,10 +130,11 @@ def query_ids(
         walked = _walked_ids(conn, plan, order, limit, after_id)
         if walked is not None:
             return walked
-    ids = _eval(conn, plan.tree, None, None)
+    bits = _bits_for(conn, plan)
+    ids = _eval(conn, plan.tree, None, None) if bits is None else bits.to_ids(_bits_eval(bits, plan.tree))
     keys = None
     if order is not None and order.name != "id":
-        ids, keys = _keys(conn, order, ids)
+        ids, keys = _keys(conn, order, ids, bits)
     ids = _page(conn, order, ids, keys, after_id, limit)
     return (ids if limit is None else ids[:limit]).tolist()
 
@@ -143,6 +147,9 @@ def count_posts(db: DanbooruDB, text: str) -> int:
         where, params = tree_sql(plan.tree)
         sql = "SELECT COUNT(*) FROM post" + (f" WHERE {where}" if where != "1" else "")
         return conn.execute(sql, params).fetchone()[0]
+    bits = _bits_for(conn, plan)
+    if bits is not None:
+        return int(np.count_nonzero(_bits_eval(bits, plan.tree)))
     return int(_eval(conn, plan.tree, None, None).size)
 
 
@@ -277,11 +284,15 @@ def _tag_ids(conn: sqlite3.Connection, tags: tuple[Tag, ...], within: np.ndarray
     if span is not None:  # a range of the covering index (tag_id, post_id)
         sql += " AND post_id >= ? AND post_id < ?"
         args += span
-    text = conn.execute(f"SELECT group_concat(post_id) FROM ({sql})", args).fetchone()[0]
-    ids = _sorted_unique(_parse_list(text, "id"))
+    ids = _sorted_unique(_read_ids(conn, sql, args))
     if within is None or probe:
         return ids
     return np.intersect1d(ids, within, assume_unique=True)
+
+
+def _read_ids(conn: sqlite3.Connection, sql: str, args: tuple) -> np.ndarray:
+    """The post ids a `SELECT post_id ...` yields, as one array (one group_concat row)."""
+    return _parse_list(conn.execute(f"SELECT group_concat(post_id) FROM ({sql})", args).fetchone()[0], "id")
 
 
 def _sql_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | None,
@@ -325,12 +336,16 @@ def _union(parts: list[np.ndarray]) -> np.ndarray:
     parts = [p for p in parts if p.size]
     if not parts:
         return np.empty(0, dtype=np.int64)
-    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+    return parts[0] if len(parts) == 1 else _sorted_unique(np.concatenate(parts))
 
 
-def _keys(conn: sqlite3.Connection, order: Order, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids that are posts, their sort keys): rowid probes for few ids, else one index scan."""
+def _keys(conn: sqlite3.Connection, order: Order, ids: np.ndarray,
+          bits: Bits | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids that are posts, their sort keys): from the bitmap index's dense column, else rowid
+    probes for few ids, else one index scan."""
     column = COLUMN[order.name]
+    if bits is not None and order.name in DENSE:  # ids came from the index: all are posts
+        return ids, bits.column(order.name)[ids - bits.base].astype(np.int64)
     if ids.size <= _PROBE_MAX:
         row = conn.execute(
             f"SELECT group_concat(id), group_concat({column}) FROM post NOT INDEXED "
@@ -357,9 +372,106 @@ def _parse_list(text: str | None, key: str) -> np.ndarray:
 
 def _sorted_unique(ids: np.ndarray) -> np.ndarray:
     ids = np.sort(ids)  # already sorted from the covering index: this is a quick check pass
-    if ids.size > 1 and bool((ids[1:] == ids[:-1]).any()):
-        ids = np.unique(ids)  # a post listing a tag twice must not break assume_unique
+    if ids.size > 1:
+        repeat = ids[1:] == ids[:-1]  # a post listing a tag twice must not break assume_unique
+        if repeat.any():
+            ids = ids[np.concatenate(([True], ~repeat))]
     return ids
+
+
+# -- bitmap engine (migration 0009) ------------------------------------------------------------
+def _bits_for(conn: sqlite3.Connection, plan: Plan) -> Bits | None:
+    """The bitmap index, when it is current and the query is big enough to want it: every part
+    of the conjunction matches at least as many posts as a tag that has a bitmap (a query with
+    a rare tag is cheaper on arrays: read the few ids, probe the rest)."""
+    bits = open_bits(conn)
+    if bits is None or _size(plan.tree) < bits.min_popularity:
+        return None
+    return bits
+
+
+def _bits_eval(bits: Bits, node) -> np.ndarray:
+    """Bool array over the index's id span: the posts matching `node`. Cached arrays are
+    shared, so every operation here makes a new array."""
+    if isinstance(node, TagLeaf):
+        return _bits_tags(bits, node.tags)
+    if isinstance(node, SqlLeaf):
+        mask = _bits_meta(bits, node.expr)
+        if mask is None:  # a metatag without a dense column (width:, date:, ...): read it
+            return bits.ids_mask(_sql_leaf_ids(bits.conn, node, None, None))
+        return mask & bits.exists()
+    if isinstance(node, Not):
+        return bits.exists() & ~_bits_eval(bits, node.child)
+    if isinstance(node, Or):
+        return _reduce(np.logical_or, [_bits_eval(bits, c) for c in node.children], bits.span, False)
+    positives = [c for c in node.children if not isinstance(c, Not)]
+    mask = _reduce(np.logical_and, [_bits_eval(bits, c) for c in positives], bits.span, True)
+    if not positives:
+        mask = bits.exists()
+    for child in (c.child for c in node.children if isinstance(c, Not)):
+        mask = mask & ~_bits_eval(bits, child)
+    return mask
+
+
+def _bits_tags(bits: Bits, tags: tuple[Tag, ...]) -> np.ndarray:
+    stored = [bits.tag(t.id) for t in tags if t.id in bits.tags]
+    rest = [t.id for t in tags if t.id not in bits.tags]
+    if rest:  # tags without a bitmap: their ids, in any order, set into one more mask
+        sql = f"{TAG_SUBQUERY} IN ({marks(len(rest))})"
+        stored.append(bits.ids_mask(_read_ids(bits.conn, sql, tuple(rest))))
+    return _reduce(np.logical_or, stored, bits.span, False)
+
+
+def _reduce(op, masks: list[np.ndarray], span: int, empty: bool) -> np.ndarray:
+    if not masks:
+        return np.full(span, empty, dtype=bool)
+    out = masks[0].copy() if len(masks) == 1 else op(masks[0], masks[1])
+    for mask in masks[2:]:
+        op(out, mask, out=out)
+    return out
+
+
+def _bits_meta(bits: Bits, expr) -> np.ndarray | None:
+    """A metatag expression over the dense columns; None when one of its metatags has none."""
+    if isinstance(expr, MetaFilter):
+        mask = _bits_filter(bits, expr)
+        return None if mask is None else (~mask if expr.negated else mask)
+    if isinstance(expr, Not):
+        inner = _bits_meta(bits, expr.child)
+        return None if inner is None else ~inner
+    parts = [_bits_meta(bits, c) for c in expr.children]
+    if any(p is None for p in parts):
+        return None
+    op, empty = (np.logical_and, True) if isinstance(expr, And) else (np.logical_or, False)
+    return _reduce(op, parts, bits.span, empty)
+
+
+def _bits_filter(bits: Bits, f: MetaFilter) -> np.ndarray | None:
+    if f.name == "id":  # positions of the span: slices, no column needed
+        mask = np.zeros(bits.span, dtype=bool)
+        for r in f.ranges:
+            lo = -np.inf if r.lo is None else r.lo + (0 if r.lo_inclusive else 1)
+            hi = np.inf if r.hi is None else r.hi + (1 if r.hi_inclusive else 0)
+            start, stop = (int(np.clip(v - bits.base, 0, bits.span)) for v in (lo, hi))
+            mask[start:stop] = True
+        return mask
+    if f.name not in DENSE:
+        return None
+    column = bits.column(f.name)
+    if f.values:  # rating:g,s: a few equality tests beat np.isin's sort by far
+        return _reduce(np.logical_or, [column == v for v in f.values], bits.span, False)
+    masks = []
+    for r in f.ranges:
+        if r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive:
+            masks.append(column == r.lo)  # score:1,5,10
+            continue
+        mask = np.ones(bits.span, dtype=bool)
+        if r.lo is not None:
+            mask &= column >= r.lo if r.lo_inclusive else column > r.lo
+        if r.hi is not None:
+            mask &= column <= r.hi if r.hi_inclusive else column < r.hi
+        masks.append(mask)
+    return _reduce(np.logical_or, masks, bits.span, False)
 
 
 # -- pages ------------------------------------------------------------------------------------

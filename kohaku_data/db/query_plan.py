@@ -75,6 +75,7 @@ class SqlLeaf:
     params: tuple
     estimate: float
     bounded: bool = False
+    expr: Node | None = None  # the metatags it came from (MetaFilter, And/Or/Not of them)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]
     if isinstance(node, Not):
         child = _bind(node.child, tags, wildcards, posts)
         if isinstance(child, SqlLeaf):
-            return SqlLeaf(f"NOT ({child.where})", child.params, max(posts - child.estimate, 0))
+            return SqlLeaf(f"NOT ({child.where})", child.params, max(posts - child.estimate, 0),
+                           expr=Not(child.expr))
         return Not(child)
     children = [_bind(c, tags, wildcards, posts) for c in node.children]
     return _group(type(node), children, posts)
@@ -136,7 +138,8 @@ def _group(kind, children: list, posts: int):
             bounded = any(c.bounded for c in sql)
         else:
             estimate, bounded = min(posts, sum(c.estimate for c in sql)), all(c.bounded for c in sql)
-        sql = [SqlLeaf(where, params, estimate, bounded)]
+        expr = kind(tuple(c.expr for c in sql))
+        sql = [SqlLeaf(where, params, estimate, bounded, expr)]
     children = sql + rest
     if len(children) == 1:
         return children[0]
@@ -155,8 +158,9 @@ def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
     if f.name == "id" and all(r.lo is not None and r.hi is not None for r in f.ranges):
         estimate, bounded = min(posts, sum(r.hi - r.lo + 1 for r in f.ranges)), True
     if f.negated:
-        return SqlLeaf(f"NOT ({where})", params, max(posts - estimate, 0) if bounded else estimate)
-    return SqlLeaf(where, params, estimate, bounded)
+        return SqlLeaf(f"NOT ({where})", params, max(posts - estimate, 0) if bounded else estimate,
+                       expr=f)
+    return SqlLeaf(where, params, estimate, bounded, f)
 
 
 def range_sql(column: str, rng: Range) -> tuple[str, list]:

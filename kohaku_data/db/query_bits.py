@@ -1,0 +1,173 @@
+"""A bitmap index for whole-result queries and counts at full size (migration 0009).
+
+At 7.8M posts, `1girl solo -comic rating:g,s score:>10 --count` moves ~15M ids out of SQLite
+(the two popular tags and the metatag range), ~1.5 s however they are intersected. This index
+holds, per id in `[base, base + span)`:
+
+- one packed bitmap per tag with at least `span / 64` posts (below that, reading the tag's ids
+  from the covering index is cheaper than unpacking a bitmap: ~70 ns per id against ~1 ns per
+  id of the span); 190 tags and 52% of the relations on the 1M-post sample;
+- dense `rating` (int8), `score` and `fav_count` (int32) columns, the metatags recipes filter
+  on, and a bitmap of the ids that are posts.
+
+A query over it is a few vectorised boolean operations on span-long arrays; tags without a
+bitmap and metatags without a column (width:, date:, …) are read as usual and set into the
+same arrays. The published tables are not changed: the index lives in kdata tables.
+
+Never stale: triggers on `post` (insert, delete, update of id/rating/score/fav_count) and on
+`posttagrelation` clear the `valid` flag in the same transaction as the write (a guarded
+trigger costs ~5% on bulk inserts), and `open_bits` returns None unless the flag is set, so
+queries fall back to the array engine until `refresh(db)` rebuilds it. `kdata db migrate`
+builds it (migration 0009); import and sync call `refresh_if_stale(db)` when they finish.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kohaku_data.db.handle import DanbooruDB
+
+BITS_TABLE = "kdata_query_bits"
+STATE_TABLE = "kdata_query_bits_state"
+# metatag name → (post column, dtype of the dense array)
+DENSE = {"rating": ("rating", np.int8), "score": ("score", np.int32),
+         "favcount": ("fav_count", np.int32)}
+# A tag gets a bitmap from this share of the span up (see the module docstring).
+BITMAP_SHARE = 64
+# Publishing writes that change what a query answers.
+_TRIGGERS = {
+    "post_insert": "AFTER INSERT ON post",
+    "post_delete": "AFTER DELETE ON post",
+    "post_update": "AFTER UPDATE OF id, rating, score, fav_count ON post",
+    "rel_insert": "AFTER INSERT ON posttagrelation",
+    "rel_delete": "AFTER DELETE ON posttagrelation",
+    "rel_update": "AFTER UPDATE ON posttagrelation",
+}
+
+
+@dataclass
+class Bits:
+    """A valid bitmap index on one connection; arrays are read on first use and kept."""
+
+    conn: sqlite3.Connection
+    base: int
+    span: int
+    min_popularity: int
+    tags: frozenset[int]
+    _cache: dict = field(default_factory=dict)
+
+    def tag(self, tag_id: int) -> np.ndarray:
+        """Bool array over the span: the posts of a tag that has a bitmap."""
+        return self._unpacked(f"tag:{tag_id}")
+
+    def exists(self) -> np.ndarray:
+        return self._unpacked("exists")
+
+    def column(self, name: str) -> np.ndarray:
+        key = f"col:{name}"
+        if key not in self._cache:
+            self._cache[key] = np.frombuffer(self._blob(key), dtype=DENSE[name][1])
+        return self._cache[key]
+
+    def ids_mask(self, ids: np.ndarray) -> np.ndarray:
+        """Bool array over the span with `ids` set (ids outside the span are not posts)."""
+        mask = np.zeros(self.span, dtype=bool)
+        at = ids - self.base
+        mask[at[(at >= 0) & (at < self.span)]] = True
+        return mask
+
+    def to_ids(self, mask: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(mask) + self.base
+
+    def _unpacked(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            packed = np.frombuffer(self._blob(key), dtype=np.uint8)
+            self._cache[key] = np.unpackbits(packed, count=self.span).view(bool)
+        return self._cache[key]
+
+    def _blob(self, key: str) -> bytes:
+        return self.conn.execute(f"SELECT data FROM {BITS_TABLE} WHERE name = ?", (key,)).fetchone()[0]
+
+
+def open_bits(conn: sqlite3.Connection) -> Bits | None:
+    """The index when it exists and is current, else None (the caller uses the array engine)."""
+    try:
+        state = dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
+    except sqlite3.OperationalError:  # not migrated: no such table
+        return None
+    if state.get("valid") != 1 or not state.get("span"):
+        return None
+    tags = frozenset(r[0] for r in conn.execute(
+        f"SELECT CAST(substr(name, 5) AS INTEGER) FROM {BITS_TABLE} WHERE name LIKE 'tag:%'"))
+    return Bits(conn, state["base"], state["span"], state["min_popularity"], tags)
+
+
+def install(db: DanbooruDB) -> None:
+    """Tables, invalidation triggers and a first build (migration 0009; idempotent)."""
+    conn = db.connection()
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {BITS_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (key TEXT PRIMARY KEY, value INTEGER)")
+    for name, event in _TRIGGERS.items():
+        conn.execute(
+            f"CREATE TRIGGER IF NOT EXISTS kdata_query_bits_{name} {event} "
+            f"WHEN (SELECT value FROM {STATE_TABLE} WHERE key = 'valid') = 1 "
+            f"BEGIN UPDATE {STATE_TABLE} SET value = 0 WHERE key = 'valid'; END")
+    _build(conn)
+
+
+def refresh_if_stale(db: DanbooruDB) -> bool:
+    """Rebuild the index after writes (import, sync); True when it was rebuilt. A file without
+    migration 0009 is left alone."""
+    conn = db.connection()
+    try:
+        row = conn.execute(f"SELECT value FROM {STATE_TABLE} WHERE key = 'valid'").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    if row is not None and row[0] == 1:
+        return False
+    with db.database.atomic():
+        _build(conn)
+    return True
+
+
+def _build(conn: sqlite3.Connection) -> None:
+    """Write every array and set the state, valid last (the caller holds one transaction)."""
+    lo, hi = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
+    base, span = (0, 0) if hi is None else (lo, hi - lo + 1)
+    min_popularity = max(span // BITMAP_SHARE, 1)
+    conn.execute(f"DELETE FROM {BITS_TABLE}")
+    rows = conn.execute(
+        "SELECT group_concat(id), group_concat(rating), group_concat(score), "
+        "group_concat(fav_count) FROM post").fetchone()
+    ids = _ints(rows[0]) - base
+    exists = np.zeros(span, dtype=bool)
+    exists[ids] = True
+    _put(conn, "exists", np.packbits(exists).tobytes())
+    for (name, (_, dtype)), text in zip(DENSE.items(), rows[1:]):
+        dense = np.zeros(span, dtype=dtype)
+        dense[ids] = _ints(text)
+        _put(conn, f"col:{name}", dense.tobytes())
+    popular = conn.execute("SELECT id FROM tag WHERE popularity >= ? ORDER BY id",
+                           (min_popularity,)).fetchall()
+    for (tag_id,) in popular:
+        text = conn.execute("SELECT group_concat(post_id) FROM posttagrelation WHERE tag_id = ?",
+                            (tag_id,)).fetchone()[0]
+        mask = np.zeros(span, dtype=bool)
+        at = _ints(text) - base
+        mask[at[(at >= 0) & (at < span)]] = True
+        _put(conn, f"tag:{tag_id}", np.packbits(mask).tobytes())
+    state = {"base": base, "span": span, "min_popularity": min_popularity, "valid": 1}
+    conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES (?, ?)", state.items())
+
+
+def _put(conn: sqlite3.Connection, name: str, data: bytes) -> None:
+    conn.execute(f"INSERT INTO {BITS_TABLE} (name, data) VALUES (?, ?)", (name, data))
+
+
+def _ints(text: str | None) -> np.ndarray:
+    if not text:
+        return np.empty(0, dtype=np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")
