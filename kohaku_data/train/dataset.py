@@ -56,7 +56,7 @@ class KdataDataset:
         self._index = self._read_index()
         self._manifest: pl.DataFrame | None = None
         # Plain arrays: one row lookup per sample is then a few numpy reads, not a polars row.
-        cols = {c: self._index[c].to_numpy() for c in INDEX_COLUMNS if c != "shard"}
+        cols = {c: self._index[c].to_numpy() for c in INDEX_COLUMNS if c not in ("shard", "bucket")}
         self._cols = cols
         self._span_start = np.minimum.reduce([cols[f"{m}_offset"] for m in MEMBERS])
         self._span_end = np.maximum.reduce([cols[f"{m}_offset"] + cols[f"{m}_size"] for m in MEMBERS])
@@ -67,38 +67,47 @@ class KdataDataset:
         if not self.files.exists(MANIFEST):
             raise ReaderError(f"{self.location} has no {MANIFEST}: point KdataDataset at the folder "
                               f"`kdata build` wrote (shards, manifest.parquet, index.json).")
-        with self.files.open(MANIFEST) as f:
-            schema = pl.read_parquet_schema(f)
-            missing = [c for c in INDEX_COLUMNS if c not in schema]
-            if missing:
-                raise ReaderError(f"{MANIFEST} lacks {', '.join(missing)}: the dataset was built before "
-                                  f"member offsets were recorded; rebuild it with this kdata version.")
-            f.seek(0)
-            frame = pl.read_parquet(f, columns=list(INDEX_COLUMNS))
+        missing = [c for c in INDEX_COLUMNS if c not in self._schema()]
+        if missing:
+            raise ReaderError(f"{MANIFEST} lacks {', '.join(missing)}: the dataset was built before "
+                              f"member offsets were recorded; rebuild it with this kdata version.")
+        frame = self._read_manifest(list(INDEX_COLUMNS))
         nulls = [c for c in OFFSET_COLUMNS if frame[c].null_count()]
         if nulls:
             raise ReaderError(f"{MANIFEST} has samples without {nulls[0]}: rebuild the dataset.")
         return frame
 
+    def _schema(self) -> dict[str, pl.DataType]:
+        path = self.files.local_path(MANIFEST)
+        if path is not None:
+            return dict(pl.read_parquet_schema(path))
+        with self.files.open(MANIFEST) as f:
+            return dict(pl.read_parquet_schema(f))
+
+    def _read_manifest(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """Columns of the manifest; a local file is read by path so other columns are skipped."""
+        path = self.files.local_path(MANIFEST)
+        if path is not None:
+            return pl.read_parquet(path, columns=columns)
+        with self.files.open(MANIFEST) as f:
+            return pl.read_parquet(f, columns=columns)
+
     @property
     def manifest(self) -> pl.DataFrame:
         """The whole manifest (read on first use); row i is sample i."""
         if self._manifest is None:
-            with self.files.open(MANIFEST) as f:
-                self._manifest = pl.read_parquet(f)
+            self._manifest = self._read_manifest()
         return self._manifest
 
     def column(self, name: str) -> pl.Series:
         """One manifest column, without loading the whole manifest when it is an index column."""
         if name in self._index.columns:
             return self._index[name]
-        if self._manifest is None:
-            with self.files.open(MANIFEST) as f:
-                if name not in pl.read_parquet_schema(f):
-                    raise ReaderError(f"{MANIFEST} has no column {name!r}: name one of its columns.")
-                f.seek(0)
-                return pl.read_parquet(f, columns=[name])[name]
-        return self._manifest[name]
+        if self._manifest is not None:
+            return self._manifest[name]
+        if name not in self._schema():
+            raise ReaderError(f"{MANIFEST} has no column {name!r}: name one of its columns.")
+        return self._read_manifest([name])[name]
 
     def __len__(self) -> int:
         return self._index.height
@@ -158,13 +167,18 @@ class KdataDataset:
             return array
         import torch
 
-        return torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a writable copy for torch
+        # CHW made by numpy, wrapped without a copy: torch's own strided uint8 copy is slow, and
+        # its intra-op threads spin against the loader's processes on a busy machine.
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def factorize(values: pl.Series) -> tuple[tuple[str, ...], np.ndarray]:
     """(sorted distinct values, each row's position among them): vectorised, no Python loop."""
-    names = values.unique().sort()
-    return tuple(names.to_list()), names.search_sorted(values).to_numpy().astype(np.int32)
+    names = values.unique().sort().to_list()
+    if None in names:
+        raise ReaderError(f"{MANIFEST} column {values.name!r} has nulls: rebuild the dataset.")
+    # An Enum's physical codes are the positions in its (sorted, fixed) categories.
+    return tuple(names), values.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int32)
 
 
 def split_caption(caption: str, separator: str | None = KEEP_SEPARATOR) -> tuple[str, str]:

@@ -24,8 +24,8 @@ What happens to the draws that do not fill a last global batch (`remainder`):
 The counts of each are in the plan's `EpochReport`.
 
 Random numbers come from PCG64 seeded by a SeedSequence of (seed, epoch, purpose, bucket), and
-permutations are argsorts of uniform keys, so the plan does not depend on numpy's permutation
-algorithm, the process, or the machine.
+permutations are argsorts of distinct random keys (`shuffled`), so the plan does not depend on
+numpy's permutation or sort algorithm, the process, or the machine.
 """
 
 from __future__ import annotations
@@ -119,9 +119,18 @@ def _drawn_before(epoch: int, total_units: int) -> int:
     return -(-epoch * total_units // UNITS)
 
 
+def shuffled(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n) as the argsort of distinct keys (random high bits, the
+    index in the low bits): with no ties, every sort algorithm and machine gives the same order."""
+    low = max(1, int(n - 1).bit_length())
+    keys = rng.integers(0, 1 << (63 - low), n, dtype=np.int64) << low
+    keys |= np.arange(n, dtype=np.int64)
+    return np.argsort(keys)
+
+
 def _draws(members: np.ndarray, units: np.ndarray, seed: int, epoch: int, bucket: int) -> np.ndarray:
     """The bucket's draws of one epoch, in their order: systematic sampling over a seeded shuffle."""
-    order = np.argsort(_rng(seed, epoch, _ORDER, bucket).random(members.size), kind="stable")
+    order = shuffled(members.size, _rng(seed, epoch, _ORDER, bucket))
     members, units = members[order], units[order]
     total = int(units.sum())
     start = epoch * total
@@ -190,7 +199,7 @@ def plan_epoch(layout: Layout, seed: int, epoch: int, global_batch: int, remaind
     batches = np.concatenate(rows) if rows else np.empty((0, g), np.int64)
     pad = np.concatenate(pads) if pads else np.empty((0, g), bool)
     bucket = np.concatenate(codes) if codes else np.empty(0, np.int32)
-    order = np.argsort(_rng(seed, epoch, _BATCHES).random(batches.shape[0]), kind="stable")
+    order = shuffled(batches.shape[0], _rng(seed, epoch, _BATCHES))
     report = EpochReport(
         epoch=epoch, batches=int(batches.shape[0]), samples=int(batches.size), drawn=drawn,
         carried_in=carried_in, carried_out=carried_out, padded=padded, dropped=dropped,

@@ -44,6 +44,10 @@ class RangeFiles:
         fs, root = self._filesystem()
         return fs.open(f"{root}/{name}", "rb")
 
+    def local_path(self, name: str) -> str | None:
+        """The file's path when the dataset is local (polars then reads only the columns it needs)."""
+        return None if is_url(self.location) else os.path.join(self.location, name)
+
     def exists(self, name: str) -> bool:
         if not is_url(self.location):
             return os.path.isfile(os.path.join(self.location, name))
