@@ -116,7 +116,18 @@ def exists(target: Target) -> bool:
     if local is not None:
         return local.exists()
     fs, path = url_to_fs(target)
-    return _remote(target, "look up", lambda: fs.exists(path))
+    if _remote(target, "look up", lambda: fs.exists(path)):
+        return True
+    _check_bucket(target, fs, path)
+    return False
+
+
+def _check_bucket(target: Target, fs: Any, path: str) -> None:
+    """A missing object may mean a missing bucket: say so (one listing of the bucket)."""
+    bucket = path.split("/", 1)[0]
+    if bucket and bucket != path.rstrip("/"):
+        with contextlib.suppress(FileNotFoundError):
+            _remote(target, "look up", lambda: fs.ls(bucket, detail=False, refresh=True))
 
 
 def is_file(target: Target) -> bool:

@@ -1,0 +1,186 @@
+"""A real S3 API on loopback for the tests: moto's server, and a fault-injecting proxy in front.
+
+    server = S3Server.start()              # moto on 127.0.0.1:<free port>
+    proxy = FaultProxy.start(server.url)   # forwards to it; `proxy.fail_next(5)` answers 500s
+    env = s3_env(proxy.url)                # AWS_* + FSSPEC_S3_ENDPOINT_URL for subprocesses
+
+Nothing is mocked: s3fs talks HTTP to a real S3 implementation, the way it talks to AWS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kdata-test", "AWS_SECRET_ACCESS_KEY": "kdata-test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+@dataclass
+class S3Server:
+    server: object
+    url: str
+
+    @classmethod
+    def start(cls) -> S3Server:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        return cls(server, f"http://{host}:{port}")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def set_auth(self, enabled: bool) -> None:
+        """moto checks access keys only when told to (after 0 unauthenticated actions)."""
+        conn = _connect(self.url)
+        conn.request("POST", "/moto-api/reset-auth", body=b"0" if enabled else b"inf")
+        conn.getresponse().read()
+        conn.close()
+
+
+def s3_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """The environment a user would set: credentials and fsspec's endpoint setting."""
+    env = {**os.environ, **CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    env.pop("AWS_PROFILE", None)
+    env.update(extra)
+    return env
+
+
+def use_endpoint(monkeypatch, endpoint: str, **extra: str) -> None:
+    """Point this process (fsspec is already imported, so its env config is read already) and
+    its future child processes at `endpoint`."""
+    import fsspec.config
+    import s3fs
+
+    for key, value in {**CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint, **extra}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    range: str | None
+
+
+@dataclass
+class FaultProxy:
+    """An HTTP proxy in front of the S3 server that can answer 500s or stall, and logs requests."""
+
+    target: str
+    failures_left: int = 0
+    delay_s: float = 0.0
+    delays_left: int = 0
+    log: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    httpd: ThreadingHTTPServer | None = None
+
+    @classmethod
+    def start(cls, target: str) -> FaultProxy:
+        proxy = cls(target)
+        proxy.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+        proxy.httpd.daemon_threads = True
+        threading.Thread(target=proxy.httpd.serve_forever, daemon=True).start()
+        return proxy
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def fail_next(self, count: int) -> None:
+        with self.lock:
+            self.failures_left = count
+
+    def stall_next(self, count: int, seconds: float) -> None:
+        with self.lock:
+            self.delays_left, self.delay_s = count, seconds
+
+    def take(self) -> tuple[bool, float]:
+        with self.lock:
+            fail = self.failures_left > 0
+            self.failures_left -= int(fail)
+            delay = self.delay_s if self.delays_left > 0 else 0.0
+            self.delays_left -= int(self.delays_left > 0)
+            return fail, delay
+
+
+def _connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+
+
+def _handler(proxy: FaultProxy):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _forward(self) -> None:
+            body = self._body()
+            proxy.log.append(Request(self.command, self.path, self.headers.get("Range")))
+            fail, delay = proxy.take()
+            if delay:
+                time.sleep(delay)
+            if fail:
+                error = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+                         b"<Message>injected by the test proxy</Message></Error>")
+                head = self.command == "HEAD"
+                self._send(500, {"Content-Type": "application/xml", "Content-Length": str(len(error))},
+                           b"" if head else error, head=head)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            conn = _connect(proxy.target)
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            conn.close()
+            out = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP | {"content-length"}}
+            if self.command == "HEAD":
+                out["Content-Length"] = response.getheader("Content-Length", "0")
+                self._send(response.status, out, b"", head=True)
+            else:
+                self._send(response.status, out, data)
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _send(self, status: int, headers: dict[str, str], data: bytes, head: bool = False) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if not head:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if data:
+                self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    return Handler

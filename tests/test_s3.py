@@ -1,0 +1,139 @@
+"""Sources and datasets on object storage, against a real S3 API on loopback (moto's server,
+through s3fs, with a fault-injecting proxy in front): the same bytes as on a disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from kohaku_data import storage  # noqa: E402
+from kohaku_data.sources import open_source, read_entry  # noqa: E402
+from s3_support import FaultProxy, S3Server, s3_env, use_endpoint  # noqa: E402
+from test_build_support import Inputs, build, folder_bytes, make_inputs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server.start()
+    proxy = FaultProxy.start(server.url)
+    yield server, proxy
+    proxy.stop()
+    server.stop()
+
+
+@pytest.fixture
+def endpoint(s3, monkeypatch) -> FaultProxy:
+    """This test talks to S3 through the proxy (requests logged, faults on demand)."""
+    server, proxy = s3
+    use_endpoint(monkeypatch, proxy.url)
+    proxy.log.clear()
+    proxy.fail_next(0)
+    return proxy
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("inputs"), tar=True)
+
+
+KDATA = [sys.executable, "-c", "from kohaku_data.cli import app; app()"]
+_buckets = iter(range(1_000_000))
+
+
+def _bucket(prefix: str = "b") -> str:
+    """A fresh bucket per use (tests share one server)."""
+    import s3fs
+
+    name = f"kdata-{prefix}-{next(_buckets)}"
+    s3fs.S3FileSystem().mkdir(name)
+    return name
+
+
+def _upload(local: Path, url: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{url.removeprefix('s3://')}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+def _tar_gets(proxy: FaultProxy) -> list:
+    return [r for r in proxy.log if r.method == "GET" and r.path.split("?")[0].endswith(".tar")]
+
+
+def test_source_in_a_bucket_is_the_local_source_and_members_are_ranged_reads(inputs, endpoint, tmp_path):
+    url = f"s3://{_bucket()}/raw"
+    _upload(inputs.src, url)
+    remote = open_source(url)
+    local = open_source(inputs.src)
+    fields = lambda s: [(e.key, e.name, e.ext, e.size, e.member, e.offset) for e in s.entries()]  # noqa: E731
+    assert fields(remote) == fields(local)
+    assert sorted((r.name, r.reason) for r in remote.rejects) == sorted((r.name, r.reason) for r in local.rejects)
+    assert remote.fingerprint() == local.fingerprint()
+    # the index the first pass wrote (hfutils form) is the one a local pass writes
+    assert json.loads(storage.read_bytes(f"{url}/data-0000.json")) == json.loads(
+        (inputs.src / "data-0000.json").read_bytes())
+
+    endpoint.log.clear()
+    again = open_source(url)  # the index beside the tar answers: the tar is not read at all
+    assert fields(again) == fields(local) and _tar_gets(endpoint) == []
+
+    for entry, twin in zip(again.entries(), local.entries()):
+        assert read_entry(entry) == read_entry(twin)
+    ranges = {r.range for r in _tar_gets(endpoint)}
+    wanted = {f"bytes={e.offset}-{e.offset + e.size - 1}" for e in again.entries() if e.size}
+    assert ranges == wanted, "every member is one ranged GET, never the whole tar"
+
+
+def test_build_from_a_bucket_gives_the_local_bytes(inputs, endpoint, tmp_path):
+    url = f"s3://{_bucket()}/raw"
+    _upload(inputs.src, url)
+    local = build(inputs, tmp_path / "local", workers=1)
+    remote_inputs = Inputs(inputs.db, url, inputs.ids, inputs.hard)
+    remote = build(remote_inputs, tmp_path / "remote", workers=1)
+    assert (remote.samples, remote.shards) == (local.samples, local.shards)
+    assert folder_bytes(tmp_path / "remote") == folder_bytes(tmp_path / "local")
+
+
+def test_500s_and_a_stalling_store_are_retried_to_the_same_bytes(inputs, endpoint, tmp_path):
+    url = f"s3://{_bucket()}/raw"
+    _upload(inputs.src, url)
+    clean = build(Inputs(inputs.db, url, inputs.ids, inputs.hard), tmp_path / "clean", workers=1)
+    storage.remove(f"{url}/data-0000.json")  # index again, through the faults
+    endpoint.fail_next(12)  # more in a row than botocore retries alone
+    endpoint.stall_next(3, 0.5)
+    faulty = build(Inputs(inputs.db, url, inputs.ids, inputs.hard), tmp_path / "faulty", workers=1)
+    assert endpoint.failures_left <= 0
+    assert faulty.samples == clean.samples
+    assert folder_bytes(tmp_path / "faulty") == folder_bytes(tmp_path / "clean")
+
+
+def test_missing_bucket_is_one_sentence(endpoint):
+    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' does not exist") as info:
+        open_source("s3://no-such-bucket/raw")
+    assert str(info.value).count(". ") == 0 and "\n" not in str(info.value)
+
+
+def test_bad_credentials_are_one_sentence_from_the_cli(s3, inputs, tmp_path):
+    server, proxy = s3
+    env = s3_env(proxy.url, AWS_ACCESS_KEY_ID="wrong", AWS_SECRET_ACCESS_KEY="wrong")
+    server.set_auth(True)
+    try:
+        run = subprocess.run(
+            [*KDATA, "build", "--src", "s3://anything/raw", "--out",
+             str(tmp_path / "out"), "--db", str(inputs.db), "--workers", "1", "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.set_auth(False)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "access denied" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0], run.stderr
+    assert "Traceback" not in run.stderr
