@@ -40,7 +40,7 @@ from kohaku_data.captions.frame import (
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions, prefetched_pages
 from kohaku_data.captions.thresholds import (
-    RATING_NAMES, Thresholds, compute_thresholds, read_metrics,
+    RATING_NAMES, Thresholds, compute_thresholds,
 )
 from kohaku_data.config import CAPTION_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from kohaku_data.config import CaptionConfig
@@ -48,7 +48,7 @@ from kohaku_data.db import DanbooruDB
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds",
-    "iter_captions",
+    "iter_captions", "stats_from_frame",
 ]
 # Reading the whole tag table pays off once the job is big; a few posts look their tags up.
 _WHOLE_TAG_TABLE_FROM = 50_000
@@ -119,9 +119,16 @@ def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
 
 
 def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
-    """Thresholds per group, and the share of the DB's posts per quality band, year tag and rating."""
-    frame = read_metrics(db, thresholds.metric).rename({"metric": thresholds.metric})
-    frame = post_columns(frame, config, thresholds)
+    """Thresholds per group, and the share of the DB's posts per quality band, year tag and rating
+    (the stored summary while the DB is unchanged: captions/summaries.py)."""
+    from kohaku_data.captions.summaries import cached_caption_stats
+
+    return cached_caption_stats(db, config, thresholds)
+
+
+def stats_from_frame(metrics: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
+    """`caption_stats` from a `read_metrics` frame of the whole DB."""
+    frame = post_columns(metrics.rename({"metric": thresholds.metric}), config, thresholds)
     total = frame.height
 
     def shares(col: str, names: Sequence[str]) -> dict[str, Any]:

@@ -190,10 +190,12 @@ def _year_edges(dates: pl.Series, config: CaptionConfig) -> tuple[str, ...]:
 
 
 def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
-    """Quantiles of the quality metric per rating (and cohort), and year edges, from `db`."""
+    """Quantiles of the quality metric per rating (and cohort), and year edges, from `db` (the
+    stored summary while the DB is unchanged since it was computed: captions/summaries.py)."""
+    from kohaku_data.captions.summaries import cached_thresholds
     from kohaku_data.curation.captions import caption_curation
 
-    thresholds = thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+    thresholds = cached_thresholds(db, config)
     curation = caption_curation(db, config)  # None unless the config cleans tags or uses attached data
     return thresholds if curation is None else replace(thresholds, curation=curation)
 

@@ -323,6 +323,7 @@ def import_files(
     `defer` (None: automatic, when the input likely holds more posts than the file) drops the
     secondary indexes and rebuilds them at the end; a killed run leaves them for the rerun.
     """
+    from kohaku_data.db import summary as db_summary
     from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
 
     _require_writable(db)
@@ -330,10 +331,11 @@ def import_files(
     started = time.perf_counter()
     defer = defer if defer is not None else _worth_deferring(db, paths)
     # Indexes a killed bulk import left deferred stay so when this run defers them again.
-    summary = ImportSummary(migrations_applied=migrate(db, keep_deferred=defer))
+    summary = ImportSummary(migrations_applied=migrate(db, keep_deferred=defer, refresh_summaries=False))
     rejects = _Rejects(rejects_path or default_rejects_path(db.path))
     total = sum(p.stat().st_size for p in paths)
-    with _bulk_pragmas(db.connection()):
+    # No write-counting trigger call per row: the counter is bumped once before and after.
+    with _bulk_pragmas(db.connection()), db_summary.suspended(db):
         if defer:
             defer_indexes(db)
         try:
@@ -348,6 +350,7 @@ def import_files(
             summary.rejects_path = rejects.close()
             summary.rejected = rejects.count
             summary.seconds = time.perf_counter() - started
+    db_summary.refresh(db)  # counts, thresholds, /stats for the next reader (db/summary.py)
     return summary
 
 

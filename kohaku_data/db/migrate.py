@@ -78,11 +78,15 @@ def pending(db: DanbooruDB, directory: Path | None = None) -> list[Migration]:
     return [m for m in available(directory) if m.version not in done]
 
 
-def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: bool = False) -> list[str]:
+def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: bool = False,
+            refresh_summaries: bool = True) -> list[str]:
     """Apply pending migrations in order; return the names applied (empty: already current).
 
     Also rebuilds indexes left deferred by an interrupted bulk import, unless `keep_deferred`
-    (a bulk import about to defer them again: rebuilding them first would be wasted work).
+    (a bulk import about to defer them again: rebuilding them first would be wasted work), puts
+    back the write-counting triggers a killed import left dropped, and, unless
+    `refresh_summaries` is False (a writer that refreshes when it is done), recomputes the DB
+    summaries (db/summary.py) when a migration ran or they are stale.
     """
     if not keep_deferred:
         restore_deferred_indexes(db)
@@ -109,7 +113,19 @@ def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: boo
         finally:
             _refresh(db)
         applied.append(migration.name)
+    _keep_summaries(db, refresh=refresh_summaries, changed=bool(applied))
     return applied
+
+
+def _keep_summaries(db: DanbooruDB, *, refresh: bool, changed: bool) -> None:
+    from kohaku_data.db import summary
+    from kohaku_data.db.info import INFO_SUMMARY
+
+    if db.readonly or not summary.has_summaries(db):
+        return
+    summary.ensure_counting(db)
+    if refresh and (changed or summary.read(db, INFO_SUMMARY) is None):
+        summary.refresh(db)
 
 
 def _load(migration: Migration) -> ModuleType:

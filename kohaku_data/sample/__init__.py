@@ -62,10 +62,13 @@ def _migrate_with_aliases(db_path: Path) -> None:
     from kohaku_data.db.migrate import migrate
     from kohaku_data.sample.metadata import write_aliases
 
+    from kohaku_data.db import summary
+
     with DanbooruDB.open(db_path) as db:
-        migrate(db)
+        migrate(db, refresh_summaries=False)
         with db.database.atomic():
             write_aliases(db.connection())
+        summary.refresh(db)  # after the aliases: the counts include them
 
 
 __all__ = [

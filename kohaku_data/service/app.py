@@ -55,6 +55,7 @@ class ServiceState:
         self._lock = threading.Lock()
         self._thresholds: dict[str, Any] = {}
         self._stats: dict[str, Any] | None = None
+        self._version: Any = None  # db/summary.py's write version the caches were made at
 
     def recipe(self, name: str | None):
         """(caption config, thresholds) of pipelines/NAME.toml or the default recipe; cached."""
@@ -69,6 +70,7 @@ class ServiceState:
         config = load_recipe(path).caption
         key = config.model_dump_json()
         with self._lock:  # thresholds scan the whole DB: compute once per caption config
+            self._forget_if_written()
             if key not in self._thresholds:
                 self._thresholds[key] = compute_thresholds(self.db, config)
             return config, self._thresholds[key]
@@ -85,16 +87,29 @@ class ServiceState:
         raise NotFound(f"no recipe {name!r} in {self.pipelines}/ nor among the shipped recipes ({', '.join(shipped)})")
 
     def stats(self) -> dict[str, Any]:
-        """Counts, thresholds and band shares: whole-DB scans, so computed once per app (the DB
-        is read-only here; a sync into the file shows after a restart)."""
+        """Counts, thresholds and band shares: whole-DB scans, so read from the DB's stored
+        summaries when current (db/summary.py; `kdata db import/sync/migrate` keep them), else
+        computed; kept in memory until the file's write counter moves (a sync into the file
+        shows at the next request; a DB without summaries keeps them for the app's life)."""
         from kohaku_data.captions import caption_stats
 
         config, thresholds = self.recipe(None)
         with self._lock:
+            self._forget_if_written()
             if self._stats is None:
                 self._stats = {**_compute_stats(self.db), "quality_thresholds": thresholds.to_dict(),
                                "caption": caption_stats(self.db, config, thresholds)}
             return self._stats
+
+    def _forget_if_written(self) -> None:
+        """Drop the in-memory caches when the DB was written since they were made (under the lock)."""
+        from kohaku_data.db import summary
+
+        version = summary.version(self.db)
+        if version != self._version:
+            self._thresholds.clear()
+            self._stats = None
+            self._version = version
 
     def close(self) -> None:
         self.db.close()
@@ -237,16 +252,9 @@ def _autocomplete(state: ServiceState, prefix: str, limit: int) -> list[dict[str
 
 
 def _compute_stats(db: DanbooruDB) -> dict[str, Any]:
-    conn = db.connection()
-    ratings = dict(conn.execute("SELECT rating, count(*) FROM post GROUP BY rating"))
-    by_type = dict(conn.execute("SELECT type, count(*) FROM tag GROUP BY type"))
-    return {
-        "posts": sum(ratings.values()),
-        "posts_by_rating": {Rating(r).name.lower(): n for r, n in sorted(ratings.items())},
-        "tags": sum(by_type.values()),
-        "tags_by_category": {TagType(t).category_name: n for t, n in sorted(by_type.items())},
-        "max_post_id": conn.execute("SELECT max(id) FROM post").fetchone()[0],
-    }
+    from kohaku_data.db.info import service_stats
+
+    return service_stats(db)
 
 
 def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def _require_sync_table(db: DanbooruDB) -> None:
     if not db.has_table(db.SyncState._meta.table_name):
         from kohaku_data.db.migrate import migrate
 
-        migrate(db)  # the kdata tables (sync cursor, aliases) are created on first sync
+        migrate(db, refresh_summaries=False)  # the kdata tables (sync cursor, aliases) are created on first sync
 
 
 def get_cursor(db: DanbooruDB, base_url: str) -> int:
@@ -122,7 +122,17 @@ def sync_posts(
                 result.complete = True
                 break
             _store_page(db, client.base_url, posts, result)
+    _refresh_summaries(db, result)
     return result
+
+
+def _refresh_summaries(db: DanbooruDB, result: SyncResult) -> None:
+    """After a sync that stored posts: the DB summaries (counts, thresholds, /stats) again, so
+    readers get them without a scan (a stale one is never served either way: db/summary.py)."""
+    if result.posts:
+        from kohaku_data.db import summary
+
+        summary.refresh(db)
 
 
 def _new_posts(page: object, cursor: int) -> list[dict]:
@@ -204,6 +214,7 @@ def refresh_updated(
             if reached_end or len(page) < limit_per_page:
                 result.complete = True
                 break
+    _refresh_summaries(db, result)
     return result
 
 

@@ -1,0 +1,161 @@
+"""DB summaries (db/summary.py): kept by import, sync and migrate, never served stale."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kohaku_data.captions import caption_stats, compute_thresholds
+from kohaku_data.captions.summaries import stats_name, thresholds_name
+from kohaku_data.captions.thresholds import read_metrics, thresholds_from_frame
+from kohaku_data.config import CaptionConfig, Recipe
+from kohaku_data.db import DanbooruDB, summary
+from kohaku_data.db.importer import import_files
+from kohaku_data.db.info import INFO_SUMMARY, count_rows, db_info
+from kohaku_data.db.migrate import migrate
+from kohaku_data.sample import write_sample
+from kohaku_data.service.client import ClientSettings, DanbooruClient
+from kohaku_data.service.sync import sync_posts
+from fake_danbooru import FakeDanbooru, make_posts
+
+
+@pytest.fixture
+def migrated(tmp_path: Path) -> Path:
+    write_sample(tmp_path, posts=400, seed=4, images=0, migrate=True)
+    return tmp_path / "danbooru.db"
+
+
+def _stored(path: Path) -> dict[str, tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        return {name: (writes, payload) for name, writes, payload in
+                conn.execute("SELECT name, writes, payload FROM kdata_summary")}
+
+
+def _external_write(path: Path, sql: str, *args) -> None:
+    """A writer that knows nothing of kdata (the sqlite3 shell, the published tools)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql, args)
+
+
+def test_migrate_stores_current_summaries(migrated: Path) -> None:
+    stored = _stored(migrated)
+    config = Recipe().caption
+    assert {INFO_SUMMARY, "stats", thresholds_name(config)} <= set(stored)
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        assert summary.counting(db)
+        assert summary.read(db, INFO_SUMMARY) == count_rows(db)
+        live = thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+        assert compute_thresholds(db, config) == live
+        assert stats_name(config, live) in stored
+
+
+def test_a_write_by_anyone_makes_summaries_stale_and_never_served(migrated: Path) -> None:
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        before = db_info(db)
+    _external_write(migrated, "UPDATE post SET rating = 3 WHERE id = (SELECT min(id) FROM post WHERE rating = 0)")
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        assert summary.read(db, INFO_SUMMARY) is None  # stored, but computed before the write
+        after = db_info(db)  # computed from the rows, not the stored summary
+    assert after["ratings"]["general"] == before["ratings"]["general"] - 1
+    assert after["ratings"]["explicit"] == before["ratings"]["explicit"] + 1
+    _external_write(migrated, "DELETE FROM posttagrelation WHERE id = (SELECT max(id) FROM posttagrelation)")
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        assert db_info(db)["relations"] == before["relations"] - 1
+    _external_write(migrated, "INSERT INTO kdata_tag_alias (alias, tag_name) VALUES ('zz_new_alias', '1girl')")
+    with DanbooruDB.open(migrated) as db:  # a writable handle stores what it computed
+        assert db_info(db)["aliases"] == before["aliases"] + 1
+        assert summary.read(db, INFO_SUMMARY) == count_rows(db)
+
+
+def test_thresholds_and_caption_stats_follow_writes(migrated: Path) -> None:
+    config = CaptionConfig()
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        old = caption_stats(db, config, compute_thresholds(db, config))
+    _external_write(migrated, "UPDATE post SET fav_count = fav_count + 100000 WHERE rating = 0")
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        thresholds = compute_thresholds(db, config)
+        assert thresholds == thresholds_from_frame(read_metrics(db, config.quality_metric), config)
+        new = caption_stats(db, config, thresholds)
+    assert thresholds.by_rating["general"] != tuple(old["thresholds"]["by_rating"]["general"])
+    assert new["thresholds"] == thresholds.to_dict()
+
+
+def test_dropped_triggers_mean_nothing_is_served_until_migrate(migrated: Path) -> None:
+    """What a killed bulk import leaves: triggers dropped, so writes are not counted."""
+    with DanbooruDB.open(migrated) as db:
+        with pytest.raises(RuntimeError):
+            with summary.suspended(db):
+                raise RuntimeError("import failed")
+        assert summary.counting(db) and summary.read(db, INFO_SUMMARY) is None  # bumped, back in place
+        summary.refresh(db)
+        with db.database.atomic():
+            for name in summary.trigger_names():
+                db.connection().execute(f'DROP TRIGGER "{name}"')
+    _external_write(migrated, "UPDATE post SET score = score + 1")  # uncounted
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        assert not summary.counting(db) and summary.read(db, INFO_SUMMARY) is None
+    with DanbooruDB.open(migrated) as db:
+        migrate(db)
+        assert summary.counting(db) and summary.read(db, INFO_SUMMARY) == count_rows(db)
+
+
+def test_import_refreshes_summaries(tmp_path: Path, posts_sample_path: Path) -> None:
+    path = tmp_path / "danbooru.db"
+    with DanbooruDB.create(path) as db:
+        migrate(db)
+        empty = db_info(db)
+        import_files(db, [posts_sample_path])
+        assert summary.counting(db)  # put back after the bulk write
+        stored = summary.read(db, INFO_SUMMARY)
+        assert stored is not None and stored == count_rows(db)
+        assert stored["posts"] > empty["posts"] == 0
+        assert summary.read(db, thresholds_name(Recipe().caption)) is not None
+
+
+def test_sync_refreshes_summaries(tmp_path: Path) -> None:
+    path = tmp_path / "danbooru.db"
+    settings = ClientSettings(rate=10_000, timeout=5, max_failures=4, backoff_base=0.001, backoff_max=0.01)
+    with DanbooruDB.create(path) as db:
+        migrate(db)
+        with FakeDanbooru(make_posts(70, seed=3)) as server, DanbooruClient(server.url, settings) as client:
+            sync_posts(db, client, limit_per_page=30)
+        stored = summary.read(db, INFO_SUMMARY)
+        assert stored is not None and stored["posts"] == 70 and stored == count_rows(db)
+
+
+def test_serve_stats_follow_a_write_without_restart(migrated: Path) -> None:
+    import socket
+
+    import uvicorn
+
+    from kohaku_data.service.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(migrated, pipelines_dir=None), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+
+        def stats() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=30) as resp:
+                return json.loads(resp.read())
+
+        first = stats()
+        _external_write(migrated, "DELETE FROM post WHERE id = (SELECT max(id) FROM post)")
+        second = stats()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert second["posts"] == first["posts"] - 1
+    assert second["caption"]["posts"] == first["caption"]["posts"] - 1
