@@ -146,6 +146,10 @@ def test_hf_parquet_loads_in_datasets_with_the_image_bytes(built, manifest, tmp_
         assert schema_problems(sample["json"]) == []
     first = ds[0]["image"]
     assert (first.width, first.height) == (rows[ds[0]["key"]]["width"], rows[ds[0]["key"]]["height"])
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "data/train-*.parquet" in card
+    for picture in sorted((built[1] / "card").glob("*")):  # the build's card pictures come along
+        assert (tmp_path / "hf" / "card" / picture.name).read_bytes() == picture.read_bytes()
 
 
 def test_query_and_fraction_pick_the_same_subset_every_time(built, manifest, tmp_path):

@@ -51,10 +51,17 @@ def export_dataset(
     if out.resolve() == built.path.resolve() or built.path.resolve() in out.resolve().parents:
         raise ExportError("export into a folder outside the dataset (the dataset folder is only read)")
     rows = select_rows(built.manifest, keys, fraction, seed)
-    selection = {"query": query, "keys": None if keys is None or query else len(keys), "fraction": fraction,
+    selection = {"query": query, "keys_sha256": _keys_sha256(rows), "fraction": fraction,
                  "seed": seed if fraction is not None else None}
     state = begin_export(out, built, fmt, selection, rows, force)
     result = writers[fmt](built, rows, out, link_from=None if link_from is None else Path(link_from),
                           progress=progress)
     finish_export(out, state, result)
     return result
+
+
+def _keys_sha256(rows) -> str:
+    """Which samples the export holds (a query's answer changes with the DB: its text is not enough)."""
+    import hashlib
+
+    return hashlib.sha256(rows["key"].to_numpy().astype("<i8").tobytes()).hexdigest()

@@ -5,12 +5,13 @@
 its member name), `caption` and `json` (the sample's `.json`, a struct in the fixed schema of
 `assembly.sample_schema`). Row groups of 100 rows (🤗's recommendation for image data: the
 viewer and streaming read one group at a time). `README.md`: the header, then the dataset's own
-card text when it has one. `datasets.load_dataset(OUT)` reads it; `push_to_hub` uploads it as is.
+card text (and its `card/` pictures) when it has them. `datasets.load_dataset(OUT)` reads it; `push_to_hub` uploads it as is.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,16 @@ import polars as pl
 
 from kohaku_data.assembly.sample_schema import JSON_FIELDS, card_header, hf_parquet_features_yaml, strip_header
 from kohaku_data.atomic import replacing
-from kohaku_data.export.files import write_text
+from kohaku_data.export.files import in_place, write_text
 from kohaku_data.export.source import Built, ExportResult, read_member
 from kohaku_data.progress import progress_bar
 
 DATA_DIR = "data"
 CARD_NAME = "README.md"
-_PARQUET = {"compression": "zstd", "compression_level": 1, "statistics": True, "row_group_size": 100}
+PICTURES_DIR = "card"
+# Image bytes are already compressed (lossless WebP/PNG): a codec would only spend time on them,
+# and min/max statistics of image bytes help no reader.
+_PARQUET = {"compression": "uncompressed", "statistics": False, "row_group_size": 100}
 
 
 def write(built: Built, rows: pl.DataFrame, out: Path, *, link_from: Path | None, progress: bool) -> ExportResult:
@@ -46,19 +50,19 @@ def write(built: Built, rows: pl.DataFrame, out: Path, *, link_from: Path | None
             bar.advance(part.height)
     result.bytes = int(rows["image_size"].sum()) if rows.height else 0
     write_text(out / CARD_NAME, card_text(built, rows.height, result.bytes))
+    _copy_card_pictures(built, out)
     result.files = {"card": str(out / CARD_NAME), "data": str(folder)}
     return result
 
 
 def _frame(built: Built, part: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    images, metas = [], []
     with open(built.path / part["shard"][0], "rb") as tar:
-        for name, i_off, i_size, j_off, j_size in part.select(
-                "image", "image_offset", "image_size", "json_offset", "json_size").iter_rows():
-            images.append({"bytes": read_member(tar, i_off, i_size), "path": name})
-            metas.append(json.loads(read_member(tar, j_off, j_size)))
-    return pl.DataFrame({"key": part["key"], "image": images, "caption": part["caption"], "json": metas},
-                        schema=schema)
+        images = [read_member(tar, o, n) for o, n in zip(part["image_offset"], part["image_size"])]
+        metas = [json.loads(read_member(tar, o, n)) for o, n in zip(part["json_offset"], part["json_size"])]
+    # Columns built as Series, not from per-row dicts (5x faster for the image bytes).
+    image = pl.DataFrame({"bytes": pl.Series(images, dtype=pl.Binary), "path": part["image"]})
+    return pl.DataFrame({"key": part["key"], "image": image.to_struct("image"), "caption": part["caption"],
+                         "json": pl.Series(metas, dtype=schema["json"])}, schema=schema)
 
 
 def parquet_schema() -> dict[str, pl.DataType]:
@@ -72,6 +76,18 @@ def _dtype(kind: Any) -> pl.DataType:
     if kind.startswith("list:"):
         return pl.List(_dtype(kind.split(":", 1)[1]))
     return {"int64": pl.Int64, "string": pl.String}[kind]
+
+
+def _copy_card_pictures(built: Built, out: Path) -> None:
+    """The card's pictures (`card/*.png` of the build), which its text links to."""
+    pictures = built.path / PICTURES_DIR
+    if not pictures.is_dir():
+        return
+    for picture in sorted(p for p in pictures.iterdir() if p.is_file()):
+        target = out / PICTURES_DIR / picture.name
+        if not in_place(target, picture.stat().st_size):
+            with replacing(target) as tmp:
+                shutil.copyfile(picture, tmp)
 
 
 def card_text(built: Built, samples: int, nbytes: int) -> str:

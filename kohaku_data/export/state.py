@@ -14,12 +14,13 @@ from typing import Any
 import polars as pl
 
 from kohaku_data import __version__
-from kohaku_data.assembly.lock import dumps, write_atomic
+from kohaku_data.assembly.lock import dumps
+from kohaku_data.atomic import write_atomic  # not fsynced: a lost state file only makes a rerun re-check
 from kohaku_data.export.source import Built, ExportError, ExportResult
 
 STATE_NAME = "kdata-export.json"
 # What an export writes into OUT (and --force removes); nothing else there is touched.
-OWNED = ("images", "data", "dataset.toml", "metadata.jsonl", "metadata.json", "README.md", STATE_NAME)
+OWNED = ("images", "data", "card", "dataset.toml", "metadata.jsonl", "metadata.json", "README.md", STATE_NAME)
 
 
 def begin_export(out: Path, built: Built, fmt: str, selection: dict[str, Any], rows: pl.DataFrame,

@@ -1,0 +1,138 @@
+"""Benchmark: `kdata export` of a built dataset vs a plain copy of its tar files (issue 12).
+
+    .venv/bin/python benchmarks/bench_export.py [--quick] [--images N]
+
+On a dataset built here from N generated images (default 1000; --quick 200), recipe `sd15-512`,
+made of noise over gradients so that the stored lossless WebP files are ~0.5-0.8 MB each, the
+size of real anime images in a kohaku-xl build (smooth generated drawings compress to ~70 KB,
+where the cost of creating files, not of moving bytes, is all one measures), in one run:
+
+- baseline: `shutil.copyfile` of every shard into a fresh folder (what any export must at least
+  move: the image bytes are ~all of the tars);
+- `kohya`, `kohya-ft`, `hf` exports into fresh folders (best of 3 each, the baseline too) →
+  ratio to the copy (target <= 1.2x);
+- a rerun of the kohya export into its finished folder (resume: everything skipped) and a
+  kohya-ft export hard-linking the kohya one's images (`--link-from`).
+
+The page cache is warm for all of them (the same files are read each round). Results go to
+benchmarks/results/export.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import sqlite3  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
+from kohaku_data.assembly import build_dataset  # noqa: E402
+from kohaku_data.config import Recipe  # noqa: E402
+from kohaku_data.db import DanbooruDB  # noqa: E402
+from kohaku_data.export import export_dataset  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / ".cache" / "export"
+RECIPE = Recipe.model_validate({"name": "bx", "version": "1", "image": {"bucket": "sd15-512"},
+                                "shard_max_bytes": 50_000_000})
+
+
+def make_sample(n: int) -> tuple[Path, Path]:
+    root = CACHE / f"in-{n}"
+    db, src = root / "danbooru.db", root / "raw"
+    if (root / "done").exists():
+        return db, src
+    shutil.rmtree(root, ignore_errors=True)
+    src.mkdir(parents=True)
+    write_sample_db(db, n, seed=2)
+    with sqlite3.connect(db) as conn:
+        for (key,) in conn.execute("SELECT id FROM post").fetchall():
+            rng = np.random.default_rng(key)
+            w, h = int(rng.integers(520, 700)), int(rng.integers(520, 700))
+            ramp = np.linspace(0, 200, w, dtype=np.float32)[None, :, None] * rng.random(3)
+            pixels = (ramp + rng.integers(0, 56, (h, w, 3))).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+            data = buf.getvalue()
+            (src / f"{key}.png").write_bytes(data)
+            conn.execute("UPDATE post SET md5=?, file_size=?, file_ext='png', image_width=?, image_height=? "
+                         "WHERE id=?", (hashlib.md5(data).hexdigest(), len(data), w, h, key))
+    conn.close()
+    (root / "done").touch()
+    return db, src
+
+
+def built_dataset(n: int) -> Path:
+    out = CACHE / f"ds-{n}"
+    if not (out / "dataset.lock").is_file():
+        db, src = make_sample(n)
+        with DanbooruDB.open(db, readonly=True) as handle:
+            build_dataset(src, out, RECIPE, handle, workers=2)
+    return out
+
+
+def best_of(rounds: int, run, target: Path | None = None) -> float:
+    """Best wall time of `run()`; `target` is emptied before each round, outside the timing."""
+    times = []
+    for _ in range(rounds):
+        if target is not None:
+            shutil.rmtree(target, ignore_errors=True)
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def copy_tars(ds: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for tar in sorted(ds.glob("*.tar")):
+        shutil.copyfile(tar, target / tar.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", type=int, default=None)
+    args = parser.parse_args()
+    n = args.images or (200 if args.quick else 1000)
+    ds = built_dataset(n)
+    work = CACHE / "work"
+    tar_bytes = sum(p.stat().st_size for p in ds.glob("*.tar"))
+    samples = export_dataset(ds, work / "probe", "kohya").samples
+    copy_s = best_of(3, lambda: copy_tars(ds, work / "copy"), work / "copy")
+    figures = {fmt: best_of(3, lambda fmt=fmt: export_dataset(ds, work / fmt, fmt), work / fmt)
+               for fmt in ("kohya", "kohya-ft", "hf")}
+    resume_s = best_of(3, lambda: export_dataset(ds, work / "kohya", "kohya"))
+    shutil.rmtree(work / "linked", ignore_errors=True)
+    start = time.perf_counter()
+    linked = export_dataset(ds, work / "linked", "kohya-ft", link_from=work / "kohya")
+    link_s = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "images": n, "samples": samples, "tar_bytes": tar_bytes, "recipe": "sd15-512 / webp-fast",
+        "copy_tars_s": round(copy_s, 4),
+        **{f"export_{fmt.replace('-', '_')}_s": round(s, 4) for fmt, s in figures.items()},
+        **{f"export_{fmt.replace('-', '_')}_vs_copy": round(s / copy_s, 3) for fmt, s in figures.items()},
+        "resume_noop_s": round(resume_s, 4), "link_from_s": round(link_s, 4), "linked": linked.linked,
+    }
+    print(f"copy of the tars   : {copy_s:7.3f} s for {tar_bytes / 1e6:.0f} MB, {samples} samples (baseline)")
+    for fmt, s in figures.items():
+        print(f"export {fmt:<11} : {s:7.3f} s  x{s / copy_s:.2f} vs the copy (target <= 1.2)")
+    print(f"rerun (resume)     : {resume_s:7.3f} s  (nothing to do)")
+    print(f"kohya-ft --link-from kohya: {link_s:.3f} s, {linked.linked} images hard-linked (each checked by sha256)")
+    write_results("export", results)
+
+
+if __name__ == "__main__":
+    main()
