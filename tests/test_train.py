@@ -74,10 +74,19 @@ def test_decodes_agree(ds_path, manifest):
 
 
 def test_fsspec_url_reads_the_same_bytes(ds_path):
-    pytest.importorskip("fsspec")
-    local, url = KdataDataset(ds_path, decode="bytes"), KdataDataset(f"file://{ds_path}", decode="bytes")
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    for path in ds_path.iterdir():
+        if path.is_file():
+            memory.pipe_file(f"/train-ds/{path.name}", path.read_bytes())
+    local, url = KdataDataset(ds_path, decode="bytes"), KdataDataset("memory://train-ds", decode="bytes")
+    assert url.manifest.equals(local.manifest)
     for i in (0, len(local) // 2, len(local) - 1):
         assert url[i]["image"] == local[i]["image"] and url[i]["caption"] == local[i]["caption"]
+    assert KdataDataset(f"file://{ds_path}", decode="bytes")[1]["image"] == local[1]["image"]
+    memory.rm_file(f"/train-ds/{local.manifest['shard'][0]}")
+    with pytest.raises(ReaderError, match="missing"):
+        url[0]
 
 
 def test_caption_parts_split_at_the_keep_separator():
