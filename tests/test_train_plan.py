@@ -208,3 +208,23 @@ def test_bad_arguments_are_one_sentence_errors():
         BucketBatchSampler(frame, 4, remainder="wrap")
     with pytest.raises(SamplerError, match="rank"):
         BucketBatchSampler(frame, 4, world_size=2, rank=2)
+
+
+def test_weighted_carry_accounts_for_every_draw():
+    frame = manifest()
+    lay = layout(frame, frame["weight"].to_numpy())
+    trained = drawn = 0
+    for epoch in range(6):
+        plan = plan_epoch(lay, seed=2, epoch=epoch, global_batch=8, remainder="carry")
+        trained += plan.batches.size
+        drawn += plan.report.drawn
+        assert trained + plan.report.carried_out == drawn
+        assert abs(plan.report.drawn - frame.height) <= len(SIZES)  # about one draw per sample per epoch
+
+
+def test_epoch_counts_are_logged(caplog):
+    frame = manifest()
+    with caplog.at_level("INFO", logger="kohaku_data.train"):
+        report = BucketBatchSampler(frame, 4, world_size=2, remainder="drop").report
+    assert report.dropped > 0
+    assert f"dropped {report.dropped}" in caplog.text and f"{report.batches} batches" in caplog.text
