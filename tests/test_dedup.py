@@ -204,3 +204,20 @@ def test_cached_hashes_are_reused(dedup_inputs, tmp_path: Path) -> None:
     a = compute_hashes(plan, config, first, tmp_path, 1 << 30)
     b = compute_hashes(plan, config, ex, tmp_path, 1 << 30)
     assert first.tasks == len(ids) and ex.tasks == 0 and a.equals(b)
+
+
+def test_cli_dedup_writes_groups(dedup_inputs, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kohaku_data.cli import app
+
+    db_path, src, ids, copies = dedup_inputs
+    out = tmp_path / "groups.parquet"
+    args = ["dedup", "--src", str(src), "--db", str(db_path), "--out", str(out), "--policy", "exact", "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["duplicates"] == 2 and summary["by_link"] == {"md5": 1, "pixels": 1}
+    groups = pl.read_parquet(out)
+    assert set(groups.filter(~pl.col("kept"))["key"]) == {copies["bytes"][0], copies["pixels"][0]}
+    assert (tmp_path / ".dedup").is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from kohaku_data.cli import build, caption, db, images, query, sample, service
+from kohaku_data.cli import dedup
 from kohaku_data.cli import diff
 from kohaku_data.cli import export
 
@@ -21,6 +22,7 @@ app.command("sample")(sample.sample)
 app.command("images")(images.images)
 app.command("build")(build.build)
 app.command("verify")(build.verify)
+app.command("dedup")(dedup.dedup)
 app.command("diff")(diff.diff)
 app.command("export")(export.export)
 app.command("sync")(service.sync)
