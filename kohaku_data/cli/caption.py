@@ -45,7 +45,7 @@ def caption(
                                               "empty = every post).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="FILE.parquet, FILE.jsonl, or a folder for <id>.txt "
                                              "files.")] = None,
-    dataset: Annotated[Path | None, typer.Option("--dataset", help="Re-caption this built dataset instead.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Re-caption this built dataset instead (a folder or a URL).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = CAPTION_CHUNK_SIZE,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Caption processes. One process already keeps "
                                          "2 cores busy (reader threads); more pay off on many-core machines.")] = 1,
