@@ -207,6 +207,34 @@ def open_read(target: Target, *, block_size: int = 8 << 20) -> Iterator[IO[bytes
         raise _storage_error(target, "read", exc) from exc
 
 
+@contextlib.contextmanager
+def fetched(targets: list[Target]) -> Iterator[list[Path | None]]:
+    """Local paths holding the bytes of `targets`, for code that needs a file on disk (a tar
+    read by tarfile): local targets are themselves, remote ones are streamed into one temporary
+    folder (under their own names: a tar and its index stay side by side) that is removed
+    afterwards. A target that does not exist gives None."""
+    with tempfile.TemporaryDirectory(prefix=".kdata-fetch-") as tmp:
+        out: list[Path | None] = []
+        for i, target in enumerate(targets):
+            local = local_path(target)
+            if local is not None:
+                out.append(local if local.exists() else None)
+                continue
+            copy = Path(tmp) / name_of(target)
+            if copy.exists():  # two targets of one name: keep them apart
+                copy = Path(tmp) / str(i) / name_of(target)
+                copy.parent.mkdir()
+            fs, path = url_to_fs(target)
+            try:
+                _remote(target, "read", lambda: fs.get_file(path, str(copy)))
+            except FileNotFoundError:
+                copy.unlink(missing_ok=True)
+                out.append(None)
+                continue
+            out.append(copy)
+        yield out
+
+
 def list_files(root: Target) -> list[tuple[str, int]]:
     """Every file under `root`, recursively: (path relative to root, size), sorted by path.
     Names that start with a dot (and whatever is inside such folders) are left out."""
@@ -306,6 +334,18 @@ def _local_exclusive(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def put_file(local: Path, target: Target, *, exclusive: bool = False) -> None:
+    """Copy a finished local file to `target`, committed whole (see `committing`)."""
+    dest = local_path(target)
+    if dest is not None:
+        with open(local, "rb") as src, committing(dest, exclusive=exclusive) as f:
+            shutil.copyfileobj(src, f, 1 << 22)
+        return
+    fs, path = url_to_fs(target)
+    mode = "create" if exclusive else "overwrite"
+    _remote(target, "write", lambda: fs.put_file(str(local), path, mode=mode))
+
+
 def remove(target: Target, *, missing_ok: bool = True) -> None:
     local = local_path(target)
     if local is not None:
@@ -337,16 +377,21 @@ def make_dirs(target: Target) -> None:
         local.mkdir(parents=True, exist_ok=True)
 
 
+def local_work_dir(target: Target) -> Path:
+    """A local folder that belongs to one remote `target` (this user's cache, named after the
+    URL): where work for it is prepared, and where its one-writer lock lives — object stores
+    have no locks; this still stops two writers on one machine."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdata" / "work"
+    folder = cache / hashlib.sha256(display(target).rstrip("/").encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def local_lock_path(target: Target) -> Path:
     """Where the one-build-per-output lock of `target` lives: inside a local folder, or for a
-    remote output a file in this user's cache named after the URL (object stores have no locks;
-    this still stops two drivers on one machine)."""
+    remote output in its `local_work_dir`."""
     local = local_path(target)
-    if local is not None:
-        return local / ".build.lock"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdata" / "locks"
-    cache.mkdir(parents=True, exist_ok=True)
-    return cache / (hashlib.sha256(display(target).rstrip("/").encode()).hexdigest()[:32] + ".lock")
+    return (local if local is not None else local_work_dir(target)) / ".build.lock"
 
 
 # -- errors and retries ---------------------------------------------------------------------------

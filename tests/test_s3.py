@@ -137,3 +137,60 @@ def test_bad_credentials_are_one_sentence_from_the_cli(s3, inputs, tmp_path):
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "access denied" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def local_dataset(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "t-1"
+    build(inputs, out, workers=1)
+    return out
+
+
+def test_verify_reads_a_dataset_in_a_bucket(local_dataset, endpoint, s3, tmp_path):
+    from kohaku_data.assembly.verify import verify_dataset
+
+    url = f"s3://{_bucket()}/datasets/t-1"
+    _upload(local_dataset, url)
+    report = verify_dataset(url)
+    assert report.ok, report.problems
+    assert (report.shards, report.samples) == (verify_dataset(local_dataset).shards, verify_dataset(local_dataset).samples)
+
+    run = subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "OK" in run.stdout, run.stderr
+
+    shard = json.loads((local_dataset / "index.json").read_text())["shardlist"][1]["url"]
+    data = bytearray((local_dataset / shard).read_bytes())
+    data[2000] ^= 0xFF
+    storage.commit_bytes(f"{url}/{shard}", bytes(data))
+    storage.commit_bytes(f"{url}/stray-000099.tar", b"\0" * 1024)
+    problems = verify_dataset(url).problems
+    assert any(shard in p and "sha256" in p for p in problems)
+    assert any("stray-000099.tar" in p for p in problems)
+    run = subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "MISMATCH" in run.stderr
+
+
+def test_recaption_from_a_bucket_into_a_bucket_gives_the_local_bytes(local_dataset, inputs, endpoint, tmp_path,
+                                                                     monkeypatch):
+    from kohaku_data.assembly.recaption import recaption_dataset
+    from kohaku_data.assembly.verify import verify_dataset
+    from kohaku_data.db import DanbooruDB
+    from test_build_support import small_recipe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = f"s3://{_bucket()}/datasets/t-1"
+    _upload(local_dataset, url)
+    recipe = small_recipe(caption={"quality": False, "year": False})
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        local = recaption_dataset(local_dataset, recipe, db, out=tmp_path / "recap")
+        remote = recaption_dataset(url, recipe, db)
+        assert remote["out"].startswith(url + "-recap-") and not remote["up_to_date"]
+        assert recaption_dataset(url, recipe, db)["up_to_date"]
+    assert remote["samples"] == local["samples"]
+    assert verify_dataset(remote["out"]).ok
+    ours = dict(storage.list_files(remote["out"]))
+    theirs = {p.relative_to(tmp_path / "recap").as_posix() for p in (tmp_path / "recap").rglob("*")
+              if p.is_file() and p.name != ".build.lock"}
+    assert set(ours) == theirs
+    for name in theirs:
+        assert storage.read_bytes(f"{remote['out']}/{name}") == (tmp_path / "recap" / name).read_bytes(), name

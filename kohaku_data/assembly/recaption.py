@@ -14,16 +14,19 @@ recipe may differ from the old build's: anything else needs `kdata build`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
@@ -39,29 +42,85 @@ from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB
 
 _FREE_KEYS = ("caption", "name", "version", "description")
+# What `_rewrite` reads of the old dataset besides its shards.
+_SMALL_FILES = (LOCK_NAME, INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, "stats.json")
 
 
-def recaption_dataset(dataset: Path, recipe: Recipe, db: DanbooruDB, *, out: Path | None = None) -> dict[str, Any]:
-    """Write the re-captioned copy of `dataset`; returns its summary (out, samples, shards, …)."""
+def recaption_dataset(dataset: storage.Target, recipe: Recipe, db: DanbooruDB, *,
+                      out: storage.Target | None = None) -> dict[str, Any]:
+    """Write the re-captioned copy of `dataset`; returns its summary (out, samples, shards, …).
+
+    Either side may be a URL (`s3://…`). An old dataset there is read through a local copy of its
+    small files, one shard at a time; a new one there is made in a local work folder (one per
+    URL, under ~/.cache/kdata/work/) and then published object by object, dataset.lock last."""
     from kohaku_data.captions import compute_thresholds
 
-    dataset = Path(dataset)
-    old_lock = read_lock(dataset)
-    if old_lock is None or not (dataset / INDEX_NAME).is_file():
-        raise BuildError(f"{dataset} is not a finished dataset (no dataset.lock): build it with `kdata build`")
-    _check_compatible(old_lock["recipe"], recipe)
-    fingerprint = db_fingerprint(db)
-    target = Path(out) if out is not None else _target(dataset, old_lock["recipe"], recipe, fingerprint)
-    if target.resolve() == dataset.resolve():
-        raise BuildError("the re-captioned dataset must go to another folder than the old one")
-    thresholds = compute_thresholds(db, recipe.caption)
-    lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"])
-    with build_lock(target):
-        if read_lock(target) == lock:
-            return _summary(target, json.loads((target / "stats.json").read_text()), up_to_date=True)
-        _clean(target)
-        stats = _rewrite(dataset, target, recipe, db, thresholds, lock)
+    with _readable(dataset) as old:
+        old_lock = read_lock(old)
+        if old_lock is None or not (old / INDEX_NAME).is_file():
+            raise BuildError(f"{dataset} is not a finished dataset (no dataset.lock): build it with `kdata build`")
+        _check_compatible(old_lock["recipe"], recipe)
+        fingerprint = db_fingerprint(db)
+        target = out if out is not None else _target(dataset, old_lock["recipe"], recipe, fingerprint)
+        if _same_place(target, dataset):
+            raise BuildError("the re-captioned dataset must go to another folder than the old one")
+        thresholds = compute_thresholds(db, recipe.caption)
+        lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"])
+        work = storage.local_path(target) or storage.local_work_dir(target)
+        with build_lock(work):
+            if _read_remote_lock(target) == lock:
+                return _summary(target, json.loads(storage.read_bytes(storage.join(target, "stats.json"))),
+                                up_to_date=True)
+            _clean(work)
+            stats = _rewrite(old, dataset, work, recipe, db, thresholds, lock)
+            if storage.is_remote(target):
+                _publish(work, target)
     return _summary(target, stats, up_to_date=False)
+
+
+@contextlib.contextmanager
+def _readable(dataset: storage.Target) -> Iterator[Path]:
+    """A local folder with the dataset's small files: the dataset itself, or for a URL a
+    temporary copy of them (its shards are fetched one at a time by `_rewrite`)."""
+    local = storage.local_path(dataset)
+    if local is not None:
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix=".kdata-recaption-") as tmp:
+        for name in _SMALL_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(dataset, name)))
+        yield Path(tmp)
+
+
+def _read_remote_lock(target: storage.Target) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(storage.join(target, LOCK_NAME)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _same_place(a: storage.Target, b: storage.Target) -> bool:
+    la, lb = storage.local_path(a), storage.local_path(b)
+    if la is not None and lb is not None:
+        return la.resolve() == lb.resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def _publish(work: Path, target: storage.Target) -> None:
+    """Upload the finished dataset in `work` to `target`: the old dataset.lock goes first (a
+    half-published folder is never marked complete), then every file, then objects of an
+    earlier dataset there that are not part of this one, and dataset.lock last."""
+    storage.remove(storage.join(target, LOCK_NAME))
+    names = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*"))
+             if p.is_file() and p.name not in (LOCK_NAME, ".build.lock")]
+    for name in names:
+        storage.put_file(work / name, storage.join(target, name))
+    for name, _ in storage.list_files(target):
+        if name not in names and name != LOCK_NAME:
+            storage.remove(storage.join(target, name))
+    storage.put_file(work / LOCK_NAME, storage.join(target, LOCK_NAME))
+    _clean(work)
 
 
 def _check_compatible(old: dict[str, Any], recipe: Recipe) -> None:
@@ -73,11 +132,12 @@ def _check_compatible(old: dict[str, Any], recipe: Recipe) -> None:
         )
 
 
-def _target(dataset: Path, old: dict[str, Any], recipe: Recipe, fingerprint: str) -> Path:
+def _target(dataset: storage.Target, old: dict[str, Any], recipe: Recipe, fingerprint: str) -> storage.Target:
+    parent = storage.parent_of(dataset)
     if (old.get("name"), old.get("version")) != (recipe.name, recipe.version):
-        return dataset.parent / recipe.dataset_name
+        return storage.join(parent, recipe.dataset_name)
     tag = hashlib.sha256(f"{recipe.sha256()}:{fingerprint}".encode()).hexdigest()[:8]
-    return dataset.parent / f"{dataset.name}-recap-{tag}"
+    return storage.join(parent, f"{storage.name_of(dataset)}-recap-{tag}")
 
 
 def _clean(target: Path) -> None:
@@ -86,7 +146,9 @@ def _clean(target: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _rewrite(dataset: Path, target: Path, recipe: Recipe, db: DanbooruDB, thresholds, lock: dict) -> dict:
+def _rewrite(dataset: Path, source: storage.Target, target: Path, recipe: Recipe, db: DanbooruDB, thresholds,
+             lock: dict) -> dict:
+    """`dataset`: a local folder with the old dataset's small files; `source`: where its shards are."""
     from kohaku_data.captions import caption_posts
 
     index = json.loads((dataset / INDEX_NAME).read_text())
@@ -99,7 +161,11 @@ def _rewrite(dataset: Path, target: Path, recipe: Recipe, db: DanbooruDB, thresh
         captions = caption_posts(db, rows["key"].to_list(), recipe.caption, thresholds)
         by_id = {c["id"]: c for c in captions.iter_rows(named=True)}
         writer = ShardWriter(target / shard_name(recipe.name, len(shards)))
-        new_rows = _copy_shard(dataset / entry["url"], rows, by_id, writer, dropped)
+        with storage.fetched([storage.join(source, entry["url"])]) as (old_tar,):
+            if old_tar is None:
+                writer.abort()
+                raise BuildError(f"{entry['url']} of {source} is missing: run `kdata verify` on the dataset")
+            new_rows = _copy_shard(old_tar, rows, by_id, writer, dropped)
         if writer.nsamples == 0:
             writer.abort()
             continue
@@ -160,7 +226,7 @@ def _header(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _summary(target: Path, stats: dict[str, Any], *, up_to_date: bool) -> dict[str, Any]:
+def _summary(target: storage.Target, stats: dict[str, Any], *, up_to_date: bool) -> dict[str, Any]:
     return {
         "out": str(target), "samples": stats["samples"], "shards": len(stats["shards"]),
         "bytes": stats["bytes"], "rejects": stats["rejects"], "up_to_date": up_to_date,

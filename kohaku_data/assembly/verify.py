@@ -1,4 +1,5 @@
-"""`kdata verify OUT`: does the dataset on disk match its index and manifest?
+"""`kdata verify OUT`: does the dataset (a folder, or a URL such as `s3://bucket/datasets/x/`)
+match its index and manifest?
 
 Checks: every shard of index.json exists with its size, sha256 and md5sum, and its member index
 (`NAME-000000.json`) and the manifest's member offsets match the tar; every manifest row's image
@@ -9,6 +10,7 @@ member is in its shard with that sha256, with its `.txt` (equal to the manifest 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, OFFSET_COLUMNS
 from kohaku_data.assembly.shards import file_sha256, shard_file_problems
 from kohaku_data.errors import KdataError
+from kohaku_data.tar_index import index_path
 
 
 class VerifyError(KdataError):
@@ -37,32 +41,43 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_dataset(out: Path) -> VerifyReport:
-    out = Path(out)
-    for name in (INDEX_NAME, MANIFEST_NAME):
-        if not (out / name).is_file():
-            raise VerifyError(f"{out} has no {name}: is it a dataset built by `kdata build`?")
-    index = json.loads((out / INDEX_NAME).read_text())
-    present = pl.read_parquet_schema(out / MANIFEST_NAME)
-    offsets = [c for c in OFFSET_COLUMNS if c in present]  # an older build has none: reported per shard
-    manifest = pl.read_parquet(out / MANIFEST_NAME, columns=["key", "shard", "image", "sha256", "caption", *offsets])
+def verify_dataset(out: storage.Target) -> VerifyReport:
+    """Check the dataset in `out`: a local folder or a URL (`s3://bucket/datasets/x/`; there each
+    shard is streamed once into a temporary file, checked, and removed)."""
+    index, manifest = _read_tables(out)
     report = VerifyReport()
     listed = {entry["url"] for entry in index["shardlist"]}
     for entry in index["shardlist"]:
         rows = manifest.filter(pl.col("shard") == entry["url"])
-        _check_shard(out, entry, rows, report)
+        tar = storage.join(out, entry["url"])
+        with storage.fetched([tar, index_path(tar)]) as (local_tar, _):
+            _check_shard(local_tar, entry, rows, report)
     for extra in sorted(set(manifest["shard"].unique()) - listed):
         report.problems.append(f"manifest rows point at {extra}, which index.json does not list")
-    for path in sorted(out.glob("*.tar")):
-        if path.name not in listed:
-            report.problems.append(f"{path.name} is in the folder but not in index.json")
+    for name in storage.list_names(out):
+        if name.endswith(".tar") and name not in listed:
+            report.problems.append(f"{name} is in the folder but not in index.json")
     return report
 
 
-def _check_shard(out: Path, entry: dict, rows: pl.DataFrame, report: VerifyReport) -> None:
-    path = out / entry["url"]
+def _read_tables(out: storage.Target) -> tuple[dict, pl.DataFrame]:
+    try:
+        index = json.loads(storage.read_bytes(storage.join(out, INDEX_NAME)))
+        data = storage.read_bytes(storage.join(out, MANIFEST_NAME))
+    except FileNotFoundError as exc:
+        missing = storage.name_of(exc.filename or "") or "index.json or manifest.parquet"
+        raise VerifyError(f"{out} has no {missing}: is it a dataset built by `kdata build`?") from None
+    present = pl.read_parquet_schema(io.BytesIO(data))
+    offsets = [c for c in OFFSET_COLUMNS if c in present]  # an older build has none: reported per shard
+    columns = ["key", "shard", "image", "sha256", "caption", *offsets]
+    return index, pl.read_parquet(io.BytesIO(data), columns=columns)
+
+
+def _check_shard(path: Path | None, entry: dict, rows: pl.DataFrame, report: VerifyReport) -> None:
+    """`path`: the shard on this disk (the dataset's own file, or a fetched copy with its member
+    index beside it), None when the shard is missing."""
     report.shards += 1
-    if not path.is_file():
+    if path is None or not path.is_file():
         report.problems.append(f"{entry['url']}: missing")
         return
     size = path.stat().st_size
@@ -74,7 +89,7 @@ def _check_shard(out: Path, entry: dict, rows: pl.DataFrame, report: VerifyRepor
     if rows.height != entry["nsamples"]:
         report.problems.append(f"{entry['url']}: manifest has {rows.height} samples, index.json says {entry['nsamples']}")
     _check_members(path, rows, report)
-    report.problems += shard_file_problems(out, entry, rows)  # md5sum, member index, manifest offsets
+    report.problems += shard_file_problems(path.parent, entry, rows)  # md5sum, member index, manifest offsets
 
 
 def _check_members(path: Path, rows: pl.DataFrame, report: VerifyReport) -> None:
