@@ -198,3 +198,23 @@ def test_stateful_dataloader_resumes_with_workers(ds_path):
     resumed = loader()
     resumed.load_state_dict(state)
     assert _keys(head) + _keys(list(resumed)) == expected
+
+
+def test_members_that_lie_apart_are_read_one_by_one(ds_path, manifest, tmp_path):
+    """A tar written by another tool may put other members between a sample's members."""
+    row = manifest.row(0, named=True)
+    members = _tar_members(ds_path, row["shard"])
+    names = [row["image"], f"{row['key']}.txt", f"{row['key']}.json"]
+    with tarfile.open(tmp_path / "apart.tar", "w") as tar:
+        for name, data in ((names[0], members[names[0]]), ("filler.bin", b"\0" * 50_000),
+                           (names[1], members[names[1]]), (names[2], members[names[2]])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    where = tar_offsets(tmp_path / "apart.tar")
+    offsets = {f"{m}_{k}": v for m, name in zip(("image", "txt", "json"), names)
+               for k, v in zip(("offset", "size"), where[name])}
+    manifest.head(1).with_columns(shard=pl.lit("apart.tar"), **{k: pl.lit(v, pl.Int64) for k, v in offsets.items()}
+                                  ).write_parquet(tmp_path / "manifest.parquet")
+    item = KdataDataset(tmp_path, decode="bytes")[0]
+    assert item["image"] == members[names[0]] and item["caption"] == members[names[1]].decode()

@@ -34,6 +34,7 @@ OFFSET_COLUMNS = tuple(f"{m}_{part}" for m in MEMBERS for part in ("offset", "si
 INDEX_COLUMNS = ("key", "shard", "bucket", "width", "height", "crop_left", "crop_top",
                  "source_width", "source_height", *OFFSET_COLUMNS)
 KEEP_SEPARATOR = "|||"
+_SPAN_SLACK = 4 * 1024  # headers and padding between adjacent members: 3 x (512 + <512) bytes
 
 
 class KdataDataset:
@@ -60,6 +61,10 @@ class KdataDataset:
         self._cols = cols
         self._span_start = np.minimum.reduce([cols[f"{m}_offset"] for m in MEMBERS])
         self._span_end = np.maximum.reduce([cols[f"{m}_offset"] + cols[f"{m}_size"] for m in MEMBERS])
+        # kdata writes a sample's members one after another (a header and padding between them);
+        # a manifest whose members lie apart is read member by member instead of one wide span.
+        data = sum(cols[f"{m}_size"] for m in MEMBERS)
+        self._one_span = (self._span_end - self._span_start) <= data + _SPAN_SLACK
         self._shard_names, self._shard_code = factorize(self._index["shard"])
 
     # -- manifest ----------------------------------------------------------------------------------
@@ -116,13 +121,13 @@ class KdataDataset:
     def read_members(self, i: int) -> dict[str, bytes]:
         """The raw bytes of sample i's image, txt and json members (one range read)."""
         c = self._cols
+        shard = self._shard_names[self._shard_code[i]]
+        where = {m: (int(c[f"{m}_offset"][i]), int(c[f"{m}_size"][i])) for m in MEMBERS}
+        if not self._one_span[i]:
+            return {m: self.files.read(shard, offset, size) for m, (offset, size) in where.items()}
         start, end = int(self._span_start[i]), int(self._span_end[i])
-        span = self.files.read(self._shard_names[self._shard_code[i]], start, end - start)
-        out = {}
-        for m in MEMBERS:
-            at = int(c[f"{m}_offset"][i]) - start
-            out[m] = span[at:at + int(c[f"{m}_size"][i])]
-        return out
+        span = self.files.read(shard, start, end - start)
+        return {m: span[offset - start:offset - start + size] for m, (offset, size) in where.items()}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """`key`, `image`, `caption`, `caption_parts` (kept, rest), `original_size` (h, w of the
