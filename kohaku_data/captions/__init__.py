@@ -147,5 +147,9 @@ def stats_from_frame(metrics: pl.DataFrame, config: CaptionConfig, thresholds: T
 
 
 def total_posts(db: DanbooruDB) -> int:
-    """Number of posts in the DB (for progress bars)."""
-    return count_posts(db.connection())
+    """Number of posts in the DB (for progress bars): the stored count while current."""
+    from kohaku_data.db import summary
+    from kohaku_data.db.info import INFO_SUMMARY
+
+    stored = summary.read(db, INFO_SUMMARY)
+    return int(stored["posts"]) if stored else count_posts(db.connection())
