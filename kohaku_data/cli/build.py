@@ -14,7 +14,7 @@ from kohaku_data.cli.common import (
 
 def build(
     src: Annotated[str, typer.Option("--src", help="Folder of <id>.<ext> files (nested allowed) or danbooru2023 tars; a path or a URL (s3://bucket/danbooru2023/).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Dataset folder (default: <datasets>/<name>-<version>).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Dataset folder or URL, e.g. s3://bucket/datasets/x/ (default: <datasets>/<name>-<version>).")] = None,
     db: DbOption = None,
     recipe: RecipeOption = None,
     workers: WorkersOption = None,
