@@ -225,3 +225,5 @@ def test_bad_input_is_one_sentence(built, tmp_path):
     assert res.exit_code == 1 and "--fraction must lie in (0, 1]" in res.output
     res = runner.invoke(app, ["export", str(built[1]), str(built[1] / "sub")])
     assert res.exit_code == 1 and "outside the dataset" in res.output
+    with pytest.raises(ExportError, match="matches no sample"):
+        export_dataset(built[1], tmp_path / "x", "kohya", keys=[-1])

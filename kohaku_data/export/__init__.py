@@ -51,6 +51,8 @@ def export_dataset(
     if out.resolve() == built.path.resolve() or built.path.resolve() in out.resolve().parents:
         raise ExportError("export into a folder outside the dataset (the dataset folder is only read)")
     rows = select_rows(built.manifest, keys, fraction, seed)
+    if rows.height == 0:
+        raise ExportError(f"the selection (query / fraction) matches no sample of {dataset}; widen it")
     selection = {"query": query, "keys_sha256": _keys_sha256(rows), "fraction": fraction,
                  "seed": seed if fraction is not None else None}
     state = begin_export(out, built, fmt, selection, rows, force)
