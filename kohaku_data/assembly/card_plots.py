@@ -4,8 +4,8 @@
 
 Same facts, same bytes: every figure is drawn under matplotlib's built-in defaults (never the
 user's matplotlibrc) plus the fixed style below, with its bundled DejaVu Sans (matplotlib lists
-its own fonts before the system's, so an installed DejaVu never takes over), and saved without
-the `Software` text chunk; Pillow writes no time chunk. No pyplot: plain `Figure` objects, so
+its own fonts before the system's, so an installed DejaVu never takes over), rendered by Agg and
+written by Pillow as a bare RGB PNG (no text chunk, no time). No pyplot: plain `Figure` objects, so
 nothing global is touched and two builds in one process cannot share a figure.
 """
 
@@ -48,8 +48,17 @@ def render_plots(facts: CardFacts) -> dict[str, bytes]:
 
 
 def _png(fig) -> bytes:
+    """One Agg draw (savefig would lay out and draw twice), written by Pillow as plain RGB PNG:
+    no text chunks, no time, the same bytes for the same figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    width, height = canvas.get_width_height()
+    image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -168,7 +177,7 @@ def _tags(facts: CardFacts):
 
 
 def _scores(facts: CardFacts):
-    fig, axes = _figure(3.0, 1, 2)
+    fig, axes = _figure(3.2, 1, 2)
     for ax, column in zip(axes[0], ("score", "fav_count")):
         values = facts.manifest[column].drop_nulls().to_numpy()
         if values.size == 0:
@@ -177,13 +186,15 @@ def _scores(facts: CardFacts):
         labels, counts = _power_bins(values)
         x = np.arange(len(labels))
         ax.bar(x, counts, color=BAR, width=0.8)
-        ax.set_xticks(x, labels, rotation=45 if len(labels) > 9 else 0, ha="right" if len(labels) > 9 else "center")
+        ax.set_xticks(x, labels, rotation=90 if len(labels) > 16 else 0, fontsize=8)
         ax.grid(axis="x", visible=False)
-        _integer_axis(ax.yaxis)
+        _log_counts(ax.yaxis)
         q = np.quantile(values, [0.5, 0.9, 0.99])
-        ax.set_title(f"{column}: median {q[0]:g}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, max {values.max()}", loc="left")
-        ax.set_xlabel(f"{column} (bins double in width)")
-        ax.set_ylabel("samples")
+        ax.set_title(column, loc="left")
+        ax.set_title(f"median {q[0]:,.0f} · p90 {q[1]:,.0f} · p99 {q[2]:,.0f} · max {values.max():,}",
+                     loc="right", fontsize=8, color=MUTED, fontweight="normal")
+        ax.set_xlabel("bins double in width: 4 = 4–7, 1k = 1024–2047")
+        ax.set_ylabel("samples (log scale)")
     return fig
 
 
@@ -213,21 +224,38 @@ def _band_colors(bands: list[str]) -> list:
 
 
 def _power_bins(values: np.ndarray) -> tuple[list[str], list[int]]:
-    """Counts in bins a person reads at once: `< 0`, `0`, `1`, `2–3`, `4–7`, … (powers of two)."""
+    """Counts in bins a person reads at once: `<0`, `0`, `1`, `2`, `4`, … `1k`, `2k` (each bin
+    from its label to just below the next: powers of two)."""
     labels, counts = [], []
     negative = int((values < 0).sum())
     if negative:
-        labels.append("< 0")
+        labels.append("<0")
         counts.append(negative)
     labels.append("0")
     counts.append(int((values == 0).sum()))
     low, top = 1, max(int(values.max()), 1)
     while low <= top:
-        high = low * 2 - 1
-        labels.append(str(low) if low == high else f"{low}–{high}")
-        counts.append(int(((values >= low) & (values <= high)).sum()))
+        labels.append(_compact(low))
+        counts.append(int(((values >= low) & (values < low * 2)).sum()))
         low *= 2
     return labels, counts
+
+
+def _compact(n: int) -> str:
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n >= size:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _log_counts(axis) -> None:
+    """A log count axis labelled 1, 2, 5, 10, 20, … in plain digits (no 6×10¹ minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _integer_axis(axis) -> None:
