@@ -3,8 +3,8 @@
 A map-style reader fetches one sample as one range of its shard (its members lie next to each
 other), so no tar is ever scanned. URLs (`s3://…`, `hf://…`, `memory://…`) go through
 `kohaku_data.storage` (one ranged request, retries, one-sentence errors). Local files (plain
-paths and `file://`) are read with `os.pread` on a descriptor kept open per shard: no open per
-sample and no seek, so threads may share it.
+paths and `file://`) are read with `os.pread` on a descriptor kept open per shard: no open and
+no seek per sample.
 
 Descriptors belong to one process: DataLoader workers are forked (or spawned) copies, and a
 descriptor shared across a fork would be closed by one process under the other. So they are
@@ -15,6 +15,7 @@ location. (fsspec itself drops its cached filesystems after a fork.)
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,7 @@ class RangeFiles:
         self.local = local is not None
         self._pid = -1
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()  # threads of one process share the descriptors
 
     def target(self, name: str) -> storage.Target:
         return storage.join(self.location, name)
@@ -55,7 +57,7 @@ class RangeFiles:
     def read(self, name: str, start: int, size: int) -> bytes:
         """`size` bytes of file `name` from byte `start`; a short read is an error (a cut shard)."""
         try:
-            data = os.pread(self._fd(name), size, start) if self.local else (
+            data = self._pread(name, start, size) if self.local else (
                 storage.read_range(self.target(name), start, size))
         except FileNotFoundError:
             raise ReaderError(f"{name} is missing from {self.location}: copy the whole dataset "
@@ -65,16 +67,19 @@ class RangeFiles:
                               f"re-copy the dataset or run `kdata verify` on it.")
         return data
 
-    def _fd(self, name: str) -> int:
-        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are not ours
-            self._fds, self._pid = OrderedDict(), os.getpid()
-        fd = self._fds.pop(name, None)
-        if fd is None:
-            fd = os.open(os.path.join(self.location, name), os.O_RDONLY)
-            while len(self._fds) >= _MAX_OPEN:
-                os.close(self._fds.popitem(last=False)[1])
-        self._fds[name] = fd  # most recently used last
-        return fd
+    def _pread(self, name: str, start: int, size: int) -> bytes:
+        if self._pid != os.getpid():  # a forked worker: the parent's descriptors (and lock) are not ours
+            self._fds, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
+        # One lock around open, evict and read: another thread may not close a descriptor
+        # (least recently used) while this one reads from it.
+        with self._lock:
+            fd = self._fds.pop(name, None)
+            if fd is None:
+                fd = os.open(os.path.join(self.location, name), os.O_RDONLY)
+                while len(self._fds) >= _MAX_OPEN:
+                    os.close(self._fds.popitem(last=False)[1])
+            self._fds[name] = fd  # most recently used last
+            return os.pread(fd, size, start)
 
     def close(self) -> None:
         if self._pid == os.getpid():
