@@ -1,19 +1,24 @@
-"""Benchmark: Danbooru-style tag queries on a sample DB (issue 2).
+"""Benchmark: Danbooru-style tag queries on a sample DB (issues 2, 10, 13).
 
-    .venv/bin/python benchmarks/bench_query.py [--quick] [--posts N]
+    .venv/bin/python benchmarks/bench_query.py [--quick] [--posts N] [--plain DB --migrated DB]
 
 Builds (once, cached under benchmarks/.cache/) a sample DB with `write_sample_db` (real tag names
-and popularity) plus a migrated copy, then times
-`1girl solo -comic rating:g,s score:>10` and a few other queries three ways, in the same run:
+and popularity) plus a migrated copy, or takes a given pair (the file as published and a migrated
+copy of it). Every figure stands beside its plain-SQL baseline from the same run:
 
-- baseline: the naive SQL (`select_posts`: `id IN (SELECT post_id ...)` per tag) on the file as
-  published (no migrations, so none of 0003's indexes),
-- sql: the same SQL on the migrated copy,
-- arrays unmigrated: `query_ids` on the file as published,
-- fast: `query_ids` on the migrated copy (sorted id arrays intersected with numpy).
-All engines must return the same ids (checked).
-
-Results go to benchmarks/results/query.json.
+- whole results: `query_ids` on the migrated copy (bitmap index of migration 0009 for big
+  queries, sorted id arrays for the rest) against `select_posts` (the plain SQL: `id IN (SELECT
+  post_id ...)` per tag, joined by the query's and/or/not) on the file as published, for the
+  classic recipe query and the new syntax (or-groups, parentheses, wildcards, value lists,
+  negated metatags and groups); also SQL on the migrated copy and arrays without the bitmaps;
+- counts: `count_posts` against `SELECT COUNT(*)` of the plain SQL (published file);
+- pages: `order:score` / `order:favcount` pages of 20 (what `/posts?q=...&limit=20` asks for;
+  the walk of the order's index) against the plain SQL with `ORDER BY ... LIMIT 21` on the
+  migrated copy (SQLite's own best plan, the score index there) and against the full-result
+  plan (every match sorted) in the same process;
+- whole process: `kdata query TARGET --count` as a user runs it, beside `python -c pass` and
+  `python -c "import kohaku_data.cli"` (the fixed cost every command pays).
+All engines must return the same ids (checked). Results go to benchmarks/results/query.json.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,18 +37,27 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import write_results  # noqa: E402
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
+from kohaku_data.db import query as query_mod  # noqa: E402
 from kohaku_data.db.migrate import migrate  # noqa: E402
 from kohaku_data.db.query import count_posts, query_ids, select_posts  # noqa: E402
 from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
+MIGRATIONS = ROOT / "migrations"
 TARGET = "1girl solo -comic rating:g,s score:>10"
-OTHER_QUERIES = [
-    "1girl solo -comic rating:g,s score:>10 order:score",
+QUERIES = [
+    TARGET,
     "highres ~cat_ears ~dog_ears -1boy width:>=1024",
     "hatsune_miku year:2020..2022",
     "long_hair blue_eyes school_uniform",
+    # issue 13's syntax
+    "(cat_ears or dog_ears) *_hair -1boy",
+    "hatsune_miku* rating:g,s -score:<0",
+    "(1girl solo) or (1boy -1girl) -rating:e score:1,5,10,20..30",
+    "long_hair -(smile or open_mouth) favcount:>=5",
 ]
+PAGES = ["long_hair order:score", "1girl solo -comic order:favcount", "*_hair rating:g order:score"]
+PAGE = 20
 REPEATS = 5
 
 
@@ -60,79 +75,153 @@ def sample_dbs(posts: int, seed: int = 0) -> tuple[Path, Path]:
         tmp = migrated.with_suffix(".tmp")
         shutil.copyfile(plain, tmp)
         os.replace(tmp, migrated)
-    with DanbooruDB.open(migrated) as db:
-        t0 = time.perf_counter()
-        applied = migrate(db)
-        if applied:
-            print(f"applied {', '.join(applied)} in {time.perf_counter() - t0:.1f} s")
     return plain, migrated
 
 
+def ensure_migrated(path: Path) -> None:
+    with DanbooruDB.open(path) as db:
+        t0 = time.perf_counter()
+        applied = migrate(db, MIGRATIONS)
+        if applied:
+            print(f"applied {', '.join(applied)} in {time.perf_counter() - t0:.1f} s")
+
+
 # -- timing ------------------------------------------------------------------------------------
-PAGE = 100
-
-
-def timed(fn) -> tuple[float, object]:
-    """Median seconds over REPEATS runs after one warm-up run (page cache warm for all engines)."""
+def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
+    """Median seconds over `repeats` runs after one warm-up run (page cache warm for all)."""
     result = fn()
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
 
 
-def sql_ids(db: DanbooruDB, text: str) -> list[int]:
-    return [r[0] for r in select_posts(db, text).select(db.Post.id).tuples()]
+def sql_ids(db: DanbooruDB, text: str, limit: int | None = None) -> list[int]:
+    select = select_posts(db, text).select(db.Post.id)
+    if limit is not None:
+        select = select.limit(limit)
+    return [r[0] for r in select.tuples()]
 
 
-def bench(posts: int) -> dict:
-    plain_path, migrated_path = sample_dbs(posts)
+def sql_count(db: DanbooruDB, text: str) -> int:
+    return select_posts(db, text).order_by().count()
+
+
+def without(name: str, value, fn):
+    """Run `fn` with query_mod.<name> replaced (the other plan of the same engine)."""
+    def run():
+        saved = getattr(query_mod, name)
+        setattr(query_mod, name, value)
+        try:
+            return fn()
+        finally:
+            setattr(query_mod, name, saved)
+    return run
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+# -- the three parts -------------------------------------------------------------------------------
+def bench_results(plain: DanbooruDB, migrated: DanbooruDB) -> list[dict]:
     rows = []
-    with DanbooruDB.open(plain_path, readonly=True) as plain, \
-            DanbooruDB.open(migrated_path, readonly=True) as migrated:
-        for text in [TARGET, *OTHER_QUERIES]:
-            base_s, base_ids = timed(lambda: sql_ids(plain, text))
-            sql_s, sql_res = timed(lambda: sql_ids(migrated, text))
-            unmig_s, unmig_res = timed(lambda: query_ids(plain, text))
-            fast_s, fast_ids = timed(lambda: query_ids(migrated, text))
-            assert fast_ids == base_ids == sql_res == unmig_res, f"engines disagree on {text!r}"
-            count_s, n = timed(lambda: count_posts(migrated, text))
-            assert n == len(fast_ids)
-            # A page of 100 from the middle (what `kdata serve` and the build plan ask for),
-            # beside the same page cut from the full result list.
-            mid = len(fast_ids) // 2
-            cursor = fast_ids[mid] if fast_ids else None
-            page_s, page = timed(lambda: query_ids(migrated, text, limit=PAGE, after_id=cursor))
-            assert page == fast_ids[mid + 1:mid + 1 + PAGE], f"page disagrees on {text!r}"
-            row = {
-                "query": text, "matches": n, "baseline_sql_unmigrated_s": base_s,
-                "sql_migrated_s": sql_s, "arrays_unmigrated_s": unmig_s, "fast_s": fast_s,
-                "count_s": count_s, "speedup_vs_baseline": base_s / fast_s, "page_s": page_s,
-            }
-            rows.append(row)
-            print(f"{text!r}: {n:,} matches | fast {fast_s * 1000:7.1f} ms | baseline (SQL, "
-                  f"published indexes) {base_s * 1000:7.1f} ms | x{base_s / fast_s:5.1f} | "
-                  f"SQL migrated {sql_s * 1000:7.1f} ms | arrays unmigrated {unmig_s * 1000:7.1f} ms | "
-                  f"page of {PAGE} {page_s * 1000:6.1f} ms (x{fast_s / page_s:.0f} vs the full list)")
-    return {"posts": posts, "repeats": REPEATS, "target": TARGET, "target_limit_s": 0.3,
-            "rows": rows}
+    for text in QUERIES:
+        base_s, base_ids = timed(lambda: sql_ids(plain, text), repeats=3)
+        sql_s, sql_res = timed(lambda: sql_ids(migrated, text), repeats=3)
+        fast_s, fast_ids = timed(lambda: query_ids(migrated, text))
+        arrays_s, arrays_ids = timed(without("_bits_for", lambda conn, plan: None,
+                                             lambda: query_ids(migrated, text)))
+        assert fast_ids == base_ids == sql_res == arrays_ids, f"engines disagree on {text!r}"
+        count_s, n = timed(lambda: count_posts(migrated, text))
+        base_count_s, base_n = timed(lambda: sql_count(plain, text), repeats=3)
+        assert n == base_n == len(fast_ids), f"counts disagree on {text!r}"
+        rows.append({
+            "query": text, "matches": n, "baseline_sql_unmigrated_s": base_s,
+            "sql_migrated_s": sql_s, "arrays_no_bitmaps_s": arrays_s, "fast_s": fast_s,
+            "speedup_vs_baseline": base_s / fast_s, "count_s": count_s,
+            "baseline_sql_count_s": base_count_s, "count_speedup": base_count_s / count_s,
+        })
+        print(f"{text!r}: {n:,} matches | ids {ms(fast_s)} (arrays w/o bitmaps {ms(arrays_s)}) "
+              f"vs plain SQL {ms(base_s)} x{base_s / fast_s:6.1f} (SQL migrated {ms(sql_s)}) | "
+              f"count {ms(count_s)} vs SQL COUNT {ms(base_count_s)} x{base_count_s / count_s:6.1f}")
+    return rows
+
+
+def bench_pages(migrated: DanbooruDB) -> list[dict]:
+    rows = []
+    for text in PAGES:
+        walk_s, walk = timed(lambda: query_ids(migrated, text, limit=PAGE + 1))
+        full_s, full = timed(without("_walkable", lambda *a: False,
+                                     lambda: query_ids(migrated, text, limit=PAGE + 1)))
+        sql_s, sql = timed(lambda: sql_ids(migrated, text, limit=PAGE + 1), repeats=3)
+        cursor = walk[PAGE - 1]
+        next_s, nxt = timed(lambda: query_ids(migrated, text, limit=PAGE + 1, after_id=cursor))
+        assert walk == full == sql, f"pages disagree on {text!r}"
+        assert nxt == query_ids(migrated, text)[PAGE:2 * PAGE + 1], f"page 2 disagrees on {text!r}"
+        rows.append({"query": text, "limit": PAGE + 1, "page_s": walk_s, "next_page_s": next_s,
+                     "full_plan_s": full_s, "baseline_sql_limit_s": sql_s,
+                     "speedup_vs_sql": sql_s / walk_s, "speedup_vs_full": full_s / walk_s})
+        print(f"{text!r} page of {PAGE}: {ms(walk_s)} (next page {ms(next_s)}) vs plain SQL "
+              f"ORDER BY/LIMIT {ms(sql_s)} x{sql_s / walk_s:7.1f} | full plan (sort every match) "
+              f"{ms(full_s)} x{full_s / walk_s:6.1f}")
+    return rows
+
+
+def bench_process(db_path: Path) -> dict:
+    """Whole-process times (median of 5): what the user waits for."""
+    python = sys.executable
+    runs = {
+        "kdata_query_count_s": [str(Path(python).parent / "kdata"), "query", TARGET, "--count",
+                                "--db", str(db_path)],
+        "python_bare_s": [python, "-c", "pass"],
+        "import_cli_s": [python, "-c", "import kohaku_data.cli"],
+    }
+    out = {}
+    for name, argv in runs.items():
+        times = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times[1:])
+    print(f"whole process `kdata query {TARGET!r} --count`: {ms(out['kdata_query_count_s'])} "
+          f"(python alone {ms(out['python_bare_s'])}, import kohaku_data.cli "
+          f"{ms(out['import_cli_s'])})")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k posts instead of 1M")
     parser.add_argument("--posts", type=int, default=None)
+    parser.add_argument("--plain", type=Path, help="a DB as published (baseline)")
+    parser.add_argument("--migrated", type=Path, help="a migrated copy of --plain")
     args = parser.parse_args()
-    posts = args.posts or (100_000 if args.quick else 1_000_000)
-    result = bench(posts)
-    target = result["rows"][0]
-    verdict = "OK" if target["fast_s"] < 0.3 else "SLOW"
-    print(f"target {TARGET!r} on {posts:,} posts: {target['fast_s'] * 1000:.1f} ms "
-          f"(limit 300 ms: {verdict}), baseline {target['baseline_sql_unmigrated_s'] * 1000:.1f} ms, "
-          f"x{target['speedup_vs_baseline']:.1f}")
-    write_results("query", result)
+    if args.plain and args.migrated:
+        plain_path, migrated_path = args.plain, args.migrated
+    else:
+        plain_path, migrated_path = sample_dbs(args.posts or (100_000 if args.quick else 1_000_000))
+    ensure_migrated(migrated_path)
+    with DanbooruDB.open(plain_path, readonly=True) as plain, \
+            DanbooruDB.open(migrated_path, readonly=True) as migrated:
+        posts = migrated.connection().execute("SELECT count(*) FROM post").fetchone()[0]
+        results = bench_results(plain, migrated)
+        pages = bench_pages(migrated)
+    process = bench_process(migrated_path)
+    target = results[0]
+    print(f"target {TARGET!r} on {posts:,} posts: ids {ms(target['fast_s'])}, count "
+          f"{ms(target['count_s'])}, whole process {ms(process['kdata_query_count_s'])} "
+          f"(limit 300 ms at 7.8M); plain SQL {ms(target['baseline_sql_unmigrated_s'])}")
+    write_results("query", {
+        "posts": posts, "repeats": REPEATS, "target": TARGET, "target_limit_s": 0.3,
+        "page_limit_s": 0.1, "plain_db": str(plain_path), "migrated_db": str(migrated_path),
+        "rows": results, "pages": pages, "process": process,
+        "note": "times are medians in one run; the baselines ran in the same run on the same "
+                "files; the machine may be shared, so compare ratios",
+    })
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ _ROWID_WINDOW_MAX = 200_000
 # (each costs a probe per tag, ~1 µs), and gives up for the full plan after 4x as many.
 _WALK_MAX = 50_000
 _MIN_CHUNK = 256
+# A probe for a union of more tags than this goes by post (all its tags) rather than by tag.
+_UNION_BY_POST = 4
 # Order keys whose index (migration 0003) a page can walk; `id` walks the table itself.
 _WALK_INDEX = {"score": "score", "favcount": "fav_count", "date": "created_at"}
 
@@ -277,8 +279,17 @@ def _tag_ids(conn: sqlite3.Connection, tags: tuple[Tag, ...], within: np.ndarray
         sql, args = f"{TAG_SUBQUERY} = ?", (tags[0].id,)
     else:
         sql, args = f"{TAG_SUBQUERY} IN ({marks(len(tags))})", tuple(t.id for t in tags)
-    probe = within is not None and popularity > _PROBE_RATIO * len(tags) * within.size
+    by_post = len(tags) > _UNION_BY_POST
+    # A probe costs a seek per candidate and tag, or (by post) one seek and ~25 entries read.
+    seeks = 3 * within.size if by_post and within is not None else len(tags) * (
+        0 if within is None else within.size)
+    probe = within is not None and popularity > _PROBE_RATIO * seeks
     if probe:
+        if by_post:
+            # Many tags (a wildcard): one seek per candidate in (post_id, tag_id) reads all its
+            # ~25 tags, cheaper than a seek per candidate and tag; `+tag_id` keeps SQLite off
+            # the tag index.
+            sql = sql.replace("WHERE tag_id", "WHERE +tag_id", 1)
         sql += " AND post_id IN (SELECT value FROM json_each(?))"
         args += (json.dumps(within.tolist()),)
     if span is not None:  # a range of the covering index (tag_id, post_id)
@@ -404,13 +415,27 @@ def _bits_eval(bits: Bits, node) -> np.ndarray:
         return bits.exists() & ~_bits_eval(bits, node.child)
     if isinstance(node, Or):
         return _reduce(np.logical_or, [_bits_eval(bits, c) for c in node.children], bits.span, False)
-    positives = [c for c in node.children if not isinstance(c, Not)]
+    # Metatags without a dense column run last, on the posts the rest left (a rowid probe
+    # when those are few): `highres -1boy width:>=1024` never scans width over every post.
+    late = [c for c in node.children if isinstance(c, SqlLeaf) and not _dense_only(c.expr)]
+    positives = [c for c in node.children if not isinstance(c, Not) and c not in late]
     mask = _reduce(np.logical_and, [_bits_eval(bits, c) for c in positives], bits.span, True)
     if not positives:
         mask = bits.exists()
     for child in (c.child for c in node.children if isinstance(c, Not)):
         mask = mask & ~_bits_eval(bits, child)
+    for leaf in late:
+        mask = bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, bits.to_ids(mask), None))
     return mask
+
+
+def _dense_only(expr) -> bool:
+    """Every metatag of `expr` has a dense column (or is id:)."""
+    if isinstance(expr, MetaFilter):
+        return expr.name == "id" or expr.name in DENSE
+    if isinstance(expr, Not):
+        return _dense_only(expr.child)
+    return all(_dense_only(c) for c in expr.children)
 
 
 def _bits_tags(bits: Bits, tags: tuple[Tag, ...]) -> np.ndarray:
