@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 import typer
 
 from kohaku_data.cli.common import DbOption, clean_errors, settings
-from kohaku_data.db import DanbooruDB
-from kohaku_data.db.query import count_posts, post_records, query_ids
 
 
 def query(
@@ -23,7 +20,14 @@ def query(
     fmt: Annotated[Literal["ids", "jsonl"], typer.Option(
         "--format", help="ids: one id per line; jsonl: post rows with tags by category.")] = "ids",
 ) -> None:
-    """Find posts matching a Danbooru-style tag query."""
+    """Find posts matching a Danbooru-style tag query: tags, -tag, `a or b`, (groups), ~a ~b,
+    wildcards (*_hair), metatags with lists and ranges (id:1,2,3 score:5..10,>100), order:."""
+    # Imported here: numpy and the query engine are not needed by the other commands.
+    import json
+
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.query import count_posts, post_records, query_ids
+
     with clean_errors():
         path = settings(db=db).require_db()
         with DanbooruDB.open(path, readonly=True) as handle:
