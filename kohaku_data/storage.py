@@ -346,6 +346,23 @@ def put_file(local: Path, target: Target, *, exclusive: bool = False) -> None:
     _remote(target, "write", lambda: fs.put_file(str(local), path, mode=mode))
 
 
+def publish(work: Path, target: Target, *, last: str, skip: tuple[str, ...] = (".build.lock",)) -> list[str]:
+    """Make the remote `target` hold what the local folder `work` holds: first `last` is removed
+    there (so a half-published target is never marked complete), then every file is uploaded
+    whole, objects of an earlier version that `work` lacks are removed, and `last` is uploaded
+    at the very end. Names starting with a dot and `skip` stay local. Returns the names."""
+    remove(join(target, last))
+    names = [rel for rel, _ in list_files(work) if rel not in skip and rel != last]
+    for name in names:
+        put_file(work / name, join(target, name))
+    keep = {*names, last}
+    for name, _ in list_files(target):
+        if name not in keep:
+            remove(join(target, name))
+    put_file(work / last, join(target, last))
+    return [*names, last]
+
+
 def remove(target: Target, *, missing_ok: bool = True) -> None:
     local = local_path(target)
     if local is not None:

@@ -194,3 +194,51 @@ def test_recaption_from_a_bucket_into_a_bucket_gives_the_local_bytes(local_datas
     assert set(ours) == theirs
     for name in theirs:
         assert storage.read_bytes(f"{remote['out']}/{name}") == (tmp_path / "recap" / name).read_bytes(), name
+
+
+def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 120) -> int:
+    """Run `cmd`, SIGKILL it as soon as `ready()` holds (or let it end); its exit status."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    return proc.returncode
+
+
+def test_build_from_a_bucket_into_a_bucket_resumes_to_the_local_bytes(inputs, local_dataset, endpoint, tmp_path,
+                                                                       monkeypatch):
+    bucket = _bucket()
+    src, out = f"s3://{bucket}/raw", f"s3://{bucket}/datasets/t-1"
+    _upload(inputs.src, src)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    env = s3_env(endpoint.url, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "t"\nversion = "1"\nshard_max_bytes = 400000\n[image]\nbucket = "demo-256"\n')
+    cmd = [*KDATA, "build", "--src", src, "--out", out, "--db", str(inputs.db), "--recipe", str(recipe),
+           "--workers", "2", "--no-progress"]
+    staging = storage.local_work_dir(out) / ".staging"
+    staged = lambda: sum(1 for p in staging.rglob("*") if p.is_file()) >= 8  # noqa: E731
+    assert _kill_when(cmd, env, staged) == -9, "killed mid-build"
+    assert not storage.exists(f"{out}/dataset.lock")
+
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "reused" in run.stdout and " 0 reused" not in run.stdout, run.stdout
+    expected = {p.relative_to(local_dataset).as_posix(): p.read_bytes() for p in local_dataset.rglob("*")
+                if p.is_file() and not p.name.startswith(".")}
+    published = dict(storage.list_files(out))
+    assert set(published) == set(expected)
+    assert all(storage.read_bytes(f"{out}/{name}") == data for name, data in expected.items())
+    assert not any(p.suffix == ".tar" for p in storage.local_work_dir(out).iterdir()), "local shard copies dropped"
+
+    check = subprocess.run([*KDATA, "verify", out], env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.executor import Executor, LocalExecutor
 from kohaku_data.assembly.lock import (
@@ -63,9 +64,13 @@ def build_dataset(
     src: Path, out: Path, recipe: Recipe, db: DanbooruDB, *, workers: int = 1, force: bool = False,
     progress: bool = False, executor: Executor | None = None,
 ) -> BuildResult:
-    """Build (or resume, or confirm up to date) the dataset of `recipe` in `out`."""
+    """Build (or resume, or confirm up to date) the dataset of `recipe` in `out` (a folder, or
+    a URL such as `s3://bucket/datasets/x/`; `src` may be either too)."""
     from kohaku_data.sources import open_source
 
+    if storage.is_remote(out):
+        return _build_remote(src, str(out), recipe, db, workers=workers, force=force, progress=progress,
+                             executor=executor)
     out = Path(out)
     with build_lock(out):
         source = open_source(src)
@@ -73,6 +78,30 @@ def build_dataset(
         result = _Build(out, recipe, db, executor, progress).run(source, force)
         result.placements = dict(sorted(getattr(executor, "placements", {}).items()))
         return result
+
+
+def _build_remote(src, out: str, recipe: Recipe, db: DanbooruDB, **kw) -> BuildResult:
+    """`--out` on object storage, for now: build in this URL's local work folder (staging and
+    resume live there, so a rerun must run on the same machine), then publish object by object,
+    `dataset.lock` last (`storage.publish`), and drop the local copies of the shards. A rerun
+    that finds the same lock on both sides is up to date."""
+    work = storage.local_work_dir(out)
+    result = build_dataset(src, work, recipe, db, **kw)
+    local_lock = (work / LOCK_NAME).read_bytes()
+    try:
+        published = storage.read_bytes(storage.join(out, LOCK_NAME)) == local_lock
+    except FileNotFoundError:
+        published = False
+    if not published:
+        if not all((work / s["url"]).is_file() for s in result.stats["shards"]):  # dropped after an earlier publish
+            result = build_dataset(src, work, recipe, db, **{**kw, "force": True})
+        storage.publish(work, out, last=LOCK_NAME)
+    for path in work.iterdir():  # the shards are in the bucket now; the small files stay for reruns
+        if _SHARD_RE.match(path.name):
+            path.unlink()
+    result.out = out
+    result.up_to_date = result.up_to_date and published
+    return result
 
 
 class _Build:

@@ -108,18 +108,8 @@ def _same_place(a: storage.Target, b: storage.Target) -> bool:
 
 
 def _publish(work: Path, target: storage.Target) -> None:
-    """Upload the finished dataset in `work` to `target`: the old dataset.lock goes first (a
-    half-published folder is never marked complete), then every file, then objects of an
-    earlier dataset there that are not part of this one, and dataset.lock last."""
-    storage.remove(storage.join(target, LOCK_NAME))
-    names = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*"))
-             if p.is_file() and p.name not in (LOCK_NAME, ".build.lock")]
-    for name in names:
-        storage.put_file(work / name, storage.join(target, name))
-    for name, _ in storage.list_files(target):
-        if name not in names and name != LOCK_NAME:
-            storage.remove(storage.join(target, name))
-    storage.put_file(work / LOCK_NAME, storage.join(target, LOCK_NAME))
+    """Upload the finished dataset in `work` to `target` (dataset.lock last), then empty `work`."""
+    storage.publish(work, target, last=LOCK_NAME)
     _clean(work)
 
 
