@@ -219,3 +219,13 @@ def test_members_that_lie_apart_are_read_one_by_one(ds_path, manifest, tmp_path)
                                   ).write_parquet(tmp_path / "manifest.parquet")
     item = KdataDataset(tmp_path, decode="bytes")[0]
     assert item["image"] == members[names[0]] and item["caption"] == members[names[1]].decode()
+
+
+def test_the_builds_weight_column_drives_the_sampler(ds_path, manifest):
+    if "weight" not in manifest.columns:
+        pytest.skip("this build writes no weight column yet")
+    ds = KdataDataset(ds_path)
+    sampler = BucketBatchSampler(ds, 2, weights="weight")
+    equal = manifest["weight"].n_unique() == 1  # a recipe without [weights]: all 1.0
+    assert (sampler.plan().digest() == BucketBatchSampler(ds, 2).plan().digest()) == equal
+    assert sampler.report.drawn == pytest.approx(manifest.height, abs=len(sampler.layout.names))
