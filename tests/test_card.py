@@ -146,3 +146,28 @@ def test_empty_pictures_still_render(tmp_path):
     pngs = render_plots(facts)
     assert set(pngs) == set(PICTURES)
     assert all(Image.open(io.BytesIO(data)).width > 0 for data in pngs.values())
+
+
+def test_attached_score_thresholds_are_a_table(tmp_path):
+    """An aesthetic score attached to the DB and used by the recipe: its thresholds, as the lock
+    records them, are a table of the card like quality's."""
+    from typer.testing import CliRunner
+
+    from kohaku_data.cli import app
+
+    inputs = make_inputs(tmp_path, n_posts=16)
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "migrate", "--db", str(inputs.db)]).exit_code == 0
+    scores = tmp_path / "aesthetic.csv"
+    scores.write_text("id,aesthetic\n" + "".join(f"{k},{(k * 37) % 100 / 10}\n" for k in inputs.ids))
+    attached = runner.invoke(app, ["db", "attach", str(scores), "--name", "aesthetic", "--db", str(inputs.db)])
+    assert attached.exit_code == 0, attached.output
+    out = tmp_path / "ds"
+    build(inputs, out, small_recipe(caption={"attached_tags": [{"column": "aesthetic"}]}))
+    rule = json.loads((out / "dataset.lock").read_text())["caption_thresholds"]["curation"]["attached_tags"]["aesthetic"]
+    body = (out / "README.md").read_text()
+    assert "**aesthetic** (attached column;" in body
+    groups = [g for g in ("general", "sensitive", "questionable", "explicit") if g in rule["by_group"]]
+    for i, band in enumerate(rule["bands"][:-1]):
+        cells = " | ".join(f"{float(rule['by_group'][g][i]):.4g}" for g in groups)
+        assert f"| {band} | > p{rule['percentiles'][i]:g} | {cells} |" in body

@@ -123,6 +123,7 @@ def _thresholds(facts: CardFacts) -> str:
     lines = ["## Thresholds used", ""]
     lines += _quality_table(caption, t)
     lines += _year_table(caption, t)
+    lines += _attached_tables(t.get("curation") or {})
     for key in sorted(k for k in facts.lock if k.endswith("_thresholds") and k != "caption_thresholds"):
         flat = flatten(facts.lock[key])
         lines += [f"**{esc(key.removesuffix('_thresholds').replace('_', ' ').title())}** (from `dataset.lock`, `{key}`):", ""]
@@ -153,6 +154,27 @@ def _quality_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
     if t.get("cutoff_date"):
         lines += ["", f"Posts written after {t['cutoff_date']} get no quality tag (their favourites are still growing)."]
     return lines + [""]
+
+
+def _attached_tables(curation: dict[str, Any]) -> list[str]:
+    """Percentile tags from attached columns (an aesthetic score …), ruled like quality, and any
+    other curation rules the lock records."""
+    lines: list[str] = []
+    for column, t in sorted((curation.get("attached_tags") or {}).items()):
+        groups = [g for g in ("general", "sensitive", "questionable", "explicit", "all") if g in t.get("by_group", {})]
+        groups += sorted(set(t.get("by_group", {})) - set(groups))
+        pcts, counts = list(t.get("percentiles", ())), t.get("counts", {})
+        rows = [(esc(band), f"> p{pcts[i]:g}", *(_num(t["by_group"][g][i]) for g in groups)) if i < len(pcts)
+                else (esc(band), "the rest", *("" for _ in groups)) for i, band in enumerate(t.get("bands", ()))]
+        lines += [f"**{esc(column)}** (attached column; a post gets the best band whose threshold its value is "
+                  f"strictly above; percentiles per {esc(t.get('cohort', '?'))}):", ""]
+        lines += _table(["band", "percentile", *[f"{esc(g)} ({counts.get(g, 0):,} posts)" for g in groups]], rows)
+        lines.append("")
+    others = {k: v for k, v in curation.items() if k != "attached_tags"}
+    if others:
+        lines += ["**Curation** (tag rules and attached data, from `dataset.lock`):", ""]
+        lines += _table(["key", "value"], [(f"`{esc(k)}`", _show(v)) for k, v in flatten(others).items()]) + [""]
+    return lines
 
 
 def _year_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
