@@ -145,6 +145,7 @@ def test_build_keeps_texts_apart_and_recaption_picks_up_new_data(tmp_path: Path)
     out = tmp_path / "ds"
     build(inputs, out, recipe)
     members = _members(out)
+    first_sha = json.loads((out / "dataset.lock").read_text())["caption_thresholds"]["curation"]["attached_sources"]["nl"]
     samples = [json.loads(v) for k, v in members.items() if k.endswith(".json") and k.split(".")[0].isdigit()]
     assert samples
     for meta in samples:
@@ -162,6 +163,9 @@ def test_build_keeps_texts_apart_and_recaption_picks_up_new_data(tmp_path: Path)
     assert images and all(members[n] == again[n] for n in images)
     for meta in samples:
         assert again[f"{meta['id']}.txt"].decode().endswith(f"\nsecond {meta['id']}")
+    # and a rebuild of the same recipe is not "up to date": its captions would change
+    rebuilt = build(inputs, out, recipe)
+    assert not rebuilt.up_to_date and _members(out)[f"{samples[0]['id']}.txt"].decode().endswith("second " + str(samples[0]["id"]))
     lock = json.loads((new / "dataset.lock").read_text())
-    assert lock["caption_thresholds"]["curation"]["attached_sources"]["nl"] != \
-        json.loads((out / "dataset.lock").read_text())["caption_thresholds"]["curation"]["attached_sources"]["nl"]
+    assert lock["caption_thresholds"]["curation"]["attached_sources"]["nl"] == \
+        json.loads((out / "dataset.lock").read_text())["caption_thresholds"]["curation"]["attached_sources"]["nl"] != first_sha

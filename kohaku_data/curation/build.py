@@ -32,18 +32,14 @@ def _uses_curation(recipe: Recipe) -> bool:
 def curated_fingerprint(db: DanbooruDB, recipe: Recipe, base: str) -> str:
     if not _uses_curation(recipe):
         return base
+    digest = hashlib.sha256(base.encode())
     conn = db.connection()
-    parts: list[Any] = [base]
     for table in ("kdata_tag_alias", "kdata_tag_implication", "kdata_attached_column"):
-        if db.has_table(table):
-            parts.append(conn.execute(f'SELECT count(*), total(length("{_first_column(conn, table)}")) FROM "{table}"').fetchone())
-    if db.has_table("kdata_attached_column"):
-        parts.append(conn.execute('SELECT name, sha256, posts FROM "kdata_attached_column" ORDER BY name').fetchall())
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
-
-
-def _first_column(conn, table: str) -> str:
-    return conn.execute(f'PRAGMA table_info("{table}")').fetchone()[1]
+        if db.has_table(table):  # small tables (the values of an attached column: its file's sha256)
+            for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1, 2'):
+                digest.update(json.dumps(row, default=str).encode())
+        digest.update(table.encode())
+    return digest.hexdigest()
 
 
 def finish_manifest(out: Path, manifest: Path, db: DanbooruDB, recipe: Recipe, dedup: dict[str, Any]) -> dict[str, Any]:

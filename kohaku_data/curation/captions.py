@@ -39,11 +39,13 @@ class AttachedBands:
     thresholds: dict[str, Any]  # what the lock records
 
     def names_for(self, ids: np.ndarray) -> pl.Series:
-        at = np.minimum(np.searchsorted(self.post_ids, ids), max(len(self.post_ids) - 1, 0))
-        band = np.where((self.post_ids[at] == ids) if len(self.post_ids) else np.zeros(len(ids), bool),
-                        self.band[at] if len(self.band) else -1, -1)
-        mapping = dict(enumerate(self.rule.bands))
-        return pl.Series(band.astype(np.int64)).replace_strict(mapping, default=None, return_dtype=pl.String)
+        """Band name (or null) of each post id."""
+        band = np.full(len(ids), -1, dtype=np.int64)
+        if len(self.post_ids):
+            at = np.minimum(np.searchsorted(self.post_ids, ids), len(self.post_ids) - 1)
+            found = self.post_ids[at] == ids
+            band[found] = self.band[at[found]]
+        return pl.Series(band).replace_strict(dict(enumerate(self.rule.bands)), default=None, return_dtype=pl.String)
 
 
 @dataclass(frozen=True)
