@@ -159,3 +159,35 @@ def test_serve_stats_follow_a_write_without_restart(migrated: Path) -> None:
         thread.join(timeout=10)
     assert second["posts"] == first["posts"] - 1
     assert second["caption"]["posts"] == first["caption"]["posts"] - 1
+
+
+def test_stored_tag_columns_give_the_same_captions_and_follow_tag_writes(
+        migrated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polars as pl
+
+    import kohaku_data.captions as captions_module
+    from kohaku_data.captions import iter_captions, summaries
+    from kohaku_data.captions.frame import open_reader
+
+    monkeypatch.setattr(summaries, "STORE_TAG_COLUMNS_FROM", 0)  # as for a 1M-row tag table
+    config = Recipe().caption
+    with DanbooruDB.open(migrated) as db:
+        assert summaries.tag_columns_name(config) in summary.refresh(db)
+        thresholds = compute_thresholds(db, config)
+        conn = open_reader(migrated)
+        try:
+            assert summaries.stored_prepared_tags(conn, config) is not None
+            stored = pl.concat(list(iter_captions(db, config, thresholds)))
+            with monkeypatch.context() as m:  # the same run, the tag table prepared from its rows
+                m.setattr(captions_module, "stored_prepared_tags", lambda *a: None)
+                prepared = pl.concat(list(iter_captions(db, config, thresholds)))
+            assert stored.equals(prepared)
+            _external_write(migrated, "UPDATE tag SET name = 'renamed_hair' WHERE name = 'long_hair'")
+            assert summaries.stored_prepared_tags(conn, config) is None  # the tag table moved on
+        finally:
+            conn.close()
+        after = pl.concat(list(iter_captions(db, config, thresholds)))
+    shown = r"(^|, |\|\|\|){}(,|$)"
+    assert stored["caption"].str.contains(shown.format("long hair")).any()
+    assert after["caption"].str.contains(shown.format("renamed hair")).any()
+    assert not after["caption"].str.contains(shown.format("long hair")).any()

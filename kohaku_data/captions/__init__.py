@@ -39,6 +39,7 @@ from kohaku_data.captions.frame import (
 )
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions, prefetched_pages
+from kohaku_data.captions.summaries import stored_prepared_tags
 from kohaku_data.captions.thresholds import (
     RATING_NAMES, Thresholds, compute_thresholds,
 )
@@ -102,7 +103,7 @@ def _captions_of(
     if workers > 1 and many:
         yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)
         return
-    tags = TagSource(conn, whole, lambda t: prepare_tags(t, config))
+    tags = TagSource(conn, whole, lambda t: prepare_tags(t, config), lambda: stored_prepared_tags(conn, config))
     pages = prefetched_pages(db.path, specs, with_rids) if many else (s.read(conn, with_rids) for s in specs)
     for posts, rel in pages:
         if posts.height:

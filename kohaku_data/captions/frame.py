@@ -250,12 +250,15 @@ class TagSource:
 
     def __init__(
         self, conn: sqlite3.Connection, whole_table: bool,
-        prepare: Callable[[pl.DataFrame], Any],
+        prepare: Callable[[pl.DataFrame], Any], stored: Callable[[], Any] | None = None,
     ) -> None:
+        """`stored`: the whole table already prepared (a current DB summary), or None."""
         self._conn, self._prepare = conn, prepare
         self._all: Any = None
         if whole_table:
-            self._all = self._sorted(self._read_whole())
+            self._all = stored() if stored is not None else None
+            if self._all is None:
+                self._all = self._sorted(read_tag_table(conn))
 
     def lookup(self, tag_ids: np.ndarray) -> Any:
         """`prepare` of the tag rows (sorted by tag_id) covering `tag_ids`."""
@@ -274,20 +277,22 @@ class TagSource:
         rows = self._conn.execute(sql, params).fetchall()
         return pl.DataFrame(rows, schema=TAG_SCHEMA, orient="row")
 
-    def _read_whole(self) -> pl.DataFrame:
-        """The whole tag table as one string per column (split in C and Rust): a million rows
-        as Python tuples cost seconds. A name holding the separator falls back to rows."""
-        count, ids, types, pops, names = self._conn.execute(
-            "SELECT count(*), group_concat(id), group_concat(type), group_concat(popularity), "
-            # char(31) is _TEXT_SEP
-            "group_concat(name, char(31)) FROM (SELECT id, type, popularity, name FROM tag ORDER BY id)"
-        ).fetchone()
-        if not count:
-            return pl.DataFrame(schema=TAG_SCHEMA)
-        split = pl.Series("name", [names]).str.split(_TEXT_SEP).explode()
-        if len(split) != count:
-            return self._read("SELECT id AS tag_id, name, type, popularity FROM tag", [])
-        return pl.DataFrame({
-            "tag_id": parse_ints(ids, "tag.id"), "name": split,
-            "type": parse_ints(types, "tag.type"), "popularity": parse_ints(pops, "tag.popularity"),
-        }, schema=TAG_SCHEMA)
+
+def read_tag_table(conn: sqlite3.Connection) -> pl.DataFrame:
+    """The whole tag table (TAG_SCHEMA), as one string per column (split in C and Rust): a
+    million rows as Python tuples cost seconds. A name holding the separator falls back to rows."""
+    count, ids, types, pops, names = conn.execute(
+        "SELECT count(*), group_concat(id), group_concat(type), group_concat(popularity), "
+        # char(31) is _TEXT_SEP
+        "group_concat(name, char(31)) FROM (SELECT id, type, popularity, name FROM tag ORDER BY id)"
+    ).fetchone()
+    if not count:
+        return pl.DataFrame(schema=TAG_SCHEMA)
+    split = pl.Series("name", [names]).str.split(_TEXT_SEP).explode()
+    if len(split) != count:
+        rows = conn.execute("SELECT id AS tag_id, name, type, popularity FROM tag").fetchall()
+        return pl.DataFrame(rows, schema=TAG_SCHEMA, orient="row")
+    return pl.DataFrame({
+        "tag_id": parse_ints(ids, "tag.id"), "name": split,
+        "type": parse_ints(types, "tag.type"), "popularity": parse_ints(pops, "tag.popularity"),
+    }, schema=TAG_SCHEMA)

@@ -149,7 +149,18 @@ class PreparedTags:
 
 def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
     """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
-    frame = _tag_columns(tags.sort("tag_id"), config).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    return prepare_tag_columns(tag_columns(tags, config), config)
+
+
+def tag_columns(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
+    """The per-tag columns of `config` (sorted by tag_id): the costly, string-sorting half of
+    `prepare_tags`, which the DB summaries keep for big tag tables (captions/summaries.py)."""
+    return _tag_columns(tags.sort("tag_id"), config)
+
+
+def prepare_tag_columns(columns: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
+    """PreparedTags from `tag_columns` output (integer sorts and concatenations only)."""
+    frame = columns.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     n = frame.height
     raw = frame.sort("type", "_prank")
     caption = _caption_texts(frame, config)

@@ -48,9 +48,12 @@ class _Worker:
     """What one worker process keeps between pages: its connection and the prepared tags."""
 
     def __init__(self, db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
+        from kohaku_data.captions.summaries import stored_prepared_tags
+
         self.conn = open_reader(db_path)
         self.config, self.thresholds = config, thresholds
-        self.tags = TagSource(self.conn, whole_table, lambda t: prepare_tags(t, config))
+        self.tags = TagSource(self.conn, whole_table, lambda t: prepare_tags(t, config),
+                              lambda: stored_prepared_tags(self.conn, config))
 
     def caption(self, spec: PageSpec) -> pl.DataFrame:
         posts, rel = spec.read(self.conn, self.config.tag_order == "db")

@@ -1,13 +1,18 @@
-"""Caption thresholds and caption stats as DB summaries (kohaku_data/db/summary.py).
+"""Caption thresholds, caption stats and the prepared tag table as DB summaries
+(kohaku_data/db/summary.py).
 
-Both are whole-DB scans (every post's rating, metric and date): stored under a name made from
-the caption config (and, for stats, the thresholds), served while the DB is unchanged. After
-a write, `refresh_caption_summaries` computes them again for the default recipe and the shipped
-ones, reading the posts once per quality metric.
+Thresholds and stats are whole-DB scans (every post's rating, metric and date); the tag
+table's per-tag columns (caption group, display name, popularity rank: a sort of every name)
+cost seconds with Danbooru's ~1M tag names, in every caption run and every worker. All are
+stored under a name made from the caption config (and, for stats, the thresholds), served while
+the DB is unchanged. After a write, `refresh_caption_summaries` computes them again for the
+default recipe and the shipped ones, reading the posts once per quality metric.
 """
 
 from __future__ import annotations
 
+import io
+import sqlite3
 from typing import Any
 
 import polars as pl
@@ -40,6 +45,35 @@ def cached_caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thre
                           lambda: stats_from_frame(read_metrics(db, thresholds.metric), config, thresholds))
 
 
+def tag_columns_name(config: CaptionConfig) -> str:
+    return summary.config_key("tag_columns", config)
+
+
+# Below this many tags, preparing the table is quicker than storing and reading it back.
+STORE_TAG_COLUMNS_FROM = 100_000
+
+
+def stored_prepared_tags(conn: sqlite3.Connection, config: CaptionConfig) -> Any | None:
+    """PreparedTags of the whole tag table from the stored tag columns, if current; else None."""
+    from kohaku_data.captions.layout import prepare_tag_columns
+
+    blob = summary.read_from(conn, tag_columns_name(config))
+    if not isinstance(blob, bytes):
+        return None
+    return prepare_tag_columns(pl.read_ipc(io.BytesIO(blob)), config)
+
+
+def _store_tag_columns(db: DanbooruDB, tags: pl.DataFrame, config: CaptionConfig) -> list[str]:
+    from kohaku_data.captions.layout import tag_columns
+
+    if tags.height < STORE_TAG_COLUMNS_FROM:
+        return []
+    buffer = io.BytesIO()
+    tag_columns(tags, config).write_ipc(buffer, compression="lz4")
+    name = tag_columns_name(config)
+    return [name] if summary.store(db, name, buffer.getvalue()) else []
+
+
 def standard_configs() -> list[CaptionConfig]:
     """The caption configs whose summaries are kept: the default recipe's and the shipped recipes'."""
     from kohaku_data.config import Recipe, load_recipe, shipped_recipes
@@ -55,12 +89,16 @@ def standard_configs() -> list[CaptionConfig]:
 
 
 def refresh_caption_summaries(db: DanbooruDB) -> list[str]:
-    """Store thresholds and caption stats of `standard_configs()`; one posts read per metric."""
+    """Store thresholds, caption stats and (big tables) the tag columns of `standard_configs()`;
+    one posts read per metric, one tag table read."""
     from kohaku_data.captions import stats_from_frame
+    from kohaku_data.captions.frame import read_tag_table
 
     names: list[str] = []
     frames: dict[str, pl.DataFrame] = {}
+    tags = read_tag_table(db.connection())
     for config in standard_configs():
+        names += _store_tag_columns(db, tags, config)
         metric = config.quality_metric
         if metric not in frames:
             frames[metric] = read_metrics(db, metric)

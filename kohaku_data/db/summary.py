@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -115,9 +116,15 @@ def suspended(db: DanbooruDB) -> Iterator[None]:
 
 def _state(db: DanbooruDB) -> tuple[int, str] | None:
     """(writes, fingerprint) now, or None when summaries cannot be trusted or do not exist."""
-    if not has_summaries(db) or not counting(db):
+    return _state_of(db.connection())
+
+
+def _state_of(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    names = [SUMMARY_TABLE, COUNTER_TABLE, *trigger_names()]
+    found = conn.execute(
+        f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})", names).fetchone()[0]
+    if found != len(names):
         return None
-    conn = db.connection()
     writes = conn.execute(f'SELECT writes FROM "{COUNTER_TABLE}"').fetchone()[0]
     marks = [conn.execute(f'SELECT max(id) FROM "{t}"').fetchone()[0] for t in ("post", "tag", "posttagrelation")]
     return int(writes), json.dumps(marks)
@@ -129,19 +136,25 @@ def version(db: DanbooruDB) -> tuple[int, str] | None:
 
 
 def read(db: DanbooruDB, name: str) -> Any | None:
-    """The stored payload of `name` if it is current, else None."""
-    state = _state(db)
+    """The stored payload of `name` if it is current, else None (bytes stay bytes)."""
+    return read_from(db.connection(), name)
+
+
+def read_from(conn: sqlite3.Connection, name: str) -> Any | None:
+    """`read` over a plain sqlite3 connection (caption page readers and workers hold those)."""
+    state = _state_of(conn)
     if state is None:
         return None
-    row = db.connection().execute(
+    row = conn.execute(
         f'SELECT writes, fingerprint, payload FROM "{SUMMARY_TABLE}" WHERE name = ?', (name,)).fetchone()
     if row is None or (row[0], row[1]) != state:
         return None
-    return json.loads(row[2])
+    return row[2] if isinstance(row[2], bytes) else json.loads(row[2])
 
 
 def store(db: DanbooruDB, name: str, payload: Any) -> bool:
-    """Keep `payload` as the current `name` (False: read-only handle or no summary tables)."""
+    """Keep `payload` (JSON-able, or bytes kept as a BLOB) as the current `name` (False:
+    read-only handle or no summary tables)."""
     if db.readonly:
         return False
     state = _state(db)
@@ -151,7 +164,7 @@ def store(db: DanbooruDB, name: str, payload: Any) -> bool:
         db.connection().execute(
             f'INSERT OR REPLACE INTO "{SUMMARY_TABLE}" (name, writes, fingerprint, payload, computed_at) '
             "VALUES (?, ?, ?, ?, ?)",
-            (name, state[0], state[1], json.dumps(payload, sort_keys=True),
+            (name, state[0], state[1], payload if isinstance(payload, bytes) else json.dumps(payload, sort_keys=True),
              datetime.now(timezone.utc).isoformat(timespec="seconds")))
     return True
 
