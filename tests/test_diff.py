@@ -24,7 +24,9 @@ def builds(tmp_path_factory):
     build(inputs, a)
     build(inputs, b, workers=2)
     with DanbooruDB.open(inputs.db, readonly=True) as db:
-        recap = Path(recaption_dataset(a, small_recipe(caption={"tag_order": "alpha"}), db)["out"])
+        # a shorter caption (no keep separator) moves every later member: offsets are placement only
+        recipe = small_recipe(caption={"tag_order": "alpha", "keep_separator": None})
+        recap = Path(recaption_dataset(a, recipe, db)["out"])
     other = root / "other"
     build(inputs, other, small_recipe(shard_max_bytes=250_000))
     return inputs, {"a": a, "b": b, "recap": recap, "other": other, "root": root}
@@ -57,10 +59,12 @@ def test_recaption_is_captions_changed_images_identical(builds):
     expected = sum(x != y for x, y in zip(old.sort("key")["caption"], new.sort("key")["caption"]))
     assert expected > 0
     assert report["captions"]["changed"] == expected
-    assert report["images"]["changed"] == 0
+    assert report["images"]["changed"] == 0 and report["metadata"]["changed"] == 0
+    assert report["placement"]["columns"].get("txt_size", 0) > 0  # member sizes / offsets: placement
     assert report["samples"]["added"] == report["samples"]["removed"] == 0
     assert report["summary"].startswith(f"captions changed ({expected}), images identical")
-    assert [c["key"] for c in report["lock"] if c["key"].startswith("recipe.")] == ["recipe.caption.tag_order"]
+    recipe_keys = [c["key"] for c in report["lock"] if c["key"].startswith("recipe.")]
+    assert recipe_keys == ["recipe.caption.keep_separator", "recipe.caption.tag_order"]
     change = next(c for c in report["lock"] if c["key"] == "recipe.caption.tag_order")
     assert (change["a"], change["b"]) == ("popularity", "alpha")
     first = report["columns"]["caption"]["examples"][0]

@@ -25,15 +25,17 @@ from kohaku_data import storage
 from kohaku_data.assembly.card import flatten
 from kohaku_data.assembly.card_data import NONE_LABEL
 from kohaku_data.assembly.lock import LOCK_NAME
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, OFFSET_COLUMNS
 from kohaku_data.errors import KdataError
 
 EXAMPLES = 5
-# Manifest columns by what they say about a sample; `shard` (where it is packed) is reported apart.
+# Manifest columns by what they say about a sample.
 IMAGE_COLUMNS = ("sha256", "image_bytes", "format", "width", "height", "bucket",
                  "crop_left", "crop_top", "crop_right", "crop_bottom")
 CAPTION_COLUMNS = ("caption",)
-PLACEMENT_COLUMNS = ("shard", "image")
+# Where a sample sits (shard, member name, byte offsets and sizes inside the tar) is not what it
+# is: a longer caption moves every later member. Reported apart, never a "changed sample".
+PLACEMENT_COLUMNS = ("shard", "image", *OFFSET_COLUMNS)
 # Lock keys that describe the tools, not the data: reported, but two builds that differ only
 # there (and in nothing else) are identical data.
 TOOL_KEYS = ("kdata_version", "toolchain.")
@@ -177,6 +179,9 @@ def summary_line(report: dict[str, Any]) -> str:
             parts.append(f"{name} changed ({report[name]['changed']:,})")
     images = report["images"]["changed"]
     parts.append(f"images changed ({images:,})" if images else "images identical")
+    moved = report["placement"]["columns"].get("shard", 0)
+    if moved:
+        parts.append(f"{moved:,} samples in other shards")
     recipe = [c["key"] for c in report["lock"] if c["key"].startswith("recipe.") and c["key"] != "recipe_sha256"]
     if recipe:
         parts.append("recipe keys changed: " + ", ".join(k.removeprefix("recipe.") for k in recipe[:6])
