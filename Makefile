@@ -22,8 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# The Ray tests start a real two-node cluster and do not mix with pytest-xdist: own invocation.
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore-glob='tests/test_ray*.py'
+	$(BIN)/python -m pytest -p no:xdist tests/test_ray_build.py
 
 # The wheel in a fresh venv, every command run outside the checkout (CI runs it too).
 wheel-smoke:

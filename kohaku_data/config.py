@@ -40,6 +40,11 @@ class Settings(_Strict):
     db: Path | None = None
     recipe: Path | None = None
     datasets: Path = Path("datasets")
+    # Where `kdata build` runs its tasks: the local process pool, or a Ray cluster (the `ray`
+    # extra) at `ray_address` ("auto": $RAY_ADDRESS or the cluster this machine is in; HOST:PORT).
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"
+    ray_task_timeout: float = Field(1800.0, gt=0)  # s before a Ray task counts as hung and is resubmitted
 
     def require_db(self) -> Path:
         if self.db is None:
@@ -52,7 +57,7 @@ class Settings(_Strict):
 
 def load_settings(
     *, db: Path | None = None, recipe: Path | None = None, datasets: Path | None = None,
-    cwd: Path | None = None,
+    executor: str | None = None, ray_address: str | None = None, cwd: Path | None = None,
 ) -> Settings:
     """Option > environment > ./kdata.toml > default, per setting."""
     cwd = cwd or Path.cwd()
@@ -67,11 +72,22 @@ def load_settings(
             return (cwd / file_values[key]) if not Path(file_values[key]).is_absolute() else Path(file_values[key])
         return None
 
-    return Settings(
-        db=pick(db, "KDATA_DB", "db"),
-        recipe=pick(recipe, "KDATA_RECIPE", "recipe"),
-        datasets=pick(datasets, "KDATA_DATASETS", "datasets") or Path("datasets"),
-    )
+    def pick_text(option: str | None, env: str, key: str) -> dict[str, str]:
+        value = option or os.environ.get(env) or file_values.get(key)
+        return {key: value} if value else {}
+
+    try:
+        return Settings(
+            db=pick(db, "KDATA_DB", "db"),
+            recipe=pick(recipe, "KDATA_RECIPE", "recipe"),
+            datasets=pick(datasets, "KDATA_DATASETS", "datasets") or Path("datasets"),
+            **pick_text(executor, "KDATA_EXECUTOR", "executor"),
+            **pick_text(ray_address, "KDATA_RAY_ADDRESS", "ray_address"),
+            **pick_text(None, "KDATA_RAY_TASK_TIMEOUT", "ray_task_timeout"),
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid setting ({problems}): fix the option, the KDATA_* variable or {SETTINGS_FILE}") from None
 
 
 def _read_settings_file(path: Path) -> dict[str, str]:
@@ -81,9 +97,10 @@ def _read_settings_file(path: Path) -> dict[str, str]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"db", "recipe", "datasets"}
+    known = ("db", "recipe", "datasets", "executor", "ray_address", "ray_task_timeout")
+    unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: db, recipe, datasets")
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: {', '.join(known)}")
     return {k: str(v) for k, v in data.items()}
 
 

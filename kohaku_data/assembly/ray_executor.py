@@ -100,6 +100,7 @@ def _connect(ray, address: str) -> bool:
     """Join the cluster; True when this call connected (and so must disconnect)."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -109,6 +110,23 @@ def _connect(ray, address: str) -> bool:
             "or pass the head's HOST:PORT"
         ) from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT that does not answer fails here at once (Ray itself would retry for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto" or a ray:// client address: Ray finds and reports it itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster answers at --ray-address {address} ({exc.strerror or exc}); start one "
+            "(`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) or pass "
+            "the head's HOST:PORT (`ray status` prints it)"
+        ) from None
 
 
 def _worker_nodes(ray) -> list[dict]:
@@ -134,6 +152,10 @@ def check_nodes(ray, nodes: list[dict], reference: dict[str, str]) -> dict[str, 
     except ray.exceptions.GetTimeoutError:
         raise RayUnavailable(f"not every Ray node answered the version probe within {PROBE_TIMEOUT:.0f} s; "
                              "check the cluster (`ray status`) and rerun") from None
+    except ray.exceptions.RayError as exc:
+        raise RayUnavailable(f"the version probe failed on a Ray node ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check that kohaku-data and its "
+                             "libraries are installed alike on every node (pip install -c constraints.txt)") from None
     found = {}
     for node, record in zip(nodes, records):
         name = f"{node['NodeManagerAddress']} (node {node['NodeID'][:12]})"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kohaku_data.cli.common import (
-    DbOption, RecipeOption, WorkersOption, clean_errors, default_workers, is_tty, settings,
+    DbOption, RecipeOption, WorkersOption, clean_errors, default_workers, is_tty,
 )
 
 
@@ -20,20 +20,29 @@ def build(
     workers: WorkersOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a build of another recipe in --out.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="Where tasks run: local (process pool, default) or ray (a Ray cluster; the ray extra); "
+                           "else $KDATA_EXECUTOR, else executor in ./kdata.toml.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Ray cluster: auto ($RAY_ADDRESS or this machine's cluster, default) or HOST:PORT; "
+                              "else $KDATA_RAY_ADDRESS, else ray_address in ./kdata.toml.")] = None,
 ) -> None:
     """Build webdataset shards, manifest.parquet, index.json and dataset.lock from a recipe (resumable)."""
     kept = "The shards already committed and the staged images in the output folder are kept"
     with clean_errors(kept=kept):
         from kohaku_data.assembly import build_dataset
-        from kohaku_data.config import load_recipe
+        from kohaku_data.assembly.executor import make_executor
+        from kohaku_data.config import load_recipe, load_settings
         from kohaku_data.db import DanbooruDB
 
-        conf = settings(db=db, recipe=recipe)
+        conf = load_settings(db=db, recipe=recipe, executor=executor, ray_address=ray_address)
         the_recipe = load_recipe(conf.recipe)
         target = out or conf.datasets / the_recipe.dataset_name
         with DanbooruDB.open(conf.require_db(), readonly=True) as handle:
-            result = build_dataset(src, target, the_recipe, handle, workers=workers or default_workers(),
-                                   force=force, progress=is_tty() and not no_progress)
+            runner = make_executor(conf.executor, workers=workers or default_workers(),
+                                   ray_address=conf.ray_address, task_timeout=conf.ray_task_timeout)
+            result = build_dataset(src, target, the_recipe, handle, force=force, executor=runner,
+                                   progress=is_tty() and not no_progress)
         _summary(result)
 
 
@@ -46,6 +55,9 @@ def _summary(result) -> None:
     for reason, count in sorted(result.rejects.items(), key=lambda kv: (-kv[1], kv[0])):
         typer.echo(f"  {reason}: {count}")
     typer.echo("buckets: " + ", ".join(f"{b} {n}" for b, n in result.buckets.items()))
+    if result.placements:  # which machines (Ray nodes) ran this run's tasks
+        typer.echo(f"tasks ran on {len(result.placements)} node(s): "
+                   + ", ".join(f"{where} {n}" for where, n in result.placements.items()))
 
 
 def verify(
