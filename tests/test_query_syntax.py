@@ -433,3 +433,13 @@ def test_bitmap_index_is_never_stale(tmp_path: Path, monkeypatch) -> None:
         assert count_posts(db, text) == expected(), sql
         assert not refresh_if_stale(db)  # current: nothing to do
     db.close()
+
+
+def test_empty_migrated_file_has_no_bitmaps(tmp_path: Path) -> None:
+    """`kdata db init` then migrate: the index exists but covers nothing, queries still run."""
+    db = DanbooruDB.create(tmp_path / "e.db")
+    run_migrations(db, MIGRATIONS)
+    assert open_bits(db.connection()) is None
+    assert count_posts(db, "-rating:e") == 0
+    assert query_ids(db, "-rating:e order:score", limit=5) == []
+    db.close()
