@@ -58,6 +58,18 @@ STATS_SQL = (
     "(SELECT min(created_at) || max(created_at) FROM post), (SELECT group_concat(n) FROM "
     "(SELECT count(*) AS n FROM post GROUP BY rating)), (SELECT group_concat(n) FROM (SELECT count(*) AS n FROM tag GROUP BY type))"
 )
+# Issue 10's figures before this work ("now") and its targets, printed beside each row.
+ISSUE = {
+    "sample": ("8.3 min, 16.5 GB peak", "<= 4 GB peak, time not worse"),
+    "db migrate": ("264 s, +2.2 GB", "report; file <= 1.3x"),
+    "caption": ("55 s (65x hakubooru)", "<= 30 s"),
+    "caption 200k": ("2.4 s (40x hakubooru); 4.4 s with a 1M-row tag table", ">= 100x hakubooru"),
+    "query --count": ("1.9 s", "<= 0.3 s"),
+    "/posts": ("2.3 s", "<= 0.1 s"),
+    "/stats": ("14.3 s", "<= 0.5 s (first, fresh serve)"),
+    "db info": ("15.8 s", "<= 1 s"),
+    "caption stats": ("13.4 s, 3.3 GB", "<= 5 s"),
+}
 CAPTION_STATS_SQL = "SELECT rating, substr(created_at, 1, 4), count(*), avg(fav_count) FROM post GROUP BY 1, 2"
 
 
@@ -301,7 +313,7 @@ def main() -> None:
 
 def _print_table(results: dict) -> None:
     rows = results["rows"]
-    print(f"\n{'command':<44} {'figure':>14} {'peak anon':>10}  baseline (same run)")
+    print(f"\n{'command':<30} {'figure':>10} {'peak anon':>10}  baseline (same run) | issue: before -> target")
     for name, r in rows.items():
         figure = r.get("seconds", r.get("first_s"))
         peak = r.get("peak_anon_bytes")
@@ -311,7 +323,9 @@ def _print_table(results: dict) -> None:
         if "size_ratio" in r:
             extra = f"file {r['bytes_before'] / 2**30:.1f} -> {r['bytes_after'] / 2**30:.1f} GiB ({r['size_ratio']:.2f}x)"
         peak_s = f"{peak / 2**30:.2f} GiB" if peak else "-"
-        print(f"{name:<44} {figure:>13.2f}s {peak_s:>10}  {extra}")
+        before, target = ISSUE.get(name.split(" workers=")[0], ("", ""))
+        r["issue"] = {"before": before, "target": target}
+        print(f"{name:<30} {figure:>9.2f}s {peak_s:>10}  {extra} | {before} -> {target}")
 
 
 if __name__ == "__main__":
