@@ -3,7 +3,6 @@ card/*.png, from the folder's own files, byte-identical for the same build."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
@@ -133,19 +132,17 @@ def test_stale_pictures_go_and_data_text_is_escaped(built, tmp_path):
     assert esc("<img src=x>|`a`\nb") == "&lt;img src=x&gt;\\|'a' b"
 
 
-def test_empty_pictures_still_render(tmp_path):
-    """A dataset with no rejects still gets every picture (the rejects one says so)."""
-    from kohaku_data.assembly.card_data import card_facts
-    from kohaku_data.assembly.card_plots import render_plots
-
+def test_a_build_with_no_samples_still_explains_itself(tmp_path):
+    """A query no post matches: the card still says so, and every picture is drawn (with a note)."""
     inputs = make_inputs(tmp_path, n_posts=12)
     out = tmp_path / "ds"
-    build(inputs, out)
-    pl.DataFrame(schema=pl.read_parquet(out / "rejects.parquet").schema).write_parquet(out / "rejects.parquet")
-    facts = card_facts(out, json.loads((out / "dataset.lock").read_text()))
-    pngs = render_plots(facts)
-    assert set(pngs) == set(PICTURES)
-    assert all(Image.open(io.BytesIO(data)).width > 0 for data in pngs.values())
+    assert build(inputs, out, small_recipe(query="score:>100000")).samples == 0
+    body = (out / "README.md").read_text()
+    assert "**0 samples** in 0 webdataset shards" in body and "This build holds no samples" in body
+    for name in PICTURES:
+        with Image.open(out / CARD_DIR / name) as im:
+            im.load()
+            assert im.width > 0
 
 
 def test_attached_score_thresholds_are_a_table(tmp_path):

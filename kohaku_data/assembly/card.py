@@ -224,8 +224,10 @@ def _files(facts: CardFacts) -> str:
 
 def _loading(facts: CardFacts) -> str:
     shards = facts.index.get("shardlist", [])
+    if not shards:
+        return "## Loading\n\nThis build holds no samples (every post was left out: see the rejects).\n"
     name = facts.index.get("name", "NAME")
-    pattern = f"{name}-{{000000..{len(shards) - 1:06d}}}.tar" if shards else f"{name}-000000.tar"
+    pattern = f"{name}-{{000000..{len(shards) - 1:06d}}}.tar"
     return "\n".join([
         "## Loading", "", "```python",
         "import datasets  # the YAML header above declares the shards and the json's features",
@@ -286,7 +288,9 @@ def _show(value: Any) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, str):
-        return f"`{esc(value)}`" if value else "(empty)"
+        if not value.strip():  # "", " ", "\n": say what it is
+            return f"`{esc(repr(value))}`" if value else "(empty)"
+        return f"`{esc(value)}`"
     return esc(value)
 
 
