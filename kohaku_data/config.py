@@ -338,7 +338,7 @@ class DedupConfig(_Strict):
     `duplicate` with the kept key in the detail."""
 
     policy: Literal["off", "exact", "near"] = "off"
-    threshold: int = Field(10, ge=0, le=32)  # Hamming distance in bits, `near` only
+    threshold: int = Field(8, ge=0, le=32)  # Hamming distance in bits, `near` only (bench_dedup: best F1)
     family_threshold: int | None = Field(None, ge=0, le=32)  # parent/child posts: this looser one
     keep: Literal["fav_count", "score"] = "fav_count"  # highest, then most pixels, then lowest id
 

@@ -59,7 +59,13 @@ def phash_of_thumbs(thumbs: np.ndarray) -> np.ndarray:
 
 
 def grey_thumb(im: Image.Image) -> np.ndarray:
-    """THUMB × THUMB float grey thumbnail of a normalised (RGB/RGBA) image."""
+    """THUMB × THUMB float grey thumbnail of a normalised (RGB/RGBA) image. Large images are
+    first box-reduced by an integer factor to >= DRAFT_SIDE px a side (what a JPEG draft decode
+    does for JPEGs): the grey conversion and LANCZOS then touch a few thousand pixels, not
+    millions, and the hash does not depend on the file's format."""
+    factor = min(im.size) // DRAFT_SIDE
+    if factor > 1:
+        im = im.reduce(factor)
     return np.asarray(im.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS), dtype=np.float64)
 
 
