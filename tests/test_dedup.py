@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -187,23 +188,25 @@ def test_cached_hashes_are_reused(dedup_inputs, tmp_path: Path) -> None:
 
     db_path, src, ids, _ = dedup_inputs
 
-    class Counting(LocalExecutor):
-        def __init__(self) -> None:
-            super().__init__(1)
-            self.tasks = 0
-
-        def map_unordered(self, fn, tasks):
-            for t in tasks:
-                self.tasks += len(t.items)
-                yield fn(t)
-
     with DanbooruDB.open(db_path, readonly=True) as db:
         plan = make_plan(db, open_source(src), small_recipe())
     config = DedupConfig(policy="near")
-    first, ex = Counting(), Counting()
-    a = compute_hashes(plan, config, first, tmp_path, 1 << 30)
-    b = compute_hashes(plan, config, ex, tmp_path, 1 << 30)
-    assert first.tasks == len(ids) and ex.tasks == 0 and a.equals(b)
+    executor = LocalExecutor(1)
+    a = compute_hashes(plan, config, executor, tmp_path, 1 << 30)
+    b = compute_hashes(plan, config, None, tmp_path, 1 << 30)  # all cached: no executor is needed
+    assert sum(executor.placements.values()) == -(-len(ids) // 64) and a.equals(b) and a.height == len(ids)
+    # a changed file (another size) is hashed again, the others come from the cache
+    copy = tmp_path / "raw"
+    shutil.copytree(src, copy)
+    changed = copy / f"{ids[0]}.png"
+    changed.write_bytes(_png(Image.open(changed).convert("RGB").rotate(90)))
+    with DanbooruDB.open(db_path, readonly=True) as db:
+        plan = make_plan(db, open_source(copy), small_recipe())
+    again = LocalExecutor(1)
+    c = compute_hashes(plan, config, again, tmp_path, 1 << 30)
+    assert sum(again.placements.values()) == 1
+    assert c.filter(pl.col("key") != ids[0]).equals(a.filter(pl.col("key") != ids[0]))
+    assert c.filter(pl.col("key") == ids[0])["phash"][0] != a.filter(pl.col("key") == ids[0])["phash"][0]
 
 
 def test_cli_dedup_writes_groups(dedup_inputs, tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ by post before grouping, and components depend on the links only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +90,7 @@ def compute_hashes(plan: Any, config: DedupConfig, executor: Any, cache_dir: Pat
     """HASH_SCHEMA rows of the plan's posts (sorted by key), from the cache where the file
     (member name and size) is unchanged. Works on the plan's columns: only the rows a task
     carries become objects."""
+    from kohaku_data.assembly.executor import map_unordered
     from kohaku_data.assembly.plan import items_of
     from kohaku_data.progress import progress_bar
 
@@ -99,17 +99,18 @@ def compute_hashes(plan: Any, config: DedupConfig, executor: Any, cache_dir: Pat
     cached = pl.read_parquet(cache_path) if cache_path.is_file() else pl.DataFrame(schema=HASH_SCHEMA)
     hit = wanted.join(cached, on=list(_FILE_ID), how="inner", nulls_equal=True)  # member is null for files
     todo = plan.frame.join(hit.select("key"), on="key", how="anti", maintain_order="left")
-    fresh: list[dict[str, Any]] = []
+    fresh = [pl.DataFrame(schema=_HASHES)]  # one small frame per task: ~100 bytes a post, not a dict
     tasks = (HashTask(index, items_of(plan.source, todo.slice(start, _TASK_SIZE)), config.policy == "exact",
                       config.policy == "near", max_pixels)
              for index, start in enumerate(range(0, todo.height, _TASK_SIZE)))
-    with progress_bar("hash", todo.height, progress) as bar:
-        for rows in executor.map_unordered(run_hash_task, tasks):
-            fresh += rows
-            bar.advance(len(rows))
-    fresh_frame = todo.select(_FILE_ID).join(pl.DataFrame(fresh, schema=_HASHES), on="key").select(list(HASH_SCHEMA))
+    if todo.height:  # everything cached: no workers started
+        with progress_bar("hash", todo.height, progress) as bar:
+            for rows in map_unordered(executor, run_hash_task, tasks):
+                fresh.append(pl.DataFrame(rows, schema=_HASHES))
+                bar.advance(len(rows))
+    fresh_frame = todo.select(_FILE_ID).join(pl.concat(fresh), on="key").select(list(HASH_SCHEMA))
     result = pl.concat([hit.select(list(HASH_SCHEMA)), fresh_frame]).sort("key")
-    if fresh:
+    if fresh_frame.height:
         merged = pl.concat([cached.join(result.select("key"), on="key", how="anti"), result]).sort("key")
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(cache_path) as tmp:
