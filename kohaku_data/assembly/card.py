@@ -21,6 +21,7 @@ from typing import Any
 from kohaku_data.assembly.card_data import CardFacts, card_facts
 from kohaku_data.assembly.card_plots import render_plots
 from kohaku_data.assembly.lock import write_atomic
+from kohaku_data.captions.thresholds import RATING_NAMES
 
 README_NAME = "README.md"
 CARD_DIR = "card"
@@ -135,7 +136,7 @@ def _quality_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
     if not caption.get("quality", True) or not t.get("by_rating"):
         return ["**Quality**: no quality tags in this recipe.", ""]
     bands, pcts = list(caption.get("quality_bands", ())), list(t.get("percentiles", ()))
-    ratings = [r for r in ("general", "sensitive", "questionable", "explicit") if r in t["by_rating"]]
+    ratings = [r for r in RATING_NAMES if r in t["by_rating"]]
     ratings += sorted(set(t["by_rating"]) - set(ratings))
     rows = []
     for i, band in enumerate(bands):
@@ -161,7 +162,7 @@ def _attached_tables(curation: dict[str, Any]) -> list[str]:
     other curation rules the lock records."""
     lines: list[str] = []
     for column, t in sorted((curation.get("attached_tags") or {}).items()):
-        groups = [g for g in ("general", "sensitive", "questionable", "explicit", "all") if g in t.get("by_group", {})]
+        groups = [g for g in (*RATING_NAMES, "all") if g in t.get("by_group", {})]
         groups += sorted(set(t.get("by_group", {})) - set(groups))
         pcts, counts = list(t.get("percentiles", ())), t.get("counts", {})
         rows = [(esc(band), f"> p{pcts[i]:g}", *(_num(t["by_group"][g][i]) for g in groups)) if i < len(pcts)

@@ -21,8 +21,10 @@ import polars as pl
 
 from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES
+from kohaku_data.captions.thresholds import RATING_NAMES
 
-RATING_ORDER = ("general", "sensitive", "questionable", "explicit")
+CARD_COLUMNS = ("key", "shard", "bucket", "rating", "quality", "year", "score", "fav_count", "created_at",
+                "json_offset", "json_size")
 NONE_LABEL = "(none)"  # a sample without a quality / year tag (tag off, broken date, cutoff)
 TOP_TAGS = 15
 REJECT_EXAMPLES = 3
@@ -60,7 +62,7 @@ def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
         shares={
             "quality": shares(manifest, "quality", caption.get("quality_bands", ())),
             "year": shares(manifest, "year", tuple(reversed(caption.get("year_tags", ())))),
-            "rating": shares(manifest, "rating", RATING_ORDER),
+            "rating": shares(manifest, "rating", RATING_NAMES),
         },
         year_quality=year_quality(manifest),
         tags=top_tags(folder, manifest, TOP_TAGS),
@@ -70,9 +72,12 @@ def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
 
 
 def read_manifest(folder: Path) -> pl.DataFrame:
-    """The manifest columns the card and `kdata diff` read, plus `date` (YYYY-MM-DD as written)."""
+    """The manifest columns the card reads (captions stay on disk), plus `date` (YYYY-MM-DD as
+    written at the start of created_at)."""
+    path = folder / MANIFEST_NAME
+    present = set(pl.read_parquet_schema(path))
+    frame = pl.read_parquet(path, columns=[c for c in CARD_COLUMNS if c in present])
     created = pl.col("created_at")
-    frame = pl.read_parquet(folder / MANIFEST_NAME)
     return frame.with_columns(date=pl.when(created.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(created.str.slice(0, 10)))
 
 
