@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import sqlite3
@@ -121,16 +122,21 @@ class TreePeak:
 
 
 def run(cmd: list[str], label: str, *, timeout: float = 7200) -> dict:
-    """Run `cmd` to the end: wall seconds, peak anonymous RSS of its tree, last output line."""
+    """Run `cmd` to the end: wall seconds, CPU seconds of its tree (user + system: what the
+    command costs, less swayed by other jobs on the machine than wall time), peak anonymous RSS
+    of its tree, last output lines."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = TreePeak(proc.pid)
     out, _ = proc.communicate(timeout=timeout)
     seconds = time.perf_counter() - t0
-    r = {"cmd": " ".join(["kdata", *cmd[1:]] if cmd[0] == KDATA[0] else cmd), "seconds": seconds,
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    r = {"cpu_s": cpu, "cmd": " ".join(["kdata", *cmd[1:]] if cmd[0] == KDATA[0] else cmd), "seconds": seconds,
          "peak_anon_bytes": peak.stop(), "exit": proc.returncode,
          "output_tail": out.strip().splitlines()[-3:] if out.strip() else []}
-    print(f"  {label}: {seconds:.2f}s, peak anon {r['peak_anon_bytes'] / 2**20:,.0f} MiB, exit {proc.returncode}",
+    print(f"  {label}: {seconds:.2f}s (CPU {cpu:.2f}s), peak anon {r['peak_anon_bytes'] / 2**20:,.0f} MiB, exit {proc.returncode}",
           flush=True)
     if proc.returncode:
         print("\n".join(out.strip().splitlines()[-15:]), flush=True)
@@ -318,7 +324,7 @@ def main() -> None:
 
 def _print_table(results: dict) -> None:
     rows = results["rows"]
-    print(f"\n{'command':<30} {'figure':>10} {'peak anon':>10}  baseline (same run) | issue: before -> target")
+    print(f"\n{'command':<30} {'figure':>10} {'CPU':>8} {'peak anon':>10}  baseline (same run) | issue: before -> target")
     for name, r in rows.items():
         figure = r.get("seconds", r.get("first_s"))
         peak = r.get("peak_anon_bytes")
@@ -330,7 +336,8 @@ def _print_table(results: dict) -> None:
         peak_s = f"{peak / 2**30:.2f} GiB" if peak else "-"
         before, target = ISSUE.get(name.split(" workers=")[0], ("", ""))
         r["issue"] = {"before": before, "target": target}
-        print(f"{name:<30} {figure:>9.2f}s {peak_s:>10}  {extra} | {before} -> {target}")
+        cpu = f"{r['cpu_s']:.1f}s" if "cpu_s" in r else "-"
+        print(f"{name:<30} {figure:>9.2f}s {cpu:>8} {peak_s:>10}  {extra} | {before} -> {target}")
 
 
 if __name__ == "__main__":
