@@ -267,11 +267,11 @@ def test_id_pages_over_windows_match_reference(world, monkeypatch) -> None:
     db, rows, names, popularity, rng = world
     monkeypatch.setattr(query_mod, "_MIN_WINDOW", 1)
     monkeypatch.setattr(query_mod, "_first_window", lambda plan, limit, span: 37)
-    for _ in range(10):
+    for _ in range(6):
         text, pred = random_query(rng, names, popularity)
         expected = [r.id for r in rows if pred(r)]
         pages, cursor = [], None
-        while page := query_ids(db, text, limit=9, after_id=cursor):
+        while page := query_ids(db, text, limit=19, after_id=cursor):
             pages += page
             cursor = page[-1]
         assert pages == expected, text

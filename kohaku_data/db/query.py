@@ -623,7 +623,7 @@ def _walk_chunk(conn: sqlite3.Connection, order: Order, cursor: tuple | None,
                 rows += conn.execute(f"{select} WHERE {column} {op} ? ORDER BY {column} "
                                      f"{direction}, id {direction} LIMIT ?",
                                      (key, n - len(rows))).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
+    return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
 
 def _index_name(conn: sqlite3.Connection, column: str) -> str | None:
