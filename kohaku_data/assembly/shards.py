@@ -2,8 +2,9 @@
 
 Every member header is fixed (USTAR, mtime 0, uid/gid 0, empty owner names, mode 0o644), so
 the bytes of a shard depend only on its members' names and contents: the same samples give the
-same shard on any machine, for any worker count. A shard is written to `NAME.tar.tmp` and
-renamed into place, so a finished shard file is always complete.
+same shard on any machine, for any worker count. A shard is written to a temporary name of its
+own (`.NAME.tar.PID.RANDOM.tmp`, removed by the builder if a writer is killed) and renamed into
+place, so a finished shard file is always complete, even when two writers race on one shard.
 
 Beside each shard `NAME-000000.tar` lies its member index `NAME-000000.json` in the form of
 deepghs/hfutils (`hfutils.index`): `filesize`, `hash` (git's blob sha1, what the Hub shows),
@@ -19,11 +20,13 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kohaku_data.atomic import name_failed_write
 
 BLOCK = 512
 # The tar end: two zero blocks, then padding of the whole archive to tarfile's RECORDSIZE.
@@ -72,7 +75,9 @@ class ShardWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
+        # A name of its own (as atomic.replacing makes): a resubmitted task may briefly write the
+        # same shard beside its cancelled twin; each renames its own complete file.
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
         self._file = open(self.tmp, "wb")
         self._hash, self._md5 = hashlib.sha256(), hashlib.md5()
         self._tar = tarfile.open(fileobj=_HashingWriter(self._file, (self._hash, self._md5)), mode="w",
@@ -84,7 +89,11 @@ class ShardWriter:
     def add(self, name: str, data: bytes) -> tuple[int, int]:
         """Append one member; returns (offset of its data in the tar, size)."""
         start = self._tar.offset
-        self._tar.addfile(fixed_tarinfo(name, len(data)), io.BytesIO(data))
+        try:
+            self._tar.addfile(fixed_tarinfo(name, len(data)), io.BytesIO(data))
+        except OSError as exc:
+            name_failed_write(exc, self.path)
+            raise
         # What addfile wrote: header block(s), then the data padded to a block.
         offset = self._tar.offset - -(-len(data) // BLOCK) * BLOCK
         self.files[name] = {"offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -154,9 +163,13 @@ def _write_beside(path: Path, data: bytes) -> None:
     killed mid-write leaves a temp name the builder knows and removes (not a random one)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            name_failed_write(exc, path)
+            raise
     os.replace(tmp, path)
 
 
@@ -181,21 +194,37 @@ def read_member_index(tar: Path) -> dict[str, Any]:
     return json.loads(member_index_path(tar).read_bytes())
 
 
-def tar_member_index(tar: Path) -> dict[str, Any]:
-    """The member index as read back from the tar itself (what `kdata verify` compares with)."""
-    files: dict[str, dict[str, Any]] = {}
+def tar_member_index(tar: Path, chunk: int = 1 << 22) -> dict[str, Any]:
+    """The member index as read back from the tar itself (what `kdata verify` compares with).
+
+    The headers come from tarfile (it seeks past the data); the three file digests and every
+    member's sha256 from ONE sequential read of the file, each block fed to the digests of the
+    members it overlaps: a 1 TB dataset is read once here, not twice."""
+    with tarfile.open(tar, "r:") as archive:
+        members = [(m.name, m.offset_data, m.size) for m in archive if m.isreg()]
     size = tar.stat().st_size
     sha1, sha256, md5 = hashlib.sha1(f"blob {size}\0".encode()), hashlib.sha256(), hashlib.md5()
-    with open(tar, "rb") as raw:  # one read for the three digests
-        while block := raw.read(1 << 22):
+    digests = [hashlib.sha256() for _ in members]
+    order = sorted(range(len(members)), key=lambda i: members[i][1])
+    first = 0  # members before this one in `order` end before the current block
+    with open(tar, "rb") as raw:
+        pos = 0
+        while block := raw.read(chunk):
             for digest in (sha1, sha256, md5):
                 digest.update(block)
-    with tarfile.open(tar, "r:") as archive:
-        for member in archive:
-            if member.isreg():
-                data = archive.extractfile(member).read()
-                files[member.name] = {"offset": member.offset_data, "size": member.size,
-                                      "sha256": hashlib.sha256(data).hexdigest()}
+            end = pos + len(block)
+            i = first
+            while i < len(order) and members[order[i]][1] < end:
+                _, start, length = members[order[i]]
+                lo, hi = max(start, pos), min(start + length, end)
+                if lo < hi:
+                    digests[order[i]].update(block[lo - pos:hi - pos])
+                if start + length <= end and i == first:
+                    first += 1
+                i += 1
+            pos = end
+    files = {name: {"offset": offset, "size": length, "sha256": digest.hexdigest()}
+             for (name, offset, length), digest in zip(members, digests)}
     index = member_index(size, sha1.hexdigest(), sha256.hexdigest(), files)
     index["md5sum"] = md5.hexdigest()
     return index
