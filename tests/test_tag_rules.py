@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -202,3 +203,20 @@ def test_sync_replaces_relations_with_the_active_listing(empty_db: DanbooruDB) -
     conn = empty_db.connection()
     assert conn.execute("SELECT count(*) FROM kdata_tag_implication").fetchone()[0] == 1500
     assert conn.execute("SELECT alias, tag_name FROM kdata_tag_alias").fetchall() == [("kitty_ears", "cat_ears")]
+
+
+def test_implied_sets_expand_in_slices(tmp_path: Path, monkeypatch) -> None:
+    """The bounded-memory expansion gives the same result as one slice."""
+    from kohaku_data.curation import tagrules
+
+    db = make_db(tmp_path / "a.db", 4)
+    names = [r[0] for r in db.connection().execute("SELECT name FROM tag")]
+    imp, alias, _, _ = _relation_files(tmp_path, names, 4)
+    import_files(db, [imp, alias])
+    rules = tagrules.load_tag_rules(db, aliases=True, implications=True, min_general_posts=0)
+    post, tag = (np.array(c, dtype=np.int64) for c in zip(*db.connection().execute(
+        "SELECT post_id, tag_id FROM posttagrelation ORDER BY id")))
+    whole = rules.apply(post, tag)
+    monkeypatch.setattr(tagrules, "_EXPAND", 3)
+    sliced = rules.apply(post, tag)
+    assert (~whole[1]).sum() > 0 and np.array_equal(whole[0], sliced[0]) and np.array_equal(whole[1], sliced[1])

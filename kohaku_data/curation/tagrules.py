@@ -67,21 +67,22 @@ class TagRules:
     def _implied_mask(self, post_id: np.ndarray, tag: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """Which relations carry a tag implied by another kept tag of the same post."""
         found, at = _find(self.implier, tag)
-        found &= keep
-        if not found.any():
+        rows = np.nonzero(found & keep)[0]
+        if not len(rows):
             return np.zeros(len(tag), dtype=bool)
-        starts, ends = self.implied_start[at[found]], self.implied_start[at[found] + 1]
-        counts = ends - starts
-        offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-        implied_post = np.repeat(post_id[found], counts)
-        implied_tag = self.implied[offsets]
-        lo = int(min(tag.min(), implied_tag.min()))
-        span = int(max(tag.max(), implied_tag.max())) - lo + 1
+        lo = int(min(tag.min(), self.implied.min()))
+        span = int(max(tag.max(), self.implied.max())) - lo + 1
         p_lo, p_span = int(post_id.min()), int(post_id.max()) - int(post_id.min()) + 1
         if p_span * span >= (1 << 62):
             raise ValueError("post and tag id ranges too wide to pack")
-        keys = (post_id - p_lo) * span + (tag - lo)
-        return np.isin(keys, (implied_post - p_lo) * span + (implied_tag - lo))
+        starts, counts = self.implied_start[at[rows]], np.diff(self.implied_start)[at[rows]]
+        implied_keys = []
+        for part in _slices(counts, _EXPAND):  # bounded memory however large the implied sets
+            c = counts[part]
+            offsets = np.repeat(starts[part] - (np.cumsum(c) - c), c) + np.arange(int(c.sum()))
+            keys = (np.repeat(post_id[rows[part]], c) - p_lo) * span + (self.implied[offsets] - lo)
+            implied_keys.append(np.unique(keys))
+        return np.isin((post_id - p_lo) * span + (tag - lo), np.concatenate(implied_keys))
 
     def summary(self) -> dict[str, object]:
         """What dataset.lock records: counts and one sha256 over every table."""
@@ -94,6 +95,16 @@ class TagRules:
             "min_general_posts": self.min_general_posts, "implying_tags": int(len(self.implier)),
             "implied_pairs": int(len(self.implied)), "sha256": digest.hexdigest(),
         }
+
+
+_EXPAND = 4_000_000  # implied (post, tag) pairs made at once
+
+
+def _slices(counts: np.ndarray, budget: int) -> list[slice]:
+    """Consecutive slices of `counts` whose sums stay near `budget` (one row at least)."""
+    ends = np.searchsorted(np.cumsum(counts), np.arange(budget, int(counts.sum()) + budget, budget), "right")
+    bounds = np.unique(np.concatenate([[0], np.clip(ends, 1, len(counts)), [len(counts)]]))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,17 +176,23 @@ def _canonical(pairs: pl.DataFrame, aliases: pl.DataFrame) -> pl.DataFrame:
 
 
 def _closure(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Transitive closure by repeated self-joins (chains double in length each round), minus
-    pairs on a cycle (a implies b and b implies a)."""
-    closed = pairs
-    while True:
-        step = closed.join(closed, left_on="b", right_on="a", suffix="_2").select("a", b="b_2")
-        grown = pl.concat([closed, step]).unique()
-        if grown.height == closed.height:
-            break
-        closed = grown
-    reverse = closed.select(a="b", b="a")
-    return closed.join(reverse, on=["a", "b"], how="anti").filter(pl.col("a") != pl.col("b")).sort("a", "b")
+    """Transitive closure, minus pairs on a cycle (a implies b and b implies a). Names become
+    integers first, and each round joins only the pairs found in the last round with the
+    direct implications, so memory stays at the size of the closure itself."""
+    names = pl.concat([pairs["a"], pairs["b"]]).unique().sort()
+    codes = pl.DataFrame({"name": names, "code": pl.int_range(names.len(), eager=True, dtype=pl.Int64)})
+    edges = (pairs.join(codes.rename({"name": "a", "code": "x"}), on="a")
+             .join(codes.rename({"name": "b", "code": "y"}), on="b").select("x", "y").unique())
+    closed, frontier = edges, edges
+    while frontier.height:
+        step = frontier.join(edges.rename({"x": "y", "y": "z"}), on="y").select("x", y="z").unique()
+        frontier = step.join(closed, on=["x", "y"], how="anti")
+        closed = pl.concat([closed, frontier])
+    reverse = closed.select(x="y", y="x")
+    closed = closed.join(reverse, on=["x", "y"], how="anti").filter(pl.col("x") != pl.col("y"))
+    decode = codes.rename({"code": "x", "name": "a"})
+    return (closed.join(decode, on="x").join(decode.rename({"x": "y", "a": "b"}), on="y")
+            .select("a", "b").sort("a", "b"))
 
 
 def _implication_csr(pairs: pl.DataFrame, names: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
