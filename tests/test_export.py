@@ -205,6 +205,21 @@ def test_link_from_hard_links_identical_images(built, tmp_path):
     assert second.linked == first.samples and second.written == 0
     for image in (tmp_path / "b" / "images").iterdir():
         assert image.stat().st_ino == (tmp_path / "a" / "images" / image.name).stat().st_ino
+    # A folder that is not a finished export of this build: every file is checked by sha256,
+    # so a same-size file with other bytes is copied from the shard, not linked.
+    loose = tmp_path / "loose" / "images"
+    loose.mkdir(parents=True)
+    names = sorted(p.name for p in (tmp_path / "a" / "images").glob("*.webp"))
+    for name in names:
+        os.link(tmp_path / "a" / "images" / name, loose / name)
+    bad = loose / names[0]
+    data = bytearray(bad.read_bytes())
+    bad.unlink()
+    data[100] ^= 1
+    bad.write_bytes(bytes(data))
+    third = export_dataset(built[1], tmp_path / "c", "kohya-ft", link_from=tmp_path / "loose")
+    assert (third.linked, third.written) == (first.samples - 1, 1)
+    assert (tmp_path / "c" / "images" / names[0]).read_bytes() == (tmp_path / "a" / "images" / names[0]).read_bytes()
 
 
 def test_another_export_into_the_same_folder_is_refused_unless_forced(built, tmp_path):

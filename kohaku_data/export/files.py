@@ -3,7 +3,8 @@
 A member is copied with `os.copy_file_range` from the shard at the member's data offset: the
 kernel moves the bytes (a file system that can share extents may even reflink them), nothing
 passes through Python. Hard links need a file that already exists: `link_from` is an earlier
-export (any format) whose `images/` holds the same member, checked by size and sha256. A file
+export (any format) whose `images/` holds the same member, checked by size and sha256 (by size
+alone when that export is a finished one of the same build, per its `kdata-export.json`). A file
 already in place with its size is skipped: every write goes to a temporary name first and is
 renamed, so a file under its final name is complete (that is what makes a rerun resume).
 """
@@ -49,9 +50,11 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         os.write(dst, os.pread(src, size, offset))  # a file system without copy_file_range
 
 
-def link_same(source: Path, dst: Path, size: int, sha256: str) -> bool:
-    """Hard-link `source` to `dst` when it holds exactly these bytes and shares the file system."""
-    if not in_place(source, size) or _file_sha256(source) != sha256:
+def link_same(source: Path, dst: Path, size: int, sha256: str, *, trusted: bool = False) -> bool:
+    """Hard-link `source` to `dst` when it holds exactly these bytes and shares the file system.
+    `trusted`: `source` belongs to a finished export of the same build, so its size is enough
+    (else its sha256 is checked: a file edited since would otherwise spread)."""
+    if not in_place(source, size) or (not trusted and _file_sha256(source) != sha256):
         return False
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:

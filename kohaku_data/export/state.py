@@ -46,6 +46,15 @@ def finish_export(out: Path, state: dict[str, Any], result: ExportResult) -> Non
     write_atomic(out / STATE_NAME, dumps({**state, "complete": True, "files": result.files}))
 
 
+def same_build(folder: Path, built: Built) -> bool:
+    """Whether `folder` holds a finished export of this very build (its files are its members)."""
+    try:
+        state = _read(folder / STATE_NAME)
+    except ExportError:
+        return False
+    return bool(state) and state.get("complete") is True and state.get("dataset_lock_sha256") == built.lock_sha256
+
+
 def remove_export(out: Path) -> None:
     for name in OWNED:
         path = out / name
