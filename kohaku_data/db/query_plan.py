@@ -237,12 +237,15 @@ def _resolve(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, Tag]:
 
 def _expand(db: DanbooruDB, pattern: str) -> tuple[Tag, ...]:
     """The tags a wildcard stands for, as Danbooru picks them: names matching the pattern
-    with posts, most popular first (ties by name), at most MAX_WILDCARD_TAGS. A prefix pattern
-    (`hatsune_miku*`) is a range of the unique name index; others scan the tag names."""
+    with posts, most popular first (ties by name), at most MAX_WILDCARD_TAGS."""
     glob = "".join("[" + ch + "]" if ch in "?[" else ch for ch in pattern)
+    # A pattern with a literal prefix is a range of the unique name index (`+` keeps SQLite
+    # off the popularity index there); `*_hair` walks tag(popularity DESC, name) of migration
+    # 0010 and stops at the cap's last match instead of testing and sorting every name.
+    plus = "" if pattern.startswith("*") else "+"
     rows = db.connection().execute(
-        "SELECT name, id, popularity FROM tag WHERE name GLOB ? AND popularity > 0 "
-        "ORDER BY popularity DESC, name LIMIT ?", (glob, MAX_WILDCARD_TAGS)
+        f"SELECT name, id, popularity FROM tag WHERE name GLOB ? AND {plus}popularity > 0 "
+        f"ORDER BY {plus}popularity DESC, name LIMIT ?", (glob, MAX_WILDCARD_TAGS)
     ).fetchall()
     return tuple(Tag(*row) for row in rows)
 
