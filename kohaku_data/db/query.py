@@ -151,7 +151,7 @@ def count_posts(db: DanbooruDB, text: str) -> int:
         return conn.execute(sql, params).fetchone()[0]
     bits = _bits_for(conn, plan)
     if bits is not None:
-        return int(np.count_nonzero(_bits_eval(bits, plan.tree)))
+        return bits.count(_bits_eval(bits, plan.tree))
     return int(_eval(conn, plan.tree, None, None).size)
 
 
@@ -402,26 +402,24 @@ def _bits_for(conn: sqlite3.Connection, plan: Plan) -> Bits | None:
 
 
 def _bits_eval(bits: Bits, node) -> np.ndarray:
-    """Bool array over the index's id span: the posts matching `node`. Cached arrays are
-    shared, so every operation here makes a new array."""
+    """Packed mask over the index's id span: the posts matching `node`. Cached arrays are
+    shared (read-only), so every operation here makes a new array."""
     if isinstance(node, TagLeaf):
         return _bits_tags(bits, node.tags)
     if isinstance(node, SqlLeaf):
         mask = _bits_meta(bits, node.expr)
         if mask is None:  # a metatag without a dense column (width:, date:, ...): read it
             return bits.ids_mask(_sql_leaf_ids(bits.conn, node, None, None))
-        return mask & bits.exists()
+        return bits.pack(mask) & bits.exists()
     if isinstance(node, Not):
         return bits.exists() & ~_bits_eval(bits, node.child)
     if isinstance(node, Or):
-        return _reduce(np.logical_or, [_bits_eval(bits, c) for c in node.children], bits.span, False)
+        return _reduce(np.bitwise_or, [_bits_eval(bits, c) for c in node.children], bits.full(False))
     # Metatags without a dense column run last, on the posts the rest left (a rowid probe
     # when those are few): `highres -1boy width:>=1024` never scans width over every post.
     late = [c for c in node.children if isinstance(c, SqlLeaf) and not _dense_only(c.expr)]
     positives = [c for c in node.children if not isinstance(c, Not) and c not in late]
-    mask = _reduce(np.logical_and, [_bits_eval(bits, c) for c in positives], bits.span, True)
-    if not positives:
-        mask = bits.exists()
+    mask = _reduce(np.bitwise_and, [_bits_eval(bits, c) for c in positives], bits.exists())
     for child in (c.child for c in node.children if isinstance(c, Not)):
         mask = mask & ~_bits_eval(bits, child)
     for leaf in late:
@@ -444,12 +442,13 @@ def _bits_tags(bits: Bits, tags: tuple[Tag, ...]) -> np.ndarray:
     if rest:  # tags without a bitmap: their ids, in any order, set into one more mask
         sql = f"{TAG_SUBQUERY} IN ({marks(len(rest))})"
         stored.append(bits.ids_mask(_read_ids(bits.conn, sql, tuple(rest))))
-    return _reduce(np.logical_or, stored, bits.span, False)
+    return _reduce(np.bitwise_or, stored, bits.full(False))
 
 
-def _reduce(op, masks: list[np.ndarray], span: int, empty: bool) -> np.ndarray:
+def _reduce(op, masks: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """`op` over the masks (a new array; `empty` when there are none)."""
     if not masks:
-        return np.full(span, empty, dtype=bool)
+        return empty
     out = masks[0].copy() if len(masks) == 1 else op(masks[0], masks[1])
     for mask in masks[2:]:
         op(out, mask, out=out)
@@ -457,7 +456,8 @@ def _reduce(op, masks: list[np.ndarray], span: int, empty: bool) -> np.ndarray:
 
 
 def _bits_meta(bits: Bits, expr) -> np.ndarray | None:
-    """A metatag expression over the dense columns; None when one of its metatags has none."""
+    """A metatag expression over the dense columns, as a bool array over the span (packed
+    once by the caller); None when one of its metatags has no column."""
     if isinstance(expr, MetaFilter):
         mask = _bits_filter(bits, expr)
         return None if mask is None else (~mask if expr.negated else mask)
@@ -467,8 +467,9 @@ def _bits_meta(bits: Bits, expr) -> np.ndarray | None:
     parts = [_bits_meta(bits, c) for c in expr.children]
     if any(p is None for p in parts):
         return None
-    op, empty = (np.logical_and, True) if isinstance(expr, And) else (np.logical_or, False)
-    return _reduce(op, parts, bits.span, empty)
+    if isinstance(expr, And):
+        return _reduce(np.logical_and, parts, np.ones(bits.span, dtype=bool))
+    return _reduce(np.logical_or, parts, np.zeros(bits.span, dtype=bool))
 
 
 def _bits_filter(bits: Bits, f: MetaFilter) -> np.ndarray | None:
@@ -484,7 +485,7 @@ def _bits_filter(bits: Bits, f: MetaFilter) -> np.ndarray | None:
         return None
     column = bits.column(f.name)
     if f.values:  # rating:g,s: a few equality tests beat np.isin's sort by far
-        return _reduce(np.logical_or, [column == v for v in f.values], bits.span, False)
+        return _reduce(np.logical_or, [column == v for v in f.values], np.zeros(bits.span, dtype=bool))
     masks = []
     for r in f.ranges:
         if r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive:
@@ -496,7 +497,7 @@ def _bits_filter(bits: Bits, f: MetaFilter) -> np.ndarray | None:
         if r.hi is not None:
             mask &= column <= r.hi if r.hi_inclusive else column < r.hi
         masks.append(mask)
-    return _reduce(np.logical_or, masks, bits.span, False)
+    return _reduce(np.logical_or, masks, np.zeros(bits.span, dtype=bool))
 
 
 # -- pages ------------------------------------------------------------------------------------

@@ -63,12 +63,14 @@ class Bits:
     itemsize: dict[str, int]  # dense column → bytes per value
     _cache: dict = field(default_factory=dict)
 
+    # Masks are *packed* (np.packbits order, span bits, zero padding): and/or/not over 1/8 of
+    # the bytes of a bool array, and stored bitmaps are used as read, never unpacked.
     def tag(self, tag_id: int) -> np.ndarray:
-        """Bool array over the span: the posts of a tag that has a bitmap."""
-        return self._unpacked(f"tag:{tag_id}")
+        """Packed mask of the posts of a tag that has a bitmap."""
+        return self._packed(f"tag:{tag_id}")
 
     def exists(self) -> np.ndarray:
-        return self._unpacked("exists")
+        return self._packed("exists")
 
     def column(self, name: str) -> np.ndarray:
         key = f"col:{name}"
@@ -76,20 +78,34 @@ class Bits:
             self._cache[key] = np.frombuffer(self._blob(key), dtype=f"i{self.itemsize[name]}")
         return self._cache[key]
 
+    def pack(self, mask: np.ndarray) -> np.ndarray:
+        """A bool array over the span → packed mask."""
+        return np.packbits(mask)
+
     def ids_mask(self, ids: np.ndarray) -> np.ndarray:
-        """Bool array over the span with `ids` set (ids outside the span are not posts)."""
+        """Packed mask with `ids` set (ids outside the span are not posts)."""
         mask = np.zeros(self.span, dtype=bool)
         at = ids - self.base
         mask[at[(at >= 0) & (at < self.span)]] = True
-        return mask
+        return np.packbits(mask)
 
     def to_ids(self, mask: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(mask) + self.base
+        return np.flatnonzero(np.unpackbits(mask, count=self.span)) + self.base
 
-    def _unpacked(self, key: str) -> np.ndarray:
+    def count(self, mask: np.ndarray) -> int:
+        """Set bits of a packed mask, padding excluded (a `not` may have set it)."""
+        tail = self.span % 8
+        if tail and mask.size:
+            mask = mask.copy()
+            mask[-1] &= (0xFF << (8 - tail)) & 0xFF
+        return int(np.bitwise_count(mask).sum())
+
+    def full(self, value: bool) -> np.ndarray:
+        return np.full((self.span + 7) // 8, 0xFF if value else 0, dtype=np.uint8)
+
+    def _packed(self, key: str) -> np.ndarray:
         if key not in self._cache:
-            packed = np.frombuffer(self._blob(key), dtype=np.uint8)
-            self._cache[key] = np.unpackbits(packed, count=self.span).view(bool)
+            self._cache[key] = np.frombuffer(self._blob(key), dtype=np.uint8)
         return self._cache[key]
 
     def _blob(self, key: str) -> bytes:
