@@ -17,8 +17,9 @@ same arrays. The published tables are not changed: the index lives in kdata tabl
 Never stale: triggers on `post` (insert, delete, update of id/rating/score/fav_count) and on
 `posttagrelation` clear the `valid` flag in the same transaction as the write (a guarded
 trigger costs ~5% on bulk inserts), and `open_bits` returns None unless the flag is set, so
-queries fall back to the array engine until `refresh(db)` rebuilds it. `kdata db migrate`
-builds it (migration 0009); import and sync call `refresh_if_stale(db)` when they finish.
+queries fall back to the array engine until `refresh_if_stale(db)` rebuilds it. Migration
+0009 builds it; a writer that is done (import, sync: `db.summary.refresh` is the place) calls
+`refresh_if_stale(db)` so the next query finds it current.
 """
 
 from __future__ import annotations
