@@ -165,9 +165,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_post_routes(app: FastAPI, state: ServiceState) -> None:
     db = state.db
 
-    @app.get("/posts", summary="Search posts (Danbooru syntax), cursor-paged by id")
+    @app.get("/posts", summary="Search posts (Danbooru syntax), cursor-paged by the last post's id")
     def posts(
-        q: Annotated[str, Query(description="Query, e.g. `1girl -solo rating:g score:>10`")] = "",
+        q: Annotated[str, Query(description="Query, e.g. `1girl -solo rating:g score:>10`, "
+                                "`(cat_ears or dog_ears) *_hair -id:1,2 order:score`")] = "",
         limit: Annotated[int, Query(ge=1, description=f"Posts per page (at most {MAX_POSTS})")] = 50,
         cursor: Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page")] = None,
     ) -> dict[str, Any]:
