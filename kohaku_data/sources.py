@@ -77,6 +77,10 @@ class Source:
     def __len__(self) -> int:
         return self.files.height
 
+    def shown_containers(self) -> list[str]:
+        """Container names as shown in entry names (a source that is one file shows its name)."""
+        return [rel or storage.name_of(self.root) for rel in self.containers]
+
     def container_path(self, index: int) -> str:
         rel = self.containers[index]
         return str(storage.join(self.root, rel)) if rel else self.root
@@ -96,7 +100,7 @@ class Source:
 
     def _names(self, frame: pl.DataFrame) -> pl.DataFrame:
         """`frame` with its display name (`rel:member` for tar members, `rel` for files)."""
-        rel = pl.Series(self.containers, dtype=pl.String)
+        rel = pl.Series(self.shown_containers(), dtype=pl.String)
         return frame.with_columns(rel=rel.gather(frame["container"])).with_columns(
             name=pl.when(pl.col("member").is_null()).then(pl.col("rel"))
             .otherwise(pl.concat_str("rel", pl.lit(":"), "member")))
@@ -104,13 +108,15 @@ class Source:
 
 def entries_of(source: Source, frame: pl.DataFrame) -> list[SourceEntry]:
     """`SourceEntry` objects for some rows of `source.files` (e.g. one task's slice)."""
-    paths = [source.container_path(i) for i in range(len(source.containers))] if frame.height else []
+    # only the containers of these rows (a folder of plain files has one container per file)
+    used = frame["container"].unique().to_list()
+    paths = {c: source.container_path(c) for c in used}
+    shown = {c: source.containers[c] or storage.name_of(source.root) for c in used}
     out = []
     for key, container, member, offset, size in frame.select(list(FILES_SCHEMA)).iter_rows():
-        rel = source.containers[container]
+        rel = shown[container]
         if member is None:
-            out.append(SourceEntry(key, rel or storage.name_of(source.root), _ext(rel or source.root), size,
-                                   paths[container]))
+            out.append(SourceEntry(key, rel, _ext(rel), size, paths[container]))
         else:
             out.append(SourceEntry(key, f"{rel}:{member}", _ext(member), size, paths[container], member, offset))
     return out
@@ -230,8 +236,7 @@ class _Builder:
 def _classify(source: Source, frame: pl.DataFrame) -> pl.DataFrame:
     """Name checks on every candidate at once; refusals go to `source.rejects`, the rest keep
     their post id (`key`)."""
-    rel = pl.Series(source.containers, dtype=pl.String)
-    shown = rel.replace("", storage.name_of(source.root)) if len(rel) else rel
+    shown = pl.Series(source.shown_containers(), dtype=pl.String)
     named = frame.with_columns(_rel=shown.gather(frame["container"]))
     named = named.with_columns(
         _name=pl.coalesce("member", "_rel"),

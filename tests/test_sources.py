@@ -110,3 +110,70 @@ def test_fingerprint_follows_inputs(tmp_path):
     assert open_source(tmp_path).fingerprint() == first
     (tmp_path / "2.png").write_bytes(b"y")
     assert open_source(tmp_path).fingerprint() != first
+
+
+# -- hfutils-form indexes beside the tars ---------------------------------------------------------
+def _three_member_tar(path):
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "11.jpg", b"eleven" * 100)
+        _add(tar, "12.png", b"twelve" * 300)
+        _add(tar, "notes/readme.md", b"not an image")
+
+
+def test_index_beside_the_tar_is_hfutils_form_with_git_blob_hash(tmp_path):
+    import hashlib
+    import json
+    import subprocess
+
+    _three_member_tar(tmp_path / "data-0007.tar")
+    source = open_source(tmp_path)
+    index = json.loads((tmp_path / "data-0007.json").read_text())
+    data = (tmp_path / "data-0007.tar").read_bytes()
+    git = subprocess.run(["git", "hash-object", str(tmp_path / "data-0007.tar")], capture_output=True, text=True)
+    assert index["hash"] == git.stdout.strip()  # what the Hub shows for the file
+    assert index["hash_lfs"] == hashlib.sha256(data).hexdigest() and index["filesize"] == len(data)
+    assert list(index["files"]) == ["11.jpg", "12.png", "notes/readme.md"]  # tar order, every regular member
+    for name, meta in index["files"].items():
+        member = data[meta["offset"]:meta["offset"] + meta["size"]]
+        assert hashlib.sha256(member).hexdigest() == meta["sha256"]
+    assert [e.key for e in source.entries()] == [11, 12]
+    assert ("data-0007.tar:notes/readme.md", "unsupported_extension") in {(r.name, r.reason) for r in source.rejects}
+    assert not any("data-0007.json" in r.name for r in open_source(tmp_path).rejects), "the index is no input"
+
+
+def test_an_index_that_fits_is_used_instead_of_reading_the_tar(tmp_path):
+    import json
+
+    _three_member_tar(tmp_path / "data-0008.tar")
+    size = (tmp_path / "data-0008.tar").stat().st_size
+    first = open_source(tmp_path).entries()
+    # what a user downloads from the Hub: only one member listed (the tar is not read again)
+    one = {"filesize": size, "hash": "x", "hash_lfs": "y",
+           "files": {"12.png": {"offset": first[1].offset, "size": first[1].size, "sha256": "z"}}}
+    (tmp_path / "data-0008.json").write_text(json.dumps(one))
+    assert [(e.key, e.offset, e.size) for e in open_source(tmp_path).entries()] == [(12, first[1].offset, first[1].size)]
+    # an index of another file (size differs) is not trusted: the tar is indexed again, the index rewritten
+    (tmp_path / "data-0008.json").write_text(json.dumps({**one, "filesize": size + 512}))
+    assert [e.key for e in open_source(tmp_path).entries()] == [11, 12]
+    assert json.loads((tmp_path / "data-0008.json").read_text())["filesize"] == size
+
+
+def test_damaged_tars_get_no_index_so_their_rejects_come_back(tmp_path):
+    with tarfile.open(tmp_path / "data-0009.tar", "w") as tar:
+        _add(tar, "1.png", b"a" * 600)
+        _link(tar, "2.jpg", "1.png", tarfile.SYMTYPE)
+    first = open_source(tmp_path)
+    assert not (tmp_path / "data-0009.json").exists()
+    assert [(r.name, r.reason) for r in open_source(tmp_path).rejects] == [(r.name, r.reason) for r in first.rejects]
+
+
+def test_source_is_columnar_and_entries_follow_its_rows(tmp_path):
+    _three_member_tar(tmp_path / "data-0001.tar")
+    (tmp_path / "5.webp").write_bytes(b"five")
+    source = open_source(tmp_path)
+    assert source.files.columns == ["key", "container", "member", "offset", "size"]
+    assert source.files["key"].to_list() == [5, 11, 12] and len(source) == 3
+    assert [source.container_path(c) for c in source.files["container"]] == [
+        str(tmp_path / "5.webp"), str(tmp_path / "data-0001.tar"), str(tmp_path / "data-0001.tar")]
+    single = open_source(tmp_path / "data-0001.tar")  # a tar as the whole source
+    assert [(e.key, e.name) for e in single.entries()] == [(11, "data-0001.tar:11.jpg"), (12, "data-0001.tar:12.png")]
