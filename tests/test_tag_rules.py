@@ -91,6 +91,7 @@ CONFIGS = [
     CaptionConfig(min_general_posts=8, tag_order="db"),
     CaptionConfig(resolve_aliases=True, drop_implied=True, min_general_posts=6, tag_order="shuffle", shuffle_seed=3),
     CaptionConfig(resolve_aliases=True, drop_implied=True, tag_order="alpha", keep_separator=None),
+    CaptionConfig(resolve_aliases=True, tag_order="db"),  # an aliased pair keeps its first relation id
 ]
 
 

@@ -60,7 +60,7 @@ class CaptionCuration:
         """The page's Relations with the tag rules applied (same type, rid kept in step)."""
         if self.rules is None or self.rules.empty or not len(rel.tag_id):
             return rel
-        tag, keep = self.rules.apply(rel.post_id, rel.tag_id)
+        tag, keep = self.rules.apply(rel.post_id, rel.tag_id, rel.rid)
         rid = rel.rid[keep] if rel.rid is not None else None
         return type(rel)(rel.post_id[keep], tag[keep], rid)
 

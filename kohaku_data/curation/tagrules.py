@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from kohaku_data.captions.frame import KeyIndex
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.db.enums import TagType
 
@@ -43,46 +44,56 @@ class TagRules:
     implier: np.ndarray = field(default_factory=lambda: _EMPTY)  # sorted unique tag ids that imply something
     implied_start: np.ndarray = field(default_factory=lambda: _EMPTY)  # CSR offsets into `implied`, len(implier) + 1
     implied: np.ndarray = field(default_factory=lambda: _EMPTY)  # tag ids implied (transitively) by implier[i]
+    consequents: np.ndarray = field(default_factory=lambda: _EMPTY)  # sorted distinct `implied`
     min_general_posts: int = 0
 
     @property
     def empty(self) -> bool:
         return not (len(self.alias_from) or len(self.pruned) or len(self.implier))
 
-    def apply(self, post_id: np.ndarray, tag_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tag ids after aliasing, keep mask) of relations given as parallel arrays."""
+    def apply(self, post_id: np.ndarray, tag_id: np.ndarray, rid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(tag ids after aliasing, keep mask) of relations given as parallel arrays; of two
+        relations that aliasing makes equal the one with the lower `rid` (else the first) stays."""
         tag = tag_id
         if len(self.alias_from):
-            found, at = _find(self.alias_from, tag_id)
+            found, at = self._index("alias_from").find(tag_id)
             if found.any():
                 tag = tag_id.copy()
                 tag[found] = self.alias_to[at[found]]
-        keep = _first_of_pairs(post_id, tag) if tag is not tag_id else np.ones(len(tag), dtype=bool)
+        keep = np.ones(len(tag), dtype=bool)
+        if tag is not tag_id:
+            keep = _drop_repeats(post_id, tag, found, rid)
         if len(self.pruned):
-            keep &= ~_find(self.pruned, tag)[0]
+            keep &= ~self._index("pruned").find(tag)[0]
         if len(self.implier):
             keep &= ~self._implied_mask(post_id, tag, keep)
         return tag, keep
 
     def _implied_mask(self, post_id: np.ndarray, tag: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """Which relations carry a tag implied by another kept tag of the same post."""
-        found, at = _find(self.implier, tag)
+        mask = np.zeros(len(tag), dtype=bool)
+        found, at = self._index("implier").find(tag)
         rows = np.nonzero(found & keep)[0]
-        if not len(rows):
-            return np.zeros(len(tag), dtype=bool)
-        lo = int(min(tag.min(), self.implied.min()))
-        span = int(max(tag.max(), self.implied.max())) - lo + 1
-        p_lo, p_span = int(post_id.min()), int(post_id.max()) - int(post_id.min()) + 1
-        if p_span * span >= (1 << 62):
-            raise ValueError("post and tag id ranges too wide to pack")
+        candidates = np.nonzero(self._index("consequents").find(tag)[0] & keep)[0]  # tags something implies
+        if not len(rows) or not len(candidates):
+            return mask
+        pack = _Packer(post_id, tag, self.implied)
         starts, counts = self.implied_start[at[rows]], np.diff(self.implied_start)[at[rows]]
         implied_keys = []
         for part in _slices(counts, _EXPAND):  # bounded memory however large the implied sets
             c = counts[part]
             offsets = np.repeat(starts[part] - (np.cumsum(c) - c), c) + np.arange(int(c.sum()))
-            keys = (np.repeat(post_id[rows[part]], c) - p_lo) * span + (self.implied[offsets] - lo)
-            implied_keys.append(np.unique(keys))
-        return np.isin((post_id - p_lo) * span + (tag - lo), np.concatenate(implied_keys))
+            implied_keys.append(pack(np.repeat(post_id[rows[part]], c), self.implied[offsets]))
+        implied_sorted = np.sort(np.concatenate(implied_keys))
+        mask[candidates] = _find(implied_sorted, pack(post_id[candidates], tag[candidates]))[0]
+        return mask
+
+    def _index(self, name: str) -> KeyIndex:
+        """A lookup of one sorted id table, built once per object (a gather for dense ids)."""
+        cache = self.__dict__.setdefault("_indexes", {})  # not a field: not compared, not in the summary
+        if name not in cache:
+            cache[name] = KeyIndex(getattr(self, name))
+        return cache[name]
 
     def summary(self) -> dict[str, object]:
         """What dataset.lock records: counts and one sha256 over every table."""
@@ -107,18 +118,44 @@ def _slices(counts: np.ndarray, budget: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. (numpy 2.4's np.unique / np.isin take seconds on the packed keys
+    here — its hash path degrades on them — where a sort takes milliseconds.)"""
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
+
+
 def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     at = np.searchsorted(sorted_keys, queries)
     at = np.minimum(at, len(sorted_keys) - 1)
     return sorted_keys[at] == queries, at
 
 
-def _first_of_pairs(post: np.ndarray, tag: np.ndarray) -> np.ndarray:
-    """Mask keeping the first relation of each (post, tag) pair (aliases can make two)."""
-    order = np.lexsort((np.arange(len(tag)), tag, post))
-    same = (post[order][1:] == post[order][:-1]) & (tag[order][1:] == tag[order][:-1])
+class _Packer:
+    """One order-preserving int64 per (post, tag) for the id ranges of a page."""
+
+    def __init__(self, post_id: np.ndarray, *tags: np.ndarray) -> None:
+        self.t_lo = int(min(t.min() for t in tags if len(t)))
+        self.span = int(max(t.max() for t in tags if len(t))) - self.t_lo + 1
+        self.p_lo = int(post_id.min())
+        if (int(post_id.max()) - self.p_lo + 1) * self.span >= (1 << 62):
+            raise ValueError("post and tag id ranges too wide to pack")
+
+    def __call__(self, post_id: np.ndarray, tag: np.ndarray) -> np.ndarray:
+        return (post_id - self.p_lo) * self.span + (tag - self.t_lo)
+
+
+def _drop_repeats(post_id: np.ndarray, tag: np.ndarray, aliased: np.ndarray, rid: np.ndarray | None) -> np.ndarray:
+    """Keep mask without repeated (post, tag) pairs, which only aliasing makes: only the rows
+    whose pair an aliased row also has are sorted (lowest rid, else first, stays)."""
     keep = np.ones(len(tag), dtype=bool)
-    keep[order[1:][same]] = False
+    pack = _Packer(post_id, tag)
+    keys = pack(post_id, tag)
+    involved = np.nonzero(_find(_sorted_unique(keys[aliased]), keys)[0])[0]
+    order_key = rid[involved] if rid is not None else involved
+    order = involved[np.lexsort((order_key, keys[involved]))]
+    repeat = keys[order][1:] == keys[order][:-1]
+    keep[order[1:][repeat]] = False
     return keep
 
 
@@ -143,8 +180,8 @@ def load_tag_rules(db: DanbooruDB, *, aliases: bool, implications: bool, min_gen
         pairs = _pairs(db, "kdata_tag_implication", "antecedent", "consequent")
         implier, start, implied = _implication_csr(_closure(_canonical(pairs, alias_pairs)), names)
     return TagRules(
-        alias_from=alias_ids[0], alias_to=alias_ids[1], pruned=pruned,
-        implier=implier, implied_start=start, implied=implied, min_general_posts=min_general_posts,
+        alias_from=alias_ids[0], alias_to=alias_ids[1], pruned=pruned, implier=implier, implied_start=start,
+        implied=implied, consequents=_sorted_unique(implied), min_general_posts=min_general_posts,
     )
 
 
