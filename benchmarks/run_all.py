@@ -18,7 +18,7 @@ OPT_IN = {"scale"}  # benchmarks run only when named in ONLY=
 
 def main(argv: list[str]) -> int:
     extra = [a for a in argv if a.startswith("--")]
-    only = [a for a in argv if not a.startswith("--")]
+    only = [a.replace("-", "_") for a in argv if not a.startswith("--")]  # scale-out = bench_scale_out.py
     scripts = sorted(HERE.glob("bench_*.py"))
     if only:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in only]

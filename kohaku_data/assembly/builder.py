@@ -209,12 +209,17 @@ def _read_json(path: Path) -> dict | None:
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{6})\.(tar|json)(\.tmp)?$")  # a shard or its member index
 
 
+_SHARD_TMP_RE = re.compile(r"^\.(?P<name>.+)-\d{6}\.tar\.\d+\.[0-9a-f]+\.tmp$")  # ShardWriter's temp files
+
+
 def _remove_stale_shards(out: Path, name: str, count: int) -> None:
     """Shards numbered past the end (a previous, larger build) and leftover temp files."""
     for path in out.iterdir():
         match = _SHARD_RE.match(path.name)
         if match and match["name"] == name and (int(match["index"]) >= count or path.name.endswith(".tmp")):
             path.unlink()
+        elif (tmp := _SHARD_TMP_RE.match(path.name)) and tmp["name"] == name:
+            path.unlink()  # left by a killed or cancelled shard task
 
 
 def _remove_outputs(out: Path, *, wipe_staging: bool) -> None:

@@ -78,6 +78,11 @@ class Session(Protocol):
         """Block until at least one task finished; return every finished result (any order)."""
         ...
 
+    def check_visible(self, folder: str) -> None:
+        """Refuse (one sentence) unless every worker sees `folder` as this driver does: tasks
+        stage results there and read them back on whichever machine they run."""
+        ...
+
 
 class Executor(Protocol):
     window: int  # tasks worth keeping in flight (all workers busy, a short queue)
@@ -185,6 +190,9 @@ class _InlineSession:
         done, self._done = self._done, []
         return done
 
+    def check_visible(self, folder: str) -> None:
+        return None  # this process
+
 
 class _PoolSession:
     def __init__(self, pool: ProcessPoolExecutor, reference: dict[str, str], placements: Counter[str]) -> None:
@@ -207,6 +215,9 @@ class _PoolSession:
             self._placements[record.where] += 1
             results.append(record.result)
         return results
+
+    def check_visible(self, folder: str) -> None:
+        return None  # processes of this machine
 
     def cancel_pending(self) -> None:
         for future in self._pending:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kohaku_data.assembly.lock import BuildError
+from kohaku_data.atomic import name_failed_write
 from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.assembly.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
 from kohaku_data.assembly.tasks import ImageRef, Staged, StagedInfo, read_staged_image, sample_members
@@ -64,8 +65,9 @@ def write_shard(job: ShardJob) -> ShardDone:
         placements = tuple(writer.add_sample([(name, _bytes(data)) for name, data in sample])
                            for sample in job.samples)
         info = writer.commit()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()  # a failed write leaves no temporary file; the rerun redoes this shard
+        name_failed_write(exc, Path(job.path))  # e.g. a full disk met at the final flush
         raise
     if info.filesize != job.size:
         raise BuildError(f"{info.url} came out {info.filesize} bytes, the layout said {job.size}; "

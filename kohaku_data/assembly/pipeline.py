@@ -94,6 +94,7 @@ class Pipeline:
             self._finish_layout(queue)
         with self.executor.session() as run, progress_bar(f"build ({self.executor.describe()})", tasks.items,
                                                           self.progress) as bar:
+            run.check_visible(str(self.staging))
             while True:
                 self._fill(run, source, queue, waiting, submitted)
                 if run.in_flight == 0:

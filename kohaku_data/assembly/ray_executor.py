@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -171,6 +172,13 @@ def _probe(_: None) -> None:
     return None
 
 
+def _read_token(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
 class _RaySession:
     def __init__(self, ray, executor: RayExecutor, reference: dict[str, str]) -> None:
         self._ray, self._ex, self._reference = ray, executor, reference
@@ -233,6 +241,31 @@ class _RaySession:
                     "just slow, and run the same command again to resume"
                 )
             self._start(_Submitted(sub.fn, sub.task, now, sub.hangs + 1))
+
+    def check_visible(self, folder: str) -> None:
+        """One probe pinned to each node reads a token this driver just wrote into `folder`."""
+        import secrets
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        token = secrets.token_hex(8)
+        path = Path(folder) / f".visible-{token}"
+        path.write_text(token)
+        try:
+            probe = self._ray.remote(_read_token)
+            nodes = _worker_nodes(self._ray)
+            seen = self._ray.get([
+                probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(path)) for n in nodes], timeout=PROBE_TIMEOUT)
+        finally:
+            path.unlink(missing_ok=True)
+        blind = [n["NodeManagerAddress"] for n, got in zip(nodes, seen) if got != token]
+        if blind:
+            raise RayUnavailable(
+                f"Ray node(s) {', '.join(sorted(set(blind)))} do not see {folder}: with --executor ray the output "
+                "folder (its .staging/) must be on a file system every node mounts at the same path (NFS, a "
+                "cluster file system); no work was started"
+            )
 
     def cancel_all(self) -> None:
         for ref in list(self._pending):

@@ -188,14 +188,14 @@ class StagedDamaged(KdataError):
 def read_staged_image(ref: ImageRef) -> bytes:
     """The stored image bytes at `ref`, checked against their sha256. A damaged staged result is
     removed, so that the rerun the error asks for recomputes it."""
+    from kohaku_data import storage
+
     try:
-        with open(ref.path, "rb") as f:
-            f.seek(ref.offset)
-            data = f.read(ref.size)
+        data = storage.read_range(ref.path, ref.offset, ref.size)  # a local file or a staging URL
     except FileNotFoundError:
         raise StagedDamaged(f"the staged result {ref.path} vanished; rerun the build to redo it") from None
     if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-        Path(ref.path).unlink(missing_ok=True)
+        storage.remove(ref.path)
         raise StagedDamaged(f"the staged result {ref.path} was damaged (removed); rerun the build to redo it")
     return data
 
