@@ -44,6 +44,8 @@ COLUMN = {
     "ratio": "ROUND(CAST(image_width AS REAL) / MAX(image_height, 1), 2)",
 }
 TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
+# Values one metatag may list (SQLite binds at most 32766 parameters per statement).
+MAX_VALUES = 10_000
 # Without better knowledge, each metatag keeps about half of the posts it sees.
 _META_SHARE = 0.5
 
@@ -151,9 +153,18 @@ def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
     if f.values:
         where, params = f"{column} IN ({marks(len(f.values))})", tuple(f.values)
     else:
-        parts = [range_sql(column, r) for r in f.ranges]
+        # Exact values become one IN list (id:1,2,3,...): a chain of thousands of ORs would
+        # pass SQLite's expression depth limit.
+        single = [r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive
+                  for r in f.ranges]
+        exact = [r.lo for r, one in zip(f.ranges, single) if one]
+        parts = [range_sql(column, r) for r, one in zip(f.ranges, single) if not one]
+        if exact:
+            parts.insert(0, (f"{column} IN ({marks(len(exact))})", exact))
         where = " OR ".join(f"({sql})" for sql, _ in parts)
         params = tuple(p for _, args in parts for p in args)
+    if len(params) > MAX_VALUES:
+        raise QueryError(f"{f.name}: has {len(params)} values; give at most {MAX_VALUES}")
     estimate, bounded = posts * _META_SHARE, False
     if f.name == "id" and all(r.lo is not None and r.hi is not None for r in f.ranges):
         estimate, bounded = min(posts, sum(r.hi - r.lo + 1 for r in f.ranges)), True
