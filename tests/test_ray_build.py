@@ -137,6 +137,18 @@ def test_driver_sigkill_then_rerun_resumes_to_the_same_bytes(cluster, inputs, lo
     assert not (out / ".staging").exists()
 
 
+def test_kdata_toml_chooses_the_cluster(cluster, inputs, local_bytes, tmp_path):
+    """`executor` / `ray_address` in ./kdata.toml, like the other settings (no command-line flag)."""
+    c, _ = cluster
+    (tmp_path / "kdata.toml").write_text(f'executor = "ray"\nray_address = "{c.address}"\n')
+    cmd = [arg for arg in _cli(inputs, tmp_path / "toml", tmp_path, "-") if arg not in ("--executor", "ray")]
+    cmd = cmd[:cmd.index("--ray-address")] + cmd[cmd.index("--ray-address") + 2:]
+    done = subprocess.run(cmd, env=ray_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "tasks ran on 2 node(s)" in done.stdout
+    assert folder_bytes(tmp_path / "toml") == local_bytes
+
+
 def test_second_driver_on_the_same_output_refuses(cluster, inputs, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
@@ -173,7 +185,7 @@ def test_a_node_with_other_library_versions_is_refused_before_any_work(cluster, 
 
 # -- the executor's fault handling, on the same cluster --------------------------------------------
 def test_a_hung_task_is_cancelled_and_resubmitted(cluster, tmp_path):
-    executor = RayExecutor(task_timeout=6)
+    executor = RayExecutor(task_timeout=4)
     results = map_unordered(executor, ray_support.hang_first_time, [(str(tmp_path), i) for i in range(3)])
     assert sorted(results) == [0, 1, 2]
     assert (tmp_path / "hung-1").exists(), "task 1 hung once and was run again"
