@@ -9,8 +9,9 @@ or behind an fsspec URL (`s3://bucket/danbooru2023/`).
 
 The index is columnar (polars): ~44 bytes a file, where one Python object per file took ~350.
 Tars are never unpacked: a tar's members come from its hfutils-form index beside it
-(`data-0001.json`, the form the Hub's danbooru mirrors publish) when that index fits the tar,
-else from one streamed pass that also writes that index for next time (see `tar_index`).
+(`data-0001.json`, the form the Hub's danbooru mirrors publish) when that index fits the tar;
+else, behind a URL, from one streamed pass that also writes that index for next time, and on a
+local disk from the member headers (see `tar_index`).
 Members are read by byte range. Members whose names would leave the tree, links and other
 non-regular members are refused. Files under an `updates/` folder win over older copies.
 """
@@ -180,6 +181,9 @@ def _scan_one(root: str, rel: str, size: int) -> tar_index.TarScan:
     index = tar_index.load_index(tar, size)
     if index is not None:
         return tar_index.TarScan(tar_index.members_of(index))
+    local = storage.local_path(tar)
+    if local is not None:
+        return tar_index.walk_headers(local, size)
     try:
         scan = tar_index.scan_tar(tar, size)
     except (OSError, storage.StorageError) as exc:

@@ -10,7 +10,10 @@ for a file), `hash_lfs` the sha256 of the file (its LFS oid), `offset` where a m
 starts (past its header). Only regular members are listed, as hfutils does.
 
 Building an index streams the tar once, front to back, in large blocks (one sequential read is
-far faster over a network than a ranged request per member header), hashing as it goes.
+far faster over a network than a ranged request per member header), hashing as it goes. That
+is for tars behind a URL; a tar on a local disk is read from its headers alone (`walk_headers`:
+~40 ms for a 280 MB tar, where hashing it all takes ~1.5 s), and an index beside it is used
+when there is one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from kohaku_data import storage
@@ -90,14 +94,28 @@ def scan_tar(tar: storage.Target, tar_size: int) -> TarScan:
     return scan
 
 
+def walk_headers(tar: Path, tar_size: int) -> TarScan:
+    """The members of a tar on this disk from its headers alone (a seek per member, no data
+    read: on a local disk this beats hashing the whole tar, so no index is written for it)."""
+    scan = TarScan()
+    try:
+        with tarfile.open(tar, "r:") as archive:
+            _walk(archive, tar_size, scan, None)
+    except (tarfile.TarError, OSError) as exc:
+        scan.refused.append(("", "corrupt_tar", str(exc)))
+    return scan
+
+
 def index_bytes(index: dict[str, Any]) -> bytes:
     """Compact JSON with members in tar order (as hfutils writes it)."""
     return json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _walk(tar: tarfile.TarFile, tar_size: int, scan: TarScan, files: dict[str, dict[str, Any]]) -> bool:
+def _walk(tar: tarfile.TarFile, tar_size: int, scan: TarScan, files: dict[str, dict[str, Any]] | None) -> bool:
     """Members one by one; those read before a damaged header or a cut-off member are kept.
-    Returns whether the tar was clean (only directories and regular files, all whole)."""
+    `files`: where to put each member's index entry (its data is read and hashed), or None to
+    read headers only. Returns whether the tar was clean (only directories and regular files,
+    all whole)."""
     clean = True
     while True:
         try:
@@ -115,7 +133,7 @@ def _walk(tar: tarfile.TarFile, tar_size: int, scan: TarScan, files: dict[str, d
         elif not member.isreg():
             scan.refused.append((member.name, "corrupt_tar_member", "not a regular file"))
             clean = False
-        elif member.offset_data + member.size > tar_size or not _hash_member(tar, member, files):
+        elif member.offset_data + member.size > tar_size or (files is not None and not _hash_member(tar, member, files)):
             scan.refused.append((member.name, "corrupt_tar_member", "data runs past the end of the tar"))
             return False
         else:

@@ -120,51 +120,59 @@ def _three_member_tar(path):
         _add(tar, "notes/readme.md", b"not an image")
 
 
-def test_index_beside_the_tar_is_hfutils_form_with_git_blob_hash(tmp_path):
+def test_streamed_index_is_hfutils_form_with_git_blob_hash(tmp_path):
     import hashlib
-    import json
     import subprocess
 
-    _three_member_tar(tmp_path / "data-0007.tar")
-    source = open_source(tmp_path)
-    index = json.loads((tmp_path / "data-0007.json").read_text())
-    data = (tmp_path / "data-0007.tar").read_bytes()
-    git = subprocess.run(["git", "hash-object", str(tmp_path / "data-0007.tar")], capture_output=True, text=True)
+    from kohaku_data import tar_index
+
+    tar = tmp_path / "data-0007.tar"
+    _three_member_tar(tar)
+    data = tar.read_bytes()
+    scan = tar_index.scan_tar(tar, len(data))  # what a tar behind a URL gets (tests/test_s3.py)
+    index = scan.index
+    git = subprocess.run(["git", "hash-object", str(tar)], capture_output=True, text=True)
     assert index["hash"] == git.stdout.strip()  # what the Hub shows for the file
     assert index["hash_lfs"] == hashlib.sha256(data).hexdigest() and index["filesize"] == len(data)
     assert list(index["files"]) == ["11.jpg", "12.png", "notes/readme.md"]  # tar order, every regular member
-    for name, meta in index["files"].items():
+    for meta in index["files"].values():
         member = data[meta["offset"]:meta["offset"] + meta["size"]]
         assert hashlib.sha256(member).hexdigest() == meta["sha256"]
-    assert [e.key for e in source.entries()] == [11, 12]
-    assert ("data-0007.tar:notes/readme.md", "unsupported_extension") in {(r.name, r.reason) for r in source.rejects}
-    assert not any("data-0007.json" in r.name for r in open_source(tmp_path).rejects), "the index is no input"
+    assert scan.members == tar_index.walk_headers(tar, len(data)).members  # the same as the header walk
 
 
-def test_an_index_that_fits_is_used_instead_of_reading_the_tar(tmp_path):
+def test_an_index_beside_the_tar_that_fits_is_used_instead_of_the_tar(tmp_path):
     import json
 
-    _three_member_tar(tmp_path / "data-0008.tar")
-    size = (tmp_path / "data-0008.tar").stat().st_size
+    from kohaku_data import tar_index
+
+    tar = tmp_path / "data-0008.tar"
+    _three_member_tar(tar)
+    size = tar.stat().st_size
     first = open_source(tmp_path).entries()
-    # what a user downloads from the Hub: only one member listed (the tar is not read again)
+    assert not (tmp_path / "data-0008.json").exists(), "a local tar is read from its headers: no index written"
+    # what a user downloads from the Hub: here only one member listed, so its use shows
     one = {"filesize": size, "hash": "x", "hash_lfs": "y",
            "files": {"12.png": {"offset": first[1].offset, "size": first[1].size, "sha256": "z"}}}
     (tmp_path / "data-0008.json").write_text(json.dumps(one))
-    assert [(e.key, e.offset, e.size) for e in open_source(tmp_path).entries()] == [(12, first[1].offset, first[1].size)]
-    # an index of another file (size differs) is not trusted: the tar is indexed again, the index rewritten
+    source = open_source(tmp_path)
+    assert [(e.key, e.offset, e.size) for e in source.entries()] == [(12, first[1].offset, first[1].size)]
+    assert not any("data-0008.json" in r.name for r in source.rejects), "an index is no input"
+    # an index of another file (the size differs) is not trusted: the tar itself answers
     (tmp_path / "data-0008.json").write_text(json.dumps({**one, "filesize": size + 512}))
     assert [e.key for e in open_source(tmp_path).entries()] == [11, 12]
-    assert json.loads((tmp_path / "data-0008.json").read_text())["filesize"] == size
+    assert tar_index.load_index(tar, size) is None
 
 
 def test_damaged_tars_get_no_index_so_their_rejects_come_back(tmp_path):
+    from kohaku_data import tar_index
+
     with tarfile.open(tmp_path / "data-0009.tar", "w") as tar:
         _add(tar, "1.png", b"a" * 600)
         _link(tar, "2.jpg", "1.png", tarfile.SYMTYPE)
-    first = open_source(tmp_path)
-    assert not (tmp_path / "data-0009.json").exists()
-    assert [(r.name, r.reason) for r in open_source(tmp_path).rejects] == [(r.name, r.reason) for r in first.rejects]
+    scan = tar_index.scan_tar(tmp_path / "data-0009.tar", (tmp_path / "data-0009.tar").stat().st_size)
+    assert scan.index is None and [m[0] for m in scan.members] == ["1.png"]
+    assert [(r[0], r[1]) for r in scan.refused] == [("2.jpg", "tar_link")]
 
 
 def test_source_is_columnar_and_entries_follow_its_rows(tmp_path):
