@@ -185,7 +185,7 @@ def test_a_node_with_other_library_versions_is_refused_before_any_work(cluster, 
 
 # -- the executor's fault handling, on the same cluster --------------------------------------------
 def test_a_hung_task_is_cancelled_and_resubmitted(cluster, tmp_path):
-    executor = RayExecutor(task_timeout=4)
+    executor = RayExecutor(task_timeout=6)
     results = map_unordered(executor, ray_support.hang_first_time, [(str(tmp_path), i) for i in range(3)])
     assert sorted(results) == [0, 1, 2]
     assert (tmp_path / "hung-1").exists(), "task 1 hung once and was run again"

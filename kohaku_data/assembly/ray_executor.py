@@ -213,7 +213,7 @@ class _RaySession:
             record: Recorded = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-            if isinstance(cause, KdataError):
+            if isinstance(cause, (KdataError, OSError)):  # one-sentence errors; a full disk on a node
                 raise cause from None
             raise
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
