@@ -13,7 +13,9 @@ demo-256 buckets, webp-fast), each build from scratch into a fresh folder, best 
 - every output is checked byte-identical to the local 1-worker build (sha256 of every file);
 - driver CPU per image: CPU seconds of this process (the driver: plan, captions, layout, parts,
   Ray's own driver threads) during the 2-node build, less those of a build of N/4 images (the
-  fixed costs: plan, thresholds, version probe), per further image. One driver feeds at most
+  fixed costs: plan, thresholds, version probe), per further image; measured at this small
+  plan's task size and again at 64 images per task (what plans of 16k+ posts get; used for the
+  projection). One driver feeds at most
   1 / that images/s, i.e. `per-image core seconds of the recipe / driver CPU per image` cores;
 - the kohaku-xl recipe's per-image cost (kohaku-xl buckets, webp-small) measured here on a few
   ~5 MP drawings, and from it the projection for 6M images on N machines of C cores, with the
@@ -27,6 +29,7 @@ run, not the absolute rates. Results go to benchmarks/results/scale-out.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import os
@@ -84,6 +87,19 @@ def timed_build(db_path: Path, src: Path, out: Path, make_executor, rounds: int)
     return images / wall, cpu, images, folder_digest(out)
 
 
+@contextlib.contextmanager
+def _task_size(items: int):
+    """Image tasks of `items` each for the block (the plan-derived size is ~2 at this bench's size)."""
+    from kohaku_data.assembly import pipeline
+
+    saved = pipeline.task_size
+    pipeline.task_size = lambda _n: items
+    try:
+        yield
+    finally:
+        pipeline.task_size = saved
+
+
 def _warm(ray, nodes: int) -> None:
     """Start one worker process per node before timing (a long build pays this once)."""
     @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
@@ -118,8 +134,14 @@ def ray_rates(db_path: Path, src: Path, out: Path, small: tuple[Path, Path], rou
         # The driver's fixed costs (plan, thresholds, the version probe) from a build of N/4 posts:
         # the difference is what each further image costs the driver.
         small_run = timed_build(*small, out, RayExecutor, rounds)
+        # The same at 64 images per task, what every plan of >= 16k posts gets (the output is the
+        # same for any task size: checked too).
+        with _task_size(64):
+            big_tasks = timed_build(db_path, src, out, RayExecutor, rounds)
+            small_big_tasks = timed_build(*small, out, RayExecutor, rounds)
         nodes = max(len(e.placements) for e in used)
-        return {"one": one, "two": two, "small": small_run, "nodes_used": nodes}
+        return {"one": one, "two": two, "small": small_run, "nodes_used": nodes,
+                "two_64": big_tasks, "small_64": small_big_tasks}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -180,9 +202,12 @@ def main() -> None:
     ray_runs = ray_rates(db, src, out, small, rounds)
     (r1, _, _, r1_digest), (r2, r2_cpu, _, r2_digest) = ray_runs["one"], ray_runs["two"]
     _, small_cpu, small_images, _ = ray_runs["small"]
+    r64, r64_cpu, _, r64_digest = ray_runs["two_64"]
+    _, small64_cpu, _, _ = ray_runs["small_64"]
     shutil.rmtree(out, ignore_errors=True)
-    identical = l2_digest == reference and r1_digest == reference and r2_digest == reference
-    driver_per_image = max(1e-6, (r2_cpu - small_cpu) / (images - small_images))
+    identical = all(d == reference for d in (l2_digest, r1_digest, r2_digest, r64_digest))
+    small_tasks_per_image = max(1e-6, (r2_cpu - small_cpu) / (images - small_images))
+    driver_per_image = max(1e-6, (r64_cpu - small64_cpu) / (images - small_images))
     xl = kohaku_xl_seconds(2 if args.quick else 4)
     efficiency = min(1.0, (r2 / r1) / 2)
     feeds_cores = xl / driver_per_image
@@ -194,6 +219,8 @@ def main() -> None:
         "scaling_ray_2_vs_1_node": round(r2 / r1, 3), "scaling_local_w2_vs_w1": round(l2 / l1, 3),
         "ray_2cpu_vs_local_2cpu": round(r2 / l2, 3), "byte_identical": identical,
         "driver_cpu_ms_per_image_ray": round(1000 * driver_per_image, 3),
+        "driver_cpu_ms_per_image_ray_small_tasks": round(1000 * small_tasks_per_image, 3),
+        "ray_2x1_images_per_s_64_per_task": round(r64, 2),
         "driver_cpu_s_total_ray_2x1": round(r2_cpu, 3), "rounds_best_of": rounds,
         "driver_cpu_ms_per_image_local_w1_total": round(1000 * l1_cpu / images, 3),
         "kohaku_xl_core_s_per_image": round(xl, 3),
@@ -206,9 +233,10 @@ def main() -> None:
     print(f"ray, 1 node x 1 CPU : {r1:7.1f} images/s  x{r1 / l1:.2f} vs local 1 worker")
     print(f"ray, 2 nodes x 1 CPU: {r2:7.1f} images/s  x{r2 / r1:.2f} vs 1 node (target >= 1.8); "
           f"x{r2 / l2:.2f} vs local 2 workers (target within 10%); tasks on {ray_runs['nodes_used']} nodes")
-    print(f"outputs byte-identical across all four: {identical}")
+    print(f"outputs byte-identical across all runs (and at 64 images per task): {identical}")
     print(f"driver CPU per image (ray, 2 nodes; marginal over a {small_images}-image build): "
-          f"{1000 * driver_per_image:.2f} ms -> one driver feeds "
+          f"{1000 * small_tasks_per_image:.2f} ms at this plan's task size ({-(-n // 256)} per task), "
+          f"{1000 * driver_per_image:.2f} ms at 64 per task (big plans; {r64:.1f} images/s) -> one driver feeds "
           f"~{feeds_cores:,.0f} cores at kohaku-xl ({xl:.2f} core-s per ~5 MP image), "
           f"~{feeds_cores / 32:,.0f} machines of 32 cores")
     print(f"projection, {PROJECT_IMAGES / 1e6:.0f}M images at kohaku-xl (2-node efficiency {efficiency:.2f}):")
