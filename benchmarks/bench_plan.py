@@ -93,10 +93,10 @@ def columnar(n: int, queue) -> None:
     plan = BuildPlan(source, join_posts(source, posts, rejects), rejects)
     t_plan = time.perf_counter() - t0 - t_source
     source.files = source.files.clear()  # the build keeps the plan; the source's rows are in it
-    del posts
     held = plan.nbytes()
     peak = _status("VmHWM") - before
-    rss = _rss() - before
+    rss = _rss() - before  # `posts` is still alive, as it was when `before` was taken
+    del posts
     t1 = time.perf_counter()
     for start in range(0, 64 * 200, 64):  # 200 tasks' worth of items from column slices
         plan.slice(start * 1000 % (len(plan) - 64), start * 1000 % (len(plan) - 64) + 64)

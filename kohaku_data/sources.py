@@ -239,21 +239,21 @@ class _Builder:
 
 def _classify(source: Source, frame: pl.DataFrame) -> pl.DataFrame:
     """Name checks on every candidate at once; refusals go to `source.rejects`, the rest keep
-    their post id (`key`)."""
+    their post id (`key`). Display names are made only for the refused rows: at 7.8M members a
+    full `rel:member` column would be the largest thing built."""
     shown = pl.Series(source.shown_containers(), dtype=pl.String)
-    named = frame.with_columns(_rel=shown.gather(frame["container"]))
-    named = named.with_columns(
-        _name=pl.coalesce("member", "_rel"),
-        display=pl.when(pl.col("member").is_null()).then("_rel").otherwise(pl.concat_str("_rel", pl.lit(":"), "member")),
-    )
-    base = pl.col("_name").str.split("/").list.last()
-    stem = base.str.split_exact(".", 1).struct.field("field_0")
-    ext = base.str.splitn(".", 2).struct.field("field_1").str.to_lowercase().fill_null("")
+    plain = frame.filter(pl.col("member").is_null())
+    named = pl.concat([
+        frame.filter(pl.col("member").is_not_null()).with_columns(_name=pl.col("member")),
+        plain.with_columns(_name=shown.gather(plain["container"])),
+    ])
+    base = pl.col("_name").str.replace(r"^.*/", "")
+    stem = base.str.extract(r"^([^.]*)")
+    ext = base.str.extract(r"^[^.]*\.(.*)$").str.to_lowercase().fill_null("")
     member = pl.col("member")
     unsafe = member.is_not_null() & (
         member.str.contains(r"^[/\\]") | member.str.contains("\\", literal=True) | (member == "")
-        | member.str.split("/").list.first().str.contains(":", literal=True)
-        | member.str.contains(r"(^|/)\.\.(/|$)"))
+        | member.str.contains(r"^[^/]*:") | member.str.contains(r"(^|/)\.\.(/|$)"))
     checked = named.with_columns(
         _ext=ext, _key=pl.when(stem.str.contains(r"^[0-9]+$")).then(stem.str.to_integer(strict=False)),
     ).with_columns(
@@ -261,12 +261,12 @@ def _classify(source: Source, frame: pl.DataFrame) -> pl.DataFrame:
         .when(~pl.col("_ext").is_in(sorted(IMAGE_EXTENSIONS))).then(pl.lit("unsupported_extension"))
         .when(pl.col("_key").is_null()).then(pl.lit("not_a_post_id")),
     )
-    refused = checked.filter(pl.col("_reason").is_not_null())
+    refused = source._names(checked.filter(pl.col("_reason").is_not_null()))
     for display, reason, ext_value, is_member in refused.select(
-            "display", "_reason", "_ext", pl.col("member").is_not_null()).iter_rows():
+            "name", "_reason", "_ext", pl.col("member").is_not_null()).iter_rows():
         source.rejects.append(SourceReject(display, reason, _detail(reason, ext_value, is_member)))
     return checked.filter(pl.col("_reason").is_null()).select(
-        pl.col("_key").alias("key"), "container", "member", "offset", "size", "display")
+        pl.col("_key").alias("key"), "container", "member", "offset", "size")
 
 
 def _detail(reason: str, ext: str, is_member: bool) -> str:
@@ -285,7 +285,8 @@ def _pick_winners(source: Source, candidates: pl.DataFrame) -> pl.DataFrame:
     single = candidates.filter(~dup)
     chosen = [single]
     if dup.any():
-        dups = candidates.filter(dup).with_columns(_upd=updates.gather(candidates.filter(dup)["container"]))
+        dups = source._names(candidates.filter(dup))
+        dups = dups.with_columns(_upd=updates.gather(dups["container"]), display=pl.col("name"))
         dups = dups.sort(["key", "_upd", "display"], descending=[False, True, False])
         keep = []
         last_key, winner_name, winner_upd = None, "", False
@@ -297,7 +298,7 @@ def _pick_winners(source: Source, candidates: pl.DataFrame) -> pl.DataFrame:
             keep.append(False)
             if not (winner_upd and not upd):  # an older copy replaced by an update: expected
                 source.rejects.append(SourceReject(name, "duplicate_key", f"post {key} also in {winner_name}"))
-        chosen.append(dups.filter(pl.Series(keep, dtype=pl.Boolean)).drop("_upd"))
+        chosen.append(dups.filter(pl.Series(keep, dtype=pl.Boolean)).select(candidates.columns))
     return pl.concat(chosen).sort("key").select(list(FILES_SCHEMA)).rechunk()
 
 

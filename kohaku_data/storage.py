@@ -427,11 +427,22 @@ def _remote(target: Target, action: str, call: Callable[[], T]) -> T:
             raise
         except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
             raise _storage_error(target, action, exc) from exc
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - transient: an OSError, or the client's own (botocore…)
+            if not _transient(exc):
+                raise
             if delay is None:
                 raise _storage_error(target, action, exc) from exc
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+# HTTP clients under fsspec backends raise their own errors for dropped connections and bad
+# answers (botocore's HTTPClientError is no OSError): those are worth a retry too.
+_CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "huggingface_hub")
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES
 
 
 def _is_bucket_error(exc: BaseException) -> bool:

@@ -80,6 +80,7 @@ class FaultProxy:
 
     target: str
     failures_left: int = 0
+    fail_method: str | None = None  # only requests of this method fail (None: any)
     delay_s: float = 0.0
     delays_left: int = 0
     log: list[Request] = field(default_factory=list)
@@ -102,17 +103,17 @@ class FaultProxy:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def fail_next(self, count: int) -> None:
+    def fail_next(self, count: int, method: str | None = None) -> None:
         with self.lock:
-            self.failures_left = count
+            self.failures_left, self.fail_method = count, method
 
     def stall_next(self, count: int, seconds: float) -> None:
         with self.lock:
             self.delays_left, self.delay_s = count, seconds
 
-    def take(self) -> tuple[bool, float]:
+    def take(self, method: str) -> tuple[bool, float]:
         with self.lock:
-            fail = self.failures_left > 0
+            fail = self.failures_left > 0 and self.fail_method in (None, method)
             self.failures_left -= int(fail)
             delay = self.delay_s if self.delays_left > 0 else 0.0
             self.delays_left -= int(self.delays_left > 0)
@@ -134,15 +135,15 @@ def _handler(proxy: FaultProxy):
         def _forward(self) -> None:
             body = self._body()
             proxy.log.append(Request(self.command, self.path, self.headers.get("Range")))
-            fail, delay = proxy.take()
+            fail, delay = proxy.take(self.command)
             if delay:
                 time.sleep(delay)
             if fail:
                 error = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
                          b"<Message>injected by the test proxy</Message></Error>")
                 head = self.command == "HEAD"
-                self._send(500, {"Content-Type": "application/xml", "Content-Length": str(len(error))},
-                           b"" if head else error, head=head)
+                headers = {"Content-Type": "application/xml", **({"Content-Length": str(len(error))} if head else {})}
+                self._send(500, headers, b"" if head else error, head=head)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
