@@ -208,13 +208,12 @@ class _Builder:
         self.root = root
         self.containers: list[str] = []
         self.frames: list[pl.DataFrame] = []
+        self.plain: list[tuple[int, int]] = []  # (container, size) of each plain file
         self.rejects: list[SourceReject] = []
 
     def add_file(self, rel: str, size: int) -> None:
+        self.plain.append((len(self.containers), size))
         self.containers.append(rel)
-        self.frames.append(pl.DataFrame(
-            {"container": [len(self.containers) - 1], "member": [None], "offset": [0], "size": [size]},
-            schema={k: v for k, v in FILES_SCHEMA.items() if k != "key"}))
 
     def add_tar(self, rel: str, scan: tar_index.TarScan) -> None:
         shown = rel or storage.name_of(self.root)
@@ -231,6 +230,11 @@ class _Builder:
 
     def finish(self) -> Source:
         schema = {k: v for k, v in FILES_SCHEMA.items() if k != "key"}
+        if self.plain:
+            containers, sizes = zip(*self.plain)
+            self.frames.append(pl.DataFrame(
+                {"container": containers, "member": [None] * len(sizes), "offset": [0] * len(sizes), "size": sizes},
+                schema=schema))
         frame = pl.concat(self.frames, rechunk=True) if self.frames else pl.DataFrame(schema=schema)
         source = Source(self.root, pl.DataFrame(schema=FILES_SCHEMA), self.containers, self.rejects)
         source.files = _pick_winners(source, _classify(source, frame))
