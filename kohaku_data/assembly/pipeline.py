@@ -8,7 +8,8 @@ build keeps only the gap-free run of parts 0, 1, … Image bytes stay on the wor
 tasks stage them, shard tasks read them back where they run.
 
 At most `executor.window` tasks are in flight, shard tasks first (they free staging space and
-finish the dataset sooner), so the driver's memory stays flat however long the plan is.
+finish the dataset sooner), and image tasks run at most `_lookahead()` tasks ahead of the
+layout, so the driver's memory stays flat however long the plan is.
 """
 
 from __future__ import annotations
@@ -123,11 +124,16 @@ class Pipeline:
                 laid = queue.popleft()
                 waiting[laid.job.index] = laid
                 run.submit(write_shard, laid.job)
-            elif (task := next(source, None)) is not None:
+            elif len(submitted) < self._lookahead() and (task := next(source, None)) is not None:
                 submitted[task.index] = task
                 run.submit(run_image_task, task)
             else:
                 return
+
+    def _lookahead(self) -> int:
+        """Image tasks submitted but not laid out yet: bounded, so one slow (or hung) early task
+        cannot make the driver hold the results — and staging hold the images — of everything after it."""
+        return max(64, 16 * self.executor.window)
 
     def _lay_out(self, batch: list[tuple[PlanItem, StagedInfo]], queue: deque[LaidOut]) -> None:
         captions = self.captions([item.key for item, staged in batch if staged.ok])
