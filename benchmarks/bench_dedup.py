@@ -14,7 +14,9 @@ sides — 1000-1400 with --quick — with paper grain) and, per original,
 A pair is positive when both images come from one original. Every pair of the set is scored:
 precision and recall of "phash distance <= t" per t, with the hard negatives' false positives
 counted apart; the threshold chosen is the one with the best F1 (ties: the smaller t), and the
-recipe default (`DedupConfig.threshold`) is set from it.
+recipe default (`DedupConfig.threshold`) is set from it. The colour rule
+(`colour_threshold`: a wider phash distance when the 64-cell colour histograms agree within
+L1 0.3) is scored on the same pairs, with the search cost at its wider radius.
 
 Cost: per-image CPU time of hashing (near: reduced decode + phash; exact: full decode + pixel
 sha256) beside the image stage (`process_image`, kohaku-xl bucket, webp-fast) on the same
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import write_results  # noqa: E402
 from kohaku_data.config import DedupConfig, ImageConfig  # noqa: E402
 from kohaku_data.curation.groups import components, near_pairs  # noqa: E402
-from kohaku_data.curation.phash import hash_image, phash_of_thumbs  # noqa: E402
+from kohaku_data.curation.phash import colour_l1, hash_image, phash_of_thumbs  # noqa: E402
 from kohaku_data.images import process_image  # noqa: E402
 from kohaku_data.sample.drawing import _background, anime_picture, draw_character  # noqa: E402
 
@@ -114,17 +116,18 @@ def labelled_set(bases: int, sides: tuple[int, int], seed: int = 0) -> tuple[lis
 
 
 # -- measuring ----------------------------------------------------------------------------------
-def _hash_all(data: list[bytes], exact: bool) -> tuple[np.ndarray, float]:
-    """(phash per image, CPU seconds per image)."""
+def _hash_all(data: list[bytes], exact: bool) -> tuple[np.ndarray, float, np.ndarray]:
+    """(phash per image, CPU seconds per image, colour signatures (n, 64) uint8)."""
     start = time.process_time()
-    thumbs, pixels = [], []
+    thumbs, colours = [], []
     for d in data:
         hashes, thumb = hash_image(d, exact_pixels=exact, perceptual=not exact, max_pixels=1 << 30)
         if thumb is not None:
             thumbs.append(thumb)
-        pixels.append(hashes.pixels)
+            colours.append(np.frombuffer(hashes.colour, dtype=np.uint8))
     out = phash_of_thumbs(np.stack(thumbs)) if thumbs else np.empty(0, np.uint64)
-    return out, (time.process_time() - start) / len(data)
+    seconds = (time.process_time() - start) / len(data)
+    return out, seconds, np.stack(colours) if colours else np.empty((0, 64), np.uint8)
 
 
 def _stage_cost(data: list[bytes]) -> float:
@@ -152,6 +155,25 @@ def precision_recall(hashes: np.ndarray, family: np.ndarray, kinds: list[str], m
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         rows.append({"threshold": t, "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
                      "false_pairs": fp, "hard_negative_false_pairs": int((flagged & hard_pair).sum())})
+    return rows
+
+
+def colour_rule(hashes: np.ndarray, colours: np.ndarray, family: np.ndarray, thresholds: tuple[int, ...],
+                wide: tuple[int, ...], distance: float) -> list[dict]:
+    """Precision/recall of `d <= t, or d <= w and colour L1 <= distance` (DedupConfig.colour_threshold)."""
+    i, j = np.triu_indices(len(hashes), 1)
+    dist = np.bitwise_count(hashes[i] ^ hashes[j])
+    l1 = colour_l1(colours[i], colours[j])
+    positive = family[i] == family[j]
+    rows = []
+    for t in thresholds:
+        for w in wide:
+            flagged = (dist <= t) | ((dist <= w) & (l1 <= distance))
+            tp, fp = int((flagged & positive).sum()), int((flagged & ~positive).sum())
+            fn = int((~flagged & positive).sum())
+            p, r = tp / max(1, tp + fp), tp / max(1, tp + fn)
+            rows.append({"threshold": t, "colour_threshold": w, "colour_distance": distance, "precision": round(p, 4),
+                         "recall": round(r, 4), "f1": round(2 * p * r / max(1e-12, p + r), 4), "false_pairs": fp})
     return rows
 
 
@@ -201,7 +223,7 @@ def main(argv: list[str]) -> int:
     bases = 10 if quick else 40
     data, family, kinds = labelled_set(bases, (1000, 1400) if quick else (1200, 2000))
     originals = [d for d, k in zip(data, kinds) if k == "original"]
-    hashes, near_cost = _hash_all(data, exact=False)
+    hashes, near_cost, colours = _hash_all(data, exact=False)
     costs = {}
     for fmt, files in (("png", originals), ("jpeg", [_encode(Image.open(io.BytesIO(d)), "JPEG", quality=92) for d in originals])):
         stage = _stage_cost(files)
@@ -211,6 +233,7 @@ def main(argv: list[str]) -> int:
         costs[fmt]["near_to_stage"] = round(costs[fmt]["near_hash_ms"] / costs[fmt]["image_stage_ms"], 4)
         costs[fmt]["exact_to_stage"] = round(costs[fmt]["exact_hash_ms"] / costs[fmt]["image_stage_ms"], 4)
     rows = precision_recall(hashes, np.array(family), kinds)
+    combined = colour_rule(hashes, colours, np.array(family), (6, 8), (10, 12, 14), 0.3)
     best = max(rows, key=lambda r: (r["f1"], -r["threshold"]))
     chosen = best["threshold"]
     print(f"labelled set: {len(data)} images from {bases} originals "
@@ -220,6 +243,10 @@ def main(argv: list[str]) -> int:
         mark = "  <- best F1" if r["threshold"] == chosen else ""
         print(f" {r['threshold']:2d}   {r['precision']:.4f}   {r['recall']:.4f}  {r['f1']:.4f}  "
               f"{r['false_pairs']:5d} ({r['hard_negative_false_pairs']}){mark}")
+    print("phash <= t, or phash <= w and colour L1 <= 0.3 (colour_threshold = w):")
+    for r in combined:
+        print(f"  t={r['threshold']:2d} w={r['colour_threshold']:2d}  precision {r['precision']:.4f}  recall "
+              f"{r['recall']:.4f}  f1 {r['f1']:.4f}  false pairs {r['false_pairs']}")
     by_kind = recall_by_kind(hashes, np.array(family), kinds, chosen)
     print(f"recall per copy kind at t={chosen}: {by_kind}")
     print(f"recipe default DedupConfig().threshold = {DedupConfig().threshold}")
@@ -228,15 +255,17 @@ def main(argv: list[str]) -> int:
               f"{c['exact_hash_ms']:.1f} ms, image stage {c['image_stage_ms']:.1f} ms -> near/stage {c['near_to_stage']:.3f}, "
               f"exact/stage {c['exact_to_stage']:.3f}")
     scale = search_scaling(20_000 if quick else 200_000, 5_000 if quick else 20_000, chosen)
+    wide = search_scaling(20_000 if quick else 50_000, 5_000 if quick else 10_000, 12)
     print(f"search: near_pairs over {scale['n']:,} hashes (r={scale['radius']}) {scale['near_pairs_s']} s vs all pairs "
           f"~{scale['all_pairs_estimated_s']} s (measured on {scale['all_pairs_subset']:,}: "
           f"{scale['all_pairs_subset_s']} s) -> {scale['speedup_vs_all_pairs']}x; components equal: "
           f"{scale['components_equal_on_subset']}")
+    print(f"search at r=12 (colour_threshold 12) over {wide['n']:,} hashes: {wide['near_pairs_s']} s, {wide['speedup_vs_all_pairs']}x over all pairs")
     write_results("dedup", {
         "quick": quick, "images": len(data), "originals": bases, "thresholds": rows, "chosen_threshold": chosen,
         "recall_by_kind_at_chosen": by_kind, "recipe_default_threshold": DedupConfig().threshold,
         "near_hash_ms_all_images": round(near_cost * 1e3, 2), "cost_per_original": costs,
-        "search": scale,
+        "search": scale, "search_r12": wide, "colour_rule": combined,
     })
     return 0
 

@@ -340,6 +340,11 @@ class DedupConfig(_Strict):
     policy: Literal["off", "exact", "near"] = "off"
     threshold: int = Field(8, ge=0, le=32)  # Hamming distance in bits, `near` only (bench_dedup: best F1)
     family_threshold: int | None = Field(None, ge=0, le=32)  # parent/child posts: this looser one
+    # A wider phash distance for pairs whose 64-cell colour histograms also agree (L1 <=
+    # colour_distance): finds crops and watermarks the phash alone misses; the search radius,
+    # and its cost, grow with it (bench_dedup: both rules' precision/recall)
+    colour_threshold: int | None = Field(None, ge=0, le=32)
+    colour_distance: float = Field(0.3, ge=0, le=2)
     keep: Literal["fav_count", "score"] = "fav_count"  # highest, then most pixels, then lowest id
 
 

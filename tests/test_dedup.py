@@ -224,3 +224,21 @@ def test_cli_dedup_writes_groups(dedup_inputs, tmp_path: Path) -> None:
     groups = pl.read_parquet(out)
     assert set(groups.filter(~pl.col("kept"))["key"]) == {copies["bytes"][0], copies["pixels"][0]}
     assert (tmp_path / ".dedup").is_dir()
+
+
+def test_colour_rule_widens_the_phash_distance_only_when_colours_agree() -> None:
+    from kohaku_data.curation.dedup import HASH_SCHEMA, group_duplicates
+
+    base = 0x0F0F_0F0F_0F0F_0F0F
+    far, other = base ^ 0b11_1111_1111, base ^ (0b11_1111_1111 << 20)  # 10 bits from base, 20 apart
+    grey = bytes([255] + [0] * 63)
+    red = bytes([0] * 48 + [255] + [0] * 15)
+    hashes = pl.DataFrame({
+        "key": [1, 2, 3], "container": [0, 0, 0], "member": [None, None, None], "size": [1, 1, 1],
+        "md5": ["a", "b", "c"], "pixels": [None, None, None], "phash": [base, far, other],
+        "colour": [grey, grey, red], "error": [None, None, None]}, schema=HASH_SCHEMA)
+    facts = pl.DataFrame({"key": [1, 2, 3], "metric": [5, 1, 1], "area": [1, 1, 1], "parent_id": [0, 0, 0]})
+    plain = group_duplicates(hashes, facts, DedupConfig(policy="near", threshold=8))
+    assert plain.height == 0
+    coloured = group_duplicates(hashes, facts, DedupConfig(policy="near", threshold=8, colour_threshold=10))
+    assert dict(coloured.select("key", "group").iter_rows()) == {1: 1, 2: 1}  # 3 has other colours

@@ -32,12 +32,13 @@ import polars as pl
 from kohaku_data.atomic import replacing
 from kohaku_data.config import DedupConfig
 from kohaku_data.curation.groups import components, family_labels, near_pairs
-from kohaku_data.curation.phash import hash_image, phash_of_thumbs
+from kohaku_data.curation.phash import COLOUR_BINS, colour_l1, hash_image, phash_of_thumbs
 from kohaku_data.db.handle import DanbooruDB
 
-HASH_VERSION = 1  # bump when a hash definition changes: old caches are then not reused
+HASH_VERSION = 2  # bump when a hash definition changes: old caches are then not reused
 _FILE_ID = ("key", "container", "member", "size")  # which file a cached hash is of
-_HASHES = {"key": pl.Int64, "md5": pl.String, "pixels": pl.String, "phash": pl.UInt64, "error": pl.String}
+_HASHES = {"key": pl.Int64, "md5": pl.String, "pixels": pl.String, "phash": pl.UInt64, "colour": pl.Binary,
+           "error": pl.String}
 HASH_SCHEMA = {"key": pl.Int64, "container": pl.UInt32, "member": pl.String, "size": pl.Int64,
                **{k: v for k, v in _HASHES.items() if k != "key"}}
 GROUP_SCHEMA = {"key": pl.Int64, "group": pl.Int64, "kept": pl.Boolean, "link": pl.String, "distance": pl.Int64}
@@ -63,7 +64,7 @@ def run_hash_task(task: HashTask) -> list[dict[str, Any]]:
 
     rows, thumbs, at = [], [], []
     for item in task.items:
-        row = {"key": item.key, "md5": None, "pixels": None, "phash": None, "error": None}
+        row = {"key": item.key, "md5": None, "pixels": None, "phash": None, "colour": None, "error": None}
         try:
             data = read_entry(item.entry)
         except SourceError:
@@ -71,7 +72,7 @@ def run_hash_task(task: HashTask) -> list[dict[str, Any]]:
             continue
         hashes, thumb = hash_image(data, exact_pixels=task.exact_pixels, perceptual=task.perceptual,
                                    max_pixels=task.max_pixels)
-        rows.append({**row, "md5": hashes.md5, "pixels": hashes.pixels, "error": hashes.error})
+        rows.append({**row, "md5": hashes.md5, "pixels": hashes.pixels, "colour": hashes.colour, "error": hashes.error})
         if thumb is not None:
             thumbs.append(thumb)
             at.append(len(rows) - 1)
@@ -163,20 +164,32 @@ def _equal_links(values: pl.Series, what: str) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _near_links(frame: pl.DataFrame, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """phash pairs within `threshold`; within `colour_threshold` when the colour signatures are
+    within `colour_distance` too; within `family_threshold` inside one parent/child family."""
     has = frame["phash"].is_not_null().to_numpy()
     rows = np.nonzero(has)[0]
     family = config.family_threshold or 0
-    radius = max(config.threshold, family)
-    i, j, d = near_pairs(frame["phash"].to_numpy()[has].astype(np.uint64), radius)
+    colour = config.colour_threshold or 0
+    i, j, d = near_pairs(frame["phash"].to_numpy()[has].astype(np.uint64), max(config.threshold, family, colour))
     i, j = rows[i], rows[j]
+    keep = d <= config.threshold
     if family > config.threshold:
         fam = family_labels(frame["key"].to_numpy(), frame["parent_id"].to_numpy())
-        keep = (d <= config.threshold) | ((fam[i] == fam[j]) & (d <= family))
-        i, j, d = i[keep], j[keep], d[keep]
-    elif radius > config.threshold:
-        keep = d <= config.threshold
-        i, j, d = i[keep], j[keep], d[keep]
-    return i, j, 2 + d
+        keep |= (fam[i] == fam[j]) & (d <= family)
+    if colour > config.threshold:
+        wide = np.nonzero(~keep & (d <= colour))[0]
+        signatures = _colour_rows(frame["colour"], np.unique(np.concatenate([i[wide], j[wide]])))
+        keep[wide] = colour_l1(signatures(i[wide]), signatures(j[wide])) <= config.colour_distance
+    return i[keep], j[keep], 2 + d[keep]
+
+
+def _colour_rows(column: pl.Series, rows: np.ndarray):
+    """A lookup row → colour signature (uint8 vector) for the few rows that need one."""
+    table = np.zeros((len(rows), COLOUR_BINS), dtype=np.uint8)
+    for k, value in enumerate(column.gather(rows).to_list()):
+        if value is not None:
+            table[k] = np.frombuffer(value, dtype=np.uint8)
+    return lambda wanted: table[np.searchsorted(rows, wanted)]
 
 
 def _keep(frame: pl.DataFrame, labels: np.ndarray, i: np.ndarray, j: np.ndarray, rank: np.ndarray,

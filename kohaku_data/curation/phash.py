@@ -37,6 +37,7 @@ class ImageHashes:
     md5: str
     pixels: str | None = None  # exact policy
     phash: int | None = None  # near policy: unsigned 64-bit
+    colour: bytes | None = None  # near policy: COLOUR_BINS shares × 255 (see colour_signature)
     error: str | None = None  # the decode's reject reason; no hashes then
 
 
@@ -58,33 +59,54 @@ def phash_of_thumbs(thumbs: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
 
 
-def grey_thumb(im: Image.Image) -> np.ndarray:
-    """THUMB × THUMB float grey thumbnail of a normalised (RGB/RGBA) image. Large images are
-    first box-reduced by an integer factor to >= DRAFT_SIDE px a side (what a JPEG draft decode
-    does for JPEGs): the grey conversion and LANCZOS then touch a few thousand pixels, not
-    millions, and the hash does not depend on the file's format."""
+def reduced(im: Image.Image) -> Image.Image:
+    """A normalised image box-reduced by an integer factor to >= DRAFT_SIDE px a side (what a
+    JPEG draft decode does for JPEGs): the hashes then touch a few thousand pixels, not
+    millions, and do not depend on the file's format."""
     factor = min(im.size) // DRAFT_SIDE
-    if factor > 1:
-        im = im.reduce(factor)
+    return im.reduce(factor) if factor > 1 else im
+
+
+def grey_thumb(im: Image.Image) -> np.ndarray:
+    """THUMB × THUMB float grey thumbnail of a (reduced) normalised image."""
     return np.asarray(im.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS), dtype=np.float64)
+
+
+COLOUR_LEVELS = 4  # per channel: a 4×4×4 RGB histogram
+COLOUR_BINS = COLOUR_LEVELS ** 3
+
+
+def colour_signature(im: Image.Image) -> bytes:
+    """Share of the pixels in each of the 64 RGB cells, × 255 rounded (one byte a cell). Crops and
+    watermarks barely move it; another character or background does. L1 distance: `colour_l1`."""
+    rgb = np.asarray(im.convert("RGB")).reshape(-1, 3) // (256 // COLOUR_LEVELS)
+    cells = (rgb[:, 0].astype(np.int64) * COLOUR_LEVELS + rgb[:, 1]) * COLOUR_LEVELS + rgb[:, 2]
+    counts = np.bincount(cells, minlength=COLOUR_BINS)
+    return np.round(counts * (255 / max(1, counts.sum()))).astype(np.uint8).tobytes()
+
+
+def colour_l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """L1 distance (0..2) between rows of two (n, COLOUR_BINS) uint8 signature arrays."""
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).sum(axis=1) / 255.0
 
 
 def hash_image(data: bytes, *, exact_pixels: bool, perceptual: bool, max_pixels: int) -> tuple[ImageHashes, np.ndarray | None]:
     """(hashes, grey thumbnail or None): the thumbnail is hashed in batches by the caller."""
     md5 = hashlib.md5(data).hexdigest()
-    pixels, thumb = None, None
+    pixels, thumb, colour = None, None, None
     try:
         if exact_pixels:
             im = normalise(decode(data, max_pixels=max_pixels, animated="first"), alpha="keep", background=_WHITE)
             pixels = _pixel_sha(im)
-            if perceptual:
-                thumb = grey_thumb(_flatten(im))
+            small = reduced(_flatten(im)) if perceptual else None
         elif perceptual:
             im = decode(data, max_pixels=max_pixels, animated="first", draft=(DRAFT_SIDE, DRAFT_SIDE))
-            thumb = grey_thumb(normalise(im, alpha="composite", background=_WHITE))
+            small = reduced(normalise(im, alpha="composite", background=_WHITE))
+        if perceptual:
+            thumb, colour = grey_thumb(small), colour_signature(small)
     except Rejected as exc:
         return ImageHashes(md5, error=exc.reason), None
-    return ImageHashes(md5, pixels), thumb
+    return ImageHashes(md5, pixels, colour=colour), thumb
 
 
 def _flatten(im: Image.Image) -> Image.Image:
