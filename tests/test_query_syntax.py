@@ -207,7 +207,7 @@ def random_query(rng: random.Random, names, popularity) -> tuple[str, Pred]:
 
 
 # -- engines against the reference --------------------------------------------------------------
-@pytest.mark.parametrize("engine", ["bits", "arrays", "probe", "scan", "sql"])
+@pytest.mark.parametrize("engine", ["bits", "arrays", "probe", "scan", "gather", "sql"])
 def test_random_trees_match_reference(world, engine, monkeypatch) -> None:
     db, rows, names, popularity, rng = world
     if engine == "bits":  # the bitmap index (migration 0009) for every query, where it exists
@@ -216,9 +216,12 @@ def test_random_trees_match_reference(world, engine, monkeypatch) -> None:
         monkeypatch.setattr(query_mod, "_bits_for", lambda conn, plan: None)
     if engine == "probe":
         monkeypatch.setattr(query_mod, "_PROBE_RATIO", 0)
-    elif engine == "scan":
+    elif engine == "scan":  # whole reads and metatag scans, no dense columns
         monkeypatch.setattr(query_mod, "_PROBE_MAX", 0)
         monkeypatch.setattr(query_mod, "_PROBE_RATIO", 10**9)
+        monkeypatch.setattr(query_mod, "open_bits", lambda conn: None)
+    elif engine == "gather":  # array engine, metatags of the candidates from dense columns
+        monkeypatch.setattr(query_mod, "_PROBE_MAX", 0)
     for _ in range(40):
         text, pred = random_query(rng, names, popularity)
         expected = [r.id for r in rows if pred(r)]

@@ -313,7 +313,14 @@ def _read_ids(conn: sqlite3.Connection, sql: str, args: tuple) -> np.ndarray:
 
 def _sql_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | None,
                   span: _Span | None) -> np.ndarray:
-    """Posts passing a metatag condition: a rowid probe of few candidates, else an index scan."""
+    """Posts passing a metatag condition: a rowid probe of few candidates; for many, the
+    dense columns of the bitmap index when it is current (a gather, no scan), else an index
+    scan of every post (`hatsune_miku* rating:g,s` at 7.8M: 80k candidates, 5M scanned)."""
+    if within is not None and within.size > _PROBE_MAX and leaf.expr is not None \
+            and _dense_only(leaf.expr):
+        bits = open_bits(conn)
+        if bits is not None:
+            return within[_bits_meta(bits, leaf.expr, within) & bits.posts_among(within)]
     clauses, params = [f"({leaf.where})"], list(leaf.params)
     source = "post"
     if span is not None:
@@ -460,49 +467,57 @@ def _reduce(op, masks: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bits_meta(bits: Bits, expr) -> np.ndarray | None:
+def _bits_meta(bits: Bits, expr, ids: np.ndarray | None = None) -> np.ndarray | None:
     """A metatag expression over the dense columns, as a bool array over the span (packed
-    once by the caller); None when one of its metatags has no column."""
+    once by the caller), or over `ids` when given; None when a metatag has no column."""
+    size = bits.span if ids is None else ids.size
     if isinstance(expr, MetaFilter):
-        mask = _bits_filter(bits, expr)
+        mask = _bits_filter(bits, expr, ids)
         return None if mask is None else (~mask if expr.negated else mask)
     if isinstance(expr, Not):
-        inner = _bits_meta(bits, expr.child)
+        inner = _bits_meta(bits, expr.child, ids)
         return None if inner is None else ~inner
-    parts = [_bits_meta(bits, c) for c in expr.children]
+    parts = [_bits_meta(bits, c, ids) for c in expr.children]
     if any(p is None for p in parts):
         return None
     if isinstance(expr, And):
-        return _reduce(np.logical_and, parts, np.ones(bits.span, dtype=bool))
-    return _reduce(np.logical_or, parts, np.zeros(bits.span, dtype=bool))
+        return _reduce(np.logical_and, parts, np.ones(size, dtype=bool))
+    return _reduce(np.logical_or, parts, np.zeros(size, dtype=bool))
 
 
-def _bits_filter(bits: Bits, f: MetaFilter) -> np.ndarray | None:
-    if f.name == "id":  # positions of the span: slices, no column needed
-        mask = np.zeros(bits.span, dtype=bool)
-        for r in f.ranges:
-            lo = -np.inf if r.lo is None else r.lo + (0 if r.lo_inclusive else 1)
-            hi = np.inf if r.hi is None else r.hi + (1 if r.hi_inclusive else 0)
-            start, stop = (int(np.clip(v - bits.base, 0, bits.span)) for v in (lo, hi))
-            mask[start:stop] = True
-        return mask
-    if f.name not in DENSE:
+def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np.ndarray | None:
+    size = bits.span if ids is None else ids.size
+    if f.name == "id":
+        if ids is not None:
+            values = ids
+        else:  # positions of the span: slices, no column needed
+            mask = np.zeros(bits.span, dtype=bool)
+            for r in f.ranges:
+                lo = -np.inf if r.lo is None else r.lo + (0 if r.lo_inclusive else 1)
+                hi = np.inf if r.hi is None else r.hi + (1 if r.hi_inclusive else 0)
+                start, stop = (int(np.clip(v - bits.base, 0, bits.span)) for v in (lo, hi))
+                mask[start:stop] = True
+            return mask
+    elif f.name not in DENSE:
         return None
-    column = bits.column(f.name)
+    else:
+        values = bits.column(f.name)
+        if ids is not None:  # the candidates' values (ids outside the span: see posts_among)
+            values = values[np.clip(ids - bits.base, 0, bits.span - 1)]
     if f.values:  # rating:g,s: a few equality tests beat np.isin's sort by far
-        return _reduce(np.logical_or, [column == v for v in f.values], np.zeros(bits.span, dtype=bool))
+        return _reduce(np.logical_or, [values == v for v in f.values], np.zeros(size, dtype=bool))
     masks = []
     for r in f.ranges:
         if r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive:
-            masks.append(column == r.lo)  # score:1,5,10
+            masks.append(values == r.lo)  # score:1,5,10
             continue
-        mask = np.ones(bits.span, dtype=bool)
+        mask = np.ones(size, dtype=bool)
         if r.lo is not None:
-            mask &= column >= r.lo if r.lo_inclusive else column > r.lo
+            mask &= values >= r.lo if r.lo_inclusive else values > r.lo
         if r.hi is not None:
-            mask &= column <= r.hi if r.hi_inclusive else column < r.hi
+            mask &= values <= r.hi if r.hi_inclusive else values < r.hi
         masks.append(mask)
-    return _reduce(np.logical_or, masks, np.zeros(bits.span, dtype=bool))
+    return _reduce(np.logical_or, masks, np.zeros(size, dtype=bool))
 
 
 # -- pages ------------------------------------------------------------------------------------

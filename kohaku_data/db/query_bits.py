@@ -90,6 +90,13 @@ class Bits:
         mask[at[(at >= 0) & (at < self.span)]] = True
         return np.packbits(mask)
 
+    def posts_among(self, ids: np.ndarray) -> np.ndarray:
+        """Bool per id: is it a post (inside the span and set in `exists`)?"""
+        at = ids - self.base
+        inside = (at >= 0) & (at < self.span)
+        at = np.where(inside, at, 0)
+        return inside & ((self.exists()[at >> 3] >> (7 - (at & 7))) & 1).astype(bool)
+
     def to_ids(self, mask: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.unpackbits(mask, count=self.span)) + self.base
 
