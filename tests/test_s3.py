@@ -235,7 +235,8 @@ def test_build_from_a_bucket_into_a_bucket_resumes_through_500s_to_the_local_byt
                 if p.is_file() and not p.name.startswith(".")}
     published = dict(storage.list_files(out))
     assert set(published) == set(expected)
-    assert all(storage.read_bytes(f"{out}/{name}") == data for name, data in expected.items())
+    differ = [name for name, data in expected.items() if storage.read_bytes(f"{out}/{name}") != data]
+    assert differ == [], f"published files that differ from the local build: {differ}"
     assert not any(p.suffix == ".tar" for p in storage.local_work_dir(out).iterdir()), "local shard copies dropped"
 
     check = subprocess.run([*KDATA, "verify", out], env=env, capture_output=True, text=True, timeout=120)
