@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+# AWS_EC2_METADATA_DISABLED: botocore must never look for credentials at the cloud metadata address
+# (off loopback) when a test's credentials are refused or missing.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kdata-test", "AWS_SECRET_ACCESS_KEY": "kdata-test-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 

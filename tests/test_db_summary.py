@@ -191,3 +191,12 @@ def test_stored_tag_columns_give_the_same_captions_and_follow_tag_writes(
     assert stored["caption"].str.contains(shown.format("long hair")).any()
     assert after["caption"].str.contains(shown.format("renamed hair")).any()
     assert not after["caption"].str.contains(shown.format("long hair")).any()
+
+
+def test_import_into_a_migrated_file_rebuilds_the_query_index(migrated: Path, posts_sample_path: Path) -> None:
+    from kohaku_data.db.query_bits import open_bits
+
+    with DanbooruDB.open(migrated) as db:
+        assert open_bits(db.connection()) is not None
+        import_files(db, [posts_sample_path])  # new posts and relations retire the index...
+        assert open_bits(db.connection()) is not None  # ...and the summary refresh rebuilds it

@@ -77,6 +77,8 @@ def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_
 def toolchain_versions() -> dict[str, str]:
     """The versions of the libraries that decide the output bytes (every task reports them; a
     cluster whose nodes disagree is refused)."""
+    import importlib.metadata
+
     import numpy
     import PIL
     import polars
@@ -89,6 +91,8 @@ def toolchain_versions() -> dict[str, str]:
         "zlib": features.version("zlib") or "",
         "numpy": numpy.__version__,
         "polars": polars.__version__,
+        # The dataset card's PNG bytes; read from the metadata (importing pyplot costs ~0.3 s a task).
+        "matplotlib": importlib.metadata.version("matplotlib"),
     }
 
 

@@ -195,5 +195,9 @@ def refresh(db: DanbooruDB) -> list[str]:
     ensure_counting(db)
     from kohaku_data.captions.summaries import refresh_caption_summaries
     from kohaku_data.db.info import refresh_info
+    from kohaku_data.db.query_bits import refresh_if_stale
 
-    return [*refresh_info(db), *refresh_caption_summaries(db)]
+    # The query bitmap index (migration 0009) goes stale on any post/tag write; queries stay
+    # right without it but slow, so the writers that refresh summaries rebuild it too.
+    rebuilt = ["query bitmap index"] if refresh_if_stale(db) else []
+    return [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]
