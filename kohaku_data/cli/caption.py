@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from kohaku_data.cli.common import DbOption, RecipeOption, clean_errors, is_tty, settings
-from kohaku_data.config import CAPTION_CHUNK_SIZE
 from kohaku_data.errors import KdataError
 
 app = typer.Typer(help="Captions from the DB: quality/year/rating tags in Kohaku-XL layout.")
@@ -46,7 +45,8 @@ def caption(
     out: Annotated[Path | None, typer.Option("--out", help="FILE.parquet, FILE.jsonl, or a folder for <id>.txt "
                                              "files.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Re-caption this built dataset instead (a folder or a URL).")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory).")] = CAPTION_CHUNK_SIZE,
+    chunk_size: Annotated[int | None, typer.Option("--chunk-size", min=1, help="Posts per chunk (memory; default: "
+                                                   "kohaku_data.config.CAPTION_CHUNK_SIZE).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Caption processes. One process already keeps "
                                          "2 cores busy (reader threads); more pay off on many-core machines.")] = 1,
 ) -> None:
@@ -54,6 +54,8 @@ def caption(
     if ctx.invoked_subcommand is not None:
         return
     with clean_errors(kept="No partial output is left: an output file appears only once complete"):
+        from kohaku_data.config import CAPTION_CHUNK_SIZE
+
         handle, rec = _open(db, recipe)
         with handle:
             if dataset is not None:
@@ -64,7 +66,7 @@ def caption(
             if out is None:
                 raise CaptionCliError("pass --out FILE.parquet|FILE.jsonl|FOLDER (or --dataset DIR to re-caption)")
             ids = _select_ids(handle, query if query is not None else rec.query)
-            _write(handle, rec.caption, ids, out, chunk_size, workers)
+            _write(handle, rec.caption, ids, out, chunk_size or CAPTION_CHUNK_SIZE, workers)
 
 
 def _write(handle, config, ids, out: Path, chunk_size: int, workers: int) -> None:

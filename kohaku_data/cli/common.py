@@ -7,14 +7,16 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kohaku_data.config import Settings, load_settings
 from kohaku_data.errors import KdataError, write_problem
+
+if TYPE_CHECKING:
+    from kohaku_data.config import Settings
 
 DbOption = Annotated[
     Path | None,
@@ -56,6 +58,10 @@ def _print_error(text: str) -> None:
 
 
 def settings(db: Path | None = None, recipe: Path | None = None) -> Settings:
+    # Imported here: pydantic and the config models cost ~90 ms, which `kdata query` need not pay
+    # before it knows what it runs.
+    from kohaku_data.config import load_settings
+
     return load_settings(db=db, recipe=recipe)
 
 
