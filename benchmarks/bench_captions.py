@@ -109,7 +109,7 @@ class AnonPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.005):
-            self.peak = max(self.peak, sum(_anon_bytes(pid) for pid in [os.getpid(), *_children()]))
+            self.peak = max(self.peak, sum(anon_bytes(pid) for pid in [os.getpid(), *_children()]))
 
 
 def _children() -> list[int]:
@@ -119,7 +119,8 @@ def _children() -> list[int]:
         return []
 
 
-def _anon_bytes(pid: int) -> int:
+def anon_bytes(pid: int) -> int:
+    """Anonymous RSS of one process (file pages sqlite maps are page cache, not its memory)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("RssAnon:"):

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
 sys.path.insert(0, str(ROOT.parent))
-from benchmarks.bench_captions import ensure_hakubooru, run_hakubooru  # noqa: E402
+from benchmarks.bench_captions import anon_bytes, ensure_hakubooru, run_hakubooru  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 KDATA = [str(Path(sys.executable).parent / "kdata")]
@@ -79,16 +79,6 @@ CAPTION_STATS_SQL = "SELECT rating, substr(created_at, 1, 4), count(*), avg(fav_
 # --------------------------------------------------------------------------------------------
 # Processes and memory
 # --------------------------------------------------------------------------------------------
-def _anon_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _tree(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -113,7 +103,7 @@ class TreePeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, sum(_anon_bytes(p) for p in _tree(self.pid)))
+            self.peak = max(self.peak, sum(anon_bytes(p) for p in _tree(self.pid)))
 
     def stop(self) -> int:
         self._stop.set()
