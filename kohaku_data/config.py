@@ -201,7 +201,8 @@ class AttachedTags(_Strict):
 
     column: str
     percentiles: tuple[float, ...] = (90, 70, 40, 15)
-    bands: tuple[str, ...] = ("very aesthetic", "aesthetic", "displeasing", "very displeasing", "very displeasing")
+    # One more band than percentiles, best first; "" is a band that adds no tag (the middle).
+    bands: tuple[str, ...] = ("very aesthetic", "aesthetic", "", "displeasing", "very displeasing")
     cohort: Literal["rating", "all"] = "rating"
 
     @model_validator(mode="after")

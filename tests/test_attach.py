@@ -87,7 +87,8 @@ def test_percentile_tags_text_fields_and_caption_modes(db: DanbooruDB, tmp_path:
     texts = {i: f"a picture of post {i}" for i in ids[::3]}
     pl.DataFrame({"id": list(texts), "text": list(texts.values())}).write_csv(tmp_path / "t.csv")
     attach_column(db, tmp_path / "t.csv", "nl")
-    rule = AttachedTags(column="aes", percentiles=(80, 50, 20), bands=("very aesthetic", "aesthetic", "meh", "bad"))
+    # "": the middle band adds no tag (as in the default bands)
+    rule = AttachedTags(column="aes", percentiles=(80, 50, 20), bands=("very aesthetic", "aesthetic", "", "bad"))
     ratings = dict(db.connection().execute("SELECT id, rating FROM post"))
     want_band = _reference_band(values, ratings, rule)
     base = CaptionConfig()
@@ -101,7 +102,7 @@ def test_percentile_tags_text_fields_and_caption_modes(db: DanbooruDB, tmp_path:
         for row in frame.iter_rows(named=True):
             pid, band = row["id"], want_band.get(row["id"])
             assert row["attached_aes"] == band
-            tag_caption = plain[pid] if band is None else f"{plain[pid]}, {band}"
+            tag_caption = f"{plain[pid]}, {band}" if band else plain[pid]
             assert row["tag_caption"] == tag_caption
             assert row["text_nl"] == texts.get(pid)
             text = texts.get(pid)

@@ -6,7 +6,8 @@ every post for each `attached_tags` column, and the names of the text fields. Pe
 `CaptionCuration.relations` cleans the (post, tag) arrays before the tags are looked up, and
 `finish` adds to the caption frame:
 
-- `attached_<column>`: the band name (or null), appended to the tag caption after the quality tag;
+- `attached_<column>`: the band name (or null), appended to the tag caption after the quality tag
+  (an empty band name, like the default's middle band, adds nothing);
 - `tag_caption`: the tag caption; `text_<field>`: each text field (null when the post has none);
 - `caption`: what the `.txt` holds by `caption_mode` — `tags`; `text` (the first text field the
   post has, else its tag caption); `tags_then_text` (tag caption, `text_joiner`, that text).
@@ -107,7 +108,7 @@ def _append(caption: pl.Expr, tag: pl.Expr, config: CaptionConfig) -> pl.Expr:
     if config.keep_separator is not None:
         glue = pl.when(caption.str.ends_with(config.keep_separator)).then(pl.lit("")).otherwise(glue)
     glue = pl.when(caption == "").then(pl.lit("")).otherwise(glue)
-    return pl.when(tag.is_null()).then(caption).otherwise(caption + glue + tag)
+    return pl.when(tag.is_null() | (tag == "")).then(caption).otherwise(caption + glue + tag)  # "": a band with no tag
 
 
 def _txt(config: CaptionConfig, fields: tuple[str, ...]) -> pl.Expr:
