@@ -197,13 +197,17 @@ COUNT_TAGS = (
 class AttachedTags(_Strict):
     """Percentile tags from a numeric column of `kdata db attach` (e.g. an aesthetic score),
     ruled exactly like quality: a post gets the best band whose threshold (a 'linear' quantile
-    of the column over the DB's posts, per rating or over all) its value is strictly above."""
+    of the column over the DB's posts, per rating, per (rating, year) cohort or over all) its
+    value is strictly above."""
 
     column: str
     percentiles: tuple[float, ...] = (90, 70, 40, 15)
     # One more band than percentiles, best first; "" is a band that adds no tag (the middle).
     bands: tuple[str, ...] = ("very aesthetic", "aesthetic", "", "displeasing", "very displeasing")
-    cohort: Literal["rating", "all"] = "rating"
+    # "rating_year": a (rating, year) group with at least cohort_min_posts values has thresholds
+    # of its own, other posts use their rating's (as quality_cohort does).
+    cohort: Literal["rating", "rating_year", "all"] = "rating"
+    cohort_min_posts: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _bands_match(self) -> "AttachedTags":

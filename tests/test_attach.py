@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,45 @@ def test_build_keeps_texts_apart_and_recaption_picks_up_new_data(tmp_path: Path)
     lock = json.loads((new / "dataset.lock").read_text())
     assert lock["caption_thresholds"]["curation"]["attached_sources"]["nl"] == \
         json.loads((out / "dataset.lock").read_text())["caption_thresholds"]["curation"]["attached_sources"]["nl"] != first_sha
+
+
+def _usable_year(created_at: str | None) -> int | None:
+    """The year of a real calendar date written first in `created_at` (then nothing, "T" or " "),
+    from year_min on."""
+    text = created_at or ""
+    try:
+        day = date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+    if len(text) > 10 and text[10] not in "T ":
+        return None
+    return day.year if day.year >= CaptionConfig().year_min else None
+
+
+def test_percentile_tags_per_rating_year_cohort(db: DanbooruDB, tmp_path: Path) -> None:
+    """Cohorts of at least cohort_min_posts values get thresholds of their own; the others (and
+    posts without a usable date) use their rating's: checked against plain numpy per group."""
+    rng = np.random.default_rng(1)
+    ids = _ids(db)
+    years = {pid: _usable_year(text) for pid, text in db.connection().execute("SELECT id, created_at FROM post")}
+    assert None in years.values()  # the fixture has broken dates: those posts use their rating's
+    # Values drift with the year, so cohort thresholds differ from the rating's.
+    values = {i: float(rng.normal((years[i] or 2000) - 2000, 2)) for i in ids}
+    pl.DataFrame({"id": ids, "score": list(values.values())}).write_parquet(tmp_path / "a.parquet")
+    attach_column(db, tmp_path / "a.parquet", "aes")
+    ratings = dict(db.connection().execute("SELECT id, rating FROM post"))
+    sizes = Counter((ratings[i], years[i]) for i in ids)
+    minimum = sorted(sizes.values())[len(sizes) // 2]  # about half the cohorts stand alone
+    rule = AttachedTags(column="aes", percentiles=(75, 25), bands=("top", "", "low"), cohort="rating_year",
+                        cohort_min_posts=minimum)
+    group = {i: (ratings[i], years[i]) if years[i] and sizes[(ratings[i], years[i])] >= minimum else (ratings[i], None)
+             for i in ids}
+    assert len(set(group.values())) > len({g[0] for g in group.values()})  # some cohorts stand alone
+    want = {}
+    for pid, v in values.items():
+        members = [values[p] for p in ids if group[p] == group[pid]]
+        limits = [float(np.percentile(members, p, method="linear")) for p in rule.percentiles]
+        want[pid] = next((b for b, t in zip(rule.bands, limits) if v > t), rule.bands[-1])
+    config = CaptionConfig(attached_tags=(rule,))
+    frame = pl.concat(list(iter_captions(db, config, compute_thresholds(db, config), chunk_size=50)))
+    assert dict(frame.select("id", "attached_aes").iter_rows()) == want

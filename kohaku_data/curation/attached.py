@@ -180,12 +180,14 @@ def require_column(db: DanbooruDB, name: str, kind: str) -> dict[str, Any]:
 
 
 def numeric_values(db: DanbooruDB, name: str) -> pl.DataFrame:
-    """post_id, value and the post's rating of every value of a numeric column, by post id."""
+    """post_id, value, and the post's rating and created_at, of every value of a numeric column,
+    by post id."""
     rows = db.connection().execute(
-        'SELECT v.post_id, v.num, p.rating FROM "kdata_attached_value" v JOIN post p ON p.id = v.post_id '
-        'WHERE v.name = ? ORDER BY v.post_id', (name,),
+        'SELECT v.post_id, v.num, p.rating, p.created_at FROM "kdata_attached_value" v '
+        'JOIN post p ON p.id = v.post_id WHERE v.name = ? ORDER BY v.post_id', (name,),
     ).fetchall()
-    return pl.DataFrame(rows, schema={"post_id": pl.Int64, "value": pl.Float64, "rating": pl.Int64}, orient="row")
+    schema = {"post_id": pl.Int64, "value": pl.Float64, "rating": pl.Int64, "created_at": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def text_values(conn: Any, name: str, first: int, last: int) -> pl.DataFrame:

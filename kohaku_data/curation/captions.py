@@ -102,6 +102,21 @@ class CaptionCuration:
         return out
 
 
+def _group(rule: AttachedTags, year_min: int) -> pl.Expr:
+    """The threshold group of each value: "all", the rating's name, or "rating:year" where that
+    cohort holds at least `cohort_min_posts` values (else, and for a date that is not a usable
+    written date, the rating's); a post with an unknown rating has no group, hence no band."""
+    from kohaku_data.captions.thresholds import written_date
+
+    rating = pl.col("rating").replace_strict(dict(enumerate(RATING_NAMES)), default=None, return_dtype=pl.String)
+    if rule.cohort == "all":
+        return pl.lit("all")
+    if rule.cohort == "rating":
+        return rating
+    cohort = rating + ":" + written_date(pl.col("created_at"), year_min).str.slice(0, 4)
+    return pl.when(cohort.count().over(cohort) >= rule.cohort_min_posts).then(cohort).otherwise(rating)
+
+
 def _append(caption: pl.Expr, tag: pl.Expr, config: CaptionConfig) -> pl.Expr:
     """`caption, tag` — directly after a trailing keep separator, alone in an empty caption."""
     glue = pl.lit(config.separator)
@@ -141,21 +156,17 @@ def caption_curation(db: DanbooruDB, config: CaptionConfig) -> CaptionCuration |
     attached = []
     for rule in config.attached_tags:
         sources[rule.column] = require_column(db, rule.column, "numeric")["sha256"]
-        attached.append(attached_bands(db, rule))
+        attached.append(attached_bands(db, rule, year_min=config.year_min))
     return CaptionCuration(str(db.path), rules, tuple(attached), tuple(config.text_fields), sources)
 
 
-def attached_bands(db: DanbooruDB, rule: AttachedTags) -> AttachedBands:
-    """Thresholds ('linear' quantiles per rating, or over all posts with a value) and the band
-    of every post: the best band whose threshold its value is strictly above."""
+def attached_bands(db: DanbooruDB, rule: AttachedTags, *, year_min: int = 2005) -> AttachedBands:
+    """Thresholds ('linear' quantiles per group of posts with a value: rating, (rating, year)
+    cohort or all) and the band of every post: the best band whose threshold its value is
+    strictly above."""
     from kohaku_data.curation.attached import numeric_values
 
-    values = numeric_values(db, rule.column)
-    if rule.cohort == "rating":
-        values = values.with_columns(_g=pl.col("rating").replace_strict(
-            dict(enumerate(RATING_NAMES)), default=None, return_dtype=pl.String))
-    else:
-        values = values.with_columns(_g=pl.lit("all"))
+    values = numeric_values(db, rule.column).with_columns(_g=_group(rule, year_min))
     table = values.drop_nulls("_g").group_by("_g").agg(
         pl.len().alias("_n"),
         *[pl.col("value").quantile(p / 100, interpolation="linear").alias(f"_t{i}")
