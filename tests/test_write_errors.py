@@ -241,3 +241,28 @@ def test_write_problems_are_found_behind_other_errors() -> None:
     assert write_problem(RuntimeError("No space left on device (os error 28)")) == WriteProblem("the disk is full")
     assert write_problem(OSError(errno.ENOENT, "missing", "x")) is None
     assert write_problem(ValueError("bad value")) is None
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_at_a_file_size_limit_resumes_to_the_clean_files(tmp_path: Path, inputs) -> None:
+    dataset = tmp_path / "ds"
+    assert kdata(*build_args(inputs, dataset, tmp_path / "t.toml"), cwd=tmp_path).returncode == 0
+    export = ["export", str(dataset), "--format", "kohya", "--no-progress"]
+    assert kdata(*export[:2], "clean", *export[2:], cwd=tmp_path).returncode == 0
+    failed = kdata(*export[:2], "out", *export[2:], cwd=tmp_path, fsize=20_000)  # below one image
+    assert_clear_write_error(failed, "file-size limit")
+    assert "already exported are kept" in failed.stderr
+    assert not visible_temp_files(tmp_path / "out")
+    assert kdata(*export[:2], "out", *export[2:], cwd=tmp_path).returncode == 0
+    # dataset.toml and kdata-export.json name their own folder: compared with the paths swapped
+    got, want = tree_hashes(tmp_path / "out"), tree_hashes(tmp_path / "clean")
+    named = {name for name in want if name.endswith((".toml", "kdata-export.json"))}
+    assert named and set(got) == set(want)
+    assert {k: v for k, v in got.items() if k not in named} == {k: v for k, v in want.items() if k not in named}
+    for name in named:
+        clean_text = (tmp_path / "clean" / name).read_text().replace(str(tmp_path / "clean"), str(tmp_path / "out"))
+        assert (tmp_path / "out" / name).read_text() == clean_text
