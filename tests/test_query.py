@@ -66,7 +66,8 @@ def make_posts(seed: int, n: int = 300) -> list[P]:
     return posts
 
 
-def write_db(path: Path, posts: list[P], migrated: bool) -> DanbooruDB:
+def write_db(path: Path, posts: list[P], migrated: bool, vocab: list[tuple[str, float]] = TAGS) -> DanbooruDB:
+    """A DB in the published schema holding `posts`, with one tag row per `vocab` name (in order)."""
     db = DanbooruDB.create(path)
     conn = db.connection()
     with db.database.atomic():
@@ -76,7 +77,7 @@ def write_db(path: Path, posts: list[P], migrated: bool) -> DanbooruDB:
               p.width, p.height, p.size, p.ext, p.rating, p.score, p.score, 0, p.fav, None, None,
               None, p.created_at) for p in posts],
         )
-        for tag_id, (name, _) in enumerate(TAGS, start=1):
+        for tag_id, (name, _) in enumerate(vocab, start=1):
             members = [p.id for p in posts if name in p.tags]
             conn.execute("INSERT INTO tag VALUES (?, ?, 0, ?)", (tag_id, name, len(members)))
             conn.executemany(

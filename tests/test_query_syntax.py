@@ -23,6 +23,7 @@ from kohaku_data.db.query_parse import (
     MAX_WILDCARD_TAGS, And, MetaFilter, Not, Or, TagTerm, Wildcard, parse_query,
 )
 from kohaku_data.sample.metadata import write_sample_db
+from test_query import P, write_db
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 COLUMNS = ("id, created_at, uploader_id, source, md5, parent_id, has_children, is_deleted, "
@@ -61,22 +62,10 @@ def random_rows(seed: int, n: int = 250) -> list[Row]:
 
 
 def write_rows(path: Path, rows: list[Row], migrated: bool) -> DanbooruDB:
-    db = DanbooruDB.create(path)
-    conn = db.connection()
-    with db.database.atomic():
-        conn.executemany(
-            f"INSERT INTO post ({COLUMNS}) VALUES ({','.join('?' * 27)})",
-            [(r.id, "2020-01-01T00:00:00.000-05:00", 1, "", f"{r.id:032x}", None, 0, 0, 0, None, 0,
-              0, 0, 0, r.width, 768, 1000, "png", r.rating, r.score, r.score, 0, r.fav, None, None,
-              None, "2020-01-01T00:00:00.000-05:00") for r in rows])
-        for tag_id, (name, _) in enumerate(VOCAB, start=1):
-            members = [r.id for r in rows if name in r.tags]
-            conn.execute("INSERT INTO tag VALUES (?, ?, 0, ?)", (tag_id, name, len(members)))
-            conn.executemany("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, ?)",
-                             [(pid, tag_id) for pid in members])
-    if migrated:
-        run_migrations(db, MIGRATIONS)
-    return db
+    """The rows as posts of test_query's writer (fixed date, height, size and format)."""
+    posts = [P(r.id, "2020-01-01T00:00:00.000-05:00", r.width, 768, "png", r.rating, r.score, r.fav, 1000, r.tags)
+             for r in rows]
+    return write_db(path, posts, migrated, vocab=VOCAB)
 
 
 def read_rows(db: DanbooruDB) -> list[Row]:
