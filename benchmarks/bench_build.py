@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,33 +50,39 @@ RECIPE = Recipe.model_validate({"name": "bench", "version": "1", "image": {"buck
                                 "shard_max_bytes": 20_000_000})
 
 
-def _drawing(key: int) -> tuple[bytes, str, int, int]:
-    rng = np.random.default_rng(key)
-    w, h = int(rng.integers(500, 900)), int(rng.integers(500, 900))
+def drawing(seed: int, width: tuple[int, int] = (500, 900), height: tuple[int, int] = (500, 900),
+            shapes: int = 12, line: int = 3, ext: str | None = None) -> tuple[bytes, str, int, int]:
+    """A flat-colour drawing with outlined shapes: (bytes, ext, width, height); JPEG for every
+    fourth seed unless `ext` says which."""
+    rng = np.random.default_rng(seed)
+    w, h = int(rng.integers(*width)), int(rng.integers(*height))
     ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * rng.random(3)[None, None, :]
     img = Image.fromarray(np.broadcast_to(ramp, (h, w, 3)).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(12):
+    for _ in range(shapes):
         box = sorted(rng.integers(0, w, 2).tolist()), sorted(rng.integers(0, h, 2).tolist())
         draw.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(rng.integers(0, 256, 3).tolist()),
-                     outline=(0, 0, 0), width=3)
+                     outline=(0, 0, 0), width=line)
     buf = io.BytesIO()
-    ext = "jpg" if key % 4 == 0 else "png"
+    ext = ext or ("jpg" if seed % 4 == 0 else "png")
     img.save(buf, format="JPEG" if ext == "jpg" else "PNG", quality=90)
     return buf.getvalue(), ext, w, h
 
 
-def make_sample(n: int) -> tuple[Path, Path]:
-    root = CACHE / f"n{n}"
+def make_sample(n: int, root: Path | None = None, seed: int = 1,
+                draw: Callable[[int], tuple[bytes, str, int, int]] = drawing) -> tuple[Path, Path]:
+    """A sample DB of `n` posts and one image per post (`draw(post id)`), the DB's md5, size,
+    format and dims set to the file's; cached under `root` (default CACHE/n<n>)."""
+    root = root or CACHE / f"n{n}"
     db, src = root / "danbooru.db", root / "raw"
     if (root / "done").exists():
         return db, src
     shutil.rmtree(root, ignore_errors=True)
     src.mkdir(parents=True)
-    write_sample_db(db, n, seed=1)
+    write_sample_db(db, n, seed=seed)
     with sqlite3.connect(db) as conn:
         for (key,) in conn.execute("SELECT id FROM post").fetchall():
-            data, ext, w, h = _drawing(key)
+            data, ext, w, h = draw(key)
             (src / f"{key}.{ext}").write_bytes(data)
             conn.execute("UPDATE post SET md5=?, file_size=?, file_ext=?, image_width=?, image_height=? WHERE id=?",
                          (hashlib.md5(data).hexdigest(), len(data), ext, w, h, key))

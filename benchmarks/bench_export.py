@@ -32,14 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import hashlib  # noqa: E402
 import io  # noqa: E402
-import sqlite3  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
+from benchmarks import bench_build  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 from kohaku_data.assembly import build_dataset  # noqa: E402
 from kohaku_data.config import Recipe  # noqa: E402
@@ -51,29 +49,19 @@ RECIPE = Recipe.model_validate({"name": "bx", "version": "1", "image": {"bucket"
                                 "shard_max_bytes": 50_000_000})
 
 
+def _noisy_png(key: int) -> tuple[bytes, str, int, int]:
+    """A ~0.64 MB PNG: a colour ramp with noise (sizes like real uploads at sd15-512)."""
+    rng = np.random.default_rng(key)
+    w, h = int(rng.integers(520, 700)), int(rng.integers(520, 700))
+    ramp = np.linspace(0, 200, w, dtype=np.float32)[None, :, None] * rng.random(3)
+    pixels = (ramp + rng.integers(0, 56, (h, w, 3))).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), "png", w, h
+
+
 def make_sample(n: int) -> tuple[Path, Path]:
-    root = CACHE / f"in-{n}"
-    db, src = root / "danbooru.db", root / "raw"
-    if (root / "done").exists():
-        return db, src
-    shutil.rmtree(root, ignore_errors=True)
-    src.mkdir(parents=True)
-    write_sample_db(db, n, seed=2)
-    with sqlite3.connect(db) as conn:
-        for (key,) in conn.execute("SELECT id FROM post").fetchall():
-            rng = np.random.default_rng(key)
-            w, h = int(rng.integers(520, 700)), int(rng.integers(520, 700))
-            ramp = np.linspace(0, 200, w, dtype=np.float32)[None, :, None] * rng.random(3)
-            pixels = (ramp + rng.integers(0, 56, (h, w, 3))).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-            data = buf.getvalue()
-            (src / f"{key}.png").write_bytes(data)
-            conn.execute("UPDATE post SET md5=?, file_size=?, file_ext='png', image_width=?, image_height=? "
-                         "WHERE id=?", (hashlib.md5(data).hexdigest(), len(data), w, h, key))
-    conn.close()
-    (root / "done").touch()
-    return db, src
+    return bench_build.make_sample(n, CACHE / f"in-{n}", seed=2, draw=_noisy_png)
 
 
 def built_dataset(n: int) -> Path:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import os
 import resource
 import shutil
@@ -42,13 +41,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (before importing ray)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_build import RECIPE, make_sample  # noqa: E402
+from benchmarks.bench_build import RECIPE, drawing, make_sample  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 from kohaku_data.assembly import build_dataset  # noqa: E402
 from kohaku_data.assembly.executor import LocalExecutor  # noqa: E402
@@ -150,18 +146,7 @@ def ray_rates(db_path: Path, src: Path, out: Path, small: tuple[Path, Path], rou
 
 def _big_drawing(seed: int) -> bytes:
     """A ~5 MP flat-colour drawing with lines, as PNG (what the kohaku-xl recipe meets)."""
-    rng = np.random.default_rng(seed)
-    w, h = int(rng.integers(2300, 2700)), int(rng.integers(1900, 2200))
-    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * rng.random(3)[None, None, :]
-    img = Image.fromarray(np.broadcast_to(ramp, (h, w, 3)).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(40):
-        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
-        y0, y1 = sorted(rng.integers(0, h, 2).tolist())
-        draw.ellipse((x0, y0, x1, y1), fill=tuple(rng.integers(0, 256, 3).tolist()), outline=(0, 0, 0), width=6)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return drawing(seed, width=(2300, 2700), height=(1900, 2200), shapes=40, line=6, ext="png")[0]
 
 
 def kohaku_xl_seconds(count: int) -> float:
