@@ -24,14 +24,15 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        name_failed_write(exc, path)
+        name_failed_write(exc, path, tmp)
         raise
 
 
-def name_failed_write(exc: BaseException, path: Path) -> None:
-    """Note on an OSError from `write()` (which carries no file name) the file the user knows,
-    so the CLI can say which file a full disk or a size limit stopped (see errors.write_problem)."""
-    if isinstance(exc, OSError) and exc.filename is None:
+def name_failed_write(exc: BaseException, path: Path, tmp: Path | None = None) -> None:
+    """Note on an OSError the file the user knows, so the CLI can say which file a full disk or
+    a size limit stopped (see errors.write_problem): `write()` carries no file name, and an
+    `open()` of the temporary file names the temporary file, not `path`."""
+    if isinstance(exc, OSError) and (exc.filename is None or (tmp is not None and exc.filename == str(tmp))):
         exc.add_note(f"{WRITING_NOTE}{path}")
 
 

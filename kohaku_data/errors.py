@@ -71,7 +71,7 @@ def _one_write_problem(exc: BaseException) -> WriteProblem | None:
     code = exc.errno if isinstance(exc, OSError) and exc.errno is not None else _os_error_code(str(exc))
     if code not in WRITE_ERRNOS:
         return None
-    return WriteProblem(WRITE_ERRNOS[code], _visible_name(_written_path(exc)))
+    return WriteProblem(WRITE_ERRNOS[code], _written_path(exc))
 
 
 def _os_error_code(text: str) -> int | None:
@@ -80,16 +80,9 @@ def _os_error_code(text: str) -> int | None:
 
 
 def _written_path(exc: BaseException) -> str | None:
-    """The file name the error carries, or the one `atomic.name_failed_write` noted on it."""
-    if isinstance(exc, OSError) and isinstance(exc.filename, str):
-        return exc.filename
+    """The file `atomic.name_failed_write` noted on the error (the one the user knows), else the
+    file name the error carries."""
     notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith(WRITING_NOTE)]
-    return notes[-1].removeprefix(WRITING_NOTE) if notes else None
-
-
-def _visible_name(path: str | None) -> str | None:
-    """The file the user knows: `.manifest.parquet.123.abc.tmp` (see atomic.replacing) → manifest.parquet."""
-    if path is None:
-        return None
-    match = re.match(r"^(?P<dir>.*/)?\.(?P<name>.+)\.\d+\.[0-9a-f]+\.tmp$", path)
-    return f"{match['dir'] or ''}{match['name']}" if match else path
+    if notes:
+        return notes[-1].removeprefix(WRITING_NOTE)
+    return exc.filename if isinstance(exc, OSError) and isinstance(exc.filename, str) else None

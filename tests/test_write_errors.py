@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from kohaku_data.atomic import replacing
 from kohaku_data.errors import WriteProblem, write_problem
 from test_build_support import folder_bytes, make_inputs
 
@@ -225,9 +226,12 @@ def test_sync_at_a_file_size_limit_keeps_what_it_stored(tmp_path: Path) -> None:
     (errno.EDQUOT, "the disk quota is exhausted"), (errno.EROFS, "the file system is read-only"),
     (errno.EACCES, "permission was denied"),
 ])
-def test_each_write_errno_is_named_with_the_file_the_user_knows(code: int, reason: str) -> None:
-    exc = OSError(code, "strerror", "/data/out/.manifest.parquet.123.0a1b2c3d4e5f.tmp")
-    assert write_problem(exc) == WriteProblem(reason, "/data/out/manifest.parquet")
+def test_each_write_errno_is_named_with_the_file_the_user_knows(code: int, reason: str, tmp_path: Path) -> None:
+    target = tmp_path / "manifest.parquet"
+    with pytest.raises(OSError) as raised, replacing(target) as tmp:
+        raise OSError(code, "strerror", str(tmp))  # as open() of the temporary file reports it
+    assert write_problem(raised.value) == WriteProblem(reason, str(target))
+    assert not list(tmp_path.iterdir())
 
 
 def test_write_problems_are_found_behind_other_errors() -> None:
