@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kohaku_data.db.post_tags import open_post_tags
 from kohaku_data.errors import KdataError
 
 POST_SCHEMA: dict[str, pl.DataType] = {
@@ -183,12 +184,16 @@ def read_posts_by_ids(
 def read_post_range(
     conn: sqlite3.Connection, after: int, last: int | None, with_rids: bool
 ) -> tuple[pl.DataFrame, Relations]:
-    """Posts with `after < id <= last` (no upper bound when `last` is None), by id."""
+    """Posts with `after < id <= last` (no upper bound when `last` is None), by id. Relations
+    come from the stored blocks when they are current (db/post_tags.py), else from SQL."""
     upper = (1 << 62) if last is None else last
     posts = _read_posts(conn, "p.id > ? AND p.id <= ?", [after, upper])
     if posts.height == 0:
         return posts, _no_relations()
     span = (int(posts["id"][0]), int(posts["id"][-1]))
+    blocks = None if with_rids else open_post_tags(conn)
+    if blocks is not None:
+        return posts, Relations(*blocks.relations(conn, *span), None)
     return posts, _read_relations(conn, "post_id BETWEEN ? AND ?", list(span), with_rids, span)
 
 

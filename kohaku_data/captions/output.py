@@ -40,7 +40,7 @@ def write_captions(
 
 
 def _write_parquet(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
-    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_parquet(path))
+    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_parquet(path, compression_level=1))
 
 
 def _write_jsonl(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:

@@ -135,6 +135,12 @@ def version(db: DanbooruDB) -> tuple[int, str] | None:
     return _state(db)
 
 
+def version_of(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """`version` over a plain sqlite3 connection: a key for what kdata stores derived from the
+    published tables (db/post_tags.py)."""
+    return _state_of(conn)
+
+
 def read(db: DanbooruDB, name: str) -> Any | None:
     """The stored payload of `name` if it is current, else None (bytes stay bytes)."""
     return read_from(db.connection(), name)
@@ -195,9 +201,11 @@ def refresh(db: DanbooruDB) -> list[str]:
     ensure_counting(db)
     from kohaku_data.captions.summaries import refresh_caption_summaries
     from kohaku_data.db.info import refresh_info
-    from kohaku_data.db.query_bits import refresh_if_stale
+    from kohaku_data.db import post_tags, query_bits
 
-    # The query bitmap index (migration 0009) goes stale on any post/tag write; queries stay
-    # right without it but slow, so the writers that refresh summaries rebuild it too.
-    rebuilt = ["query bitmap index"] if refresh_if_stale(db) else []
+    # The query bitmap index (migration 0009) and the caption blocks (0011) go stale on any
+    # write; readers stay right without them but slow, so the writers that refresh summaries
+    # rebuild them too.
+    rebuilt = ["query bitmap index"] if query_bits.refresh_if_stale(db) else []
+    rebuilt += ["post tag blocks"] if post_tags.refresh_if_stale(db) else []
     return [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]

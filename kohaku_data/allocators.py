@@ -1,0 +1,38 @@
+"""Allocator settings for the bulk commands (captions, builds): keep freed memory for reuse.
+
+A caption job allocates and frees the same few hundred MB for every page of 25k posts. By
+default both allocators hand that memory back to the kernel at once — glibc trims the heap top
+and unmaps big blocks, polars' jemalloc purges dirty pages after a short decay — so the next
+page faults every page in again and the kernel zeroes it: measured on 1M posts, 1.8 of 10.3 s
+of CPU went to page faults and `clear_page`. Keeping freed memory for 10 s and raising glibc's
+trim threshold cuts that to ~0.7 s; peak memory is unchanged (the same pages are reused).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# jemalloc (polars' allocator, symbols prefixed `_rjem_`) reads this when polars is loaded.
+_JEMALLOC_ENV = "_RJEM_MALLOC_CONF"
+_JEMALLOC_CONF = "dirty_decay_ms:10000,muzzy_decay_ms:10000"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_GLIBC_TRIM_BYTES = 1 << 30
+_GLIBC_MMAP_BYTES = 32 << 20  # glibc's ceiling for the mmap threshold on 64-bit
+
+
+def keep_freed_memory() -> None:
+    """Apply the settings above to this process (and, through the environment, to the worker
+    processes it starts). A user's own `_RJEM_MALLOC_CONF` wins; polars already loaded
+    (a library caller) keeps its settings; not on glibc: nothing to do."""
+    if "polars" not in sys.modules:
+        os.environ.setdefault(_JEMALLOC_ENV, _JEMALLOC_CONF)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)  # the interpreter's own symbols, libc's among them
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_BYTES)
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_BYTES)
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return
