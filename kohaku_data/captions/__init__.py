@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ __all__ = [
 ]
 # Reading the whole tag table pays off once the job is big; a few posts look their tags up.
 _WHOLE_TAG_TABLE_FROM = 50_000
+CAPTIONERS = 2
 
 
 def caption_posts(
@@ -103,11 +106,32 @@ def _captions_of(
     if workers > 1 and many:
         yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)
         return
-    tags = TagSource(conn, whole, lambda t: prepare_tags(t, config), lambda: stored_prepared_tags(conn, config))
-    pages = prefetched_pages(db.path, specs, with_rids) if many else (s.read(conn, with_rids) for s in specs)
-    for posts, rel in pages:
-        if posts.height:
-            yield caption_page(posts, rel, tags, config, thresholds)
+    if not many:
+        tags = _tag_source(conn, whole, config)
+        for posts, rel in (s.read(conn, with_rids) for s in specs):
+            if posts.height:
+                yield caption_page(posts, rel, tags, config, thresholds)
+        return
+    # The tag table (~0.3 s with Danbooru's ~1M names) is prepared while the first pages are
+    # read; pages are captioned CAPTIONERS at a time (polars and numpy release the GIL), in order.
+    with ThreadPoolExecutor(1 + CAPTIONERS) as pool:
+        preparing = pool.submit(_tag_source, conn, whole, config)
+
+        def caption(posts: pl.DataFrame, rel) -> pl.DataFrame:
+            return caption_page(posts, rel, preparing.result(), config, thresholds)
+
+        pending: deque[Future[pl.DataFrame]] = deque()
+        for posts, rel in prefetched_pages(db.path, specs, with_rids):
+            if posts.height:
+                pending.append(pool.submit(caption, posts, rel))
+            if len(pending) > CAPTIONERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _tag_source(conn: sqlite3.Connection, whole: bool, config: CaptionConfig) -> TagSource:
+    return TagSource(conn, whole, lambda t: prepare_tags(t, config), lambda: stored_prepared_tags(conn, config))
 
 
 def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from kohaku_data.cli.common import DbOption, clean_errors, settings
+from kohaku_data.cli.common import DbOption, clean_errors, db_path
 
 
 def query(
@@ -29,7 +29,7 @@ def query(
     from kohaku_data.db.query import count_posts, post_records, query_ids
 
     with clean_errors():
-        path = settings(db=db).require_db()
+        path = db_path(db)
         with DanbooruDB.open(path, readonly=True) as handle:
             if count:
                 typer.echo(count_posts(handle, expr))
