@@ -14,7 +14,9 @@ from kohaku_data.captions import caption_posts, compute_thresholds, iter_caption
 from kohaku_data.captions.frame import open_reader, read_post_range
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB, summary
-from kohaku_data.db.post_tags import BLOCK, decode_block, encode_block, open_post_tags, refresh_if_stale
+from kohaku_data.db.post_tags import (
+    BLOCK, BLOCK_BITS, decode_block, encode_block, install, open_post_tags, refresh_if_stale, retire,
+)
 from kohaku_data.sample import write_sample
 
 
@@ -63,6 +65,46 @@ def test_blocks_hold_exactly_the_table_rows(migrated: Path) -> None:
     hi += 5 * BLOCK
     for first, last in ((lo, hi), (lo + 1, lo + 1), (lo + 3, hi - BLOCK // 2), (hi - 1, hi + 10)):
         assert _block_relations(migrated, first, last) == _table_relations(migrated, first, last)
+
+
+def _blobs(path: Path) -> dict[int, bytes]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT block, data FROM kdata_post_tags").fetchall())
+
+
+def test_a_refresh_re_encodes_only_the_written_blocks(migrated: Path) -> None:
+    with DanbooruDB.open(migrated) as db:
+        conn = db.connection()
+        lo, hi = conn.execute("SELECT min(post_id), max(post_id) FROM posttagrelation").fetchone()
+        before = _blobs(migrated)
+        # a sync-like write: one post's tags change, and a post lands in a block of its own
+        conn.execute("DELETE FROM posttagrelation WHERE post_id = ? AND tag_id = (SELECT min(tag_id) "
+                     "FROM posttagrelation WHERE post_id = ?)", (lo, lo))
+        conn.execute("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, 2), (?, 3)", (hi + 3 * BLOCK,) * 2)
+        touched = {lo >> BLOCK_BITS, (hi + 3 * BLOCK) >> BLOCK_BITS}
+        assert {r[0] for r in conn.execute("SELECT block FROM kdata_post_tags_dirty")} == touched
+        assert open_post_tags(conn) is None
+        assert refresh_if_stale(db)
+        assert open_post_tags(conn) is not None
+        after = _blobs(migrated)
+        assert {b for b in after if after[b] != before.get(b)} == touched
+        retire(db)  # a full build gives the same blocks
+        assert refresh_if_stale(db)
+        assert _blobs(migrated) == after
+    assert _block_relations(migrated, lo, hi + 4 * BLOCK) == _table_relations(migrated, lo, hi + 4 * BLOCK)
+
+
+def test_missing_triggers_mean_a_full_rebuild(migrated: Path) -> None:
+    with DanbooruDB.open(migrated) as db:
+        conn = db.connection()
+        conn.execute("DROP TRIGGER kdata_post_tags_insert")
+        assert open_post_tags(conn) is None  # a write now would go unnoticed: not trusted
+        first = conn.execute("SELECT min(post_id) FROM posttagrelation").fetchone()[0]
+        conn.execute("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, 5)", (first,))
+        assert refresh_if_stale(db)
+        assert open_post_tags(conn) is not None
+        install(db)  # idempotent
+    assert _block_relations(migrated, first, first) == _table_relations(migrated, first, first)
 
 
 def test_a_write_makes_readers_use_sql_until_refreshed(migrated: Path) -> None:

@@ -323,6 +323,7 @@ def import_files(
     `defer` (None: automatic, when the input likely holds more posts than the file) drops the
     secondary indexes and rebuilds them at the end; a killed run leaves them for the rerun.
     """
+    from kohaku_data.db import post_tags
     from kohaku_data.db import summary as db_summary
     from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
 
@@ -338,6 +339,7 @@ def import_files(
     with _bulk_pragmas(db.connection()), db_summary.suspended(db):
         if defer:
             defer_indexes(db)
+            post_tags.retire(db)  # rebuilt once at the end, not noted row by row
         try:
             with progress_bar("import", total, progress) as bar:
                 for path in paths:

@@ -135,12 +135,6 @@ def version(db: DanbooruDB) -> tuple[int, str] | None:
     return _state(db)
 
 
-def version_of(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    """`version` over a plain sqlite3 connection: a key for what kdata stores derived from the
-    published tables (db/post_tags.py)."""
-    return _state_of(conn)
-
-
 def read(db: DanbooruDB, name: str) -> Any | None:
     """The stored payload of `name` if it is current, else None (bytes stay bytes)."""
     return read_from(db.connection(), name)
