@@ -396,8 +396,9 @@ def make_dirs(target: Target) -> None:
 
 def local_work_dir(target: Target) -> Path:
     """A local folder that belongs to one remote `target` (this user's cache, named after the
-    URL): where work for it is prepared, and where its one-writer lock lives — object stores
-    have no locks; this still stops two writers on one machine."""
+    URL): where a re-caption prepares its output and keeps its one-writer lock, and where a
+    build with dedup keeps its hash cache. (A build's staging lives beside its output, and its
+    one-driver lease there: `assembly/lease.py`.)"""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdata" / "work"
     folder = cache / hashlib.sha256(display(target).rstrip("/").encode()).hexdigest()[:32]
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,19 @@
     server = S3Server.start()              # moto on 127.0.0.1:<free port>
     proxy = FaultProxy.start(server.url)   # forwards to it; `proxy.fail_next(5)` answers 500s
     env = s3_env(proxy.url)                # AWS_* + FSSPEC_S3_ENDPOINT_URL for subprocesses
+    with endpoint_environ(server.url): ... # the same for this process and all it starts (a Ray cluster)
 
 Nothing is mocked: s3fs talks HTTP to a real S3 implementation, the way it talks to AWS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -67,6 +70,36 @@ def use_endpoint(monkeypatch, endpoint: str, **extra: str) -> None:
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def endpoint_environ(endpoint: str) -> Iterator[None]:
+    """`use_endpoint` for a whole module: this process's environment (so processes started in
+    the block — a Ray cluster's nodes and so their workers — inherit it) and fsspec's config,
+    restored afterwards."""
+    import fsspec.config
+    import s3fs
+
+    values = {**CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    saved_env = {key: os.environ.get(key) for key in [*values, "AWS_PROFILE"]}
+    saved_conf = fsspec.config.conf.get("s3")
+    os.environ.update(values)
+    os.environ.pop("AWS_PROFILE", None)
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @dataclass

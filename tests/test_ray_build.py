@@ -6,6 +6,8 @@ for the module and torn down after. All of its traffic stays on loopback: every 
 driver (this process and the `kdata` subprocesses) binds 127.0.0.1
 (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray pick the loopback address instead of the
 host's external one; checked below on the listening sockets), and usage statistics are off.
+The Ray + S3 tests use moto's S3 server on 127.0.0.1, started before the cluster so that its
+endpoint and credentials are in every node's environment.
 """
 
 from __future__ import annotations
@@ -41,7 +43,28 @@ ray.cloudpickle.register_pickle_by_value(ray_support)  # its task functions trav
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3_url():
+    """A real S3 API on loopback (moto's server) for the Ray + S3 tests, its endpoint and
+    credentials in this process's environment before the cluster starts, so every node's
+    workers inherit them (as a user's nodes have their own); None without the s3 extras."""
+    try:
+        import moto.server  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    from s3_support import S3Server, endpoint_environ
+
+    server = S3Server.start()
+    try:
+        with endpoint_environ(server.url):
+            yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_url):
     c = Cluster(initialize_head=True, head_node_args=node_args(head=True))
     worker = c.add_node(**node_args())
     c.wait_for_nodes()
@@ -181,6 +204,85 @@ def test_a_node_with_other_library_versions_is_refused_before_any_work(cluster, 
     finally:
         c.remove_node(odd)
     assert not list(out.glob("*.tar")) and not list(out.glob(".staging/images/*/*/*"))
+
+
+# -- Ray and S3 together: tars in a bucket, the dataset into a bucket -----------------------------
+@pytest.fixture(scope="module")
+def tar_inputs(tmp_path_factory) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("tar-inputs"), tar=True)
+
+
+@pytest.fixture(scope="module")
+def tar_local(tar_inputs, tmp_path_factory) -> dict[str, str]:
+    """sha256 of every file (card/ included) of the local build from the same tars."""
+    out = tmp_path_factory.mktemp("tar-local") / "ds"
+    build(tar_inputs, out, workers=1)
+    return {p.relative_to(out).as_posix(): _sha256(p.read_bytes()) for p in sorted(out.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bucket_with_tars(s3_url: str | None, inputs: Inputs) -> tuple[Inputs, str]:
+    """A fresh bucket holding the tars under raw/: (inputs that read them there, the output URL)."""
+    if s3_url is None:
+        pytest.skip("the s3 extras (s3fs, moto[server]) are not installed")
+    import secrets
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    bucket = f"kdata-ray-{secrets.token_hex(4)}"
+    fs.mkdir(bucket)
+    for path in sorted(inputs.src.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{bucket}/raw/{path.relative_to(inputs.src).as_posix()}", path.read_bytes())
+    return Inputs(inputs.db, f"s3://{bucket}/raw", inputs.ids, inputs.hard), f"s3://{bucket}/datasets/t-1"
+
+
+def _published(out: str) -> dict[str, str]:
+    from kohaku_data import storage
+
+    return {name: _sha256(storage.read_bytes(f"{out}/{name}")) for name, _ in storage.list_files(out)}
+
+
+def test_ray_build_from_a_bucket_into_a_bucket_equals_local(cluster, s3_url, tar_inputs, tar_local):
+    """Staging, shards and final files beside an s3:// output, written by tasks on both nodes."""
+    from kohaku_data import storage
+
+    remote, out = _bucket_with_tars(s3_url, tar_inputs)
+    executor = RayExecutor()
+    result = build(remote, out, executor=executor)
+    assert set(result.placements) == _alive_node_ids() and all(n > 0 for n in result.placements.values())
+    assert _published(out) == tar_local, "sha256 of every published object equals the local build's"
+    assert storage.list_names(f"{out}/.staging") == [], "staging objects and the lease are gone"
+    assert build(remote, out, executor=RayExecutor()).up_to_date
+
+
+def test_ray_driver_sigkill_into_a_bucket_then_rerun_resumes_to_the_same_bytes(cluster, s3_url, tar_inputs,
+                                                                              tar_local, tmp_path):
+    from kohaku_data import storage
+
+    c, _ = cluster
+    remote, out = _bucket_with_tars(s3_url, tar_inputs)
+    proc = subprocess.Popen(_cli(remote, out, tmp_path, c.address), env=ray_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    shards = lambda: [n for n in storage.list_names(out) if n.endswith(".tar")]  # noqa: E731
+    while proc.poll() is None and not shards():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run: {proc.stderr.read().decode()[-2000:]}"
+    assert not storage.exists(f"{out}/dataset.lock")
+    assert storage.exists(f"{out}/.staging/driver.lock"), "the killed driver's lease stays behind"
+    result = build(remote, out, executor=RayExecutor())  # this machine, its pid gone: the lease is taken over
+    assert result.reused > 0
+    assert _published(out) == tar_local
+    assert storage.list_names(f"{out}/.staging") == []
 
 
 # -- the executor's fault handling, on the same cluster --------------------------------------------

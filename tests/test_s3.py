@@ -194,6 +194,16 @@ def test_recaption_from_a_bucket_into_a_bucket_gives_the_local_bytes(local_datas
         assert storage.read_bytes(f"{remote['out']}/{name}") == (tmp_path / "recap" / name).read_bytes(), name
 
 
+def _staged_objects(out: str) -> list[str]:
+    """The staged task objects beside an s3:// output (its `.staging/images/<config>/tasks/`)."""
+    import s3fs
+
+    try:
+        return s3fs.S3FileSystem().find(f"{out.removeprefix('s3://')}/.staging/images")
+    except FileNotFoundError:
+        return []
+
+
 def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 120) -> int:
     """Run `cmd`, SIGKILL it as soon as `ready()` holds (or let it end); its exit status."""
     import signal
@@ -221,10 +231,11 @@ def test_build_from_a_bucket_into_a_bucket_resumes_through_500s_to_the_local_byt
     recipe.write_text('name = "t"\nversion = "1"\nshard_max_bytes = 400000\n[image]\nbucket = "demo-256"\n')
     cmd = [*KDATA, "build", "--src", src, "--out", out, "--db", str(inputs.db), "--recipe", str(recipe),
            "--workers", "2", "--no-progress"]
-    staging = storage.local_work_dir(out) / ".staging"
-    staged = lambda: sum(1 for p in staging.rglob("*") if p.is_file() and not p.name.startswith(".")) >= 8  # noqa: E731
+    staged = lambda: len(_staged_objects(out)) >= 8  # noqa: E731
     assert _kill_when(cmd, env, staged) == -9, "killed mid-build"
     assert not storage.exists(f"{out}/dataset.lock")
+    assert all(name.endswith(".bin") for name in _staged_objects(out)), "one staged object per image task"
+    assert storage.exists(f"{out}/.staging/driver.lock"), "the killed driver's lease is left behind"
 
     endpoint.fail_next(6, method="PUT")  # the store refuses uploads for a while as the rerun publishes
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -237,9 +248,118 @@ def test_build_from_a_bucket_into_a_bucket_resumes_through_500s_to_the_local_byt
     assert set(published) == set(expected)
     differ = [name for name, data in expected.items() if storage.read_bytes(f"{out}/{name}") != data]
     assert differ == [], f"published files that differ from the local build: {differ}"
-    assert not any(p.suffix == ".tar" for p in storage.local_work_dir(out).iterdir()), "local shard copies dropped"
+    assert not (tmp_path / "cache" / "kdata").exists(), "an s3:// output needs no local work folder"
+    assert storage.list_names(f"{out}/.staging") == [], "staging and the lease are gone"
 
     check = subprocess.run([*KDATA, "verify", out], env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+
+
+def test_one_driver_per_bucket_output_and_a_dead_drivers_lease_does_not_block(inputs, endpoint, tmp_path):
+    """The lease object `OUT/.staging/driver.lock`: a live driver anywhere refuses a second one;
+    a driver gone from this machine, or one whose lease expired elsewhere, is taken over."""
+    import time
+
+    from kohaku_data.assembly import BuildError
+    from kohaku_data.assembly.lease import DriverLease
+
+    out = f"s3://{_bucket()}/datasets/t-1"
+    lease = f"{out}/.staging/driver.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kohaku_data.assembly.lease import DriverLease; "
+         "DriverLease(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(60)", f"{out}/.staging"],
+        env=s3_env(endpoint.url), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BuildError, match="another build is running into .*renewed until") as info:
+            build(inputs, out)
+        assert "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with DriverLease(f"{out}/.staging"):  # its process is gone from this machine: taken over at once
+        pass
+    assert not storage.exists(lease), "released"
+
+    elsewhere = {"driver": "feed", "host": "another-machine", "pid": 1, "boot": "x", "pidns": "x"}
+    storage.commit_bytes(lease, json.dumps({**elsewhere, "expires": time.time() + 600}).encode())
+    with pytest.raises(BuildError, match="another build is running into"):
+        DriverLease(f"{out}/.staging").acquire()
+    storage.commit_bytes(lease, json.dumps({**elsewhere, "expires": time.time() - 1}).encode())
+    with DriverLease(f"{out}/.staging") as taker:
+        assert json.loads(storage.read_bytes(lease))["driver"] == taker.me["driver"]
+        assert storage.exists(f"{lease}.feed.takeover"), "a takeover is create-only: one driver wins it"
+
+
+def test_a_lease_is_renewed_and_a_driver_that_lost_it_stops(endpoint):
+    import time
+
+    from kohaku_data.assembly import BuildError
+    from kohaku_data.assembly.lease import DriverLease
+
+    out = f"s3://{_bucket()}/datasets/t-1"
+    lease = f"{out}/.staging/driver.lock"
+    record = lambda: json.loads(storage.read_bytes(lease))  # noqa: E731
+    with DriverLease(f"{out}/.staging", ttl=0.4) as held:  # renewed every 0.1 s
+        first = record()["expires"]
+        assert _soon(lambda: record()["expires"] > first), "the heartbeat renews it"
+        held.check()
+
+        def stolen() -> bool:
+            if record()["driver"] != "thief":  # (again, if a renewal read just before landed after it)
+                storage.commit_bytes(lease, json.dumps({"driver": "thief", "expires": time.time() + 60}).encode())
+            try:
+                held.check()
+            except BuildError as exc:
+                return "lost its lease" in str(exc)
+            return False
+
+        assert _soon(stolen), "the heartbeat notices the lease is another driver's"
+    assert record()["driver"] == "thief", "another's lease is never removed"
+
+
+def _soon(condition, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_output_in_a_missing_bucket_is_one_sentence(inputs, endpoint):
+    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' does not exist") as info:
+        build(inputs, "s3://no-such-bucket/datasets/t-1")
+    assert "\n" not in str(info.value)
+
+
+def test_create_only_writes_in_a_bucket_and_a_twin_shard_task(endpoint):
+    """S3's `If-None-Match: *` through s3fs: a second create-only write is refused, the object
+    untouched. A shard task whose twin already committed the same tar keeps it; a stale tar
+    (a killed run's) is replaced."""
+    import hashlib
+
+    from kohaku_data.assembly.packing import ShardJob, write_shard
+    from kohaku_data.assembly.shards import member_bytes, tar_size
+
+    base = f"s3://{_bucket()}/d"
+    storage.commit_bytes(f"{base}/a", b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        storage.commit_bytes(f"{base}/a", b"second", exclusive=True)
+    with pytest.raises(FileExistsError), storage.committing(f"{base}/a", exclusive=True) as f:
+        f.write(b"third")
+    assert storage.read_bytes(f"{base}/a") == b"first"
+
+    job = ShardJob(0, f"{base}/t-000000.tar", ((("1.txt", b"hello"), ("1.json", b"{}")),),
+                   tar_size(member_bytes(5) + member_bytes(2)))
+    first = write_shard(job)
+    assert write_shard(job) == first  # the twin
+    storage.commit_bytes(job.path, b"\0" * job.size)  # a stale tar of the same name and size
+    assert write_shard(job) == first
+    assert hashlib.sha256(storage.read_bytes(job.path)).hexdigest() == first.info.sha256
+    index = json.loads(storage.read_bytes(f"{base}/t-000000.json"))
+    assert index["hash_lfs"] == first.info.sha256 and index["filesize"] == job.size

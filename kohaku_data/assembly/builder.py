@@ -3,7 +3,8 @@
     result = build_dataset(Path("raw"), Path("datasets/demo-1"), recipe, db, workers=4)
 
 Flow: plan (posts ∩ files, sorted) → image tasks of fixed membership, on the executor (local
-processes or a Ray cluster), into a content-addressed staging area (`OUT/.staging/`) → the
+processes or a Ray cluster), into a content-addressed staging area beside the output
+(`OUT/.staging/`, one object per task; `OUT` a folder or an `s3://…` URL alike) → the
 driver lays shards out in key order from the results' sizes, captions made in bulk per batch →
 shard tasks, on the executor, write the tars from the staging area → manifest / rejects / index
 / stats / dataset.lock merged from per-shard parts (`pipeline.py` is the driver loop).
@@ -13,8 +14,12 @@ gives the same bytes; a killed build resumes from its staged results and committ
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
-import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,9 @@ import polars as pl
 from kohaku_data import storage
 from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.executor import Executor, LocalExecutor
+from kohaku_data.assembly.lease import LEASE_NAME, DriverLease
 from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, check_same_recipe, db_fingerprint, dumps, lock_dict, read_lock,
-    write_atomic,
 )
 from kohaku_data.assembly.manifest import (
     MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, STATS_NAME, Parts, dataset_stats, merge_parquet,
@@ -35,7 +40,7 @@ from kohaku_data.assembly.manifest import (
 from kohaku_data.assembly.packing import ShardLayout
 from kohaku_data.assembly.pipeline import ImageTasks, Pipeline
 from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, make_plan
-from kohaku_data.assembly.shards import ShardInfo
+from kohaku_data.assembly.shards import ShardInfo, member_index_name
 from kohaku_data.assembly.tasks import staging_dir
 from kohaku_data.config import Recipe
 from kohaku_data.curation.build import DEDUP_CACHE, curated_fingerprint, dedup_plan, finish_manifest
@@ -47,7 +52,7 @@ STATE_NAME = "state.json"
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: storage.Target
     samples: int
     shards: int
     bytes: int
@@ -61,55 +66,50 @@ class BuildResult:
 
 
 def build_dataset(
-    src: Path, out: Path, recipe: Recipe, db: DanbooruDB, *, workers: int = 1, force: bool = False,
+    src: Path, out: storage.Target, recipe: Recipe, db: DanbooruDB, *, workers: int = 1, force: bool = False,
     progress: bool = False, executor: Executor | None = None,
 ) -> BuildResult:
     """Build (or resume, or confirm up to date) the dataset of `recipe` in `out` (a folder, or
     a URL such as `s3://bucket/datasets/x/`; `src` may be either too)."""
     from kohaku_data.sources import open_source
 
-    if storage.is_remote(out):
-        return _build_remote(src, str(out), recipe, db, workers=workers, force=force, progress=progress,
-                             executor=executor)
-    out = Path(out)
-    with build_lock(out):
+    local = storage.local_path(out)
+    out = local if local is not None else os.fspath(out).rstrip("/")
+    with _one_driver(out) as alive:
         source = open_source(src)
         executor = executor or LocalExecutor(workers)
-        result = _Build(out, recipe, db, executor, progress).run(source, force)
+        result = _Build(out, recipe, db, executor, progress, alive).run(source, force)
         result.placements = dict(sorted(getattr(executor, "placements", {}).items()))
         return result
 
 
-def _build_remote(src, out: str, recipe: Recipe, db: DanbooruDB, **kw) -> BuildResult:
-    """`--out` on object storage, for now: build in this URL's local work folder (staging and
-    resume live there, so a rerun must run on the same machine), then publish object by object,
-    `dataset.lock` last (`storage.publish`), and drop the local copies of the shards. A rerun
-    that finds the same lock on both sides is up to date."""
-    work = storage.local_work_dir(out)
-    result = build_dataset(src, work, recipe, db, **kw)
-    local_lock = (work / LOCK_NAME).read_bytes()
-    try:
-        published = storage.read_bytes(storage.join(out, LOCK_NAME)) == local_lock
-    except FileNotFoundError:
-        published = False
-    if not published:
-        if not all((work / s["url"]).is_file() for s in result.stats["shards"]):  # dropped after an earlier publish
-            result = build_dataset(src, work, recipe, db, **{**kw, "force": True})
-        storage.publish(work, out, last=LOCK_NAME)
-    for path in work.iterdir():  # the shards are in the bucket now; the small files stay for reruns
-        if _SHARD_RE.match(path.name):
-            path.unlink()
-    result.out = out
-    result.up_to_date = result.up_to_date and published
-    return result
+@contextlib.contextmanager
+def _one_driver(out: storage.Target) -> Iterator[Callable[[], None]]:
+    """One build per output. A folder: its file lock (the OS drops it when the process dies).
+    Object storage: the lease object `OUT/.staging/driver.lock` (`lease.py`), which refuses a
+    second driver on any machine; yields the check the driver calls as it goes."""
+    if storage.local_path(out) is not None:
+        with build_lock(out):
+            yield lambda: None
+        return
+    with DriverLease(storage.join(out, STAGING_NAME), what=storage.display(out)) as lease:
+        yield lease.check
 
 
 class _Build:
-    def __init__(self, out: Path, recipe: Recipe, db: DanbooruDB, executor: Executor, progress: bool) -> None:
+    """One run of one build. Staging, parts and shards live beside the output — in its folder,
+    or as objects under its URL — so every worker on every node writes and reads them where it
+    runs, and a rerun from any machine resumes from them. The final small files are made by
+    the driver (in a temporary folder for an output on object storage, then uploaded whole)."""
+
+    def __init__(self, out: storage.Target, recipe: Recipe, db: DanbooruDB, executor: Executor, progress: bool,
+                 alive: Callable[[], None] = lambda: None) -> None:
         self.out, self.recipe, self.db, self.executor, self.progress = out, recipe, db, executor, progress
-        self.staging_root = out / STAGING_NAME
-        self.staging = staging_dir(self.staging_root / "images", recipe.image, recipe.check_md5)
-        self.parts = Parts(self.staging_root / "parts")
+        self.alive = alive
+        self.staging_root = storage.join(out, STAGING_NAME)
+        self.staging = staging_dir(storage.join(self.staging_root, "images"), recipe.image, recipe.check_md5)
+        self.parts = Parts(storage.join(self.staging_root, "parts"))
+        self.state_path = storage.join(self.staging_root, STATE_NAME)
         self.dedup_stats: dict = {}
 
     # -- state ---------------------------------------------------------------------------------
@@ -126,46 +126,66 @@ class _Build:
         self._prepare(state, force)
         thresholds = compute_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
-        plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self.out / DEDUP_CACHE,
+        plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self._dedup_cache(),
                                             self.progress)  # a no-op unless the recipe's dedup is on
         shards, tail, counts = self._process_and_pack(plan, thresholds)
         lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"])
         return self._finish(plan, shards, tail, lock, counts)
 
     def _up_to_date(self, previous: dict | None, state: dict) -> bool:
-        if previous is None or self.staging_root.exists():
+        if previous is None or storage.exists(self.state_path):  # a build started since the lock
             return False
-        return all(previous.get(k) == v for k, v in state.items()) and (self.out / STATS_NAME).is_file()
+        same = all(previous.get(k) == v for k, v in state.items())
+        return same and storage.exists(storage.join(self.out, STATS_NAME))
 
     def _prepare(self, state: dict, force: bool) -> None:
         """Start over where needed: --force wipes everything; other DB or inputs drop the packed
         shards (captions or contents may differ) but keep staged images (content-addressed)."""
-        state_path = self.staging_root / STATE_NAME
-        old = _read_json(state_path)
+        old = _read_json(self.state_path)
         if old is not None and old.get("recipe_sha256") != state["recipe_sha256"] and not force:
             raise BuildError(
-                f"{self.out} holds an unfinished build of another recipe; pick another --out, "
+                f"{storage.display(self.out)} holds an unfinished build of another recipe; pick another --out, "
                 "or pass --force to replace it"
             )
         if force:
-            _remove_outputs(self.out, wipe_staging=True)
+            _remove_outputs(self.out)
+            self._clear_staging()
         elif old != state:
-            shutil.rmtree(self.parts.folder, ignore_errors=True)
-        (self.out / LOCK_NAME).unlink(missing_ok=True)  # present again only once complete
-        self.staging.mkdir(parents=True, exist_ok=True)
-        write_atomic(state_path, dumps(state))
+            storage.remove_tree(self.parts.folder)
+        storage.remove(storage.join(self.out, LOCK_NAME))  # present again only once complete
+        storage.make_dirs(self.staging)
+        storage.commit_bytes(self.state_path, dumps(state))
+
+    def _clear_staging(self) -> None:
+        """Everything under `.staging/` but an object-storage build's lease (its holder removes it last)."""
+        if storage.local_path(self.staging_root) is not None:
+            storage.remove_tree(self.staging_root)
+            return
+        for name in storage.list_names(self.staging_root):
+            if name != LEASE_NAME:
+                storage.remove_tree(storage.join(self.staging_root, name))
+                storage.remove(storage.join(self.staging_root, name))
+
+    def _dedup_cache(self) -> Path | None:
+        """Where dedup keeps image hashes for reruns: the output folder, or for an output on object
+        storage this user's cache (a cache only: made only when the recipe dedups)."""
+        local = storage.local_path(self.out)
+        if local is not None:
+            return local / DEDUP_CACHE
+        return storage.local_work_dir(self.out) / DEDUP_CACHE if self.recipe.dedup.policy != "off" else None
 
     # -- the work ------------------------------------------------------------------------------
     def _process_and_pack(self, plan: BuildPlan, thresholds) -> tuple[list[ShardInfo], list[dict], dict]:
         """Image tasks and shard tasks on the executor (see pipeline.py); the driver lays the
         shards out and records their parts."""
         kept = self.parts.completed(self.out)
+        _remove_stale_shards(self.out, self.recipe.name, len(kept))  # shard writes are create-only
         last_key = kept[-1][1] if kept else -1
         start = plan.position_after(last_key)
         tasks = ImageTasks(plan, start, self.recipe.image, self.recipe.check_md5, self.staging)
         layout = ShardLayout(self.out, self.recipe, len(kept))
         pipeline = Pipeline(self.executor, layout, self.parts, self.staging,
-                            lambda ids: self._captions(ids, thresholds), self.progress)
+                            lambda ids: self._captions(ids, thresholds), self.progress, alive=self.alive)
         pipeline.run(tasks)
         shards = [info for info, _ in kept] + [pipeline.shards[i] for i in sorted(pipeline.shards)]
         return shards, pipeline.tail, {"processed": pipeline.processed, "reused": start + pipeline.reused}
@@ -179,29 +199,61 @@ class _Build:
     # -- final files ----------------------------------------------------------------------------
     def _finish(self, plan: BuildPlan, shards: list[ShardInfo], tail: list[dict], lock: dict,
                 counts: dict) -> BuildResult:
-        out = self.out
-        merge_parquet(self.parts.manifest_files(len(shards)), MANIFEST_SCHEMA, out / MANIFEST_NAME)
-        rejects = pl.concat(
-            [plan.rejects_frame(), pl.DataFrame(tail, schema=REJECT_SCHEMA)]
-            + [pl.read_parquet(p) for p in self.parts.reject_files(len(shards))]
-        ).sort("key", "source", "reason", nulls_last=False)
-        write_parquet(rejects, out / REJECTS_NAME)
-        write_index(out, shards, self.recipe.name)
-        curated = finish_manifest(out, out / MANIFEST_NAME, self.db, self.recipe, self.dedup_stats)  # weights
-        write_stats(out, {**dataset_stats(out, rejects, shards), **curated})
-        _remove_stale_shards(out, self.recipe.name, len(shards))
-        write_card(out, lock)  # README.md + card/*.png, made from the files above
-        write_atomic(out / LOCK_NAME, dumps(lock))  # last: its presence means "complete"
-        shutil.rmtree(self.staging_root)
-        return _result_from_stats(out, processed=counts["processed"], reused=counts["reused"])
+        with _final_folder(self.out) as final:
+            self._final_files(final, plan, shards, tail, lock)
+            _remove_stale_shards(self.out, self.recipe.name, len(shards))
+            if storage.is_remote(self.out):
+                self._upload(final, shards)
+            self.alive()  # the lease still ours: no other driver writes here now
+            storage.commit_bytes(storage.join(self.out, LOCK_NAME), dumps(lock))  # last: "complete"
+        self._clear_staging()
+        return _result_from_stats(self.out, processed=counts["processed"], reused=counts["reused"])
+
+    def _final_files(self, final: Path, plan: BuildPlan, shards: list[ShardInfo], tail: list[dict],
+                     lock: dict) -> None:
+        """manifest, rejects, index, stats and card into the local folder `final`, from the parts."""
+        n = len(shards)
+        wanted = self.parts.manifest_files(n) + self.parts.reject_files(n) + self.parts.member_files(n)
+        with storage.fetched(wanted) as parts:  # local parts are themselves; remote ones downloaded
+            merge_parquet(parts[:n], MANIFEST_SCHEMA, final / MANIFEST_NAME)
+            rejects = pl.concat(
+                [plan.rejects_frame(), pl.DataFrame(tail, schema=REJECT_SCHEMA)]
+                + [pl.read_parquet(p) for p in parts[n:2 * n]]
+            ).sort("key", "source", "reason", nulls_last=False)
+            docs = [doc for p in parts[2 * n:] for doc in pl.read_parquet(p)["json"].to_list()]
+        write_parquet(rejects, final / REJECTS_NAME)
+        write_index(final, shards, self.recipe.name)
+        curated = finish_manifest(final, final / MANIFEST_NAME, self.db, self.recipe, self.dedup_stats)  # weights
+        write_stats(final, {**dataset_stats(final, rejects, shards), **curated})
+        write_card(final, lock, docs)  # README.md + card/*.png, made from the files above
+
+    def _upload(self, final: Path, shards: list[ShardInfo]) -> None:
+        """The final files into the bucket, each whole; objects of an earlier version go."""
+        names = [rel for rel, _ in storage.list_files(final)]
+        for name in names:
+            storage.put_file(final / name, storage.join(self.out, name))
+        keep = {*names, *(s.url for s in shards), *(member_index_name(s.url) for s in shards)}
+        for name, _ in storage.list_files(self.out):
+            if name not in keep:
+                storage.remove(storage.join(self.out, name))
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    import json
+@contextlib.contextmanager
+def _final_folder(out: storage.Target) -> Iterator[Path]:
+    """Where the driver writes the final small files: the output folder itself, or for an
+    output on object storage a temporary folder (uploaded, then gone)."""
+    local = storage.local_path(out)
+    if local is not None:
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix=".kdata-final-") as tmp:
+        yield Path(tmp)
 
+
+def _read_json(target: storage.Target) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(target))
     except (OSError, ValueError):
         return None
 
@@ -209,31 +261,30 @@ def _read_json(path: Path) -> dict | None:
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{6})\.(tar|json)(\.tmp)?$")  # a shard or its member index
 
 
-_SHARD_TMP_RE = re.compile(r"^\.(?P<name>.+)-\d{6}\.tar\.\d+\.[0-9a-f]+\.tmp$")  # ShardWriter's temp files
+# kdata's own temporary files (`atomic.replacing`, `storage.committing`): a writer killed mid-write leaves one
+_TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")
 
 
-def _remove_stale_shards(out: Path, name: str, count: int) -> None:
-    """Shards numbered past the end (a previous, larger build) and leftover temp files."""
-    for path in out.iterdir():
-        match = _SHARD_RE.match(path.name)
-        if match and match["name"] == name and (int(match["index"]) >= count or path.name.endswith(".tmp")):
-            path.unlink()
-        elif (tmp := _SHARD_TMP_RE.match(path.name)) and tmp["name"] == name:
-            path.unlink()  # left by a killed or cancelled shard task
+def _remove_stale_shards(out: storage.Target, name: str, count: int) -> None:
+    """Shards numbered `count` and up (a killed run's leftovers, a previous larger build) and
+    temporary files left by killed writers (on a disk; object stores show no partial objects)."""
+    for entry in storage.list_names(out):
+        match = _SHARD_RE.match(entry)
+        if match and match["name"] == name and (int(match["index"]) >= count or entry.endswith(".tmp")):
+            storage.remove(storage.join(out, entry))
+        elif _TMP_RE.match(entry):
+            storage.remove(storage.join(out, entry))  # left by a killed or cancelled writer
 
 
-def _remove_outputs(out: Path, *, wipe_staging: bool) -> None:
-    for path in out.iterdir():
-        if _SHARD_RE.match(path.name) or path.name in (MANIFEST_NAME, REJECTS_NAME, STATS_NAME, "index.json", LOCK_NAME):
-            path.unlink()
-    if wipe_staging:
-        shutil.rmtree(out / STAGING_NAME, ignore_errors=True)
+def _remove_outputs(out: storage.Target) -> None:
+    for entry in storage.list_names(out):
+        if _SHARD_RE.match(entry) or entry in (MANIFEST_NAME, REJECTS_NAME, STATS_NAME, "index.json", LOCK_NAME):
+            storage.remove(storage.join(out, entry))
 
 
-def _result_from_stats(out: Path, *, up_to_date: bool = False, processed: int = 0, reused: int = 0) -> BuildResult:
-    import json
-
-    stats = json.loads((out / STATS_NAME).read_text())
+def _result_from_stats(out: storage.Target, *, up_to_date: bool = False, processed: int = 0,
+                       reused: int = 0) -> BuildResult:
+    stats = json.loads(storage.read_bytes(storage.join(out, STATS_NAME)))
     return BuildResult(
         out=out, samples=stats["samples"], shards=len(stats["shards"]), bytes=stats["bytes"],
         rejects=stats["rejects"], buckets=stats["buckets"], processed=processed, reused=reused,

@@ -43,10 +43,11 @@ class Card:
     pictures: tuple[Path, ...]
 
 
-def write_card(folder: Path, lock: dict[str, Any]) -> Card:
-    """Write `card/*.png` then `README.md` into `folder` (atomically each); stale pictures go."""
+def write_card(folder: Path, lock: dict[str, Any], json_docs: list[str] | None = None) -> Card:
+    """Write `card/*.png` then `README.md` into `folder` (atomically each); stale pictures go.
+    `json_docs`: the samples' `.json` members, when the shards are not in `folder` (see card_facts)."""
     folder = Path(folder)
-    facts = card_facts(folder, lock)
+    facts = card_facts(folder, lock, json_docs)
     pngs = render_plots(facts)
     card_dir = folder / CARD_DIR
     card_dir.mkdir(exist_ok=True)

@@ -50,7 +50,10 @@ class CardFacts:
         return self.lock.get("recipe", {})
 
 
-def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
+def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None = None) -> CardFacts:
+    """What the card shows, from the dataset's files in `folder`; `json_docs`, the samples'
+    `.json` members in manifest order, when the caller has them (a build keeps them in its
+    parts: its shards may lie on object storage), else read from the shards in `folder`."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     caption = lock.get("recipe", {}).get("caption", {})
@@ -65,7 +68,7 @@ def card_facts(folder: Path, lock: dict[str, Any]) -> CardFacts:
             "rating": shares(manifest, "rating", RATING_NAMES),
         },
         year_quality=year_quality(manifest),
-        tags=top_tags(folder, manifest, TOP_TAGS),
+        tags=top_tags(folder, manifest, TOP_TAGS, json_docs),
         rejects=reject_summary(rejects, REJECT_EXAMPLES),
         date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
     )
@@ -120,10 +123,12 @@ def reject_summary(rejects: pl.DataFrame, examples: int) -> pl.DataFrame:
             .sort(["n", "reason"], descending=[True, False]))
 
 
-def top_tags(folder: Path, manifest: pl.DataFrame, top: int) -> pl.DataFrame:
-    """The `top` most frequent tags of each category over the samples' `.json` members."""
+def top_tags(folder: Path, manifest: pl.DataFrame, top: int, docs: list[str] | None = None) -> pl.DataFrame:
+    """The `top` most frequent tags of each category over the samples' `.json` members (`docs`,
+    or read from the shards in `folder`)."""
     empty = pl.DataFrame(schema={"category": pl.String, "tag": pl.String, "n": pl.UInt32})
-    docs = [doc.decode("utf-8") for doc in json_members(folder, manifest)]
+    if docs is None:
+        docs = [doc.decode("utf-8") for doc in json_members(folder, manifest)]
     if not docs:
         return empty
     dtype = pl.Struct({"tags": pl.Struct({c: pl.List(pl.String) for c in TAG_CATEGORIES})})

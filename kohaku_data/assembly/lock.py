@@ -1,8 +1,9 @@
 """`dataset.lock` (what a dataset version was built from) and the one-build-per-folder lock.
 
 The lock file is deterministic JSON (sorted keys, no timestamps): the same recipe, DB and
-inputs give the same bytes. `BuildLock` is a non-blocking `filelock` on `OUT/.build.lock`:
-a second build into the same folder refuses at once instead of interleaving writes.
+inputs give the same bytes. `build_lock` is a non-blocking `filelock` on `OUT/.build.lock`:
+a second build into the same folder refuses at once instead of interleaving writes (an output
+on object storage has a lease object instead, `lease.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from kohaku_data import __version__, atomic
+from kohaku_data import __version__, atomic, storage
 from kohaku_data.config import Recipe
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.errors import KdataError
@@ -31,7 +32,8 @@ class BuildError(KdataError):
 
 @contextlib.contextmanager
 def build_lock(out: Path) -> Iterator[None]:
-    """Hold the folder's build lock; refuse at once when another build holds it."""
+    """Hold the folder's build lock; refuse at once when another build holds it. (An output on
+    object storage is held by a lease object instead: `lease.DriverLease`.)"""
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / BUILD_LOCK_NAME), timeout=0)
     try:
@@ -106,14 +108,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     atomic.write_atomic(path, data, durable=True)
 
 
-def read_lock(out: Path) -> dict[str, Any] | None:
-    path = out / LOCK_NAME
-    if not path.is_file():
-        return None
+def read_lock(out: Path | str) -> dict[str, Any] | None:
+    """The `dataset.lock` of a folder or URL, or None when there is none."""
+    path = storage.join(out, LOCK_NAME)
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
     except (OSError, ValueError) as exc:
-        raise BuildError(f"{path} is unreadable ({exc}); remove it or rebuild with --force") from exc
+        raise BuildError(f"{storage.display(path)} is unreadable ({exc}); remove it or rebuild with --force") from exc
 
 
 def check_same_recipe(out: Path, recipe: Recipe, previous: dict[str, Any] | None, force: bool) -> None:

@@ -1,6 +1,7 @@
 """Manifest, rejects, index and stats of a built dataset, written with fixed settings.
 
-While packing, each finished shard leaves a *part* in `OUT/.staging/parts/`: its manifest rows,
+While packing, each finished shard leaves a *part* in `OUT/.staging/parts/` (a folder, or
+objects beside an `s3://` output): its manifest rows,
 the rejects in its key range and its `ShardInfo` (written last: the commit marker). The final
 files are merged from the parts, so memory stays flat and a resumed build reuses the parts of
 the shards it keeps. Parquet: zstd level 3, statistics on, fixed row groups → same bytes on
@@ -9,6 +10,7 @@ every run; JSON: sorted keys.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +18,11 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.atomic import replacing
 from kohaku_data.assembly.lock import dumps, write_atomic
 from kohaku_data.assembly.plan import REJECT_SCHEMA
-from kohaku_data.assembly.shards import Placement, ShardInfo, member_index_path
+from kohaku_data.assembly.shards import Placement, ShardInfo, member_index_name
 from kohaku_data.assembly.tasks import Staged
 
 MANIFEST_NAME = "manifest.parquet"
@@ -41,6 +44,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "image_offset": pl.Int64, "image_size": pl.Int64, "txt_offset": pl.Int64, "txt_size": pl.Int64,
     "json_offset": pl.Int64, "json_size": pl.Int64,
 }
+MEMBERS_SCHEMA: dict[str, pl.DataType] = {"json": pl.String}  # a part's `.json` members, for the card
 OFFSET_COLUMNS = ("image_offset", "image_size", "txt_offset", "txt_size", "json_offset", "json_size")
 _PARQUET = {"compression": "zstd", "compression_level": 3, "statistics": True, "row_group_size": 65_536}
 
@@ -74,40 +78,67 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
 
 # -- parts --------------------------------------------------------------------------------------
 class Parts:
-    """The per-shard parts of one build in progress."""
+    """The per-shard parts of one build in progress, in a folder or under a URL prefix beside
+    the output (each part file is committed whole; the `.json` last, as the commit marker)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: storage.Target) -> None:
         self.folder = folder
 
-    def _path(self, index: int, suffix: str) -> Path:
-        return self.folder / f"{index:06d}{suffix}"
+    def _path(self, index: int, suffix: str) -> storage.Target:
+        return storage.join(self.folder, f"{index:06d}{suffix}")
 
-    def commit(self, index: int, info: ShardInfo, last_key: int, rows: list[dict], rejects: list[dict]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_parquet(pl.DataFrame(rows, schema=MANIFEST_SCHEMA), self._path(index, ".manifest.parquet"))
-        write_parquet(pl.DataFrame(rejects, schema=REJECT_SCHEMA), self._path(index, ".rejects.parquet"))
-        write_atomic(self._path(index, ".json"), dumps({"shard": asdict(info), "last_key": last_key}))
+    def commit(self, index: int, info: ShardInfo, last_key: int, rows: list[dict], rejects: list[dict],
+               json_docs: list[str] | None = None) -> None:
+        """`json_docs`: the shard's `.json` members in order, when the caller makes its card from
+        the parts (a build: its shards may lie on object storage, never read back)."""
+        manifest, rejected = pl.DataFrame(rows, schema=MANIFEST_SCHEMA), pl.DataFrame(rejects, schema=REJECT_SCHEMA)
+        storage.commit_bytes(self._path(index, ".manifest.parquet"), parquet_bytes(manifest))
+        storage.commit_bytes(self._path(index, ".rejects.parquet"), parquet_bytes(rejected))
+        if json_docs is not None:
+            storage.commit_bytes(self._path(index, ".members.parquet"),
+                                 parquet_bytes(pl.DataFrame({"json": json_docs}, schema=MEMBERS_SCHEMA)))
+        storage.commit_bytes(self._path(index, ".json"), dumps({"shard": asdict(info), "last_key": last_key}))
 
-    def completed(self, out: Path) -> list[tuple[ShardInfo, int]]:
-        """The longest run of shards 0, 1, … whose part is committed and whose tar is in place."""
+    def completed(self, out: storage.Target) -> list[tuple[ShardInfo, int]]:
+        """The longest run of shards 0, 1, … whose part is committed and whose tar (of the
+        recorded size) and member index are in place. Two listings, then one read per part:
+        on object storage a resume does not ask after every file one by one."""
+        files = dict(storage.list_files(out))
+        parts = set(storage.list_names(self.folder))
         done: list[tuple[ShardInfo, int]] = []
-        while (path := self._path(len(done), ".json")).is_file():
-            record = json.loads(path.read_text())
+        while f"{len(done):06d}.json" in parts and f"{len(done):06d}.members.parquet" in parts:
+            record = self._record(len(done))
             try:
                 info = ShardInfo(**record["shard"])
-            except TypeError:  # a part from an older kdata (no md5sum): redo that shard
+            except (TypeError, KeyError):  # unreadable, or a part from an older kdata (no md5sum): redo
                 break
-            tar = out / info.url
-            if not tar.is_file() or tar.stat().st_size != info.filesize or not member_index_path(tar).is_file():
+            if files.get(info.url) != info.filesize or member_index_name(info.url) not in files:
                 break
             done.append((info, record["last_key"]))
         return done
 
-    def manifest_files(self, count: int) -> list[Path]:
+    def _record(self, index: int) -> dict:
+        try:
+            record = json.loads(storage.read_bytes(self._path(index, ".json")))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def manifest_files(self, count: int) -> list[storage.Target]:
         return [self._path(i, ".manifest.parquet") for i in range(count)]
 
-    def reject_files(self, count: int) -> list[Path]:
+    def reject_files(self, count: int) -> list[storage.Target]:
         return [self._path(i, ".rejects.parquet") for i in range(count)]
+
+    def member_files(self, count: int) -> list[storage.Target]:
+        return [self._path(i, ".members.parquet") for i in range(count)]
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    """A frame as parquet in kdata's fixed settings (the same bytes as `write_parquet`)."""
+    buf = io.BytesIO()
+    frame.write_parquet(buf, **_PARQUET)
+    return buf.getvalue()
 
 
 # -- final files -----------------------------------------------------------------------------

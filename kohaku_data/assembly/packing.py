@@ -7,7 +7,8 @@ the driver from the captions it computes in bulk. So `ShardLayout` fixes the sha
 executor, node or worker count — and each closed shard becomes a `ShardJob`: its samples in
 order, small members inline, images by reference to their staged bytes. `write_shard` runs
 wherever the executor puts it, reads those images by byte range, writes the tar (and its member
-index) beside the others and returns its `ShardInfo`: image bytes never pass through the driver.
+index) beside the others — on a disk or straight into the object store, create-only — and
+returns its `ShardInfo`: image bytes never pass through the driver.
 
 `ShardLayout.add` follows the plan order exactly as a single packer would: a reject joins the
 open shard's reject list; a sample that would take the open shard past its cap first closes it
@@ -16,14 +17,17 @@ open shard's reject list; a sample that would take the open shard past its cap f
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from kohaku_data import storage
 from kohaku_data.assembly.lock import BuildError
 from kohaku_data.atomic import name_failed_write
 from kohaku_data.assembly.plan import PlanItem
-from kohaku_data.assembly.shards import ShardInfo, ShardWriter, member_bytes, shard_name, tar_size
+from kohaku_data.assembly.shards import (
+    ShardInfo, TarStream, member_bytes, member_index, member_index_bytes, member_index_name, shard_name, tar_size,
+)
 from kohaku_data.assembly.tasks import ImageRef, Staged, StagedInfo, read_staged_image, sample_members
 from kohaku_data.config import Recipe
 
@@ -35,7 +39,7 @@ class ShardJob:
     """One shard to write: plain data, picklable, no DB (a task for any executor)."""
 
     index: int
-    path: str  # where the tar goes
+    path: str  # where the tar goes: a path or a URL
     samples: tuple[tuple[Member, ...], ...]
     size: int  # the tar's size the layout computed; the writer must land on it exactly
 
@@ -59,20 +63,64 @@ class LaidOut:
 
 
 def write_shard(job: ShardJob) -> ShardDone:
-    """Write one shard from its job (runs in a worker, on any node that sees the staging area)."""
-    writer = ShardWriter(Path(job.path))
+    """Write one shard and its member index from its job (runs in a worker, on any node that
+    reaches the output). The tar is committed create-only (`storage.committing`: a disk's hard
+    link, S3's `If-None-Match`), so a late writer never replaces a committed shard. One already
+    there is kept when its sha256 is ours — a twin's: a task cancelled as hung, or retried after
+    a lost node, writes the same bytes — and replaced otherwise (a killed run's leftover that
+    its builder could not clear first)."""
+    for _ in range(2):
+        done, stream, committed = _write_tar(job)
+        if committed or _sha256_of(job.path) == done.info.sha256:
+            _commit_member_index(job, stream)
+            return done
+        storage.remove(job.path)
+    raise BuildError(f"{storage.display(job.path)} keeps reappearing under its shard task; "
+                     "is another build writing into this output?")
+
+
+def _write_tar(job: ShardJob) -> tuple[ShardDone, TarStream, bool]:
+    """(result, the stream's hashes, whether this call committed the tar)."""
+    committed = True
     try:
-        placements = tuple(writer.add_sample([(name, _bytes(data)) for name, data in sample])
-                           for sample in job.samples)
-        info = writer.commit()
-    except BaseException as exc:
-        writer.abort()  # a failed write leaves no temporary file; the rerun redoes this shard
-        name_failed_write(exc, Path(job.path))  # e.g. a full disk met at the final flush
+        with storage.committing(job.path, exclusive=True) as f:
+            stream = TarStream(f, job.size)
+            placements = tuple(stream.add_sample([(name, _bytes(data)) for name, data in sample])
+                               for sample in job.samples)
+            stream.close()
+            if f.tell() != job.size:
+                raise BuildError(f"{storage.display(job.path)} came out {f.tell()} bytes, the layout said "
+                                 f"{job.size}; this is a kdata bug: please report it")
+    except FileExistsError:
+        committed = False
+    except OSError as exc:
+        name_failed_write(exc, job.path)  # e.g. a full disk met at the final flush
         raise
-    if info.filesize != job.size:
-        raise BuildError(f"{info.url} came out {info.filesize} bytes, the layout said {job.size}; "
-                         "this is a kdata bug: please report it")
-    return ShardDone(job.index, info, placements)
+    info = ShardInfo(storage.name_of(job.path), stream.nsamples, job.size, stream.sha256, stream.md5)
+    return ShardDone(job.index, info, placements), stream, committed
+
+
+def _commit_member_index(job: ShardJob, stream: TarStream) -> None:
+    """`NAME-000000.json` beside the tar (deterministic from it: a plain overwrite is safe)."""
+    index = member_index(job.size, stream.git_sha1, stream.sha256, stream.files)
+    target = storage.join(storage.parent_of(job.path), member_index_name(storage.name_of(job.path)))
+    try:
+        storage.commit_bytes(target, member_index_bytes(index))
+    except OSError as exc:
+        name_failed_write(exc, target)
+        raise
+
+
+def _sha256_of(target: str) -> str | None:
+    """sha256 of a committed file (streamed), None when it vanished meanwhile."""
+    digest = hashlib.sha256()
+    try:
+        with storage.open_read(target) as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
 
 
 def _bytes(data: bytes | ImageRef) -> bytes:
@@ -83,7 +131,7 @@ def _bytes(data: bytes | ImageRef) -> bytes:
 class ShardLayout:
     """Shard boundaries from sizes only; `add` items in plan order, `finish` at the end."""
 
-    out: Path
+    out: storage.Target
     recipe: Recipe
     index: int  # the next shard's number
     _members: list[tuple[Member, ...]] = field(default_factory=list)
@@ -132,7 +180,7 @@ class ShardLayout:
         return tar_size(self._content + size) > self.recipe.shard_max_bytes
 
     def _close(self) -> LaidOut:
-        path = self.out / shard_name(self.recipe.name, self.index)
+        path = storage.join(self.out, shard_name(self.recipe.name, self.index))
         job = ShardJob(self.index, str(path), tuple(self._members), tar_size(self._content))
         laid = LaidOut(job, self._samples, self._rejects, self._last_key, self._keys)
         self.index += 1

@@ -5,7 +5,8 @@ the plan), lays the finished prefix of the plan out into shards (captions in bul
 the task results: `packing.ShardLayout`), submits a shard task per closed shard and records
 each written shard's part (manifest rows, rejects, `ShardInfo`) — in any order, since a resumed
 build keeps only the gap-free run of parts 0, 1, … Image bytes stay on the workers: image
-tasks stage them, shard tasks read them back where they run.
+tasks stage them (one object per task, beside the output), shard tasks read them back by byte
+range where they run; a task's object is removed once all of its items are in written shards.
 
 At most `executor.window` tasks are in flight, shard tasks first (they free staging space and
 finish the dataset sooner), and image tasks run at most `_lookahead()` tasks ahead of the
@@ -14,18 +15,18 @@ layout, so the driver's memory stays flat however long the plan is.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from kohaku_data import storage
 from kohaku_data.assembly.executor import Executor, Session
 from kohaku_data.assembly.manifest import Parts, manifest_row
 from kohaku_data.assembly.packing import LaidOut, ShardDone, ShardLayout, write_shard
 from kohaku_data.assembly.plan import BuildPlan, PlanItem
 from kohaku_data.assembly.shards import ShardInfo
-from kohaku_data.assembly.tasks import ImageTask, StagedInfo, TaskResult, remove_staged, run_image_task
+from kohaku_data.assembly.tasks import ImageTask, StagedInfo, TaskResult, run_image_task
 from kohaku_data.config import ImageConfig
 from kohaku_data.progress import progress_bar
 
@@ -50,7 +51,7 @@ class ImageTasks:
     start: int
     image: ImageConfig
     check_md5: bool
-    staging: Path
+    staging: storage.Target
 
     @property
     def size(self) -> int:
@@ -77,13 +78,18 @@ class Pipeline:
     executor: Executor
     layout: ShardLayout | None  # None once every plan item is placed
     parts: Parts
-    staging: Path
+    staging: storage.Target
     captions: Callable[[list[int]], dict[int, dict[str, Any]]]  # post ids → caption rows
     progress: bool = False
+    alive: Callable[[], None] = lambda: None  # raises when the build must stop (its lease is lost)
     processed: int = 0  # images run through the image stage now
     reused: int = 0  # images whose staged result was reused
     shards: dict[int, ShardInfo] = field(default_factory=dict)
     tail: list[dict] = field(default_factory=list)  # rejects after the last sample
+    # Task objects by the plan items laid out but not yet in a written shard: an object goes
+    # once all of its items are in written shards.
+    owner: dict[int, str] = field(default_factory=dict)  # post id → its task object
+    unwritten: Counter[str] = field(default_factory=Counter)  # task object → items not yet written
 
     def run(self, tasks: ImageTasks) -> None:
         queue: deque[LaidOut] = deque()
@@ -97,6 +103,7 @@ class Pipeline:
                                                           self.progress) as bar:
             run.check_visible(str(self.staging))
             while True:
+                self.alive()
                 self._fill(run, source, queue, waiting, submitted)
                 if run.in_flight == 0:
                     return
@@ -109,7 +116,7 @@ class Pipeline:
                     bar.advance(result.done + result.reused)
                     ready[result.index] = result
                     while next_task in ready:  # lay out the finished prefix, in plan order
-                        batch.extend(zip(submitted.pop(next_task).items, ready.pop(next_task).items))
+                        batch.extend(self._own(submitted.pop(next_task), ready.pop(next_task)))
                         next_task += 1
                     if len(batch) >= PACK_BATCH or (next_task == len(tasks) and batch):
                         self._lay_out(batch, queue)
@@ -135,6 +142,12 @@ class Pipeline:
         cannot make the driver hold the results — and staging hold the images — of everything after it."""
         return max(64, 16 * self.executor.window)
 
+    def _own(self, task: ImageTask, result: TaskResult) -> list[tuple[PlanItem, StagedInfo]]:
+        for item in task.items:
+            self.owner[item.key] = result.path
+        self.unwritten[result.path] += len(task.items)
+        return list(zip(task.items, result.items))
+
     def _lay_out(self, batch: list[tuple[PlanItem, StagedInfo]], queue: deque[LaidOut]) -> None:
         captions = self.captions([item.key for item, staged in batch if staged.ok])
         for item, staged in batch:
@@ -153,7 +166,12 @@ class Pipeline:
     def _commit(self, laid: LaidOut, done: ShardDone) -> None:
         rows = [manifest_row(staged, caption, done.info.url, placement)
                 for (staged, caption), placement in zip(laid.samples, done.placements)]
-        self.parts.commit(laid.job.index, done.info, laid.last_key, rows, laid.rejects)
+        docs = [data.decode() for sample in laid.job.samples for name, data in sample if name.endswith(".json")]
+        self.parts.commit(laid.job.index, done.info, laid.last_key, rows, laid.rejects, docs)
         for key in laid.keys:  # the shard is final: its staged results are no longer needed
-            remove_staged(self.staging, key)
+            path = self.owner.pop(key)
+            self.unwritten[path] -= 1
+            if self.unwritten[path] == 0:
+                del self.unwritten[path]
+                storage.remove(path)
         self.shards[laid.job.index] = done.info

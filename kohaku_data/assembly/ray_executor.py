@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -173,9 +172,13 @@ def _probe(_: None) -> None:
 
 
 def _read_token(path: str) -> str | None:
+    """What a node reads at `path` (a shared folder's file or a staging URL); None if nothing."""
+    from kohaku_data import storage
+    from kohaku_data.errors import KdataError
+
     try:
-        return Path(path).read_text()
-    except OSError:
+        return storage.read_bytes(path).decode()
+    except (OSError, KdataError, UnicodeDecodeError):
         return None
 
 
@@ -243,14 +246,17 @@ class _RaySession:
             self._start(_Submitted(sub.fn, sub.task, now, sub.hangs + 1))
 
     def check_visible(self, folder: str) -> None:
-        """One probe pinned to each node reads a token this driver just wrote into `folder`."""
+        """One probe pinned to each node reads a token this driver just wrote into `folder` (a
+        shared folder, or a URL: then every node needs the store's credentials and endpoint)."""
         import secrets
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        from kohaku_data import storage
+
         token = secrets.token_hex(8)
-        path = Path(folder) / f".visible-{token}"
-        path.write_text(token)
+        path = str(storage.join(folder, f".visible-{token}"))
+        storage.commit_bytes(path, token.encode(), durable=False)
         try:
             probe = self._ray.remote(_read_token)
             nodes = _worker_nodes(self._ray)
@@ -258,13 +264,19 @@ class _RaySession:
                 probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(str(path)) for n in nodes], timeout=PROBE_TIMEOUT)
         finally:
-            path.unlink(missing_ok=True)
+            storage.remove(path)
         blind = [n["NodeManagerAddress"] for n, got in zip(nodes, seen) if got != token]
+        if blind and storage.is_remote(folder):
+            raise RayUnavailable(
+                f"Ray node(s) {', '.join(sorted(set(blind)))} cannot read {folder}: with --executor ray every node "
+                "needs the store's credentials and endpoint (AWS_* variables or files, FSSPEC_S3_ENDPOINT_URL) "
+                "in the environment its Ray workers start with; no work was started"
+            )
         if blind:
             raise RayUnavailable(
                 f"Ray node(s) {', '.join(sorted(set(blind)))} do not see {folder}: with --executor ray the output "
                 "folder (its .staging/) must be on a file system every node mounts at the same path (NFS, a "
-                "cluster file system); no work was started"
+                "cluster file system) — or be a URL such as s3://bucket/datasets/x/; no work was started"
             )
 
     def cancel_all(self) -> None:

@@ -24,7 +24,7 @@ import secrets
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kohaku_data.atomic import name_failed_write
 
@@ -70,18 +70,18 @@ class ShardInfo:
 Placement = dict[str, tuple[int, int]]
 
 
-class ShardWriter:
-    """Writes one shard: `add(name, data)` members, then `commit()` renames it into place."""
+class TarStream:
+    """One deterministic tar written into an open binary file, hashed as it goes (sha256, md5,
+    and git's blob sha1 when the final `size` is known in advance — the layout knows it — so a
+    shard on its way to object storage is never read back).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # A name of its own (as atomic.replacing makes): a resubmitted task may briefly write the
-        # same shard beside its cancelled twin; each renames its own complete file.
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-        self._file = open(self.tmp, "wb")
+    `add(name, data)` members, `add_sample(members)`, then `close()`."""
+
+    def __init__(self, file: IO[bytes], size: int | None = None) -> None:
         self._hash, self._md5 = hashlib.sha256(), hashlib.md5()
-        self._tar = tarfile.open(fileobj=_HashingWriter(self._file, (self._hash, self._md5)), mode="w",
-                                 format=tarfile.USTAR_FORMAT)
+        self._sha1 = hashlib.sha1(f"blob {size}\0".encode()) if size is not None else None
+        digests = (self._hash, self._md5) + ((self._sha1,) if self._sha1 is not None else ())
+        self._tar = tarfile.open(fileobj=_HashingWriter(file, digests), mode="w", format=tarfile.USTAR_FORMAT)
         self.nsamples = 0
         self.content_bytes = 0
         self.files: dict[str, dict[str, Any]] = {}  # the member index's `files`
@@ -89,11 +89,7 @@ class ShardWriter:
     def add(self, name: str, data: bytes) -> tuple[int, int]:
         """Append one member; returns (offset of its data in the tar, size)."""
         start = self._tar.offset
-        try:
-            self._tar.addfile(fixed_tarinfo(name, len(data)), io.BytesIO(data))
-        except OSError as exc:
-            name_failed_write(exc, self.path)
-            raise
+        self._tar.addfile(fixed_tarinfo(name, len(data)), io.BytesIO(data))
         # What addfile wrote: header block(s), then the data padded to a block.
         offset = self._tar.offset - -(-len(data) // BLOCK) * BLOCK
         self.files[name] = {"offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -105,16 +101,72 @@ class ShardWriter:
         self.nsamples += 1
         return placement
 
-    def commit(self) -> ShardInfo:
+    def close(self) -> None:
         self._tar.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def git_sha1(self) -> str | None:
+        """git's blob sha1, right only when the tar came out at the size given at the start."""
+        return self._sha1.hexdigest() if self._sha1 is not None else None
+
+
+class ShardWriter:
+    """Writes one shard to a local path: `add(name, data)` members, then `commit()` renames it
+    into place and writes its member index beside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # A name of its own (as atomic.replacing makes): a resubmitted task may briefly write the
+        # same shard beside its cancelled twin; each renames its own complete file.
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        self._file = open(self.tmp, "wb")
+        self._stream = TarStream(self._file)
+
+    @property
+    def nsamples(self) -> int:
+        return self._stream.nsamples
+
+    @property
+    def content_bytes(self) -> int:
+        return self._stream.content_bytes
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self._stream.files
+
+    def add(self, name: str, data: bytes) -> tuple[int, int]:
+        """Append one member; returns (offset of its data in the tar, size)."""
+        try:
+            return self._stream.add(name, data)
+        except OSError as exc:
+            name_failed_write(exc, self.path)
+            raise
+
+    def add_sample(self, members: list[tuple[str, bytes]]) -> Placement:
+        try:
+            return self._stream.add_sample(members)
+        except OSError as exc:
+            name_failed_write(exc, self.path)
+            raise
+
+    def commit(self) -> ShardInfo:
+        self._stream.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
         filesize = self.path.stat().st_size
         _write_beside(member_index_path(self.path), member_index_bytes(
-            member_index(filesize, git_blob_sha1(self.path), self._hash.hexdigest(), self.files)))
-        return ShardInfo(self.path.name, self.nsamples, filesize, self._hash.hexdigest(), self._md5.hexdigest())
+            member_index(filesize, git_blob_sha1(self.path), self._stream.sha256, self.files)))
+        return ShardInfo(self.path.name, self.nsamples, filesize, self._stream.sha256, self._stream.md5)
 
     def abort(self) -> None:
         self._file.close()
@@ -152,6 +204,10 @@ def shard_name(name: str, index: int) -> str:
 def member_index_path(tar: Path) -> Path:
     """`NAME-000000.tar` → `NAME-000000.json` (hfutils puts the index beside the tar so)."""
     return tar.with_suffix(".json")
+
+
+def member_index_name(tar_name: str) -> str:
+    return tar_name.removesuffix(".tar") + ".json"
 
 
 def member_index(filesize: int, sha1: str, sha256: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,27 +1,30 @@
-"""One image task: read bytes → md5 check → image stage → staged result; and the sample members.
+"""One image task: read bytes → md5 check → image stage → one staged object; and the sample members.
 
-A task carries everything it needs (plan items, image config, staging folder) and touches no
-DB, so it runs in any process or on any machine that sees the same paths. Results go into a
-content-addressed staging area, one file per post, written atomically:
+A task carries everything it needs (plan items, image config, staging location) and touches no
+DB, so it runs in any process or on any machine that reaches the output — a folder every node
+mounts, or the object store of an `s3://` output. Its results are committed as ONE create-only
+object beside the output:
 
-    STAGING/<key // 10000>/<key>.ok    header JSON + image bytes
-    STAGING/<key // 10000>/<key>.rej   JSON (reason, detail)
+    OUT/.staging/images/<image-config hash>/tasks/<first key>-<last key>.bin
+        4-byte big-endian length, JSON header {"items": [{"header", "offset", "size"}, …]},
+        then the stored images of the ok items, concatenated (offsets count from the header's end)
 
-The staging folder name is a hash of the image settings, and each header records the input
-(name, size), so a resumed build reuses exactly the results that still hold.
+One object per task, not per image: on object storage each write is a request, and a task's
+images are made together anyway. The folder name is a hash of the image settings, and each
+item's header records its input (name, size), so a resumed build reuses exactly the task
+objects whose every item still holds. Shard tasks read each image back by byte range
+(`ImageRef`, `storage.read_range`) wherever they run; the format is internal to the build.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kohaku_data.atomic import write_atomic
+from kohaku_data import storage
 from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES, conform
 from kohaku_data.curation.captions import curated_fields
@@ -30,6 +33,7 @@ from kohaku_data.errors import KdataError
 from kohaku_data.sources import read_entry
 
 _LEN = struct.Struct(">I")
+_PEEK = 64 << 10  # first read of a staged object: its header (~0.5 KB an item) in one request
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,13 @@ class ImageTask:
     items: tuple[PlanItem, ...]
     image: ImageConfig
     check_md5: bool
-    staging: str
+    staging: str  # a folder path or a URL: where this task's object goes
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where one stored image lies: a byte range of a staged file (read where a shard is written,
-    so image bytes never travel through the driver)."""
+    """Where one stored image lies: a byte range of a staged task object (read where a shard is
+    written, so image bytes never travel through the driver)."""
 
     path: str
     offset: int
@@ -70,6 +74,7 @@ class TaskResult:
     done: int  # items processed now
     reused: int  # items whose staged result was still valid
     items: tuple[StagedInfo, ...] = ()  # one per task item, in task order
+    path: str = ""  # the task's staged object (removed once every item is in a written shard)
 
 
 @dataclass(frozen=True)
@@ -89,29 +94,56 @@ class Staged:
         return len(self.data) if self.data is not None else (self.size or 0)
 
 
-def staging_dir(root: Path, image: ImageConfig, check_md5: bool) -> Path:
+def staging_dir(root: storage.Target, image: ImageConfig, check_md5: bool) -> storage.Target:
     """Content address of the image settings: another image config never reuses these results."""
     text = json.dumps([image.model_dump(mode="json"), check_md5], sort_keys=True)
-    return root / hashlib.sha256(text.encode()).hexdigest()[:16]
+    return storage.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
-def staged_path(staging: Path, key: int, ok: bool) -> Path:
-    return staging / str(key // 10_000) / f"{key}.{'ok' if ok else 'rej'}"
+def task_object(staging: storage.Target, items: tuple[PlanItem, ...]) -> storage.Target:
+    """The staged object of a task of these items (named by its key range: fixed by the plan)."""
+    return storage.join(staging, "tasks", f"{items[0].key}-{items[-1].key}.bin")
 
 
 def run_image_task(task: ImageTask) -> TaskResult:
-    staging = Path(task.staging)
-    done = reused = 0
-    infos = []
-    for item in task.items:
-        info = staged_info(staging, item)
-        if info is not None:
-            reused += 1
-        else:
-            info = _stage(staging, item, _process(item, task.image, task.check_md5))
-            done += 1
-        infos.append(info)
-    return TaskResult(task.index, done, reused, tuple(infos))
+    """Reuse the task's staged object when every item still holds, else process every item and
+    commit the object once (create-only)."""
+    path = task_object(task.staging, task.items)
+    infos = staged_infos(path, task.items)
+    if infos is not None:
+        return TaskResult(task.index, 0, len(infos), infos, str(path))
+    data = pack_staged([_process(item, task.image, task.check_md5) for item in task.items])
+    return TaskResult(task.index, len(task.items), 0, commit_staged(path, task.items, data), str(path))
+
+
+def pack_staged(results: list[Staged]) -> bytes:
+    """The bytes of one task object (see the module docstring): deterministic for its results."""
+    entries, offset = [], 0
+    for staged in results:
+        size = len(staged.data or b"")
+        entries.append({"header": staged.header, "offset": offset, "size": size})
+        offset += size
+    head = json.dumps({"items": entries}, sort_keys=True).encode()
+    return b"".join([_LEN.pack(len(head)), head, *(s.data or b"" for s in results)])
+
+
+def commit_staged(path: storage.Target, items: tuple[PlanItem, ...], data: bytes) -> tuple[StagedInfo, ...]:
+    """Commit a task object create-only. An object already there is either a twin's (a hung
+    task's resubmission made the same bytes: use it) or a stale one (other inputs: replace it).
+    Not durable on a disk (no fsync): a result lost in a crash is only recomputed."""
+    for _ in range(2):
+        try:
+            storage.commit_bytes(path, data, exclusive=True, durable=False)
+        except FileExistsError:
+            infos = staged_infos(path, items)
+            if infos is not None:
+                return infos
+            storage.remove(path)
+            continue
+        base = _LEN.size + _LEN.unpack(data[:_LEN.size])[0]
+        return _infos(path, json.loads(data[_LEN.size:base]), base)
+    raise KdataError(f"the staged object {storage.display(path)} keeps changing under this task; "
+                     "is another build writing into this output?")
 
 
 def _input(item: PlanItem) -> dict[str, Any]:
@@ -146,39 +178,50 @@ def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
     return Staged(header, result.data)
 
 
-def _stage(staging: Path, item: PlanItem, staged: Staged) -> StagedInfo:
-    head = json.dumps(staged.header, sort_keys=True).encode()
-    path = staged_path(staging, item.key, staged.ok)
-    # Not durable (no fsync per file): a result lost in a crash is only recomputed; the rename
-    # keeps it whole.
-    write_atomic(path, _LEN.pack(len(head)) + head + (staged.data or b""))
-    return _info(path, staged.header, _LEN.size + len(head), len(staged.data or b""))
-
-
-def _info(path: Path, header: dict[str, Any], offset: int, size: int) -> StagedInfo:
-    if header["status"] != "ok":
-        return StagedInfo(header)
-    return StagedInfo(header, ImageRef(str(path), offset, size, header["sha256"]))
-
-
-def staged_info(staging: Path, item: PlanItem) -> StagedInfo | None:
-    """The header and image location of `item`'s staged result, if one holds for this very
-    input (the image is not read: `read_staged_image` checks its sha256 where it is used)."""
-    for ok in (True, False):
-        path = staged_path(staging, item.key, ok)
-        try:
-            with open(path, "rb") as f:
-                head_len = _LEN.unpack(f.read(_LEN.size))[0]
-                header = json.loads(f.read(head_len))
-                size = os.fstat(f.fileno()).st_size - _LEN.size - head_len
-        except FileNotFoundError:
-            continue
-        except (ValueError, struct.error):
+def staged_infos(path: storage.Target, items: tuple[PlanItem, ...]) -> tuple[StagedInfo, ...] | None:
+    """The headers and image locations of the task object at `path` if it holds a result for
+    every one of `items`, for these very inputs; else None (missing, unreadable, or another
+    file now has one of these ids). The images are not read: `read_staged_image` checks their
+    sha256 where they are used."""
+    found = _read_header(path)
+    if found is None:
+        return None
+    doc, base = found
+    entries = doc.get("items") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or len(entries) != len(items):
+        return None
+    for entry, item in zip(entries, items):
+        header = entry.get("header", {}) if isinstance(entry, dict) else {}
+        if header.get("key") != item.key or header.get("input") != _input(item):
             return None
-        if header.get("input") != _input(item):
-            return None  # another file now has this id: recompute
-        return _info(path, header, _LEN.size + head_len, size)
-    return None
+    return _infos(path, doc, base)
+
+
+def _read_header(path: storage.Target) -> tuple[Any, int] | None:
+    """(header JSON, offset where the images start) of a task object; None when there is none
+    or it is cut short (a disk's rename and an object store's single write make that rare)."""
+    try:
+        head = storage.read_range(path, 0, _PEEK)
+        if len(head) < _LEN.size:
+            return None
+        base = _LEN.size + _LEN.unpack(head[:_LEN.size])[0]
+        if len(head) < base:
+            head += storage.read_range(path, len(head), base - len(head))
+        return json.loads(head[_LEN.size:base]), base
+    except FileNotFoundError:
+        return None
+    except (ValueError, struct.error):
+        return None
+
+
+def _infos(path: storage.Target, doc: dict[str, Any], base: int) -> tuple[StagedInfo, ...]:
+    out = []
+    for entry in doc["items"]:
+        header = entry["header"]
+        ok = header["status"] == "ok"
+        ref = ImageRef(str(path), base + entry["offset"], entry["size"], header["sha256"]) if ok else None
+        out.append(StagedInfo(header, ref))
+    return tuple(out)
 
 
 class StagedDamaged(KdataError):
@@ -186,10 +229,8 @@ class StagedDamaged(KdataError):
 
 
 def read_staged_image(ref: ImageRef) -> bytes:
-    """The stored image bytes at `ref`, checked against their sha256. A damaged staged result is
+    """The stored image bytes at `ref`, checked against their sha256. A damaged task object is
     removed, so that the rerun the error asks for recomputes it."""
-    from kohaku_data import storage
-
     try:
         data = storage.read_range(ref.path, ref.offset, ref.size)  # a local file or a staging URL
     except FileNotFoundError:
@@ -198,32 +239,6 @@ def read_staged_image(ref: ImageRef) -> bytes:
         storage.remove(ref.path)
         raise StagedDamaged(f"the staged result {ref.path} was damaged (removed); rerun the build to redo it")
     return data
-
-
-def load_staged(staging: Path, item: PlanItem, *, header_only: bool = False) -> Staged | None:
-    """The staged result of `item` if there is one for this very input, else None."""
-    for ok in (True, False):
-        path = staged_path(staging, item.key, ok)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(_LEN.size)
-                header = json.loads(f.read(_LEN.unpack(head)[0]))
-                data = f.read() if ok and not header_only else None
-        except FileNotFoundError:
-            continue
-        except (ValueError, struct.error):
-            return None  # cut short by a crash before the rename cannot happen; be safe anyway
-        if header.get("input") != _input(item):
-            return None  # another file now has this id: recompute
-        if data is not None and hashlib.sha256(data).hexdigest() != header["sha256"]:
-            return None
-        return Staged(header, data)
-    return None
-
-
-def remove_staged(staging: Path, key: int) -> None:
-    for ok in (True, False):
-        staged_path(staging, key, ok).unlink(missing_ok=True)
 
 
 # -- sample members ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def build(
                               "else $KDATA_RAY_ADDRESS, else ray_address in ./kdata.toml.")] = None,
 ) -> None:
     """Build webdataset shards, manifest.parquet, index.json and dataset.lock from a recipe (resumable)."""
-    kept = "The shards already committed and the staged images in the output folder are kept"
+    kept = "The shards already committed and the staged images beside the output (its .staging/) are kept"
     with clean_errors(kept=kept):
         from kohaku_data.assembly import build_dataset
         from kohaku_data.assembly.executor import make_executor
