@@ -199,6 +199,46 @@ def test_interrupted_export_resumes_to_the_same_bytes(built, tmp_path):
     assert json.loads((out / "kdata-export.json").read_text())["complete"] is True
 
 
+def test_resume_rewrites_cut_files_and_never_writes_through_a_link(built, tmp_path):
+    """Files are written under their final names: a cut image (shorter), a caption of the right
+    length but other bytes, and a wrong file that is a hard link to a file elsewhere are all
+    replaced on a rerun, and the file elsewhere is left as it was."""
+    ds = built[1]
+    export_dataset(ds, tmp_path / "whole", "kohya")
+    reference = _tree(tmp_path / "whole")
+    out = tmp_path / "cut"
+    export_dataset(ds, out, "kohya")
+    images = sorted((out / "images").glob("*.webp"))
+    images[0].write_bytes(images[0].read_bytes()[:100])  # as if killed mid-copy
+    caption = images[1].with_suffix(".txt")
+    caption.write_bytes(bytes(len(caption.read_bytes())))  # same size, other bytes
+    outside = tmp_path / "outside.webp"
+    outside.write_bytes(b"not this image")
+    images[2].unlink()
+    os.link(outside, images[2])
+    again = export_dataset(ds, out, "kohya")
+    assert again.written == 3 and again.skipped == 2 * again.samples - 3
+    assert outside.read_bytes() == b"not this image" and images[2].stat().st_nlink == 1
+    same = lambda tree, root: {k: v.replace(str(root).encode(), b"ROOT") for k, v in tree.items()  # noqa: E731
+                               if k != "kdata-export.json"}
+    assert same(_tree(out), out) == same(reference, tmp_path / "whole")
+
+
+def test_a_failed_write_leaves_no_partial_file(built, tmp_path):
+    """A real write failure (the file-size limit, in a subprocess): no image is left under its
+    final name at another size than its member's, and the rerun completes the export."""
+    from test_write_errors import kdata
+
+    ds = built[1]
+    failed = kdata("export", str(ds), str(tmp_path / "o"), "--no-progress", cwd=tmp_path, fsize=2_000)
+    assert failed.returncode == 1 and "file-size limit" in failed.stderr
+    sizes = dict(pl.read_parquet(ds / "manifest.parquet").select("image", "image_size").iter_rows())
+    for path in (tmp_path / "o" / "images").glob("*.webp"):
+        assert path.stat().st_size == sizes[path.name], path.name
+    assert kdata("export", str(ds), str(tmp_path / "o"), "--no-progress", cwd=tmp_path).returncode == 0
+    assert len(list((tmp_path / "o" / "images").glob("*.webp"))) == len(sizes)
+
+
 def test_link_from_hard_links_identical_images(built, tmp_path):
     first = export_dataset(built[1], tmp_path / "a", "kohya")
     second = export_dataset(built[1], tmp_path / "b", "kohya-ft", link_from=tmp_path / "a")

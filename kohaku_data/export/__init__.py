@@ -14,11 +14,14 @@ Formats (one module each, each a pure function of the built dataset and the sele
   and a `README.md` card whose 🤗 header declares them (`push_to_hub`-style).
 
 Images are the shard members byte for byte (copied out of the tars by offset with
-`os.copy_file_range`, in the kernel); `link_from` names an earlier export whose identical files
-are hard-linked instead (a copy when it lies on another file system). A subset is chosen by
-keys (a `--query`) and/or a deterministic `fraction` split. Every file is written atomically and
-a rerun skips what is already in place, so an interrupted export resumes; `kdata-export.json`
-records what the folder holds, and another export into it is refused unless `force`.
+`os.copy_file_range`, in the kernel, on a few threads: `pool.py`; the hf parquet files take them
+the same way, `parquet.py`); `link_from` names an earlier export whose identical files are
+hard-linked instead (a copy when it lies on another file system). A subset is chosen by keys (a
+`--query`) and/or a deterministic `fraction` split. A rerun skips what is already in place, so an
+interrupted export resumes: images and captions are written under their final names and count
+as in place only at their exact size / bytes (`files.py` says why that is safe), parquet files
+and the metadata files are written atomically; `kdata-export.json` records what the folder holds
+(`complete: false` until the end), and another export into it is refused unless `force`.
 """
 
 from __future__ import annotations
