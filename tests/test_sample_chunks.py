@@ -85,3 +85,33 @@ def test_generate_matches_the_written_file(tmp_path: Path, small_chunks: int) ->
         post_ids = [r[0] for r in conn.execute("SELECT id FROM post ORDER BY id")]
     assert (rel[:, 0] == sample.rel_post).all() and (rel[:, 1] == sample.rel_tag).all()
     assert post_ids == sample.posts["id"]
+
+
+def test_a_failing_chunk_stops_the_writer_and_leaves_nothing(tmp_path: Path, small_chunks: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks are made in a thread ahead of the writer: its error is the caller's, the thread
+    ends, and no file (temporary or final) is left."""
+    import threading
+
+    made = metadata._chunk
+
+    def chunk(plan, j, carry):
+        if j == 5:
+            raise RuntimeError("chunk 5 broke")
+        return made(plan, j, carry)
+
+    monkeypatch.setattr(metadata, "_chunk", chunk)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="chunk 5 broke"):
+        write_sample_db(tmp_path / "x.db", 1000, seed=1)
+    assert threading.active_count() == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_are_the_same_whatever_the_statement_size(tmp_path: Path, small_chunks: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many rows a statement or one: the same rows, ids and bytes."""
+    write_sample_db(tmp_path / "many.db", 700, seed=4, tail_tags=80)
+    monkeypatch.setattr(metadata, "_ROWS_PER_INSERT", 1)
+    write_sample_db(tmp_path / "one.db", 700, seed=4, tail_tags=80)
+    assert (tmp_path / "many.db").read_bytes() == (tmp_path / "one.db").read_bytes()
