@@ -181,13 +181,17 @@ def test_fraction_splits_are_nested_and_depend_on_the_seed():
     assert (in_split(keys[::-1], 0.1, 7)[::-1] == small).all()  # per key, not per position
 
 
-def test_interrupted_export_resumes_to_the_same_bytes(built, tmp_path):
-    ds = built[1]
+def _whole_and_cut(ds, tmp_path):
+    """A reference kohya export (its files) and a second one to damage: (reference, out, images)."""
     export_dataset(ds, tmp_path / "whole", "kohya")
-    reference = _tree(tmp_path / "whole")
     out = tmp_path / "cut"
     export_dataset(ds, out, "kohya")
-    images = sorted((out / "images").glob("*.webp"))
+    return _tree(tmp_path / "whole"), out, sorted((out / "images").glob("*.webp"))
+
+
+def test_interrupted_export_resumes_to_the_same_bytes(built, tmp_path):
+    ds = built[1]
+    reference, out, images = _whole_and_cut(ds, tmp_path)
     for path in images[::3]:
         path.unlink()  # as if killed before these were written (writes are atomic: no partial files)
     (out / "dataset.toml").unlink()
@@ -204,11 +208,7 @@ def test_resume_rewrites_cut_files_and_never_writes_through_a_link(built, tmp_pa
     length but other bytes, and a wrong file that is a hard link to a file elsewhere are all
     replaced on a rerun, and the file elsewhere is left as it was."""
     ds = built[1]
-    export_dataset(ds, tmp_path / "whole", "kohya")
-    reference = _tree(tmp_path / "whole")
-    out = tmp_path / "cut"
-    export_dataset(ds, out, "kohya")
-    images = sorted((out / "images").glob("*.webp"))
+    reference, out, images = _whole_and_cut(ds, tmp_path)
     images[0].write_bytes(images[0].read_bytes()[:100])  # as if killed mid-copy
     caption = images[1].with_suffix(".txt")
     caption.write_bytes(bytes(len(caption.read_bytes())))  # same size, other bytes
