@@ -281,7 +281,7 @@ def test_sparse_ids_and_orphan_relations(tmp_path: Path) -> None:
 def test_negative_tag_ids_read_unpacked(tmp_path: Path) -> None:
     """Relations are read as one packed number (post offset << tag bits | tag id) only when
     every tag id is a non-negative integer; a negative one takes the two-column read."""
-    from kohaku_data.captions.frame import _tag_bits
+    from kohaku_data.db.post_tags import tag_bits
 
     db = make_db(tmp_path / "n.db", seed=5, posts=40)
     conn = db.connection()
@@ -289,7 +289,7 @@ def test_negative_tag_ids_read_unpacked(tmp_path: Path) -> None:
     some_posts = [r[0] for r in conn.execute("SELECT id FROM post ORDER BY id LIMIT 5")]
     conn.executemany("INSERT INTO posttagrelation(post_id, tag_id) VALUES (?, -7)", [(p,) for p in some_posts])
     conn.commit()
-    assert _tag_bits(conn) is None
+    assert tag_bits(conn) is None
     config = CaptionConfig()
     th = compute_thresholds(db, config)
     got = pl.concat(list(iter_captions(db, config, th, chunk_size=7))).to_dicts()

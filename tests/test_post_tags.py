@@ -15,7 +15,8 @@ from kohaku_data.captions.frame import open_reader, read_post_range
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB, summary
 from kohaku_data.db.post_tags import (
-    BLOCK, BLOCK_BITS, decode_block, encode_block, install, open_post_tags, refresh_if_stale, retire,
+    BLOCK, BLOCK_BITS, block_relations, blocks_current, decode_block, encode_block, install, refresh_if_stale,
+    retire,
 )
 from kohaku_data.sample import write_sample
 
@@ -34,9 +35,8 @@ def _table_relations(path: Path, first: int, last: int) -> list[tuple[int, int]]
 
 def _block_relations(path: Path, first: int, last: int) -> list[tuple[int, int]]:
     conn = open_reader(path)
-    blocks = open_post_tags(conn)
-    assert blocks is not None
-    post_id, tag_id = blocks.relations(conn, first, last)
+    assert blocks_current(conn)
+    post_id, tag_id = block_relations(conn, first, last)
     assert np.all(np.diff(post_id) >= 0)  # by post id
     return sorted(zip(post_id.tolist(), tag_id.tolist()))
 
@@ -83,9 +83,9 @@ def test_a_refresh_re_encodes_only_the_written_blocks(migrated: Path) -> None:
         conn.execute("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, 2), (?, 3)", (hi + 3 * BLOCK,) * 2)
         touched = {lo >> BLOCK_BITS, (hi + 3 * BLOCK) >> BLOCK_BITS}
         assert {r[0] for r in conn.execute("SELECT block FROM kdata_post_tags_dirty")} == touched
-        assert open_post_tags(conn) is None
+        assert not blocks_current(conn)
         assert refresh_if_stale(db)
-        assert open_post_tags(conn) is not None
+        assert blocks_current(conn)
         after = _blobs(migrated)
         assert {b for b in after if after[b] != before.get(b)} == touched
         retire(db)  # a full build gives the same blocks
@@ -98,11 +98,11 @@ def test_missing_triggers_mean_a_full_rebuild(migrated: Path) -> None:
     with DanbooruDB.open(migrated) as db:
         conn = db.connection()
         conn.execute("DROP TRIGGER kdata_post_tags_insert")
-        assert open_post_tags(conn) is None  # a write now would go unnoticed: not trusted
+        assert not blocks_current(conn)  # a write now would go unnoticed: not trusted
         first = conn.execute("SELECT min(post_id) FROM posttagrelation").fetchone()[0]
         conn.execute("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, 5)", (first,))
         assert refresh_if_stale(db)
-        assert open_post_tags(conn) is not None
+        assert blocks_current(conn)
         install(db)  # idempotent
     assert _block_relations(migrated, first, first) == _table_relations(migrated, first, first)
 
@@ -110,17 +110,17 @@ def test_missing_triggers_mean_a_full_rebuild(migrated: Path) -> None:
 def test_a_write_makes_readers_use_sql_until_refreshed(migrated: Path) -> None:
     config = CaptionConfig()
     with DanbooruDB.open(migrated) as db:
-        assert open_post_tags(db.connection()) is not None
+        assert blocks_current(db.connection())
         ids = [r[0] for r in db.connection().execute("SELECT id FROM post ORDER BY id LIMIT 5")]
         # an outside writer (the sqlite3 shell): the counting triggers see it
         db.connection().execute("DELETE FROM posttagrelation WHERE post_id = ?", (ids[0],))
         db.connection().execute("INSERT INTO posttagrelation (post_id, tag_id) VALUES (?, 1)", (ids[1],))
-        assert open_post_tags(db.connection()) is None
+        assert not blocks_current(db.connection())
         thresholds = compute_thresholds(db, config)
         after_write = caption_posts(db, ids, config, thresholds)
         whole = pl.concat(list(iter_captions(db, config, thresholds, chunk_size=100)))
         assert "post tag blocks" in summary.refresh(db)
-        assert open_post_tags(db.connection()) is not None
+        assert blocks_current(db.connection())
         refreshed = pl.concat(list(iter_captions(db, config, thresholds, chunk_size=100)))
     assert after_write["tags_general"][0].to_list() == []  # the deleted relations are gone
     assert whole.equals(refreshed)  # SQL reads and block reads give the same captions
@@ -138,7 +138,7 @@ def test_captions_from_blocks_equal_captions_from_sql(migrated: Path, tmp_path: 
         with DanbooruDB.open(path, readonly=True) as db:
             frames[path] = pl.concat(list(iter_captions(db, config, compute_thresholds(db, config), chunk_size=64)))
     with DanbooruDB.open(plain, readonly=True) as db:
-        assert open_post_tags(db.connection()) is None
+        assert not blocks_current(db.connection())
     assert frames[migrated].equals(frames[plain])
 
 
@@ -150,6 +150,6 @@ def test_negative_tag_ids_build_no_blocks(migrated: Path) -> None:
     with DanbooruDB.open(migrated) as db:
         assert refresh_if_stale(db)
         conn = db.connection()
-        assert open_post_tags(conn) is None  # readers use SQL, which handles them
+        assert not blocks_current(conn)  # readers use SQL, which handles them
         posts, rel = read_post_range(open_reader(migrated), first - 1, first, False)
     assert -4 in rel.tag_id.tolist()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kohaku_data.db.post_tags import open_post_tags
+from kohaku_data.db.post_tags import PACKED_RELATIONS_SQL, block_relations, blocks_current, tag_bits
 from kohaku_data.errors import KdataError
 
 POST_SCHEMA: dict[str, pl.DataType] = {
@@ -46,9 +46,7 @@ _POST_SQL = (
     + " FROM post p WHERE "
 )
 _REL_SQL = "SELECT group_concat(post_id), group_concat(tag_id){rids} FROM posttagrelation WHERE "
-# ((post_id - first post) << tag bits) | tag_id: one short number per relation instead of two
-# (sqlite's time goes into writing digits: this reads relations 1.8x faster than two columns).
-_PACKED_REL_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE "
+# PACKED_RELATIONS_SQL (db/post_tags.py) reads relations 1.8x faster than two columns.
 _PACKED_BITS = 62
 
 
@@ -121,13 +119,13 @@ def _read_relations(
 ) -> Relations:
     """Relations of the posts matching `where`; every post id lies in `post_span` (first, last)."""
     first, last = post_span
-    tag_bits = _tag_bits(conn)
-    if not with_rids and tag_bits is not None and (last - first).bit_length() + tag_bits <= _PACKED_BITS:
-        text = conn.execute(_PACKED_REL_SQL + where, [first, tag_bits, *params]).fetchone()[0]
+    bits = tag_bits(conn)
+    if not with_rids and bits is not None and (last - first).bit_length() + bits <= _PACKED_BITS:
+        text = conn.execute(PACKED_RELATIONS_SQL + where, [first, bits, *params]).fetchone()[0]
         packed = parse_ints(text, "posttagrelation.post_id")
-        post_id = packed >> tag_bits
+        post_id = packed >> bits
         post_id += first
-        return Relations(post_id, np.bitwise_and(packed, (1 << tag_bits) - 1, out=packed), None)
+        return Relations(post_id, np.bitwise_and(packed, (1 << bits) - 1, out=packed), None)
     sql = _REL_SQL.format(rids=", group_concat(id)" if with_rids else "") + where
     row = conn.execute(sql, params).fetchone()
     post_id = parse_ints(row[0], "posttagrelation.post_id")
@@ -136,19 +134,6 @@ def _read_relations(
     if len(tag_id) != len(post_id) or (rid is not None and len(rid) != len(post_id)):
         raise CaptionReadError("posttagrelation has rows with a NULL post_id or tag_id: repair the DB")
     return Relations(post_id, tag_id, rid)
-
-
-def _tag_bits(conn: sqlite3.Connection) -> int | None:
-    """Bits that hold every tag id of posttagrelation (both ends come from the published
-    tag_id index), or None when some tag id is negative or not an integer."""
-    lo, hi = conn.execute(
-        "SELECT (SELECT min(tag_id) FROM posttagrelation), (SELECT max(tag_id) FROM posttagrelation)"
-    ).fetchone()
-    if lo is None:
-        return 1
-    if not (isinstance(lo, int) and isinstance(hi, int) and lo >= 0):
-        return None
-    return max(hi.bit_length(), 1)
 
 
 def _read_posts(conn: sqlite3.Connection, where: str, params: list) -> pl.DataFrame:
@@ -191,9 +176,8 @@ def read_post_range(
     if posts.height == 0:
         return posts, _no_relations()
     span = (int(posts["id"][0]), int(posts["id"][-1]))
-    blocks = None if with_rids else open_post_tags(conn)
-    if blocks is not None:
-        return posts, Relations(*blocks.relations(conn, *span), None)
+    if not with_rids and blocks_current(conn):
+        return posts, Relations(*block_relations(conn, *span), None)
     return posts, _read_relations(conn, "post_id BETWEEN ? AND ?", list(span), with_rids, span)
 
 

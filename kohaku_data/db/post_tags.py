@@ -11,7 +11,7 @@ posts is a few blob reads and numpy passes (~10x faster).
 - Same multiset as the table: duplicate (post, tag) rows stay, orphans (relations of posts
   that do not exist) too — the reader drops them exactly as it does with rows from SQL.
 - Never stale: triggers on `posttagrelation` note the block of every written row in
-  `kdata_post_tags_dirty` in the writing transaction, and `open_post_tags` returns None while
+  `kdata_post_tags_dirty` in the writing transaction, and `blocks_current` is False while
   any block is noted (or the triggers are missing), so readers fall back to SQL until
   `refresh_if_stale` re-encodes just the noted blocks (sync of a few posts: milliseconds, not
   the ~1 min of a full build at 7.8M posts). Import, sync and migrate call it through
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,36 +43,47 @@ _BUILD_GROUP = 64
 # Deltas are stored as uint32: larger tag ids (none in Danbooru) are read from SQL.
 _MAX_TAG_ID = (1 << 32) - 1
 _BLOCK_OF = {"insert": ["NEW"], "delete": ["OLD"], "update": ["OLD", "NEW"]}
-_PACKED_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE post_id BETWEEN ? AND ?"
+# ((post_id - first post) << tag bits) | tag_id: one short number per relation instead of two
+# (SQLite's time goes into writing digits); captions/frame.py reads relations the same way.
+PACKED_RELATIONS_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE "
 
 
-@dataclass(frozen=True)
-class PostTags:
-    """The current blocks of one file; `relations` reads them over any connection to it."""
-
-    def relations(self, conn: sqlite3.Connection, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """(post_id, tag_id) of every relation whose post id lies in [first, last], by post id."""
-        rows = conn.execute(f"SELECT block, data FROM {BLOCKS_TABLE} WHERE block BETWEEN ? AND ? ORDER BY block",
-                            (first >> BLOCK_BITS, last >> BLOCK_BITS)).fetchall()
-        if not rows:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        parts = [decode_block(block, data) for block, data in rows]
-        post_id = np.concatenate([p for p, _ in parts])
-        tag_id = np.concatenate([t for _, t in parts])
-        keep = slice(np.searchsorted(post_id, first), np.searchsorted(post_id, last, side="right"))
-        return post_id[keep], tag_id[keep]
+def block_relations(conn: sqlite3.Connection, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(post_id, tag_id) of every relation whose post id lies in [first, last], by post id, from
+    the blocks (check `blocks_current` first)."""
+    rows = conn.execute(f"SELECT block, data FROM {BLOCKS_TABLE} WHERE block BETWEEN ? AND ? ORDER BY block",
+                        (first >> BLOCK_BITS, last >> BLOCK_BITS)).fetchall()
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    parts = [decode_block(block, data) for block, data in rows]
+    post_id = np.concatenate([p for p, _ in parts])
+    tag_id = np.concatenate([t for _, t in parts])
+    keep = slice(np.searchsorted(post_id, first), np.searchsorted(post_id, last, side="right"))
+    return post_id[keep], tag_id[keep]
 
 
-def open_post_tags(conn: sqlite3.Connection) -> PostTags | None:
-    """The blocks when they exist and are current, else None (read relations from SQL)."""
+def blocks_current(conn: sqlite3.Connection) -> bool:
+    """Whether the blocks exist and hold what the table holds now (else read relations from SQL)."""
+    state = _state(conn)
+    return state is not None and _complete(state) and _has_triggers(conn) and not _any_dirty(conn)
+
+
+def _state(conn: sqlite3.Connection) -> dict | None:
     try:
-        state = dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
-        dirty = conn.execute(f"SELECT 1 FROM {DIRTY_TABLE} LIMIT 1").fetchone()
+        return dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
     except sqlite3.OperationalError:  # not migrated: no such table
         return None
-    if state.get("layout") != LAYOUT or state.get("complete") != 1 or dirty is not None:
-        return None
-    return PostTags() if _has_triggers(conn) else None
+
+
+def _complete(state: dict) -> bool:
+    return state.get("layout") == LAYOUT and state.get("complete") == 1
+
+
+def _any_dirty(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.execute(f"SELECT 1 FROM {DIRTY_TABLE} LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError:  # blocks of an earlier layout without the table
+        return True
 
 
 def install(db: DanbooruDB) -> None:
@@ -95,11 +105,12 @@ def refresh_if_stale(db: DanbooruDB) -> bool:
     if db.readonly or not db.has_table(STATE_TABLE):
         return False
     conn = db.connection()
-    if open_post_tags(conn) is not None:
+    state, triggers = _state(conn) or {}, _has_triggers(conn)
+    incremental = _complete(state) and triggers
+    if incremental and not _any_dirty(conn):
         return False
-    state = dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
     with db.database.atomic():
-        if state.get("layout") == LAYOUT and state.get("complete") == 1 and _has_triggers(conn):
+        if incremental:
             _rebuild_dirty(conn)
         else:
             _build_all(conn)
@@ -136,13 +147,13 @@ def _create_triggers(conn: sqlite3.Connection) -> None:
                      f"WHEN (SELECT value FROM {STATE_TABLE} WHERE key = 'complete') = 1 BEGIN {notes} END")
 
 
-def _tag_bits(conn: sqlite3.Connection) -> int | None:
-    """Bits of the largest tag id, or None when the tag ids cannot be stored (negative, not
-    integers, or over uint32)."""
+def tag_bits(conn: sqlite3.Connection, max_id: int | None = None) -> int | None:
+    """Bits that hold every tag id of posttagrelation (both ends come from the tag_id index),
+    or None when some tag id is negative, not an integer, or over `max_id`."""
     lo, hi = _ends(conn, "tag_id")
     if lo is None:
         return 1
-    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo and hi <= _MAX_TAG_ID):
+    if not (isinstance(lo, int) and isinstance(hi, int) and lo >= 0) or (max_id is not None and hi > max_id):
         return None
     return max(hi.bit_length(), 1)
 
@@ -154,11 +165,16 @@ def _ends(conn: sqlite3.Connection, column: str) -> tuple:
                         f"(SELECT max({column}) FROM posttagrelation)").fetchone()
 
 
+def tag_bits_of(conn: sqlite3.Connection) -> int | None:
+    """`tag_bits` for the blocks: their deltas are uint32."""
+    return tag_bits(conn, _MAX_TAG_ID)
+
+
 def _build(conn: sqlite3.Connection) -> None:
     """Encode every block (the caller holds one transaction; the tables are kdata's own)."""
     conn.execute(f"DELETE FROM {BLOCKS_TABLE}")
     conn.execute(f"DELETE FROM {DIRTY_TABLE}")
-    tag_bits = _tag_bits(conn)
+    tag_bits = tag_bits_of(conn)
     lo, hi = _ends(conn, "post_id")
     if tag_bits is not None and lo is not None:
         if not (isinstance(lo, int) and isinstance(hi, int)):
@@ -173,7 +189,7 @@ def _build(conn: sqlite3.Connection) -> None:
 
 def _rebuild_dirty(conn: sqlite3.Connection) -> None:
     """Re-encode the noted blocks only (the caller holds one transaction)."""
-    tag_bits = _tag_bits(conn)
+    tag_bits = tag_bits_of(conn)
     if tag_bits is None:  # a stored-unfriendly tag id was written: readers use SQL from now on
         _build(conn)
         return
@@ -184,7 +200,7 @@ def _rebuild_dirty(conn: sqlite3.Connection) -> None:
 
 
 def _build_group(conn: sqlite3.Connection, first: int, last: int, tag_bits: int) -> None:
-    text = conn.execute(_PACKED_SQL, (first, tag_bits, first, last)).fetchone()[0]
+    text = conn.execute(PACKED_RELATIONS_SQL + "post_id BETWEEN ? AND ?", (first, tag_bits, first, last)).fetchone()[0]
     if not text:
         return
     packed = np.sort(np.fromstring(text, dtype=np.int64, sep=","))  # by post, then tag id
