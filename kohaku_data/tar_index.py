@@ -74,10 +74,21 @@ def members_of(index: dict[str, Any]) -> list[Member]:
     return [(name, int(m["offset"]), int(m["size"])) for name, m in index["files"].items()]
 
 
+def git_blob_hasher(size: int) -> "hashlib._Hash":
+    """A sha1 fed `blob <size>\\0` already: fed the file's `size` bytes it gives git's object id,
+    the `hash` of the hfutils form."""
+    return hashlib.sha1(f"blob {size}\0".encode())
+
+
+def hfutils_index(filesize: int, sha1: str, sha256: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The hfutils index of a tar: a source's (read) and a built shard's (written) alike."""
+    return {"filesize": filesize, "hash": sha1, "hash_lfs": sha256, "files": files}
+
+
 def scan_tar(tar: storage.Target, tar_size: int) -> TarScan:
     """Stream `tar` once: its regular members (with sha256), refusals, and its index."""
     scan = TarScan()
-    sha1 = hashlib.sha1(f"blob {tar_size}\0".encode())
+    sha1 = git_blob_hasher(tar_size)
     sha256 = hashlib.sha256()
     files: dict[str, dict[str, Any]] = {}
     clean = True
@@ -90,7 +101,7 @@ def scan_tar(tar: storage.Target, tar_size: int) -> TarScan:
             clean = False
         reader.drain()
     if clean and reader.total == tar_size:
-        scan.index = {"filesize": tar_size, "hash": sha1.hexdigest(), "hash_lfs": sha256.hexdigest(), "files": files}
+        scan.index = hfutils_index(tar_size, sha1.hexdigest(), sha256.hexdigest(), files)
     return scan
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kohaku_data.atomic import name_failed_write
+from kohaku_data.tar_index import git_blob_hasher, hfutils_index
 
 BLOCK = 512
 # The tar end: two zero blocks, then padding of the whole archive to tarfile's RECORDSIZE.
@@ -79,7 +80,7 @@ class TarStream:
 
     def __init__(self, file: IO[bytes], size: int | None = None) -> None:
         self._hash, self._md5 = hashlib.sha256(), hashlib.md5()
-        self._sha1 = hashlib.sha1(f"blob {size}\0".encode()) if size is not None else None
+        self._sha1 = git_blob_hasher(size) if size is not None else None
         digests = (self._hash, self._md5) + ((self._sha1,) if self._sha1 is not None else ())
         self._tar = tarfile.open(fileobj=_HashingWriter(file, digests), mode="w", format=tarfile.USTAR_FORMAT)
         self.nsamples = 0
@@ -210,8 +211,7 @@ def member_index_name(tar_name: str) -> str:
     return tar_name.removesuffix(".tar") + ".json"
 
 
-def member_index(filesize: int, sha1: str, sha256: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"filesize": filesize, "hash": sha1, "hash_lfs": sha256, "files": files}
+member_index = hfutils_index  # a shard's member index is the hfutils form (tar_index.py)
 
 
 def _write_beside(path: Path, data: bytes) -> None:
@@ -239,7 +239,7 @@ def git_blob_sha1(path: Path, chunk: int = 1 << 22) -> str:
 
     The size comes first, so this needs a second read of the finished file (from the page cache,
     right after writing it; the image stage dwarfs it)."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    digest = git_blob_hasher(path.stat().st_size)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
@@ -259,7 +259,7 @@ def tar_member_index(tar: Path, chunk: int = 1 << 22) -> dict[str, Any]:
     with tarfile.open(tar, "r:") as archive:
         members = [(m.name, m.offset_data, m.size) for m in archive if m.isreg()]
     size = tar.stat().st_size
-    sha1, sha256, md5 = hashlib.sha1(f"blob {size}\0".encode()), hashlib.sha256(), hashlib.md5()
+    sha1, sha256, md5 = git_blob_hasher(size), hashlib.sha256(), hashlib.md5()
     digests = [hashlib.sha256() for _ in members]
     order = sorted(range(len(members)), key=lambda i: members[i][1])
     first = 0  # members before this one in `order` end before the current block
