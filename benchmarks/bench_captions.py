@@ -132,10 +132,10 @@ def anon_bytes(pid: int) -> int:
 
 def child_ours(db_path: str, workers: int) -> None:
     """In a child process: caption every post, print rate, CPU time and peak memory (with the
-    allocator settings `kdata caption` applies)."""
-    from kohaku_data.allocators import keep_freed_memory
+    process settings `kdata caption` applies)."""
+    from kohaku_data.runtime import bulk_process
 
-    keep_freed_memory()  # before polars is imported
+    bulk_process()  # before numpy and polars are imported
     from kohaku_data.captions import DEFAULT_CHUNK_SIZE, compute_thresholds, iter_captions
     from kohaku_data.config import CaptionConfig
     from kohaku_data.db import DanbooruDB

@@ -161,7 +161,7 @@ def test_serve_stats_follow_a_write_without_restart(migrated: Path) -> None:
     assert second["caption"]["posts"] == first["caption"]["posts"] - 1
 
 
-def test_stored_tag_columns_give_the_same_captions_and_follow_tag_writes(
+def test_stored_prepared_tags_give_the_same_captions_and_follow_tag_writes(
         migrated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import polars as pl
 
@@ -169,10 +169,10 @@ def test_stored_tag_columns_give_the_same_captions_and_follow_tag_writes(
     from kohaku_data.captions import iter_captions, summaries
     from kohaku_data.captions.frame import open_reader
 
-    monkeypatch.setattr(summaries, "STORE_TAG_COLUMNS_FROM", 0)  # as for a 1M-row tag table
+    monkeypatch.setattr(summaries, "STORE_PREPARED_TAGS_FROM", 0)  # as for a 1M-row tag table
     config = Recipe().caption
     with DanbooruDB.open(migrated) as db:
-        assert summaries.tag_columns_name(config) in summary.refresh(db)
+        assert summaries.prepared_tags_name(config) in summary.refresh(db)
         thresholds = compute_thresholds(db, config)
         conn = open_reader(migrated)
         try:
@@ -191,6 +191,48 @@ def test_stored_tag_columns_give_the_same_captions_and_follow_tag_writes(
     assert stored["caption"].str.contains(shown.format("long hair")).any()
     assert after["caption"].str.contains(shown.format("renamed hair")).any()
     assert not after["caption"].str.contains(shown.format("long hair")).any()
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"keep_separator": None}, {"tag_order": "alpha"}, {"year_number": True, "blacklist": ("long_hair",)},
+])
+def test_prepared_tags_read_back_as_stored(migrated: Path, changes: dict) -> None:
+    import numpy as np
+
+    from kohaku_data.captions import summaries
+    from kohaku_data.captions.frame import read_tag_table
+    from kohaku_data.captions.layout import prepare_tags
+
+    config = CaptionConfig(**changes)
+    with DanbooruDB.open(migrated, readonly=True) as db:
+        prepared = prepare_tags(read_tag_table(db.connection()), config)
+    back = summaries.decode_prepared_tags(summaries.encode_prepared_tags(prepared))
+    assert np.array_equal(back.tag_index.keys, prepared.tag_index.keys)
+    for field in ("rank_pairs", "group", "codes"):
+        assert np.array_equal(getattr(back, field), getattr(prepared, field)), field
+    assert back.strings.equals(prepared.strings) and back.strings.n_chunks() == 1
+    assert (back.extra_rows, back.rest, back.prefixed_offset) == (
+        prepared.extra_rows, prepared.rest, prepared.prefixed_offset)
+    blob = summaries.encode_prepared_tags(prepared)
+    header = json.loads(blob[4:4 + int.from_bytes(blob[:4], "little")])
+    other = json.dumps({**header, "format": 0}).encode()
+    assert summaries.decode_prepared_tags(len(other).to_bytes(4, "little") + other) is None  # another layout
+
+
+def test_refresh_drops_stale_and_retired_summaries(migrated: Path) -> None:
+    from kohaku_data.captions.summaries import RETIRED_KINDS
+
+    with DanbooruDB.open(migrated) as db:
+        assert summary.store(db, "custom:current", {"kept": True})
+    _external_write(migrated, "UPDATE post SET score = score + 1 WHERE id = (SELECT min(id) FROM post)")
+    with DanbooruDB.open(migrated) as db:
+        assert summary.store(db, "custom:after", {"kept": True})  # computed after the write
+        assert summary.store(db, f"{RETIRED_KINDS[0]}:0123456789abcdef", b"current, but nothing reads it")
+        summary.refresh(db)
+    stored = _stored(migrated)
+    assert "custom:after" in stored and "custom:current" not in stored  # stale: never served again
+    assert not any(name.startswith(f"{RETIRED_KINDS[0]}:") for name in stored)
+    assert INFO_SUMMARY in stored
 
 
 def test_import_into_a_migrated_file_rebuilds_the_query_index(migrated: Path, posts_sample_path: Path) -> None:

@@ -127,11 +127,10 @@ class PreparedTags:
     caption texts again with the keep separator in front (for the first one after it). A
     chunk is then one integer sort and one gather; strings never move during the sort."""
 
-    frame: pl.DataFrame  # _tag_columns output, sorted by tag_id
-    tag_index: KeyIndex  # tag id → frame row
-    # per frame row: [row of its raw name, row of its caption text (_HIDDEN: not shown)]
+    tag_index: KeyIndex  # tag id → tag row (the table's tags sorted by id)
+    # per tag row: [row of its raw name, row of its caption text (_HIDDEN: not shown)]
     rank_pairs: np.ndarray
-    group: np.ndarray  # per frame row: caption group, -1 = not shown
+    group: np.ndarray  # per tag row: caption group, -1 = not shown
     strings: pl.Series
     codes: np.ndarray  # per `strings` row: tag type (raw names) or CAPTION_CODE
     extra_rows: dict[int, dict[str, int]]  # group → text → row: separator/year/rating/quality
@@ -140,7 +139,7 @@ class PreparedTags:
 
     @property
     def caption_start(self) -> int:
-        return self.frame.height
+        return len(self.tag_index.keys)
 
     @property
     def row_bits(self) -> int:
@@ -153,8 +152,8 @@ def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
 
 
 def tag_columns(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """The per-tag columns of `config` (sorted by tag_id): the costly, string-sorting half of
-    `prepare_tags`, which the DB summaries keep for big tag tables (captions/summaries.py)."""
+    """The per-tag columns of `config` (sorted by tag_id): the string-sorting half of
+    `prepare_tags` (big tag tables are stored prepared: captions/summaries.py)."""
     return _tag_columns(tags.sort("tag_id"), config)
 
 
@@ -178,7 +177,6 @@ def prepare_tag_columns(columns: pl.DataFrame, config: CaptionConfig) -> Prepare
     for at, group, text in added.select("_at", "_g", "_text").iter_rows():
         extra_rows.setdefault(group, {})[text] = n + at
     return PreparedTags(
-        frame=frame.drop("_row"),
         tag_index=KeyIndex(frame["tag_id"].to_numpy()),
         rank_pairs=rank_pairs,
         group=frame["_g"].fill_null(-1).to_numpy().astype(np.int64),
@@ -222,7 +220,7 @@ class ChunkRows:
     """One chunk's post-tag relations resolved against the prepared tag table (parallel arrays)."""
 
     pi: np.ndarray  # row index of the post in the chunk
-    ti: np.ndarray  # row index of the tag in `PreparedTags.frame`
+    ti: np.ndarray  # row of the tag in `PreparedTags` (its position in `tag_index`)
     rid: np.ndarray | None  # relation id, for tag_order = "db"
 
     def take(self, mask: np.ndarray) -> "ChunkRows":

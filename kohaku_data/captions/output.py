@@ -10,6 +10,7 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from kohaku_data.atomic import replacing, write_atomic
+from kohaku_data.config import CAPTION_CHUNK_SIZE
 from kohaku_data.errors import KdataError
 
 
@@ -40,7 +41,10 @@ def write_captions(
 
 
 def _write_parquet(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:
-    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_parquet(path, compression_level=1))
+    # Row groups of one caption chunk: each is encoded while the next chunk is captioned (with
+    # polars' default of 100k rows, the last 100k rows were encoded after the last caption).
+    return _stream(frames, out, on_chunk, lambda lazy, path: lazy.sink_parquet(
+        path, compression_level=1, row_group_size=CAPTION_CHUNK_SIZE))
 
 
 def _write_jsonl(frames: Iterable[pl.DataFrame], out: Path, on_chunk: Callable[[int], None]) -> int:

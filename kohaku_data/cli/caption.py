@@ -53,9 +53,9 @@ def caption(
     """Write id → caption (+ the separate tags) for the selected posts."""
     if ctx.invoked_subcommand is not None:
         return
-    from kohaku_data.allocators import keep_freed_memory
+    from kohaku_data.runtime import bulk_process
 
-    keep_freed_memory()
+    bulk_process()
     with clean_errors(kept="No partial output is left: an output file appears only once complete"):
         from kohaku_data.config import CAPTION_CHUNK_SIZE
 

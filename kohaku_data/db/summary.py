@@ -202,4 +202,28 @@ def refresh(db: DanbooruDB) -> list[str]:
     # rebuild them too.
     rebuilt = ["query bitmap index"] if query_bits.refresh_if_stale(db) else []
     rebuilt += ["post tag blocks"] if post_tags.refresh_if_stale(db) else []
-    return [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]
+    stored = [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]
+    drop_stale(db)
+    return stored
+
+
+def forget(db: DanbooruDB, kinds: tuple[str, ...]) -> None:
+    """Delete every summary of these kinds (`config_key` names), e.g. ones no longer read."""
+    if db.readonly or not has_summaries(db):
+        return
+    with db.database.atomic():
+        for kind in kinds:
+            prefix = f"{kind}:"
+            db.connection().execute(f'DELETE FROM "{SUMMARY_TABLE}" WHERE substr(name, 1, ?) = ?', (len(prefix), prefix))
+
+
+def drop_stale(db: DanbooruDB) -> int:
+    """Delete the summaries computed before the last write (they are never served again; a big
+    one, such as a prepared 1M-row tag table, holds tens of MB). Returns how many."""
+    state = _state(db)
+    if db.readonly or state is None:
+        return 0
+    with db.database.atomic():
+        cursor = db.connection().execute(
+            f'DELETE FROM "{SUMMARY_TABLE}" WHERE writes != ? OR fingerprint != ?', state)
+    return cursor.rowcount
