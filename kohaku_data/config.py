@@ -272,6 +272,11 @@ class CaptionConfig(_Strict):
     caption_mode: Literal["tags", "text", "tags_then_text"] = "tags"
     text_joiner: str = "\n"  # between the tags and the text in tags_then_text
 
+    @property
+    def needs_relation_ids(self) -> bool:
+        """`tag_order = "db"` orders tags by posttagrelation id: pages must read the ids too."""
+        return self.tag_order == "db"
+
     @model_validator(mode="after")
     def _bands_match(self) -> "CaptionConfig":
         if len(self.quality_bands) != len(self.quality_percentiles) + 1:

@@ -167,7 +167,7 @@ def test_stored_prepared_tags_give_the_same_captions_and_follow_tag_writes(
 
     import kohaku_data.captions as captions_module
     from kohaku_data.captions import iter_captions, summaries
-    from kohaku_data.captions.frame import open_reader
+    from kohaku_data.db.pages import open_reader
 
     monkeypatch.setattr(summaries, "STORE_PREPARED_TAGS_FROM", 0)  # as for a 1M-row tag table
     config = Recipe().caption

@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 
 from kohaku_data.captions import caption_posts, compute_thresholds, iter_captions
-from kohaku_data.captions.frame import open_reader, read_post_range
+from kohaku_data.captions.frame import read_post_range
+from kohaku_data.db.pages import open_reader
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB, summary
+from kohaku_data.db.post_tag_blocks import decode_block, encode_block, relations_of_blocks
 from kohaku_data.db.post_tags import (
-    BLOCK, BLOCK_BITS, block_relations, blocks_current, decode_block, encode_block, install, refresh_if_stale,
-    retire,
+    BLOCK, BLOCK_BITS, blocks_current, fetch_blocks, install, refresh_if_stale, retire,
 )
 from kohaku_data.sample import write_sample
 
@@ -36,7 +37,7 @@ def _table_relations(path: Path, first: int, last: int) -> list[tuple[int, int]]
 def _block_relations(path: Path, first: int, last: int) -> list[tuple[int, int]]:
     conn = open_reader(path)
     assert blocks_current(conn)
-    post_id, tag_id = block_relations(conn, first, last)
+    post_id, tag_id = relations_of_blocks(fetch_blocks(conn, first, last), first, last)
     assert np.all(np.diff(post_id) >= 0)  # by post id
     return sorted(zip(post_id.tolist(), tag_id.tolist()))
 

@@ -28,7 +28,7 @@ Quality and year rules, quantile and tie definitions: see `thresholds.py`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -36,11 +36,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kohaku_data.captions.frame import (
-    PageSpec, TagSource, count_posts, open_reader, page_bounds,
-)
+from kohaku_data.captions.frame import TagSource, count_posts, parse_page
 from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
-from kohaku_data.captions.parallel import caption_page, pooled_captions, prefetched_pages
+from kohaku_data.captions.parallel import caption_page, pooled_captions
 from kohaku_data.captions.summaries import stored_prepared_tags
 from kohaku_data.captions.thresholds import (
     RATING_NAMES, Thresholds, compute_thresholds,
@@ -48,10 +46,11 @@ from kohaku_data.captions.thresholds import (
 from kohaku_data.config import CAPTION_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
+from kohaku_data.db.pages import PageFetcher, RawPage, open_reader, page_specs
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "OUTPUT_COLUMNS", "Thresholds", "caption_posts", "caption_stats", "compute_thresholds",
-    "iter_captions", "stats_from_frame",
+    "fetch_pages", "iter_captions", "stats_from_frame",
 ]
 # Reading the whole tag table pays off once the job is big; a few posts look their tags up.
 _WHOLE_TAG_TABLE_FROM = 50_000
@@ -70,60 +69,78 @@ def caption_posts(
 
 def iter_captions(
     db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds, ids: Sequence[int] | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1, pages: PageFetcher | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None.
 
     Reads go through read-only connections of their own: they see what is committed to the
     file, and the frames may be pulled from any thread. `workers > 1` captions chunks in that
     many processes; the frames still come in id order, and at most `workers + 1` chunks are
-    in flight, so memory grows with `chunk_size`, not the DB."""
+    in flight, so memory grows with `chunk_size`, not the DB. `pages`: this job's pages already
+    being fetched (`fetch_pages` with the same arguments, started early by a caller that still
+    has imports to do); it is closed here. One process only."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if pages is not None and workers > 1:
+        pages.close()
+        raise ValueError("prefetched pages are for one process (workers = 1)")
     # A connection of its own (not the handle's, which belongs to the thread that opened it):
     # the frames may be pulled from another thread, e.g. by the parquet writer.
     conn = open_reader(db.path)
     try:
-        yield from _captions_of(db, conn, config, thresholds, ids, chunk_size, workers)
+        yield from _captions_of(db, conn, config, thresholds, ids, chunk_size, workers, pages)
     finally:
         conn.close()
 
 
+def fetch_pages(db: DanbooruDB, config: CaptionConfig, ids: Sequence[int] | None = None,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> PageFetcher:
+    """Start fetching the pages `iter_captions` will caption (a thread; sqlite only)."""
+    return PageFetcher(db.path, ids, chunk_size, with_rids=config.needs_relation_ids)
+
+
 def _captions_of(
     db: DanbooruDB, conn: sqlite3.Connection, config: CaptionConfig, thresholds: Thresholds,
-    ids: Sequence[int] | None, chunk_size: int, workers: int,
+    ids: Sequence[int] | None, chunk_size: int, workers: int, pages: PageFetcher | None,
 ) -> Iterator[pl.DataFrame]:
-    with_rids = config.tag_order == "db"
     if ids is None:
         whole, many = True, True
-        specs: Iterator[PageSpec] = (PageSpec(after=a, last=b) for a, b in page_bounds(conn, chunk_size))
     else:
-        wanted = sorted({int(i) for i in ids})
-        whole, many = len(wanted) > _WHOLE_TAG_TABLE_FROM, len(wanted) > chunk_size
-        specs = (PageSpec(ids=tuple(wanted[i:i + chunk_size])) for i in range(0, len(wanted), chunk_size))
+        wanted = len({int(i) for i in ids})
+        whole, many = wanted > _WHOLE_TAG_TABLE_FROM, wanted > chunk_size
     if workers > 1 and many:
+        specs = page_specs(conn, ids, chunk_size)
         yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)
         return
-    if not many:
-        tags = _tag_source(conn, whole, config)
-        for posts, rel in (s.read(conn, with_rids) for s in specs):
-            if posts.height:
-                yield caption_page(posts, rel, tags, config, thresholds)
-        return
-    # The tag table (~0.3 s with Danbooru's ~1M names) is prepared while the first pages are
-    # read; pages are captioned CAPTIONERS at a time (polars and numpy release the GIL), in order.
+    with pages or fetch_pages(db, config, ids, chunk_size) as fetched:
+        if not many:
+            tags = _tag_source(conn, whole, config)
+            for raw in fetched:
+                if raw.count:
+                    yield caption_page(*parse_page(raw), tags, config, thresholds)
+            return
+        yield from _captioned_in_threads(conn, fetched, whole, config, thresholds)
+
+
+def _captioned_in_threads(
+    conn: sqlite3.Connection, pages: Iterable[RawPage], whole: bool, config: CaptionConfig, thresholds: Thresholds,
+) -> Iterator[pl.DataFrame]:
+    """Caption frames of `pages` in order, CAPTIONERS pages at a time (polars and numpy release
+    the GIL; each thread parses its page, then captions it). The tag table (~0.1 s with
+    Danbooru's ~1M names) is prepared while the first pages are fetched."""
     with ThreadPoolExecutor(1 + CAPTIONERS) as pool:
         preparing = pool.submit(_tag_source, conn, whole, config)
 
-        def caption(posts: pl.DataFrame, rel) -> pl.DataFrame:
+        def caption(raw: RawPage) -> pl.DataFrame:
+            posts, rel = parse_page(raw)
             return caption_page(posts, rel, preparing.result(), config, thresholds)
 
         pending: deque[Future[pl.DataFrame]] = deque()
-        for posts, rel in prefetched_pages(db.path, specs, with_rids):
-            if posts.height:
-                pending.append(pool.submit(caption, posts, rel))
+        for raw in pages:
+            if raw.count:
+                pending.append(pool.submit(caption, raw))
             if len(pending) > CAPTIONERS:
                 yield pending.popleft().result()
         while pending:

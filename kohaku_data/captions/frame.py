@@ -1,15 +1,9 @@
-"""Bulk reads for captions: a page of posts, their post-tag relations, and the tag table.
+"""Bulk reads for captions: pages of posts and their post-tag relations parsed into columns,
+and the tag table.
 
-A page is read with two queries: the post columns (one row per post, by id), then every
-relation of the page's posts as one `group_concat` string of `((post_id - first) << tag bits) |
-tag_id` (or, when tag ids are not all small non-negative integers, or for `tag_order = "db"`,
-separate `post_id`, `tag_id` and `id` strings), parsed by numpy in C. One Python object per
-column instead of one per post (or one tuple per relation: 5x slower through the sqlite3
-cursor); sqlite's time goes into writing digits, so the short packed number reads fastest.
-
-Relations of an id range are one range of the `posttagrelation(post_id)` index; with
-migration 0004's covering index `(post_id, tag_id)` sqlite never touches the table rows, which
-halves the read. Nothing depends on the order sqlite returns relations in: the layout sorts.
+db/pages.py fetches a page with sqlite alone (the post columns and the relations as one
+string each, or the stored relation blocks); here numpy and polars parse it in C and Rust: one
+Python object per column, never one per post or per relation.
 """
 
 from __future__ import annotations
@@ -18,13 +12,15 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kohaku_data.db.post_tags import PACKED_RELATIONS_SQL, block_relations, blocks_current, tag_bits
+from kohaku_data.db.pages import (
+    INT_COLUMNS, TEXT_COLUMNS, TEXT_SEP, RawPage, RawRelations, fetch_ids, fetch_range, page_bounds,
+)
+from kohaku_data.db.post_tag_blocks import relations_of_blocks
 from kohaku_data.errors import KdataError
 
 POST_SCHEMA: dict[str, pl.DataType] = {
@@ -35,21 +31,6 @@ POST_SCHEMA: dict[str, pl.DataType] = {
 TAG_SCHEMA: dict[str, pl.DataType] = {
     "tag_id": pl.Int64, "name": pl.String, "type": pl.Int64, "popularity": pl.Int64,
 }
-_INT_COLUMNS = ("id", "rating", "score", "fav_count", "image_width", "image_height")
-_TEXT_COLUMNS = ("created_at", "md5", "file_ext")
-_TEXT_SEP = "\x1f"  # unit separator: never inside a date, an md5 or an extension
-# One row per page: every column as one string (ints comma-separated, texts split by _TEXT_SEP).
-# All aggregates of one query step through the same rows, so the columns stay aligned.
-_POST_SQL = (
-    "SELECT count(*), " + ", ".join(f"group_concat({c})" for c in _INT_COLUMNS) + ", "
-    + ", ".join(f"group_concat(ifnull({c}, ''), char(31))" for c in _TEXT_COLUMNS)
-    + " FROM post p WHERE "
-)
-_REL_SQL = "SELECT group_concat(post_id), group_concat(tag_id){rids} FROM posttagrelation WHERE "
-# PACKED_RELATIONS_SQL (db/post_tags.py) reads relations 1.8x faster than two columns.
-_PACKED_BITS = 62
-
-
 class CaptionReadError(KdataError):
     """The DB holds values the caption reader cannot use (e.g. text in an integer column)."""
 
@@ -114,104 +95,63 @@ def parse_ints(text: str | None, what: str) -> np.ndarray:
     return out
 
 
-def _read_relations(
-    conn: sqlite3.Connection, where: str, params: list, with_rids: bool, post_span: tuple[int, int]
-) -> Relations:
-    """Relations of the posts matching `where`; every post id lies in `post_span` (first, last)."""
-    first, last = post_span
-    bits = tag_bits(conn)
-    if not with_rids and bits is not None and (last - first).bit_length() + bits <= _PACKED_BITS:
-        text = conn.execute(PACKED_RELATIONS_SQL + where, [first, bits, *params]).fetchone()[0]
-        packed = parse_ints(text, "posttagrelation.post_id")
-        post_id = packed >> bits
-        post_id += first
-        return Relations(post_id, np.bitwise_and(packed, (1 << bits) - 1, out=packed), None)
-    sql = _REL_SQL.format(rids=", group_concat(id)" if with_rids else "") + where
-    row = conn.execute(sql, params).fetchone()
-    post_id = parse_ints(row[0], "posttagrelation.post_id")
-    tag_id = parse_ints(row[1], "posttagrelation.tag_id")
-    rid = parse_ints(row[2], "posttagrelation.id") if with_rids else None
+def parse_relations(raw: RawRelations) -> Relations:
+    """Relations as fetched → parallel int64 arrays."""
+    if raw.blocks is not None:
+        return Relations(*relations_of_blocks(raw.blocks, *raw.span), None)
+    if raw.columns is None:
+        packed = parse_ints(raw.packed, "posttagrelation.post_id")
+        post_id = packed >> raw.bits
+        post_id += raw.span[0]
+        return Relations(post_id, np.bitwise_and(packed, (1 << raw.bits) - 1, out=packed), None)
+    post_id = parse_ints(raw.columns[0], "posttagrelation.post_id")
+    tag_id = parse_ints(raw.columns[1], "posttagrelation.tag_id")
+    rid = parse_ints(raw.columns[2], "posttagrelation.id") if len(raw.columns) > 2 else None
     if len(tag_id) != len(post_id) or (rid is not None and len(rid) != len(post_id)):
         raise CaptionReadError("posttagrelation has rows with a NULL post_id or tag_id: repair the DB")
     return Relations(post_id, tag_id, rid)
 
 
-def _read_posts(conn: sqlite3.Connection, where: str, params: list) -> pl.DataFrame:
-    """Posts matching `where`, sorted by id."""
-    row = conn.execute(_POST_SQL + where, params).fetchone()
-    count, ints, texts = row[0], row[1:1 + len(_INT_COLUMNS)], row[1 + len(_INT_COLUMNS):]
-    if count == 0:
+def parse_posts(row: tuple) -> pl.DataFrame:
+    """The post row of a RawPage → POST_SCHEMA frame, sorted by id."""
+    count, texts = row[0], row[3:]
+    if not count:
         return pl.DataFrame(schema=POST_SCHEMA)
-    columns: dict[str, pl.Series] = {c: pl.Series(c, parse_ints(t, f"post.{c}")) for c, t in zip(_INT_COLUMNS, ints)}
-    for name, text in zip(_TEXT_COLUMNS, texts):
+    ints, strings = texts[:len(INT_COLUMNS)], texts[len(INT_COLUMNS):]
+    columns: dict[str, pl.Series] = {c: pl.Series(c, parse_ints(t, f"post.{c}")) for c, t in zip(INT_COLUMNS, ints)}
+    for name, text in zip(TEXT_COLUMNS, strings):
         # polars splits in Rust: no Python str per value
-        columns[name] = pl.Series(name, [text]).str.split(_TEXT_SEP).explode()
+        columns[name] = pl.Series(name, [text]).str.split(TEXT_SEP).explode()
     if any(len(v) != count for v in columns.values()):
         raise CaptionReadError("post has NULL values in NOT NULL columns: repair the DB")
     frame = pl.DataFrame([columns[c] for c in POST_SCHEMA])
     return frame.with_columns(md5=pl.col("md5").replace("", None)).sort("id")
 
 
+def parse_page(raw: RawPage) -> tuple[pl.DataFrame, Relations]:
+    """A fetched page → (posts sorted by id, their relations)."""
+    if raw.relations is None:
+        return pl.DataFrame(schema=POST_SCHEMA), _no_relations()
+    return parse_posts(raw.posts), parse_relations(raw.relations)
+
+
 def read_posts_by_ids(
     conn: sqlite3.Connection, ids: Sequence[int], with_rids: bool
 ) -> tuple[pl.DataFrame, Relations]:
-    """Posts whose id is in `ids` (one JSON parameter: no limit on the number of ids), by id."""
-    ids = [int(i) for i in ids]
-    wanted = json.dumps(ids)
-    posts = _read_posts(conn, "p.id IN (SELECT value FROM json_each(?))", [wanted])
-    if posts.height == 0:
-        return posts, _no_relations()
-    span = (min(ids), max(ids))  # relations of missing posts (orphans) are read too, then dropped
-    rel = _read_relations(conn, "post_id IN (SELECT value FROM json_each(?))", [wanted], with_rids, span)
-    return posts, rel
+    """Posts whose id is in `ids`, by id, and their relations."""
+    return parse_page(fetch_ids(conn, ids, with_rids))
 
 
 def read_post_range(
     conn: sqlite3.Connection, after: int, last: int | None, with_rids: bool
 ) -> tuple[pl.DataFrame, Relations]:
-    """Posts with `after < id <= last` (no upper bound when `last` is None), by id. Relations
-    come from the stored blocks when they are current (db/post_tags.py), else from SQL."""
-    upper = (1 << 62) if last is None else last
-    posts = _read_posts(conn, "p.id > ? AND p.id <= ?", [after, upper])
-    if posts.height == 0:
-        return posts, _no_relations()
-    span = (int(posts["id"][0]), int(posts["id"][-1]))
-    if not with_rids and blocks_current(conn):
-        return posts, Relations(*block_relations(conn, *span), None)
-    return posts, _read_relations(conn, "post_id BETWEEN ? AND ?", list(span), with_rids, span)
+    """Posts with `after < id <= last` (no upper bound when `last` is None), by id, and their
+    relations (from the stored blocks when they are current, else from SQL)."""
+    return parse_page(fetch_range(conn, after, last, with_rids))
 
 
 def _no_relations() -> Relations:
     return Relations(np.empty(0, np.int64), np.empty(0, np.int64), None)
-
-
-def page_bounds(conn: sqlite3.Connection, chunk_size: int) -> Iterator[tuple[int, int | None]]:
-    """(after, last) id bounds of consecutive pages of `chunk_size` posts; the last page's
-    `last` is None. Walks the post ids only (keyset + OFFSET), so it is cheap to run ahead."""
-    after = -(1 << 62)
-    while True:
-        row = conn.execute("SELECT id FROM post WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
-                           [after, chunk_size - 1]).fetchone()
-        if row is None:
-            yield after, None
-            return
-        yield after, int(row[0])
-        after = int(row[0])
-
-
-@dataclass(frozen=True)
-class PageSpec:
-    """Which posts make a page: an id range (`after < id <= last`, `last` None = no end) or a
-    sorted id list. Small and picklable: worker processes read the page themselves."""
-
-    after: int = 0
-    last: int | None = None
-    ids: tuple[int, ...] | None = None
-
-    def read(self, conn: sqlite3.Connection, with_rids: bool) -> tuple[pl.DataFrame, Relations]:
-        if self.ids is not None:
-            return read_posts_by_ids(conn, self.ids, with_rids)
-        return read_post_range(conn, self.after, self.last, with_rids)
 
 
 def iter_post_pages(
@@ -220,14 +160,6 @@ def iter_post_pages(
     """Every post, `chunk_size` at a time, by id (each page is an index range)."""
     for after, last in page_bounds(conn, chunk_size):
         yield read_post_range(conn, after, last, with_rids)
-
-
-def open_reader(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection for page reads, usable from another thread. It maps the file:
-    a relation scan without one read() call per page (half of sqlite's time went to pread)."""
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
-    conn.execute(f"PRAGMA mmap_size={1 << 40}")  # sqlite caps it at its compile-time maximum
-    return conn
 
 
 def count_posts(conn: sqlite3.Connection) -> int:
@@ -272,12 +204,12 @@ def read_tag_table(conn: sqlite3.Connection) -> pl.DataFrame:
     million rows as Python tuples cost seconds. A name holding the separator falls back to rows."""
     count, ids, types, pops, names = conn.execute(
         "SELECT count(*), group_concat(id), group_concat(type), group_concat(popularity), "
-        # char(31) is _TEXT_SEP
+        # char(31) is TEXT_SEP
         "group_concat(name, char(31)) FROM (SELECT id, type, popularity, name FROM tag ORDER BY id)"
     ).fetchone()
     if not count:
         return pl.DataFrame(schema=TAG_SCHEMA)
-    split = pl.Series("name", [names]).str.split(_TEXT_SEP).explode()
+    split = pl.Series("name", [names]).str.split(TEXT_SEP).explode()
     if len(split) != count:
         rows = conn.execute("SELECT id AS tag_id, name, type, popularity FROM tag").fetchall()
         return pl.DataFrame(rows, schema=TAG_SCHEMA, orient="row")

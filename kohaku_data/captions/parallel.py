@@ -1,8 +1,5 @@
-"""One chunk of posts → captions, in this process (pages read ahead by threads) or in a pool of
-worker processes.
-
-In this process, `prefetched_pages` reads the next pages in reader threads while the caller
-captions: sqlite releases the GIL while it steps and polars/numpy while they compute.
+"""One chunk of posts → captions, in this process (pages fetched ahead by db/pages.PageFetcher)
+or in a pool of worker processes.
 
 Workers are spawned (not forked: polars' thread pool must not be copied mid-use); each opens the
 DB read-only and reads the tag table once, in its initializer. The parent only walks the post
@@ -12,21 +9,19 @@ page order, so the output is the same as with one process and memory grows with 
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
-import queue
-import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import polars as pl
 
-from kohaku_data.captions.frame import PageSpec, Relations, TagSource, open_reader
+from kohaku_data.captions.frame import Relations, TagSource, parse_page
 from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags, resolve_tags
 from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import CaptionConfig
+from kohaku_data.db.pages import PageSpec, open_reader
 
 
 def caption_page(
@@ -56,7 +51,7 @@ class _Worker:
                               lambda: stored_prepared_tags(self.conn, config))
 
     def caption(self, spec: PageSpec) -> pl.DataFrame:
-        posts, rel = spec.read(self.conn, self.config.tag_order == "db")
+        posts, rel = parse_page(spec.fetch(self.conn, self.config.needs_relation_ids))
         return caption_page(posts, rel, self.tags, self.config, self.thresholds)
 
 
@@ -73,39 +68,6 @@ def _init_worker(db_path: str, config: CaptionConfig, thresholds: Thresholds, wh
 def _caption_spec(spec: PageSpec) -> pl.DataFrame:
     assert _worker is not None, "called outside a caption worker process"
     return _worker.caption(spec)
-
-
-# Page readers of a multi-chunk job. Reading a page takes about as long as captioning one, and
-# two readers keep a page ready even while they compete with the captioning thread for cores.
-READERS = 2
-
-
-def prefetched_pages(
-    db_path: str | Path, specs: Iterator[PageSpec], with_rids: bool, readers: int = READERS
-) -> Iterator[tuple[pl.DataFrame, Relations]]:
-    """The pages of `specs`, in order, read `readers` at a time in threads, each thread with a
-    read-only connection of its own. They see what is committed to the file."""
-    connections: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-    for _ in range(readers):
-        connections.put(open_reader(db_path))
-
-    def read(spec: PageSpec) -> tuple[pl.DataFrame, Relations]:
-        conn = connections.get()
-        try:
-            return spec.read(conn, with_rids)
-        finally:
-            connections.put(conn)
-
-    try:
-        with ThreadPoolExecutor(readers) as pool:
-            pending: deque[Future] = deque(pool.submit(read, spec) for spec in itertools.islice(specs, readers))
-            while pending:
-                page = pending.popleft().result()
-                pending.extend(pool.submit(read, spec) for spec in itertools.islice(specs, 1))
-                yield page
-    finally:
-        while not connections.empty():
-            connections.get().close()
 
 
 def pooled_captions(

@@ -17,6 +17,9 @@ posts is a few blob reads and numpy passes (~10x faster).
   the ~1 min of a full build at 7.8M posts). Import, sync and migrate call it through
   `summary.refresh`. A bulk import first `retire`s the blocks: the guarded triggers then cost
   one flag lookup per row, and the refresh builds everything once.
+- This module keeps the tables, triggers and state and fetches blobs with sqlite alone (a
+  caption run fetches pages while numpy is still being imported); post_tag_blocks.py holds
+  the blob layout (numpy).
 - Not for `tag_order = "db"` (it needs relation ids) or for tag ids that are negative, not
   integers or over 2**32 (then no blocks are built: the state says so and readers use SQL).
 """
@@ -24,9 +27,6 @@ posts is a few blob reads and numpy passes (~10x faster).
 from __future__ import annotations
 
 import sqlite3
-import zlib
-
-import numpy as np
 
 from kohaku_data.db.handle import DanbooruDB
 
@@ -48,18 +48,11 @@ _BLOCK_OF = {"insert": ["NEW"], "delete": ["OLD"], "update": ["OLD", "NEW"]}
 PACKED_RELATIONS_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE "
 
 
-def block_relations(conn: sqlite3.Connection, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """(post_id, tag_id) of every relation whose post id lies in [first, last], by post id, from
-    the blocks (check `blocks_current` first)."""
-    rows = conn.execute(f"SELECT block, data FROM {BLOCKS_TABLE} WHERE block BETWEEN ? AND ? ORDER BY block",
+def fetch_blocks(conn: sqlite3.Connection, first: int, last: int) -> list[tuple[int, bytes]]:
+    """(block, blob) of the blocks holding post ids [first, last], by block (check
+    `blocks_current` first; post_tag_blocks.py decodes them)."""
+    return conn.execute(f"SELECT block, data FROM {BLOCKS_TABLE} WHERE block BETWEEN ? AND ? ORDER BY block",
                         (first >> BLOCK_BITS, last >> BLOCK_BITS)).fetchall()
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    parts = [decode_block(block, data) for block, data in rows]
-    post_id = np.concatenate([p for p, _ in parts])
-    tag_id = np.concatenate([t for _, t in parts])
-    keep = slice(np.searchsorted(post_id, first), np.searchsorted(post_id, last, side="right"))
-    return post_id[keep], tag_id[keep]
 
 
 def blocks_current(conn: sqlite3.Connection) -> bool:
@@ -200,51 +193,10 @@ def _rebuild_dirty(conn: sqlite3.Connection) -> None:
 
 
 def _build_group(conn: sqlite3.Connection, first: int, last: int, tag_bits: int) -> None:
+    # numpy only here: readers that just check the state or fetch blobs never import it
+    from kohaku_data.db.post_tag_blocks import encode_relations
+
     text = conn.execute(PACKED_RELATIONS_SQL + "post_id BETWEEN ? AND ?", (first, tag_bits, first, last)).fetchone()[0]
-    if not text:
-        return
-    packed = np.sort(np.fromstring(text, dtype=np.int64, sep=","))  # by post, then tag id
-    offset, tag_id = packed >> tag_bits, packed & ((1 << tag_bits) - 1)
-    block = offset >> BLOCK_BITS
-    bounds = np.flatnonzero(np.diff(block)) + 1
-    rows = [(int(b[0]) + (first >> BLOCK_BITS), encode_block(o & (BLOCK - 1), t))
-            for b, o, t in zip(np.split(block, bounds), np.split(offset, bounds), np.split(tag_id, bounds))]
-    conn.executemany(f"INSERT INTO {BLOCKS_TABLE} (block, data) VALUES (?, ?)", rows)
-
-
-def encode_block(id_offset: np.ndarray, tag_id: np.ndarray) -> bytes:
-    """One block's blob from its relations sorted by (id offset in the block, tag id)."""
-    counts = np.bincount(id_offset, minlength=BLOCK).astype("<u4")
-    delta = np.diff(tag_id, prepend=0)
-    starts = _post_starts(counts)
-    delta[starts] = tag_id[starts]
-    return zlib.compress(_planes(counts) + _planes(delta.astype("<u4")), 1)
-
-
-def decode_block(block: int, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(post_id, tag_id) of one block, by post id."""
-    raw = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
-    counts = _unplanes(raw[:4 * BLOCK])
-    delta = _unplanes(raw[4 * BLOCK:]).astype(np.int64)
-    post_id = np.repeat(np.arange(block << BLOCK_BITS, (block + 1) << BLOCK_BITS, dtype=np.int64), counts)
-    running = np.cumsum(delta)
-    starts = _post_starts(counts)
-    # cumsum restarts at each post: subtract what came before the post's first relation
-    before = np.repeat(running[starts] - delta[starts], counts[counts > 0])
-    return post_id, running - before
-
-
-def _post_starts(counts: np.ndarray) -> np.ndarray:
-    """Index of each post's first relation (posts with none left out)."""
-    ends = np.cumsum(counts, dtype=np.int64)
-    return (ends - counts)[counts > 0]
-
-
-def _planes(values: np.ndarray) -> bytes:
-    """Little-endian uint32s as four byte planes (low bytes first): deflate finds the long runs
-    of zero high bytes that small counts and tag-id differences have."""
-    return values.view(np.uint8).reshape(-1, 4).T.tobytes()
-
-
-def _unplanes(raw: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(raw.reshape(4, -1).T).view("<u4").ravel()
+    if text:
+        conn.executemany(f"INSERT INTO {BLOCKS_TABLE} (block, data) VALUES (?, ?)",
+                         encode_relations(text, first, tag_bits))
