@@ -273,6 +273,16 @@ class CaptionConfig(_Strict):
     text_joiner: str = "\n"  # between the tags and the text in tags_then_text
 
     @property
+    def wants_tag_rules(self) -> bool:
+        """Aliases, implications or the general-tag floor: kohaku_data/curation/tagrules.py."""
+        return bool(self.resolve_aliases or self.drop_implied or self.min_general_posts > 0)
+
+    @property
+    def uses_curation(self) -> bool:
+        """Whether captions need kohaku_data/curation (tag rules, attached data, text fields)."""
+        return bool(self.wants_tag_rules or self.attached_tags or self.text_fields or self.caption_mode != "tags")
+
+    @property
     def needs_relation_ids(self) -> bool:
         """`tag_order = "db"` orders tags by posttagrelation id: pages must read the ids too."""
         return self.tag_order == "db"

@@ -193,11 +193,13 @@ def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
     """Quantiles of the quality metric per rating (and cohort), and year edges, from `db` (the
     stored summary while the DB is unchanged since it was computed: captions/summaries.py)."""
     from kohaku_data.captions.summaries import cached_thresholds
-    from kohaku_data.curation.captions import caption_curation
 
     thresholds = cached_thresholds(db, config)
-    curation = caption_curation(db, config)  # None unless the config cleans tags or uses attached data
-    return thresholds if curation is None else replace(thresholds, curation=curation)
+    if not config.uses_curation:  # (the curation package is imported only when used)
+        return thresholds
+    from kohaku_data.curation.captions import caption_curation
+
+    return replace(thresholds, curation=caption_curation(db, config))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from kohaku_data.cli.common import DbOption, clean_errors, is_tty, settings
+from kohaku_data.cli.common import DbOption, clean_errors, is_tty, say, settings
 
 app = typer.Typer(help="Create, inspect, import into and migrate a Danbooru2023 sqlite.", no_args_is_help=True)
-console = Console(soft_wrap=True)
 
 
 @app.command("init")
@@ -25,7 +23,7 @@ def init(db: DbOption = None) -> None:
         path = settings(db=db).require_db()
         with DanbooruDB.create(path) as handle:
             applied = migrate(handle)
-        console.print(f"created {path} (migrations: {', '.join(applied) or 'none'})", highlight=False)
+        say(f"created {path} (migrations: {', '.join(applied) or 'none'})")
 
 
 @app.command("info")
@@ -51,7 +49,7 @@ def info(
                 value = f"{value[0]} .. {value[1]}"
             elif isinstance(value, int) and not isinstance(value, bool):
                 value = f"{value:,}"
-            console.print(f"{key:>15}: {value}", highlight=False)
+            say(f"{key:>15}: {value}")
 
 
 @app.command("import")
@@ -75,17 +73,16 @@ def import_(
         p, t = summary.posts, summary.tags
         rate = (p.inserted + p.updated + p.unchanged) / summary.seconds if summary.seconds else 0.0
         if summary.migrations_applied:
-            console.print(f"migrations applied: {', '.join(summary.migrations_applied)}", highlight=False)
-        console.print(
+            say(f"migrations applied: {', '.join(summary.migrations_applied)}")
+        say(
             f"posts: {p.inserted:,} inserted, {p.updated:,} updated, {p.unchanged:,} unchanged "
             f"({rate:,.0f}/s); tags: {t.inserted:,} inserted, {t.updated:,} updated, "
-            f"{t.aliases:,} aliases; {summary.seconds:.1f}s",
-            highlight=False,
+            f"{t.aliases:,} aliases; {summary.seconds:.1f}s"
         )
         if summary.rejected:
-            console.print(f"rejected {summary.rejected:,} records: see {summary.rejects_path}", highlight=False)
+            say(f"rejected {summary.rejected:,} records: see {summary.rejects_path}")
         else:
-            console.print("rejected 0 records", highlight=False)
+            say("rejected 0 records")
 
 
 @app.command("migrate")
@@ -100,9 +97,9 @@ def migrate_(db: DbOption = None) -> None:
             applied = migrate(handle)
             version = current_version(handle)
         if applied:
-            console.print(f"applied {', '.join(applied)}; {path} is at version {version}", highlight=False)
+            say(f"applied {', '.join(applied)}; {path} is at version {version}")
         else:
-            console.print(f"{path} is up to date (version {version})", highlight=False)
+            say(f"{path} is up to date (version {version})")
 
 
 @app.command("attach")
@@ -122,5 +119,5 @@ def attach(
         with DanbooruDB.open(path) as handle:
             result = attach_column(handle, file, name, column, kind)
         reasons = ", ".join(f"{k} {v:,}" for k, v in result.reasons.items()) or "none"
-        console.print(f"attached {result.name} ({result.kind}): {result.posts:,} posts; "
-                      f"rejected {result.rejected:,} ({reasons})", highlight=False)
+        say(f"attached {result.name} ({result.kind}): {result.posts:,} posts; "
+            f"rejected {result.rejected:,} ({reasons})")

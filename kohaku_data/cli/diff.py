@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from kohaku_data.cli.common import err_console
+import typer
+
+from kohaku_data.cli.common import print_error
 from kohaku_data.errors import KdataError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SHOWN = 8  # rows per table in the terminal (--json has everything)
 
@@ -30,17 +32,22 @@ def diff(
         report = diff_datasets(a, b)
     except Exception as exc:  # like diff(1): any trouble is exit 2, said in one line
         text = str(exc) if isinstance(exc, KdataError) else f"cannot read a side ({type(exc).__name__}: {exc})"
-        err_console.print("[bold red]error:[/] " + escape(text), highlight=False, soft_wrap=True)
+        print_error(text)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=1, sort_keys=True, default=str))
     else:
+        from rich.console import Console
+
         show(report, Console(highlight=False, emoji=False))
     raise typer.Exit(0 if report["identical"] else 1)
 
 
 def show(report: dict[str, Any], console: Console) -> None:
     """The terminal summary: one verdict line, then only the tables that have something in them."""
+    from rich.markup import escape
+    from rich.table import Table
+
     s = report["samples"]
     colour = "green" if report["identical"] else "yellow"
     console.print(f"[bold]{escape(report['a'])}[/] → [bold]{escape(report['b'])}[/]: "

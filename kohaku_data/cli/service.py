@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kohaku_data.cli.common import DbOption, clean_errors, err_console, is_tty, settings
+from kohaku_data.cli.common import DbOption, clean_errors, is_tty, say, settings
 
 
 def sync(
@@ -48,15 +48,15 @@ def sync(
             base_url, client_settings, credentials=credentials_from_env()
         ) as client:
             result = sync_posts(handle, client, limit_per_page=limit_per_page, max_pages=max_pages, progress=is_tty())
-            err_console.print(f"new posts: {result.summary()}", highlight=False)
+            say(f"new posts: {result.summary()}", stderr=True)
             if since is not None:
                 refreshed = refresh_updated(handle, client, since, limit_per_page=limit_per_page, progress=is_tty())
-                err_console.print(f"changed since {since.isoformat()}: {refreshed.summary()}", highlight=False)
+                say(f"changed since {since.isoformat()}: {refreshed.summary()}", stderr=True)
             if tag_relations:
                 from kohaku_data.service.sync import sync_tag_relations
 
                 stored = sync_tag_relations(handle, client, progress=is_tty())
-                err_console.print(f"tag relations: {stored}", highlight=False)
+                say(f"tag relations: {stored}", stderr=True)
 
 
 def serve(
@@ -77,7 +77,7 @@ def serve(
         conf = load_settings(db=db, datasets=datasets)
         app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers)
         _warn_if_not_migrated(app.state.kdata.db)
-        err_console.print(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
+        say(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", stderr=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -87,8 +87,5 @@ def _warn_if_not_migrated(db) -> None:
 
     missing = pending(db)
     if missing:
-        err_console.print(
-            f"warning: {db.path} lacks migrations {', '.join(m.name for m in missing)}; queries will be "
-            f"slow. Run `kdata db migrate --db {db.path}` (serve itself never writes to the DB).",
-            highlight=False,
-        )
+        say(f"warning: {db.path} lacks migrations {', '.join(m.name for m in missing)}; queries will be "
+            f"slow. Run `kdata db migrate --db {db.path}` (serve itself never writes to the DB).", stderr=True)

@@ -143,11 +143,10 @@ def caption_curation(db: DanbooruDB, config: CaptionConfig) -> CaptionCuration |
     """Everything the options of `config` need from `db`; None when every option is off."""
     from kohaku_data.curation.attached import require_column
 
-    wants_rules = config.resolve_aliases or config.drop_implied or config.min_general_posts > 0
-    if not (wants_rules or config.attached_tags or config.text_fields or config.caption_mode != "tags"):
+    if not config.uses_curation:
         return None
     rules = None
-    if wants_rules:
+    if config.wants_tag_rules:
         rules = load_tag_rules(db, aliases=config.resolve_aliases, implications=config.drop_implied,
                                min_general_posts=config.min_general_posts)
     sources = {}
