@@ -235,6 +235,17 @@ def test_refresh_drops_stale_and_retired_summaries(migrated: Path) -> None:
     assert INFO_SUMMARY in stored
 
 
+def test_migrate_after_an_upgrade_stores_the_summaries_this_version_keeps(migrated: Path) -> None:
+    # A file whose summaries an older kdata stored: current, but without this version's kinds.
+    with sqlite3.connect(migrated) as conn:  # kdata_summary is kdata's own: no counted write
+        conn.execute("DELETE FROM kdata_summary WHERE name NOT IN (?, ?)", (INFO_SUMMARY, "stats"))
+    with DanbooruDB.open(migrated) as db:
+        assert not summary.up_to_date(db)
+        assert migrate(db) == []  # nothing pending, yet the summaries are stored again
+        assert summary.up_to_date(db)
+    assert thresholds_name(Recipe().caption) in _stored(migrated)
+
+
 def test_import_into_a_migrated_file_rebuilds_the_query_index(migrated: Path, posts_sample_path: Path) -> None:
     from kohaku_data.db.query_bits import open_bits
 

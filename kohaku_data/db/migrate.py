@@ -119,12 +119,12 @@ def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: boo
 
 def _keep_summaries(db: DanbooruDB, *, refresh: bool, changed: bool) -> None:
     from kohaku_data.db import summary
-    from kohaku_data.db.info import INFO_SUMMARY
 
     if db.readonly or not summary.has_summaries(db):
         return
     summary.ensure_counting(db)
-    if refresh and (changed or summary.read(db, INFO_SUMMARY) is None):
+    # Also after an upgrade of kdata that stores other summaries: `kdata db migrate` brings them.
+    if refresh and (changed or not summary.up_to_date(db)):
         summary.refresh(db)
 
 

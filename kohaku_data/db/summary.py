@@ -42,6 +42,10 @@ from kohaku_data.db.handle import DanbooruDB
 COUNTER_TABLE = "kdata_write_counter"
 SUMMARY_TABLE = "kdata_summary"
 COUNTED_TABLES = ("post", "tag", "posttagrelation", "kdata_tag_alias")
+# Bumped whenever `refresh` stores other summaries (kinds or layouts), so that `kdata db migrate`
+# after an upgrade stores them. 2: the prepared tag table replaced the tag columns.
+LAYOUT = 2
+_LAYOUT_NAME = "layout"
 _OPERATIONS = ("insert", "update", "delete")
 T = TypeVar("T")
 
@@ -203,8 +207,15 @@ def refresh(db: DanbooruDB) -> list[str]:
     rebuilt = ["query bitmap index"] if query_bits.refresh_if_stale(db) else []
     rebuilt += ["post tag blocks"] if post_tags.refresh_if_stale(db) else []
     stored = [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]
+    if store(db, _LAYOUT_NAME, LAYOUT):
+        stored.append(_LAYOUT_NAME)
     drop_stale(db)
     return stored
+
+
+def up_to_date(db: DanbooruDB) -> bool:
+    """Whether `refresh` ran since the last write, with this version's LAYOUT."""
+    return read(db, _LAYOUT_NAME) == LAYOUT
 
 
 def forget(db: DanbooruDB, kinds: tuple[str, ...]) -> None:
