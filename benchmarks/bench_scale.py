@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -134,6 +135,19 @@ def run(cmd: list[str], label: str, *, timeout: float = 7200) -> dict:
     return r
 
 
+def run_median(cmd: list[str], label: str, repeats: int, after_each: Callable[[], object] = lambda: None) -> dict:
+    """`run` `repeats` times: the run of median wall time, with every run's time kept (short
+    commands swing by ±10% here, and the first can meet a page cache the run before emptied)."""
+    runs = []
+    for _ in range(repeats):
+        runs.append(run(cmd, label))
+        after_each()
+    r = dict(sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2])
+    if repeats > 1:
+        r["runs_seconds"] = [x["seconds"] for x in runs]
+    return r
+
+
 def sql_time(db: Path, sql: str, label: str) -> dict:
     """A plain sqlite3 statement, its own connection (cold statement cache, warm page cache)."""
     t0 = time.perf_counter()
@@ -214,13 +228,8 @@ def caption_row(db: Path, posts: int, out: Path, hb: dict | None, workers: int, 
     cmd = [*KDATA, "caption", "--db", str(db), "--out", str(out)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    runs = []
-    for _ in range(repeats):
-        runs.append(run(cmd, f"kdata caption --out c.parquet ({posts:,} posts, {workers} worker(s))"))
-        out.unlink(missing_ok=True)
-    r = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]
-    if repeats > 1:
-        r["runs_seconds"] = [x["seconds"] for x in runs]
+    r = run_median(cmd, f"kdata caption --out c.parquet ({posts:,} posts, {workers} worker(s))", repeats,
+                   after_each=lambda: out.unlink(missing_ok=True))
     if hb:
         r["baseline_hakubooru_seconds"] = posts / hb["captions_per_s"]
         r["speedup_vs_hakubooru"] = r["baseline_hakubooru_seconds"] / r["seconds"]
@@ -363,7 +372,8 @@ def main() -> None:
         if cores > 1:
             rows[f"caption {label} workers={cores}"] = caption_row(db, SMALL_POSTS, tmp, hb_small[label], cores)
     results["floors_200k"] = {label: floor_rows(db, tmp) for label, (db, _) in smalls.items()}
-    rows["query --count"] = run([*KDATA, "query", QUERY, "--count", "--db", str(migrated)], "kdata query --count")
+    rows["query --count"] = run_median([*KDATA, "query", QUERY, "--count", "--db", str(migrated)],
+                                       "kdata query --count", repeats=3)
     rows["query --count"]["baseline"] = sql_time(migrated, QUERY_SQL, "query as plain SQL")
     rows["db info"] = run([*KDATA, "db", "info", "--db", str(migrated)], "kdata db info")
     rows["db info"]["baseline"] = sql_time(migrated, STATS_SQL, "counts as plain SQL")
