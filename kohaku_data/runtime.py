@@ -1,5 +1,5 @@
-"""Process settings for bulk commands (`kdata caption`): allocators keep freed memory for
-reuse, and numpy's BLAS starts no thread pool.
+"""Process settings: for bulk commands (`kdata caption`), allocators keep freed memory for
+reuse and numpy's BLAS starts no thread pool; and pool workers that end with their driver.
 
 BLAS: numpy's OpenBLAS starts a thread per core at import, and they spin for a while after
 each wake-up; kdata never multiplies matrices, yet on 2 cores those threads took 0.18 s of
@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 _BLAS_THREAD_ENV = "OPENBLAS_NUM_THREADS"  # numpy's wheels bundle OpenBLAS (pthreads build)
 # jemalloc (polars' allocator, symbols prefixed `_rjem_`) reads this when polars is loaded.
@@ -40,6 +45,43 @@ def no_blas_threads() -> None:
     """One BLAS thread for this process and the workers it starts (a user's setting wins)."""
     if "numpy" not in sys.modules:
         os.environ.setdefault(_BLAS_THREAD_ENV, "1")
+
+
+def worker_pool(workers: int, context: Any = None) -> ProcessPoolExecutor:
+    """A process pool whose workers end with this process (see `exit_with`)."""
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with, initargs=(os.getpid(),))
+
+
+def exit_with(driver: int) -> None:
+    """In a pool worker: end as soon as process `driver` ends, however it ends.
+
+    Pool workers hold the write end of their own task queue (and, under forkserver, of the
+    server's liveness pipe), so when the driver is killed they never see EOF: each leftover
+    worker (and its forkserver) stays forever, and one in the middle of a task finishes it —
+    writing into a build's staging that the rerun may already have cleaned. A thread waits on
+    the driver's pidfd (Linux; elsewhere it checks once a second) and ends this process."""
+    threading.Thread(target=_wait_then_exit, args=(driver,), name="kdata-exit-with-driver", daemon=True).start()
+
+
+def _wait_then_exit(driver: int) -> None:
+    try:
+        fd = os.pidfd_open(driver)
+    except (AttributeError, OSError):  # no pidfd (or the driver is already gone): poll
+        while _alive(driver):
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's (a reused pid)
+        return True
+    return True
 
 
 def keep_freed_memory() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from kohaku_data.errors import KdataError
+from kohaku_data.runtime import worker_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -155,9 +156,10 @@ class LocalExecutor:
             yield _InlineSession(reference, self.placements)
             return
         # forkserver: children do not inherit this process's threads (polars, sqlite) or locks.
+        # The workers end with this process: a killed build leaves none writing into its staging.
         context = multiprocessing.get_context("forkserver")
         try:
-            with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+            with worker_pool(self.workers, context) as pool:
                 run = _PoolSession(pool, reference, self.placements)
                 try:
                     yield run

@@ -10,6 +10,7 @@ page order, so the output is the same as with one process and memory grows with 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,6 +23,7 @@ from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags,
 from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db.pages import PageSpec, open_reader
+from kohaku_data.runtime import exit_with
 
 
 def caption_page(
@@ -60,8 +62,9 @@ class _Worker:
 _worker: _Worker | None = None
 
 
-def _init_worker(db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
+def _init_worker(driver: int, db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
     global _worker
+    exit_with(driver)
     _worker = _Worker(db_path, config, thresholds, whole_table)
 
 
@@ -76,7 +79,7 @@ def pooled_captions(
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `specs`, in order, computed by `workers` processes (empty pages skipped)."""
     context = multiprocessing.get_context("spawn")
-    init = (str(db_path), config, thresholds, whole_table)
+    init = (os.getpid(), str(db_path), config, thresholds, whole_table)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
         pending: deque[Future[pl.DataFrame]] = deque()
         for spec in specs:

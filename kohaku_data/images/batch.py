@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +24,7 @@ from kohaku_data.atomic import replacing, write_atomic
 from kohaku_data.config import ImageConfig
 from kohaku_data.images.stage import ImageResult, process_image
 from kohaku_data.progress import progress_bar
+from kohaku_data.runtime import worker_pool
 from kohaku_data.sources import SourceEntry, SourceError, open_source, read_entry
 
 RECORDS = "records.parquet"
@@ -147,7 +148,7 @@ class _Pool:
         self.pending: collections.deque[tuple[Task, Future]] = collections.deque()
 
     def run(self, tasks: Iterable[Task]) -> Iterator[ImageResult]:
-        self.pool = ProcessPoolExecutor(self.workers)
+        self.pool = worker_pool(self.workers)
         try:
             for task in tasks:
                 self.pending.append((task, self.pool.submit(work, task, self.config)))
@@ -168,11 +169,11 @@ class _Pool:
 
     def _restart(self) -> None:
         self.pool.shutdown(cancel_futures=True)
-        self.pool = ProcessPoolExecutor(self.workers)
+        self.pool = worker_pool(self.workers)
         self.pending = collections.deque((t, self.pool.submit(work, t, self.config)) for t, _ in self.pending)
 
     def _alone(self, task: Task) -> ImageResult:
-        with ProcessPoolExecutor(1) as solo:
+        with worker_pool(1) as solo:
             try:
                 return solo.submit(work, task, self.config).result()
             except BrokenProcessPool:

@@ -18,7 +18,6 @@ import os
 import sqlite3
 import struct
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kohaku_data.atomic import write_atomic
+from kohaku_data.runtime import worker_pool
 from kohaku_data.sample.drawing import anime_picture, character_alpha, draw_character
 from kohaku_data.sample.layout import tar_name, write_folder, write_tars
 from kohaku_data.sample.metadata import SampleError, load_tag_table, resolution_tags
@@ -319,7 +319,7 @@ def _tasks(seed: int, ids: list[int]) -> list[tuple[int, int, str | None]]:
 def _render_all(tasks: list[tuple[int, int, str | None]], workers: int) -> list[Rendered | None]:
     if workers <= 1 or len(tasks) < 8:
         return [_render_task(t) for t in tasks]
-    with ProcessPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         return list(pool.map(_render_task, tasks, chunksize=4))
 
 
