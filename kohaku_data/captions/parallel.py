@@ -23,7 +23,7 @@ from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags,
 from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db.pages import PageSpec, open_reader
-from kohaku_data.runtime import exit_with
+from kohaku_data.runtime import exit_with, keep_freed_memory
 
 
 def caption_page(
@@ -65,6 +65,7 @@ _worker: _Worker | None = None
 def _init_worker(driver: int, db_path: str, config: CaptionConfig, thresholds: Thresholds, whole_table: bool) -> None:
     global _worker
     exit_with(driver)
+    keep_freed_memory()  # as in the driver (the allocator settings are per process)
     _worker = _Worker(db_path, config, thresholds, whole_table)
 
 
