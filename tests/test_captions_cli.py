@@ -128,3 +128,22 @@ def test_parquet_of_no_posts_and_of_a_broken_db(db_path: Path, tmp_path: Path) -
     result = runner.invoke(app, ["caption", "--db", str(broken_db), "--out", str(out), "--chunk-size", "50"])
     assert result.exit_code == 1 and "repair the DB" in result.output
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["min", "max"])
+def test_text_in_an_integer_column_is_one_clear_line(db_path: Path, tmp_path: Path, where: str) -> None:
+    """A value sqlite keeps as text in an INTEGER column (a hand edit, a bad import) at the start
+    or the end of a page: exit 1, one sentence, no output."""
+    import shutil
+    import sqlite3
+
+    broken_db = tmp_path / "broken.db"
+    shutil.copyfile(db_path, broken_db)
+    with sqlite3.connect(broken_db) as conn:
+        conn.execute(f"UPDATE post SET score = 'abc' WHERE id = (SELECT {where}(id) FROM post)")
+    conn.close()
+    out = tmp_path / "out" / "c.parquet"
+    result = runner.invoke(app, ["caption", "--db", str(broken_db), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "post.score holds a value that is not an integer" in result.output
+    assert "Traceback" not in result.output and not out.exists()

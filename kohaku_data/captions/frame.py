@@ -89,9 +89,13 @@ class Relations:
 def parse_ints(text: str | None, what: str) -> np.ndarray:
     if not text:
         return np.empty(0, dtype=np.int64)
-    out = np.fromstring(text, dtype=np.int64, sep=",")  # C parser; sep mode is not deprecated
+    problem = CaptionReadError(f"{what} holds a value that is not an integer: repair the DB")
+    try:
+        out = np.fromstring(text, dtype=np.int64, sep=",")  # C parser; sep mode is not deprecated
+    except ValueError:  # numpy ≥ 2.4 raises where it stopped early before
+        raise problem from None
     if len(out) != text.count(",") + 1:
-        raise CaptionReadError(f"{what} holds a value that is not an integer: repair the DB")
+        raise problem
     return out
 
 
