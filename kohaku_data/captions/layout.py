@@ -147,18 +147,9 @@ class PreparedTags:
 
 
 def prepare_tags(tags: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
-    """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`."""
-    return prepare_tag_columns(tag_columns(tags, config), config)
-
-
-def tag_columns(tags: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """The per-tag columns of `config` (sorted by tag_id): the string-sorting half of
-    `prepare_tags` (big tag tables are stored prepared: captions/summaries.py)."""
-    return _tag_columns(tags.sort("tag_id"), config)
-
-
-def prepare_tag_columns(columns: pl.DataFrame, config: CaptionConfig) -> PreparedTags:
-    """PreparedTags from `tag_columns` output (integer sorts and concatenations only)."""
+    """`tags` (TAG_SCHEMA rows, any order) → PreparedTags for `config`. Big tag tables are
+    stored prepared (captions/summaries.py): ~0.35 s of sorts at Danbooru's ~1M names."""
+    columns = _tag_columns(tags.sort("tag_id"), config)
     frame = columns.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     n = frame.height
     raw = frame.sort("type", "_prank")

@@ -44,7 +44,7 @@ _BUILD_GROUP = 64
 _MAX_TAG_ID = (1 << 32) - 1
 _BLOCK_OF = {"insert": ["NEW"], "delete": ["OLD"], "update": ["OLD", "NEW"]}
 # ((post_id - first post) << tag bits) | tag_id: one short number per relation instead of two
-# (SQLite's time goes into writing digits); captions/frame.py reads relations the same way.
+# (SQLite's time goes into writing digits); db/pages.py fetches relations the same way.
 PACKED_RELATIONS_SQL = "SELECT group_concat(((post_id - ?) << ?) | tag_id) FROM posttagrelation WHERE "
 
 
