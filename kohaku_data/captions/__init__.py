@@ -107,9 +107,8 @@ def _captions_of(
 ) -> Iterator[pl.DataFrame]:
     if ids is None:
         whole, many = True, True
-    else:
-        wanted = len({int(i) for i in ids})
-        whole, many = wanted > _WHOLE_TAG_TABLE_FROM, wanted > chunk_size
+    else:  # duplicate ids count too: these pick how pages are captioned, never what comes out
+        whole, many = len(ids) > _WHOLE_TAG_TABLE_FROM, len(ids) > chunk_size
     if workers > 1 and many:
         specs = page_specs(conn, ids, chunk_size)
         yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)

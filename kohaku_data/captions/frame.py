@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kohaku_data.db.pages import (
-    INT_COLUMNS, TEXT_COLUMNS, TEXT_SEP, RawPage, RawRelations, fetch_ids, fetch_range, page_bounds,
-)
+from kohaku_data.db.pages import INT_COLUMNS, TEXT_COLUMNS, TEXT_SEP, RawPage, RawRelations, fetch_range
 from kohaku_data.db.post_tag_blocks import relations_of_blocks
 from kohaku_data.errors import KdataError
 
@@ -139,13 +137,6 @@ def parse_page(raw: RawPage) -> tuple[pl.DataFrame, Relations]:
     return parse_posts(raw.posts), parse_relations(raw.relations)
 
 
-def read_posts_by_ids(
-    conn: sqlite3.Connection, ids: Sequence[int], with_rids: bool
-) -> tuple[pl.DataFrame, Relations]:
-    """Posts whose id is in `ids`, by id, and their relations."""
-    return parse_page(fetch_ids(conn, ids, with_rids))
-
-
 def read_post_range(
     conn: sqlite3.Connection, after: int, last: int | None, with_rids: bool
 ) -> tuple[pl.DataFrame, Relations]:
@@ -156,14 +147,6 @@ def read_post_range(
 
 def _no_relations() -> Relations:
     return Relations(np.empty(0, np.int64), np.empty(0, np.int64), None)
-
-
-def iter_post_pages(
-    conn: sqlite3.Connection, chunk_size: int, with_rids: bool
-) -> Iterator[tuple[pl.DataFrame, Relations]]:
-    """Every post, `chunk_size` at a time, by id (each page is an index range)."""
-    for after, last in page_bounds(conn, chunk_size):
-        yield read_post_range(conn, after, last, with_rids)
 
 
 def count_posts(conn: sqlite3.Connection) -> int:
