@@ -52,14 +52,15 @@ def copy_range(src: int, dst: int, offset: int, size: int) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            _write_all(dst, os.pread(src, size - done, offset + done))  # no copy_file_range here
+            write_all(dst, os.pread(src, size - done, offset + done))  # no copy_file_range here
             return
         if n == 0:
             raise OSError(errno.EIO, "the shard ended before the member did")
         done += n
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """All of `data` at `fd`'s position (`os.write` may take less than it is given)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -72,7 +73,7 @@ def write_member(src: int, offset: int, size: int, dst: Path, *, replace: bool) 
 
 
 def write_new_text(dst: Path, data: bytes, *, replace: bool) -> None:
-    _write_new(dst, replace, lambda fd: _write_all(fd, data))
+    _write_new(dst, replace, lambda fd: write_all(fd, data))
 
 
 def _write_new(dst: Path, replace: bool, fill) -> None:

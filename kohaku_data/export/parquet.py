@@ -22,14 +22,13 @@ offset, 10 index page offset, 11 dictionary page offset, 12 statistics, 13 encod
 from __future__ import annotations
 
 import io
-import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from kohaku_data.export.files import copy_range
+from kohaku_data.export.files import copy_range, write_all
 
 MAGIC = b"PAR1"
 # compact protocol wire types
@@ -328,11 +327,7 @@ class _Out:
         self.position += len(data)
 
     def flush(self) -> None:
-        with memoryview(self._pending) as whole:
-            view = whole
-            while view:
-                view = view[os.write(self.fd, view):]
-            del view
+        write_all(self.fd, self._pending)
         self._pending.clear()
 
     def copy(self, member: Member) -> None:
