@@ -4,6 +4,7 @@ in a thread — same pages as direct fetches, errors raised where they are consu
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_close_stops_a_fetcher_that_runs_ahead(migrated: Path) -> None:
     assert first.count == 1
     start = time.monotonic()
     fetcher.close()
-    assert not fetcher._thread.is_alive()
+    assert "kdata-page-fetcher" not in {thread.name for thread in threading.enumerate()}
     assert time.monotonic() - start < 5
     fetcher.close()  # twice is fine
 

@@ -22,13 +22,12 @@ Nothing depends on the order sqlite returns relations in: the layout sorts.
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kohaku_data.ahead import Ahead
 from kohaku_data.db.post_tags import PACKED_RELATIONS_SQL, blocks_current, fetch_blocks, tag_bits
 
 INT_COLUMNS = ("id", "rating", "score", "fav_count", "image_width", "image_height")
@@ -157,60 +156,37 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
 
 
 class PageFetcher:
-    """The raw pages of a job, in order, fetched by a thread of its own with a read-only
-    connection of its own, at most `ahead` pages before the consumer. It sees what is committed
-    to the file. Use as a context manager (or `close()`): the thread stops at the next page."""
+    """The raw pages of a job, in order, fetched by a thread of its own (kohaku_data/ahead.py)
+    with a read-only connection of its own, at most `ahead` pages before the consumer. It sees
+    what is committed to the file. Use as a context manager (or `close()`): a statement in
+    progress is interrupted and the thread stops."""
 
     def __init__(self, db_path: str | Path, ids: Sequence[int] | None, chunk_size: int, with_rids: bool,
                  ahead: int = 3) -> None:
-        self._pages: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=ahead)
-        self._stop = threading.Event()
         self._conn: sqlite3.Connection | None = None
-        self._thread = threading.Thread(target=self._run, args=(str(db_path), ids, chunk_size, with_rids),
-                                        name="kdata-page-fetcher", daemon=True)
-        self._thread.start()
+        self._pages: Ahead[RawPage] = Ahead(lambda: self._fetch(str(db_path), ids, chunk_size, with_rids), ahead,
+                                            "kdata-page-fetcher", interrupt=self._interrupt)
 
-    def _run(self, db_path: str, ids: Sequence[int] | None, chunk_size: int, with_rids: bool) -> None:
+    def _fetch(self, db_path: str, ids: Sequence[int] | None, chunk_size: int, with_rids: bool) -> Iterator[RawPage]:
+        self._conn = open_reader(db_path)
         try:
-            self._conn = open_reader(db_path)
-            try:
-                for spec in page_specs(self._conn, ids, chunk_size):
-                    if not self._put(("page", spec.fetch(self._conn, with_rids))):
-                        return
-            finally:
-                self._conn.close()
-            self._put(("end", None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            if not self._stop.is_set():  # (after close: an interrupted statement, nobody listening)
-                self._put(("error", exc))
+            for spec in page_specs(self._conn, ids, chunk_size):
+                yield spec.fetch(self._conn, with_rids)
+        finally:
+            self._conn.close()
 
-    def _put(self, item: tuple[str, object]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._pages.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[RawPage]:
-        while True:
-            kind, value = self._pages.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value  # type: ignore[misc]
-            yield value  # type: ignore[misc]
-
-    def close(self) -> None:
-        """Stop fetching (a statement in progress is interrupted) and wait for the thread."""
-        self._stop.set()
-        if self._conn is not None and self._thread.is_alive():
+    def _interrupt(self) -> None:
+        if self._conn is not None:
             try:
                 self._conn.interrupt()
             except sqlite3.ProgrammingError:  # closed meanwhile
                 pass
-        self._thread.join()
+
+    def __iter__(self) -> Iterator[RawPage]:
+        return iter(self._pages)
+
+    def close(self) -> None:
+        self._pages.close()
 
     def __enter__(self) -> "PageFetcher":
         return self

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import csv
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import chain
@@ -27,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kohaku_data.ahead import Ahead
 from kohaku_data.db.enums import Rating, TagType
 from kohaku_data.db.handle import published_schema_sql
 from kohaku_data.errors import KdataError
@@ -579,44 +577,18 @@ def _batch(chunk: _Chunk, post_rows: int, rel_rows: int, tags: int) -> _Batch:
                   np.bincount(chunk.rel_tag - 1, minlength=tags))
 
 
-def _batches(chunks: Iterator[_Chunk], post_rows: int, rel_rows: int, tags: int) -> Iterator[_Batch]:
-    """The chunks as batches, made in a thread of their own one chunk ahead of the writer: numpy
-    and sqlite release the GIL for much of their work, so generation and inserts overlap on two
-    cores. The same batches in the same order as made inline: the writer alone gives ids.
-    Closing the iterator (the writer failed, Ctrl-C) stops the thread."""
-    end = object()
-    ready: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
+def _batches(chunks: Iterator[_Chunk], post_rows: int, rel_rows: int, tags: int) -> Ahead[_Batch]:
+    """The chunks as batches, made in a thread of their own one chunk ahead of the writer
+    (kohaku_data/ahead.py): numpy and sqlite release the GIL for much of their work, so
+    generation and inserts overlap on two cores. The same batches in the same order as made
+    inline: the writer alone gives ids. Closing it (the writer failed, Ctrl-C) stops the thread."""
 
-    def hand(item: object) -> None:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def made() -> Iterator[_Batch]:
+        for chunk in chunks:
+            yield _batch(chunk, post_rows, rel_rows, tags)
+            del chunk  # not kept alive while the next one is generated
 
-    def make() -> None:
-        try:
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                hand(_batch(chunk, post_rows, rel_rows, tags))
-                del chunk
-            hand(end)
-        except BaseException as exc:  # the writer raises it
-            hand(exc)
-
-    worker = threading.Thread(target=make, name="kdata-sample-chunks", daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+    return Ahead(made, 1, "kdata-sample-chunks")
 
 
 def _load(conn: sqlite3.Connection, table: TagTable, chunks: Iterator[_Chunk], posts: int, log) -> None:
@@ -640,7 +612,7 @@ def _load(conn: sqlite3.Connection, table: TagTable, chunks: Iterator[_Chunk], p
     popularity = np.zeros(len(table.names), np.int64)
     relations, done = 0, 0
     # Ids are assigned by sqlite in insertion order (1..R): rows sorted by post, then tag.
-    with closing(_batches(chunks, post_rows, rel_rows, len(table.names))) as batches:
+    with _batches(chunks, post_rows, rel_rows, len(table.names)) as batches:
         for batch in batches:
             conn.executemany(_insert_sql("post", batch.columns, post_rows), batch.post_groups)
             conn.executemany(_insert_sql("post", batch.columns, 1), batch.post_rest)
