@@ -106,3 +106,18 @@ def test_url_sides_and_errors(builds):
     missing = kdata(d["a"], d["root"] / "nope")
     assert missing.exit_code == 2
     assert "not a finished dataset" in missing.output and "Traceback" not in missing.output
+
+
+def test_readme_flow_in_a_real_process(builds):
+    """Build, re-caption, diff — as a user runs it: exit 1 means "different" only when no traceback came."""
+    import subprocess
+    import sys
+
+    _, d = builds
+    kdata_bin = Path(sys.executable).with_name("kdata")
+    run = subprocess.run([str(kdata_bin), "diff", str(d["a"]), str(d["recap"])], capture_output=True, text=True,
+                         timeout=120)
+    assert "Traceback" not in run.stderr and "Error" not in run.stderr, run.stderr
+    assert run.returncode == 1, run.stderr
+    assert "images identical" in run.stdout and "recipe.caption.tag_order" in run.stdout  # the lock table
+    assert "caption" in run.stdout.split("recipe.caption")[0]  # the column table comes first

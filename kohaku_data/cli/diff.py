@@ -4,9 +4,7 @@ different, 2 on error (like `diff`)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,6 +13,7 @@ from kohaku_data.errors import KdataError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 SHOWN = 8  # rows per table in the terminal (--json has everything)
 
@@ -46,7 +45,6 @@ def diff(
 def show(report: dict[str, Any], console: Console) -> None:
     """The terminal summary: one verdict line, then only the tables that have something in them."""
     from rich.markup import escape
-    from rich.table import Table
 
     s = report["samples"]
     colour = "green" if report["identical"] else "yellow"
@@ -84,6 +82,9 @@ def show(report: dict[str, Any], console: Console) -> None:
 
 
 def _table(*columns: str, wrap_first: bool = True) -> Table:
+    """One bare table with these columns (rich is imported here: a plain exit-0 diff never needs it)."""
+    from rich.table import Table
+
     table = Table(show_edge=False, header_style="bold")
     for i, name in enumerate(columns):
         table.add_column(name, no_wrap=(i == 0 and not wrap_first), overflow="fold")
