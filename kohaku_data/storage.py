@@ -99,14 +99,14 @@ def url_to_fs(target: Target) -> tuple[Any, str]:
         from fsspec.core import url_to_fs as _url_to_fs
     except ImportError:
         raise StorageError(
-            f"{display(target)} is a URL, which needs fsspec: pip install 'kohaku-data[s3]' (or gcsfs, "
+            f"{display(target)} is a URL, which needs fsspec: pip install s3fs (from a kohaku-data checkout: pip install '.[s3]'; or gcsfs, "
             "huggingface_hub for gs://, hf://)"
         ) from None
     try:
         return _url_to_fs(os.fspath(target))
     except (ImportError, ValueError) as exc:
         protocol = os.fspath(target).split("://", 1)[0]
-        hint = "pip install 'kohaku-data[s3]'" if protocol in ("s3", "s3a") else f"install the fsspec backend for {protocol}://"
+        hint = "pip install s3fs (from a kohaku-data checkout: pip install '.[s3]')" if protocol in ("s3", "s3a") else f"install the fsspec backend for {protocol}://"
         raise StorageError(f"cannot open {display(target)} ({exc}): {hint}") from None
 
 

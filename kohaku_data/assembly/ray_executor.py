@@ -1,4 +1,4 @@
-"""Tasks as Ray core tasks on a cluster (`pip install 'kohaku-data[ray]'`, `--executor ray`).
+"""Tasks as Ray core tasks on a cluster (`pip install '.[ray]'` from a checkout, `--executor ray`).
 
 Ray core, not Ray Data: its webdataset writer stamps times and random names, so its bytes are
 not reproducible. The builder's tasks are plain values of fixed membership, so Ray only places
@@ -90,7 +90,7 @@ def _import_ray():
         import ray
     except ImportError:
         raise RayUnavailable(
-            "--executor ray needs Ray: pip install 'kohaku-data[ray]' (the version in constraints.txt) "
+            "--executor ray needs Ray: pip install -c constraints.txt '.[ray]' in the kohaku-data checkout, "
             "on the driver and on every node"
         ) from None
     return ray

@@ -1,4 +1,4 @@
-"""Read a kdata build in a PyTorch training loop (extra: `pip install 'kohaku-data[torch]'`).
+"""Read a kdata build in a PyTorch training loop (extra: `pip install '.[torch]'` from a checkout).
 
     from kohaku_data.train import KdataDataset, BucketBatchSampler, KdataLoader
 

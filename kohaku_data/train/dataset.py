@@ -198,4 +198,4 @@ def _require_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise ReaderError("decode='torch' needs PyTorch: pip install 'kohaku-data[torch]'.") from None
+        raise ReaderError("decode='torch' needs PyTorch: pip install torch (from a kohaku-data checkout: pip install '.[torch]').") from None
