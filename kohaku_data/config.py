@@ -16,13 +16,27 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kohaku_data.errors import KdataError
+from kohaku_data.recipe_problems import Problem, choice_error, find_problems, problems_error
 
 
 class ConfigError(KdataError):
     """A setting is missing or a recipe is invalid."""
+
+
+class RecipeError(ConfigError):
+    """A recipe has problems: one sentence each (key, file and line, did-you-mean), all listed.
+    Bad input, not a failure: the CLI exits 2, as for a bad option."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = [p.sentence(source) for p in problems]
+        head = f"recipe {source} has {len(problems)} problem{'s' if len(problems) != 1 else ''}; nothing was built:"
+        super().__init__("\n  ".join([head, *lines]))
 
 
 class _Strict(BaseModel):
@@ -156,6 +170,20 @@ class ImageConfig(_Strict):
     linear_light: bool = False  # opt-in: resize in linear light
     max_pixels: int = 178_956_970  # larger is a decompression bomb (an error)
 
+    @field_validator("bucket")
+    @classmethod
+    def _known_bucket(cls, value):
+        if isinstance(value, str) and value not in BUCKET_PRESETS:
+            raise choice_error("bucket preset", value, BUCKET_PRESETS)
+        return value
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value):
+        if isinstance(value, str) and value not in CODEC_PRESETS:
+            raise choice_error("codec preset", value, CODEC_PRESETS)
+        return value
+
     def bucket_preset(self) -> BucketPreset:
         return _preset(self.bucket, BUCKET_PRESETS, "bucket")
 
@@ -167,7 +195,11 @@ def _preset(value, presets: dict, kind: str):
     if not isinstance(value, str):
         return value
     if value not in presets:
-        raise ConfigError(f"unknown {kind} preset {value!r}; known: {', '.join(presets)}")
+        import difflib
+
+        close = difflib.get_close_matches(value, list(presets), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown {kind} preset {value!r}{hint} (known: {', '.join(presets)})")
     return presets[value]
 
 
@@ -211,13 +243,22 @@ class AttachedTags(_Strict):
 
     @model_validator(mode="after")
     def _bands_match(self) -> "AttachedTags":
-        if len(self.bands) != len(self.percentiles) + 1:
-            raise ValueError(f"attached_tags {self.column}: bands needs exactly one more name than percentiles")
-        if list(self.percentiles) != sorted(self.percentiles, reverse=True) or any(
-            not 0 <= p <= 100 for p in self.percentiles
-        ):
-            raise ValueError(f"attached_tags {self.column}: percentiles must go from high to low within 0..100")
+        problems = _band_problems(self.percentiles, self.bands, "percentiles", "bands")
+        if problems:
+            raise problems_error(problems)
         return self
+
+
+def _band_problems(percentiles: tuple[float, ...], bands: tuple[str, ...], p_key: str,
+                   b_key: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(key, sentence, keys involved) for percentile bands that cannot work."""
+    problems = []
+    if len(bands) != len(percentiles) + 1:
+        problems.append((b_key, f"needs exactly one more name than {p_key} ({len(percentiles)} given, "
+                                f"{len(bands)} names)", (b_key, p_key)))
+    if list(percentiles) != sorted(percentiles, reverse=True) or any(not 0 <= p <= 100 for p in percentiles):
+        problems.append((p_key, f"must go from high to low within 0..100 (given {list(percentiles)})", (p_key,)))
+    return problems
 
 
 class CaptionConfig(_Strict):
@@ -289,29 +330,44 @@ class CaptionConfig(_Strict):
 
     @model_validator(mode="after")
     def _bands_match(self) -> "CaptionConfig":
-        if len(self.quality_bands) != len(self.quality_percentiles) + 1:
-            raise ValueError("quality_bands needs exactly one more name than quality_percentiles")
-        if list(self.quality_percentiles) != sorted(self.quality_percentiles, reverse=True):
-            raise ValueError("quality_percentiles must go from high to low")
-        if any(not 0 <= p <= 100 for p in self.quality_percentiles + self.year_percentiles):
-            raise ValueError("percentiles must lie in 0..100")
-        for edges, what in ((self.year_bins, "year_bins"), (self.year_percentiles, "year_percentiles")):
+        """Checked by mode: only the keys the chosen modes use (a 3-tag `bins` recipe need not
+        fix `year_percentiles`, which only percentile mode reads)."""
+        problems = []
+        if self.quality:
+            problems += _band_problems(self.quality_percentiles, self.quality_bands,
+                                       "quality_percentiles", "quality_bands")
+        if self.year:
+            key = "year_bins" if self.year_mode == "bins" else "year_percentiles"
+            edges = self.year_bins if self.year_mode == "bins" else self.year_percentiles
             if len(edges) != len(self.year_tags) - 1:
-                raise ValueError(f"{what} needs exactly one value fewer than year_tags")
+                problems.append((key, f"needs exactly one value fewer than year_tags in year_mode = "
+                                      f"\"{self.year_mode}\" ({len(self.year_tags)} tags, {len(edges)} values)",
+                                 (key, "year_tags", "year_mode")))
             if list(edges) != sorted(edges, reverse=True):
-                raise ValueError(f"{what} must go from new to old (high to low)")
-        if self.year_bins and self.year_bins[-1] <= self.year_min:
-            raise ValueError("year_bins must all be after year_min")
-        if self.quality_cutoff_date is not None:
-            import datetime
-
-            try:
-                datetime.date.fromisoformat(self.quality_cutoff_date)
-            except ValueError:
-                raise ValueError("quality_cutoff_date must be a date YYYY-MM-DD") from None
-            if len(self.quality_cutoff_date) != 10:
-                raise ValueError("quality_cutoff_date must be a date YYYY-MM-DD")
+                problems.append((key, f"must go from new to old, high to low (given {list(edges)})", (key,)))
+            if self.year_mode == "percentile" and any(not 0 <= p <= 100 for p in edges):
+                problems.append((key, "percentiles must lie in 0..100", (key,)))
+            if self.year_mode == "bins" and edges and edges[-1] <= self.year_min:
+                problems.append((key, f"must all be after year_min ({self.year_min})", (key, "year_min")))
+        if self.quality_cutoff_date is not None and not _is_date(self.quality_cutoff_date):
+            problems.append(("quality_cutoff_date", "must be a date YYYY-MM-DD", ("quality_cutoff_date",)))
+        if self.caption_mode != "tags" and not self.text_fields:
+            problems.append(("caption_mode", f"\"{self.caption_mode}\" needs text_fields (the attached text "
+                                             "columns to use); without them every caption is tags only",
+                             ("caption_mode", "text_fields")))
+        if problems:
+            raise problems_error(problems)
         return self
+
+
+def _is_date(text: str) -> bool:
+    import datetime
+
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,12 +442,21 @@ def load_recipe(path: Path | None) -> Recipe:
     if path is None:
         return Recipe()
     path = _recipe_file(Path(path))
+    text = path.read_text()
     try:
-        return Recipe.model_validate(tomllib.loads(path.read_text()))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"recipe {path} is invalid:\n{exc}") from exc
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}; fix that line") from None
+    return validate_recipe(data, text, str(path))
+
+
+def validate_recipe(data: dict, text: str = "", source: str = "the recipe") -> Recipe:
+    """The recipe of `data` (a parsed TOML document whose text is `text`), or a `RecipeError`
+    listing every problem, each at its key's line, with a did-you-mean."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError:
+        raise RecipeError(source, find_problems(Recipe, data, text)) from None
 
 
 def shipped_recipes() -> dict[str, Path]:
