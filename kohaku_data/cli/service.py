@@ -66,17 +66,24 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option("--threads", min=1, help="Threads answering requests.")] = 40,
+    src: Annotated[list[str] | None, typer.Option("--src", help="Image source for thumbnails of any post, as for kdata build --src (folder, tars, URL); repeatable, first wins. Without it only posts in a built dataset get pictures.")] = None,
+    thumb_cache_mb: Annotated[int, typer.Option("--thumb-cache-mb", min=1, help="Memory for cached thumbnails (least recently used dropped).")] = 256,
 ) -> None:
     """Serve the DB (read-only) and built datasets over HTTP, with a browse page at /."""
     import uvicorn
 
     from kohaku_data.config import load_settings
     from kohaku_data.service.app import create_app
+    from kohaku_data.service.thumbs import ThumbConfig
 
     with clean_errors():
         conf = load_settings(db=db, datasets=datasets)
-        app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers)
+        app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers,
+                         sources=src, thumbs=ThumbConfig(cache_bytes=thumb_cache_mb << 20))
         _warn_if_not_migrated(app.state.kdata.db)
+        say(app.state.kdata.catalog.describe(), stderr=True)
+        if src:
+            say(f"indexing image sources {', '.join(src)} in the background (thumbnails wait for it)", stderr=True)
         say(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", stderr=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
 

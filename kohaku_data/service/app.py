@@ -29,6 +29,7 @@ from kohaku_data.db.enums import Rating, TagType
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.errors import KdataError
 from kohaku_data.service.datasets import DatasetCatalog, DatasetError
+from kohaku_data.service.thumbs import SIZES, NoImage, SourceSet, Thumb, ThumbConfig, Thumbnailer
 
 STATIC = Path(__file__).parent / "static"
 MAX_POSTS = 200
@@ -47,9 +48,12 @@ class NotFound(KdataError):
 class ServiceState:
     """Everything one app instance holds: the read-only DB, datasets and computed caches."""
 
-    def __init__(self, db_path: Path, datasets_dir: Path | None, pipelines_dir: Path | None) -> None:
+    def __init__(self, db_path: Path, datasets_dir: Path | None, pipelines_dir: Path | None,
+                 sources: list[str] | None = None, thumbs: ThumbConfig | None = None) -> None:
         self.db = DanbooruDB.open(db_path, readonly=True)
         self.catalog = DatasetCatalog(datasets_dir)
+        self.sources = SourceSet(sources or [])
+        self.thumbs = Thumbnailer(thumbs or ThumbConfig())
         self.pipelines = Path(pipelines_dir) if pipelines_dir else None
         self.has_aliases = self.db.has_table("kdata_tag_alias")
         self._lock = threading.Lock()
@@ -111,15 +115,29 @@ class ServiceState:
             self._stats = None
             self._version = version
 
+    def post_image(self, post_id: int) -> bytes:
+        """The post's original bytes from the sources, else its image in a built dataset."""
+        data = self.sources.read(post_id, self.thumbs.config.max_bytes)
+        if data is not None:
+            return data
+        dataset = self.catalog.holding(str(post_id))
+        if dataset is not None:
+            return dataset.image(str(post_id))[0]
+        where = "the image sources or " if self.sources.roots else ""
+        raise NoImage(f"post {post_id} has no image in {where}any served dataset")
+
     def close(self) -> None:
+        self.thumbs.close()
         self.db.close()
 
 
 def create_app(db_path: str | Path, datasets_dir: str | Path | None = None, *,
-               pipelines_dir: str | Path | None = "pipelines", threads: int = 40) -> FastAPI:
-    """The FastAPI app over one DB file (opened read-only) and one datasets folder."""
+               pipelines_dir: str | Path | None = "pipelines", threads: int = 40,
+               sources: list[str] | None = None, thumbs: ThumbConfig | None = None) -> FastAPI:
+    """The FastAPI app over one DB file (opened read-only), one datasets folder and optional
+    image sources (for thumbnails of any post, like `kdata build --src`)."""
     state = ServiceState(Path(db_path), Path(datasets_dir) if datasets_dir else None,
-                         Path(pipelines_dir) if pipelines_dir else None)
+                         Path(pipelines_dir) if pipelines_dir else None, sources, thumbs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +153,7 @@ def create_app(db_path: str | Path, datasets_dir: str | Path | None = None, *,
     _add_error_handlers(app)
     _add_post_routes(app, state)
     _add_dataset_routes(app, state)
+    _add_thumb_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -315,3 +334,50 @@ def _sample_json(dataset, key: str) -> dict[str, Any]:
     meta = json.loads(dataset.read_member(key, "json"))
     return {"key": key, "caption": dataset.read_member(key, "txt").decode("utf-8"),
             "manifest": row, "meta": meta}
+
+
+# --------------------------------------------------------------------------------------------
+# Thumbnails (service/thumbs.py): rendered in a bounded pool, cached by bytes on the state
+# --------------------------------------------------------------------------------------------
+def _add_thumb_routes(app: FastAPI, state: ServiceState) -> None:
+    size_help = f"Longest side in pixels, one of {', '.join(map(str, SIZES))}"
+
+    @app.get("/posts/{post_id}/thumb",
+             summary="A post's thumbnail (WebP) from the image sources (`--src`) or a built dataset; "
+                     "a placeholder SVG with 404 (no image), 422 (unreadable or too big) or 503 (try again)")
+    def post_thumb(post_id: int, size: Annotated[int, Query(description=size_help)] = SIZES[0]) -> Response:
+        _check_size(size)
+        return _thumb_response(state.thumbs, state.thumbs.get(("post", post_id, size), lambda: state.post_image(post_id), size))
+
+    @app.get("/datasets/{name}/samples/{key}/thumb", summary="A sample's thumbnail (WebP), read from its shard")
+    def sample_thumb(name: str, key: str, size: Annotated[int, Query(description=size_help)] = SIZES[0]) -> Response:
+        _check_size(size)
+        dataset = state.catalog.get(name)
+        return _thumb_response(state.thumbs, state.thumbs.get(("sample", name, key, size), lambda: _sample_image(dataset, key), size))
+
+
+def _check_size(size: int) -> None:
+    if size not in SIZES:
+        raise KdataError(f"size must be one of {', '.join(map(str, SIZES))}, not {size}")
+
+
+def _sample_image(dataset, key: str) -> bytes:
+    try:
+        return dataset.image(key)[0]
+    except DatasetError as exc:
+        raise NoImage(str(exc)) from None
+
+
+def _thumb_response(thumbs: Thumbnailer, thumb: Thumb) -> Response:
+    """The picture with its state in headers (a placeholder's reason is percent-encoded; the
+    cache's fill shows how its bound holds)."""
+    headers = {"X-Kdata-Thumb": thumb.state, "X-Kdata-Cache": "hit" if thumb.cached else "miss",
+               "X-Kdata-Cache-Bytes": str(thumbs.cache.bytes)}
+    if thumb.reason:
+        headers["X-Kdata-Reason"] = quote(thumb.reason, safe=" ,:()'")
+    if thumb.status == 200:
+        headers["Cache-Control"] = "public, max-age=3600"
+    elif thumb.status == 503:
+        headers["Retry-After"] = "2"
+        headers["Cache-Control"] = "no-store"
+    return Response(thumb.data, status_code=thumb.status, media_type=thumb.media_type, headers=headers)

@@ -50,6 +50,7 @@ class Dataset:
     _manifest: pl.DataFrame | None = field(default=None, repr=False)
     _rows: dict[str, int] | None = field(default=None, repr=False)
     _shards: dict[str, dict[str, Member]] = field(default_factory=dict, repr=False)
+    _histograms: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     # -- descriptions ------------------------------------------------------------------------
     def index(self) -> dict[str, Any]:
@@ -85,6 +86,10 @@ class Dataset:
                 self._manifest = frame
             return self._manifest
 
+    def has(self, key: str) -> bool:
+        self.manifest()
+        return self._rows is not None and key in self._rows
+
     def row(self, key: str) -> dict[str, Any]:
         frame = self.manifest()
         i = self._rows.get(key) if self._rows is not None else None
@@ -98,6 +103,13 @@ class Dataset:
         return self.manifest().select(cols).slice(offset, limit).to_dicts()
 
     def histograms(self) -> dict[str, list[dict[str, Any]]]:
+        """Counts per bucket, quality, rating and year; made once (a built dataset never changes
+        under its lock, and the manifest itself is kept for the app's life too)."""
+        if self._histograms is None:
+            self._histograms = self._count()
+        return self._histograms
+
+    def _count(self) -> dict[str, list[dict[str, Any]]]:
         frame = self.manifest()
         out: dict[str, list[dict[str, Any]]] = {}
         for column in ("bucket", "quality", "rating", "year"):
@@ -173,16 +185,23 @@ class Dataset:
 
 
 class DatasetCatalog:
-    """The built datasets under one folder. `Dataset` objects are kept, so caches persist."""
+    """The built datasets under one folder. `Dataset` objects are kept, so caches persist.
+
+    The folder is normally the parent of dataset folders; a dataset folder itself (it holds
+    `index.json` or `manifest.parquet`) is served as that one dataset, because pointing
+    `--datasets` at a build's `--out` is the natural first try and must not show nothing."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
+        self.single = self.root is not None and is_dataset(self.root)
         self._lock = threading.Lock()
         self._datasets: dict[str, Dataset] = {}
 
     def names(self) -> list[str]:
         if self.root is None or not self.root.is_dir():
             return []
+        if self.single:
+            return [self.root.name] if is_dataset(self.root) else []
         return sorted(p.name for p in self.root.iterdir() if (p / "index.json").is_file())
 
     def get(self, name: str) -> Dataset:
@@ -191,11 +210,38 @@ class DatasetCatalog:
             raise DatasetError(f"no dataset {name!r} (known: {known})")
         with self._lock:
             if name not in self._datasets:
-                self._datasets[name] = Dataset(name, self.root / name)
+                self._datasets[name] = Dataset(name, self.root if self.single else self.root / name)
             return self._datasets[name]
+
+    def describe(self) -> str:
+        """One line for `kdata serve` to print at start-up: what is served, or why nothing is."""
+        if self.root is None:
+            return "no --datasets folder given: serving no built datasets"
+        if not self.root.is_dir():
+            return f"datasets folder {self.root} does not exist: serving no built datasets"
+        names = self.names()
+        if self.single:
+            return f"{self.root} is one dataset folder: serving it as dataset {names[0]!r}"
+        if not names:
+            return (f"no built datasets in {self.root}: it should hold one folder per dataset, "
+                    "each with index.json (kdata build --out DATASETS/NAME-VERSION)")
+        return f"datasets in {self.root}: {', '.join(names)}"
+
+    def holding(self, key: str) -> Dataset | None:
+        """The first dataset (by name) with a sample `key` (loads each manifest once)."""
+        for name in self.names():
+            dataset = self.get(name)
+            if dataset.has(key):
+                return dataset
+        return None
 
     def list(self) -> list[dict[str, Any]]:
         return [self.get(n).summary() for n in self.names()]
+
+
+def is_dataset(folder: Path) -> bool:
+    """A built dataset folder (not a folder of them)."""
+    return (folder / "index.json").is_file() or (folder / "manifest.parquet").is_file()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
