@@ -199,10 +199,15 @@ class FrameWriter:
             tags = frame.tags
             if new_rows.height < frame.posts.height:
                 tags = tags.filter(pl.col("row").is_in(new_rows["row"].implode()))
-            post_ids, tag_ids = self._relations(new_rows, tags)
-            self._insert_posts(new_rows)
-            self._insert_relations(post_ids, tag_ids)
+            self.write_new(PostFrame(new_rows, tags))
         return counts
+
+    def write_new(self, frame: PostFrame) -> None:
+        """Insert posts known not to be stored (and their relations, popularity deltas); the
+        parquet snapshot import (`snapshot.py`) decides that itself and calls this directly."""
+        post_ids, tag_ids = self._relations(frame.posts, frame.tags)
+        self._insert_posts(frame.posts)
+        self._insert_relations(post_ids, tag_ids)
 
     def _new_rows(self, posts: pl.DataFrame) -> pl.DataFrame | None:
         """Posts not stored yet; None if a stored one has another `updated_at` (the per-record

@@ -40,15 +40,24 @@ from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.progress import progress_bar
 from kohaku_data.db.columnar import FrameWriter, TagIdCache, read_frame
 from kohaku_data.db.records import InputFileError, ParsedPost, RecordError, parse_post
-from kohaku_data.db.relations import RelationCounts, parsed_relations, relation_kind, write_relations
+from kohaku_data.db.provenance import FileHash, SourceRecord, record as record_source
+from kohaku_data.db.relations import (
+    RelationCounts, newest_per_pair, parsed_relations, relation_kind, write_relations,
+)
+from kohaku_data.db.snapshot import SnapshotPolicy, import_snapshot, is_parquet, open_snapshot, row_count
 from kohaku_data.db.tag_rows import ParsedTag, TagCounts, parse_tag_row, upsert_tags
 from kohaku_data.db.upsert import UpsertCounts, _Batch, _require_writable, upsert_posts, write_parsed
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "IMPORT_CACHE_KIB", "IMPORT_WAL_PAGES", "ImportSummary", "InputFileError",
-    "RecordError", "TagCounts", "UpsertCounts", "default_rejects_path", "import_files", "parse_post",
-    "read_frame", "upsert_posts",
+    "RecordError", "SnapshotPolicy", "TagCounts", "UnknownInputError", "UpsertCounts",
+    "default_rejects_path", "import_files", "parse_post", "read_frame", "upsert_posts",
 ]
+
+
+class UnknownInputError(InputFileError):
+    """An input that is none of the formats kdata imports (an image, a zip…): nothing is read."""
+
 
 
 
@@ -73,6 +82,7 @@ class ImportSummary:
     migrations_applied: list[str] = field(default_factory=list)
     seconds: float = 0.0
     index_seconds: float = 0.0  # of `seconds`: rebuilding deferred indexes at the end
+    sources: list[SourceRecord] = field(default_factory=list)  # per file, as recorded (provenance.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +95,7 @@ class ImportSummary:
             "migrations_applied": self.migrations_applied,
             "seconds": round(self.seconds, 3),
             "index_seconds": round(self.index_seconds, 3),
+            "sources": [vars(s) for s in self.sources],
         }
 
 
@@ -119,15 +130,42 @@ class _Rejects:
 
 
 def _kind(path: Path) -> str:
-    """'tags', 'array' or 'jsonl', from the name, else from the first non-blank byte."""
+    """'parquet', 'tags' (CSV), 'array' or 'jsonl', from the content (the name only tells a CSV
+    from other text); anything else is `UnknownInputError`."""
+    with open(path, "rb") as raw:
+        magic = raw.read(4)
+    if is_parquet(magic):
+        open_snapshot(path)  # its column shape is checked before anything is written
+        return "parquet"
+    try:
+        with _open_binary(path) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError):  # a .gz name on bytes that are not gzip
+        head = b"\0"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"[", b"{") or (not text and not head):  # an empty file: nothing to import
+        return "array" if text.startswith(b"[") else "jsonl"
     name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".csv"):
+    if name.endswith(".csv") and _is_text(head):
         return "tags"
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
+    raise UnknownInputError(f"{path.name} is not a JSON/JSONL/CSV/parquet file kdata can import")
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(head) - 4  # a character cut at the end of the head is fine
+    return True
+
+
+def _holds_relations(path: Path) -> bool:
+    """Tag implication / alias records (API format) rather than posts, from the first bytes."""
     with _open_binary(path) as fh:
-        head = fh.read(4096).lstrip()
-    return "array" if head.startswith(b"[") else "jsonl"
+        head = fh.read(4096)
+    return b'"antecedent_name"' in head and b'"tag_string' not in head
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -260,6 +298,14 @@ def _import_relations(
     records = _jsonl_records(path, fh) if kind == "jsonl" else _array_records(path, fh)
     relations = parsed_relations(records, lambda line, reason, record: rejects.add(path, line, reason, record))
     which = relation_kind(path)
+    if which is None:
+        raise InputFileError(
+            f"{path.name} holds tag relations (antecedent_name, consequent_name) but its name says neither "
+            "implications nor aliases: rename it to *implications*.json or *aliases*.json"
+        )
+    # The newest record of a pair decides (by updated_at, then id), not its place in the file:
+    # the whole file is read first (relation files are small: ~50k records).
+    relations = newest_per_pair(relations)
     _write_in_batches(relations, batch_size,
                       lambda batch: summary.relations.add(write_relations(db, which, batch)), bar, fh)
 
@@ -314,14 +360,18 @@ def import_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
     defer: bool | None = None,
+    policy: SnapshotPolicy | None = None,
 ) -> ImportSummary:
-    """Import posts.json pages, JSONL(.gz) post dumps and tag CSVs(.gz), in the given order.
+    """Import posts.json pages, JSONL(.gz) post dumps, tag CSVs(.gz), tag implication / alias
+    pages and parquet snapshots (posts or tags, `snapshot.py`), in the given order.
 
     Pending migrations are applied first (the alias table and `post.updated_at` are needed).
     Bad records go to `rejects_path` (default: `<db>.rejects.jsonl` beside the DB) and the
     import goes on. Each batch is one transaction: after a kill, rerun the same command.
     `defer` (None: automatic, when the input likely holds more posts than the file) drops the
     secondary indexes and rebuilds them at the end; a killed run leaves them for the rerun.
+    `policy`: the parquet snapshots' choices (NULL is_deleted…). Every file is recorded with its
+    sha256 and counts in `kdata_import_source` (`provenance.py`).
     """
     from kohaku_data.db import post_tags
     from kohaku_data.db import summary as db_summary
@@ -329,8 +379,10 @@ def import_files(
 
     _require_writable(db)
     paths = _checked_inputs(paths, batch_size)
+    kinds = {path: _kind(path) for path in paths}  # an unknown file stops the import before any write
+    policy = policy or SnapshotPolicy()
     started = time.perf_counter()
-    defer = defer if defer is not None else _worth_deferring(db, paths)
+    defer = defer if defer is not None else _worth_deferring(db, kinds)
     # Indexes a killed bulk import left deferred stay so when this run defers them again.
     summary = ImportSummary(migrations_applied=migrate(db, keep_deferred=defer, refresh_summaries=False))
     rejects = _Rejects(rejects_path or default_rejects_path(db.path))
@@ -343,7 +395,7 @@ def import_files(
         try:
             with progress_bar("import", total, progress) as bar:
                 for path in paths:
-                    _import_file(db, path, rejects, summary, batch_size, bar)
+                    _import_recorded(db, path, kinds[path], rejects, summary, batch_size, bar, policy)
                     summary.files += 1
         finally:
             indexes_started = time.perf_counter()
@@ -383,30 +435,86 @@ def _bulk_pragmas(conn) -> Iterator[None]:
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
 
 
-def _worth_deferring(db: DanbooruDB, paths: list[Path]) -> bool:
+def _worth_deferring(db: DanbooruDB, kinds: dict[Path, str]) -> bool:
     """Rebuilding indexes costs about as much as the whole table's rows: only worth it when the
-    input likely holds more posts than the file already has (~2 kB per API post, ~5x in .gz)."""
+    input likely holds more posts than the file already has (~2 kB per API post, ~5x in .gz;
+    a parquet file says how many rows it has)."""
     incoming = sum(
-        p.stat().st_size // (400 if p.name.lower().endswith(".gz") else 2000)
-        for p in paths if _kind(p) != "tags"
+        row_count(p) if kind == "parquet"
+        else p.stat().st_size // (400 if p.name.lower().endswith(".gz") else 2000)
+        for p, kind in kinds.items() if kind != "tags"
     )
     existing = db.connection().execute("SELECT max(rowid) FROM post").fetchone()[0] or 0
     return incoming > max(existing, 1000)
 
 
-def _import_file(
-    db: DanbooruDB, path: Path, rejects: _Rejects, summary: ImportSummary, batch_size: int, bar: Any,
+def _import_recorded(
+    db: DanbooruDB, path: Path, kind: str, rejects: _Rejects, summary: ImportSummary, batch_size: int,
+    bar: Any, policy: SnapshotPolicy,
 ) -> None:
-    kind = _kind(path)
+    """Import one file and record its provenance (name, size, sha256, this run's counts)."""
+    hasher = FileHash(path)
+    before = (vars(summary.posts).copy(), vars(summary.tags).copy(), vars(summary.relations).copy(), rejects.count)
+    label, policies = _import_file(db, path, kind, rejects, summary, batch_size, bar, policy)
+    posts = {k: v - before[0][k] for k, v in vars(summary.posts).items()}
+    tags = {k: v - before[1][k] for k, v in vars(summary.tags).items() if k != "aliases"}
+    relations = {k: v - before[2][k] for k, v in vars(summary.relations).items()}
+    rejected = rejects.count - before[3]
+    written = {k: posts[k] + tags[k] for k in ("inserted", "updated", "unchanged")}
+    written["inserted"] += relations["implications"] + relations["aliases"]
+    written["updated"] += relations["removed"]
+    src = SourceRecord(path.name, path.stat().st_size, hasher.hexdigest(), label,
+                       sum(written.values()) + rejected, rejected=rejected, policies=policies, **written)
+    record_source(db, src)
+    summary.sources.append(src)
+
+
+def _import_file(
+    db: DanbooruDB, path: Path, kind: str, rejects: _Rejects, summary: ImportSummary, batch_size: int,
+    bar: Any, policy: SnapshotPolicy,
+) -> tuple[str, dict[str, Any]]:
+    """Import one file; returns (format label, policy choices that applied) for its provenance."""
+    if kind == "parquet":
+        return _import_parquet(db, path, rejects, summary, batch_size, bar, policy)
     try:
         with _open_binary(path) as fh:
             if kind == "tags":
                 _import_tags(db, path, fh, rejects, summary, batch_size, bar)
-            elif relation_kind(path) is not None:
+                return "tag csv", {}
+            if _holds_relations(path):
                 _import_relations(db, path, fh, kind, rejects, summary, batch_size, bar)
-            else:
-                _import_posts(db, path, fh, kind, rejects, summary, batch_size, bar)
+                return f"{relation_kind(path)} ({kind})", {"relations": "newest record of a pair decides"}
+            _import_posts(db, path, fh, kind, rejects, summary, batch_size, bar)
+            return f"posts ({kind})", {}
     except (OSError, EOFError) as exc:  # truncated or corrupt .gz, unreadable file
         raise InputFileError(
             f"cannot read {path}: {exc}; batches before the error are imported, fix the file and rerun"
         ) from exc
+
+
+def _import_parquet(
+    db: DanbooruDB, path: Path, rejects: _Rejects, summary: ImportSummary, batch_size: int, bar: Any,
+    policy: SnapshotPolicy,
+) -> tuple[str, dict[str, Any]]:
+    size = path.stat().st_size
+    moved = [0]
+
+    def progress(fraction: float) -> None:
+        now = int(fraction * size)
+        bar.advance(now - moved[0])
+        moved[0] = now
+
+    import pyarrow as pa
+
+    try:
+        result = import_snapshot(
+            db, path, lambda row, reason, record: rejects.add(path, row, reason, record),
+            batch_size=batch_size, policy=policy, progress=progress,
+        )
+    except (OSError, pa.ArrowException) as exc:  # a truncated or corrupt file
+        raise InputFileError(
+            f"cannot read {path}: {exc}; batches before the error are imported, fix the file and rerun"
+        ) from exc
+    summary.posts.add(result.posts)
+    summary.tags.add(result.tags)
+    return result.shape.label, policy.as_dict(result.shape) if result.shape.kind == "posts" else {}

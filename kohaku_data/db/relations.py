@@ -47,14 +47,18 @@ class TagRelation:
     antecedent: str
     consequent: str
     active: bool
+    # (updated_at as epoch seconds, record id): which of two records of a pair is newer.
+    # Danbooru lists newest first, so a pair deleted and approved again appears twice.
+    version: tuple[float, int] = (float("-inf"), -1)
 
 
 def relation_kind(path: Path) -> RelationKind | None:
-    """Which relation file `path` is, from its name; None for anything else."""
+    """Which relation file `path` is, from its name (`implications.json`, `tag_aliases.jsonl`…);
+    None for anything else. The records of both look alike: only the name tells them apart."""
     name = path.name.lower()
-    if "tag_implication" in name:
+    if "implication" in name:
         return "implications"
-    if "tag_alias" in name:
+    if "alias" in name:
         return "aliases"
     return None
 
@@ -74,7 +78,33 @@ def parse_relation(record: Any) -> TagRelation:
     status = record.get("status", "active")
     if not isinstance(status, str):
         raise RecordError(f"status {status!r} is not a string")
-    return TagRelation(names[0], names[1], status == "active")
+    return TagRelation(names[0], names[1], status == "active", _version(record))
+
+
+def _version(record: dict) -> tuple[float, int]:
+    """(updated_at instant, id) of a record; missing parts sort oldest."""
+    from kohaku_data.db.records import _timestamp
+
+    stamp = record.get("updated_at")
+    when = _timestamp(stamp) if isinstance(stamp, str) else None
+    record_id = record.get("id")
+    try:
+        seconds = when.timestamp() if when is not None else float("-inf")
+    except (OverflowError, ValueError):
+        seconds = float("-inf")
+    return seconds, record_id if type(record_id) is int else -1
+
+
+def newest_per_pair(relations: Iterable[TagRelation]) -> list[TagRelation]:
+    """One record per (antecedent, consequent): the newest by updated_at, then by id; between
+    records that carry neither, the first in the file (the API lists newest first)."""
+    newest: dict[tuple[str, str], TagRelation] = {}
+    for r in relations:
+        pair = (r.antecedent, r.consequent)
+        kept = newest.get(pair)
+        if kept is None or r.version > kept.version:
+            newest[pair] = r
+    return list(newest.values())
 
 
 def write_relations(db: DanbooruDB, kind: RelationKind, relations: list[TagRelation]) -> RelationCounts:
