@@ -1,6 +1,6 @@
 """Where tasks run: one small protocol, a local process pool and (optional extra) a Ray cluster.
 
-    executor = make_executor("local", workers=4)          # or make_executor("ray", address="auto")
+    executor = make_executor("local", workers=4)          # executors.py; or make_executor("ray", ray_address="auto")
     with executor.session() as run:
         run.submit(fn, task)                               # fn: a module-level function
         for result in run.wait():                          # ≥ 1 finished result, any order
@@ -23,15 +23,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kohaku_data.errors import KdataError
 from kohaku_data.runtime import worker_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-ExecutorKind = Literal["local", "ray"]
 
 
 class WorkerDied(KdataError):
@@ -224,15 +222,3 @@ class _PoolSession:
     def cancel_pending(self) -> None:
         for future in self._pending:
             future.cancel()
-
-
-def make_executor(kind: ExecutorKind = "local", *, workers: int = 1, ray_address: str | None = None,
-                  task_timeout: float | None = None) -> Executor:
-    """The executor a command asked for; Ray is imported only when chosen (optional extra)."""
-    if kind == "local":
-        return LocalExecutor(workers)
-    if kind == "ray":
-        from kohaku_data.assembly.ray_executor import RayExecutor
-
-        return RayExecutor(ray_address, task_timeout=task_timeout)
-    raise KdataError(f"unknown executor {kind!r}; use local or ray")

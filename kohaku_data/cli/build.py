@@ -30,7 +30,7 @@ def build(
     kept = "The shards already committed and the staged images beside the output (its .staging/) are kept"
     with clean_errors(kept=kept):
         from kohaku_data.assembly import build_dataset
-        from kohaku_data.assembly.executor import make_executor
+        from kohaku_data.assembly.executors import make_executor
         from kohaku_data.config import load_recipe, load_settings
         from kohaku_data.db import DanbooruDB
 
