@@ -1,4 +1,5 @@
-"""The blob layout of the post tag blocks (db/post_tags.py keeps the tables and their state).
+"""The blob layout of the post tag blocks (db/post_tags.py keeps the tables and their state;
+post_tag_layout.py the block size both use).
 
 A block holds the relations of `BLOCK` consecutive post ids: per id its number of relations,
 then every relation's tag id as the difference from the post's previous (smaller) tag id, both
@@ -11,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from kohaku_data.db.post_tags import BLOCK, BLOCK_BITS
+from kohaku_data.db.post_tag_layout import BLOCK, BLOCK_BITS
 
 
 def encode_relations(packed_text: str, first: int, tag_bits: int) -> list[tuple[int, bytes]]:

@@ -19,7 +19,7 @@ posts is a few blob reads and numpy passes (~10x faster).
   one flag lookup per row, and the refresh builds everything once.
 - This module keeps the tables, triggers and state and fetches blobs with sqlite alone (a
   caption run fetches pages while numpy is still being imported); post_tag_blocks.py holds
-  the blob layout (numpy).
+  the blob codec (numpy), post_tag_layout.py the block size and layout version both use.
 - Not for `tag_order = "db"` (it needs relation ids) or for tag ids that are negative, not
   integers or over 2**32 (then no blocks are built: the state says so and readers use SQL).
 """
@@ -29,14 +29,11 @@ from __future__ import annotations
 import sqlite3
 
 from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.db.post_tag_layout import BLOCK, BLOCK_BITS, LAYOUT
 
 BLOCKS_TABLE = "kdata_post_tags"
 STATE_TABLE = "kdata_post_tags_state"
 DIRTY_TABLE = "kdata_post_tags_dirty"
-BLOCK_BITS = 12
-BLOCK = 1 << BLOCK_BITS  # post ids per block
-# Bumped whenever the blob layout changes: blocks of another layout count as stale.
-LAYOUT = 1
 # Blocks encoded per read while building (bounds the builder's memory to ~50 MB per million
 # relations of that many blocks).
 _BUILD_GROUP = 64
