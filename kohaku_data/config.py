@@ -261,6 +261,83 @@ def _band_problems(percentiles: tuple[float, ...], bands: tuple[str, ...], p_key
     return problems
 
 
+# Caption variants (kohaku_data/captions/variants.py): caption groups by name, and the shipped
+# group orders. `count` = the kept count tags (1girl…), `copyright` = series, `attached` = the
+# bands of `attached_tags`; NoobAI's <special> is quality/year/rating/attached, its <other> meta.
+CAPTION_GROUPS = ("count", "character", "copyright", "artist", "general", "meta", "year", "rating", "quality",
+                  "attached")
+ORDER_PRESETS: dict[str, tuple[str, ...]] = {
+    "noobai": ("count", "character", "copyright", "artist", "quality", "year", "rating", "attached", "general", "meta"),
+    "animagine4": ("count", "character", "copyright", "rating", "general", "meta", "year", "quality", "attached"),
+    "anima": ("quality", "attached", "meta", "year", "rating", "count", "character", "copyright", "artist", "general"),
+}
+
+
+class CaptionVariant(_Strict):
+    """One caption variant stored in every sample's json (`captions.<name>`, its token count in
+    `caption_tokens.<name>`); keys documented in pipelines/README.md."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: Literal["kohaku", "ordered", "xml", "text", "mixed"]
+    order: str | tuple[str, ...] = "noobai"  # a preset of ORDER_PRESETS or group names (ordered, xml, mixed)
+    artist_prefix: str = ""  # "@" as Anima writes artists
+    rating: bool = True  # leave the rating / quality / year words out with false
+    quality: bool = True
+    year: bool = True
+    empty_groups: Literal["drop", "keep", "half"] = "drop"  # xml: `<g></g>` for empty groups; half: per post
+    text_field: str = ""  # text, mixed: the `text_fields` column; "" = the first of them
+    mix: Literal["tags_then_text", "text_then_tags"] = "tags_then_text"  # mixed
+    max_tokens: int | None = Field(None, ge=1)  # budget (kohaku, ordered): trims the rest, whole tags
+
+    def groups(self) -> tuple[str, ...]:
+        """The group order, without the groups this variant leaves out."""
+        order = ORDER_PRESETS.get(self.order, ()) if isinstance(self.order, str) else self.order
+        off = {g for g, on in (("rating", self.rating), ("quality", self.quality), ("year", self.year)) if not on}
+        return tuple(g for g in order if g not in off)
+
+    @model_validator(mode="after")
+    def _known(self) -> "CaptionVariant":
+        if isinstance(self.order, str) and self.order not in ORDER_PRESETS:
+            raise ValueError(f"variant {self.name}: unknown order preset {self.order!r}; known: {', '.join(ORDER_PRESETS)}")
+        unknown = [g for g in self.groups() if g not in CAPTION_GROUPS]
+        if unknown or len(set(self.groups())) != len(self.groups()):
+            raise ValueError(f"variant {self.name}: order needs distinct groups of {', '.join(CAPTION_GROUPS)}")
+        if self.max_tokens is not None and self.kind not in ("kohaku", "ordered"):
+            raise ValueError(f"variant {self.name}: max_tokens applies to kohaku and ordered variants only")
+        return self
+
+
+class CaptionVariants(_Strict):
+    """`[caption.variants]`: which variants every sample stores and which one is the `.txt`.
+    `kohaku` (today's caption) is always stored; `add` more, or list `kohaku` to give it a budget."""
+
+    txt: str = "kohaku"
+    tokenizer: str = "clip"  # "clip" (bundled, exact) or the path of a tokenizer.json
+    add: tuple[CaptionVariant, ...] = ()
+
+    def all(self) -> tuple[CaptionVariant, ...]:
+        """Every stored variant, kohaku first."""
+        if any(v.name == "kohaku" for v in self.add):
+            return tuple(sorted(self.add, key=lambda v: v.name != "kohaku"))
+        return (CaptionVariant(name="kohaku", kind="kohaku"), *self.add)
+
+    @property
+    def needs_groups(self) -> bool:
+        """Whether any variant is made from the caption groups (not only today's caption)."""
+        return any(v.kind in ("ordered", "xml", "mixed") or v.max_tokens for v in self.all())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CaptionVariants":
+        names = [v.name for v in self.all()]
+        if len(set(names)) != len(names):
+            raise ValueError("caption.variants: variant names must be distinct")
+        if any(v.name == "kohaku" and v.kind != "kohaku" for v in self.add):
+            raise ValueError("caption.variants: the name kohaku is the kohaku variant's")
+        if self.txt not in names:
+            raise ValueError(f"caption.variants.txt = {self.txt!r} names no variant ({', '.join(names)})")
+        return self
+
+
 class CaptionConfig(_Strict):
     """Caption rules; see kohaku_data/captions/__init__.py for the format and an example."""
 
@@ -312,6 +389,7 @@ class CaptionConfig(_Strict):
     # What the .txt holds: the tag caption, the first text field a post has (else its tags), or both
     caption_mode: Literal["tags", "text", "tags_then_text"] = "tags"
     text_joiner: str = "\n"  # between the tags and the text in tags_then_text
+    variants: CaptionVariants = CaptionVariants()  # stored caption variants, the .txt one, budgets
 
     @property
     def wants_tag_rules(self) -> bool:
@@ -327,6 +405,14 @@ class CaptionConfig(_Strict):
     def needs_relation_ids(self) -> bool:
         """`tag_order = "db"` orders tags by posttagrelation id: pages must read the ids too."""
         return self.tag_order == "db"
+
+    @model_validator(mode="after")
+    def _variant_texts(self) -> "CaptionConfig":
+        needs = [v.name for v in self.variants.add if v.kind in ("text", "mixed")
+                 and (not self.text_fields or (v.text_field and v.text_field not in self.text_fields))]
+        if needs:
+            raise ValueError(f"variants {', '.join(needs)} need their text_field among caption.text_fields")
+        return self
 
     @model_validator(mode="after")
     def _bands_match(self) -> "CaptionConfig":
