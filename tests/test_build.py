@@ -18,6 +18,7 @@ import webdataset as wds
 from typer.testing import CliRunner
 
 from kohaku_data.assembly import BuildError
+from cli_support import no_traceback
 from kohaku_data.cli import app
 from test_build_support import ORPHAN_KEY, Inputs, build, folder_bytes, make_inputs, small_recipe
 
@@ -147,6 +148,7 @@ def _kill_after(cmd: list[str], out: Path, shards: int) -> int:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    no_traceback(proc.stderr.read(), "the killed build")
     return proc.returncode
 
 

@@ -13,6 +13,7 @@ from kohaku_data.assembly.diff import diff_datasets
 from kohaku_data.assembly.recaption import recaption_dataset
 from kohaku_data.cli import app
 from kohaku_data.db import DanbooruDB
+from cli_support import run_kdata
 from test_build_support import build, make_inputs, small_recipe
 
 
@@ -110,14 +111,9 @@ def test_url_sides_and_errors(builds):
 
 def test_readme_flow_in_a_real_process(builds):
     """Build, re-caption, diff — as a user runs it: exit 1 means "different" only when no traceback came."""
-    import subprocess
-    import sys
-
     _, d = builds
-    kdata_bin = Path(sys.executable).with_name("kdata")
-    run = subprocess.run([str(kdata_bin), "diff", str(d["a"]), str(d["recap"])], capture_output=True, text=True,
-                         timeout=120)
-    assert "Traceback" not in run.stderr and "Error" not in run.stderr, run.stderr
+    run = run_kdata("diff", d["a"], d["recap"], timeout=120)
+    assert "Error" not in run.stderr, run.stderr
     assert run.returncode == 1, run.stderr
     assert "images identical" in run.stdout and "recipe.caption.tag_order" in run.stdout  # the lock table
     assert "caption" in run.stdout.split("recipe.caption")[0]  # the column table comes first

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from cli_support import checked, no_traceback  # noqa: E402
 from kohaku_data import storage, tar_index  # noqa: E402
 from kohaku_data.sources import open_source, read_entry  # noqa: E402
 from s3_support import FaultProxy, S3Server, s3_env, use_endpoint  # noqa: E402
@@ -125,10 +126,10 @@ def test_bad_credentials_are_one_sentence_from_the_cli(s3, inputs, tmp_path):
     env = s3_env(proxy.url, AWS_ACCESS_KEY_ID="wrong", AWS_SECRET_ACCESS_KEY="wrong")
     server.set_auth(True)
     try:
-        run = subprocess.run(
+        run = checked(subprocess.run(
             [*KDATA, "build", "--src", "s3://anything/raw", "--out",
              str(tmp_path / "out"), "--db", str(inputs.db), "--workers", "1", "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=120)
+            env=env, capture_output=True, text=True, timeout=120))
     finally:
         server.set_auth(False)
     assert run.returncode != 0
@@ -153,7 +154,7 @@ def test_verify_reads_a_dataset_in_a_bucket(local_dataset, endpoint, s3, tmp_pat
     assert report.ok, report.problems
     assert (report.shards, report.samples) == (verify_dataset(local_dataset).shards, verify_dataset(local_dataset).samples)
 
-    run = subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120)
+    run = checked(subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120))
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr
 
     shard = json.loads((local_dataset / "index.json").read_text())["shardlist"][1]["url"]
@@ -164,7 +165,7 @@ def test_verify_reads_a_dataset_in_a_bucket(local_dataset, endpoint, s3, tmp_pat
     problems = verify_dataset(url).problems
     assert any(shard in p and "sha256" in p for p in problems)
     assert any("stray-000099.tar" in p for p in problems)
-    run = subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120)
+    run = checked(subprocess.run([*KDATA, "verify", url], env=s3_env(endpoint.url), capture_output=True, text=True, timeout=120))
     assert run.returncode == 1 and "MISMATCH" in run.stderr
 
 
@@ -217,6 +218,7 @@ def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 120) -> int:
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
+    no_traceback(proc.stderr.read(), "the killed build")
     return proc.returncode
 
 
@@ -238,7 +240,7 @@ def test_build_from_a_bucket_into_a_bucket_resumes_through_500s_to_the_local_byt
     assert storage.exists(f"{out}/.staging/driver.lock"), "the killed driver's lease is left behind"
 
     endpoint.fail_next(6, method="PUT")  # the store refuses uploads for a while as the rerun publishes
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    run = checked(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300))
     assert run.returncode == 0, run.stderr
     assert endpoint.failures_left <= 0
     assert "reused" in run.stdout and " 0 reused" not in run.stdout, run.stdout
@@ -251,9 +253,9 @@ def test_build_from_a_bucket_into_a_bucket_resumes_through_500s_to_the_local_byt
     assert not (tmp_path / "cache" / "kdata").exists(), "an s3:// output needs no local work folder"
     assert storage.list_names(f"{out}/.staging") == [], "staging and the lease are gone"
 
-    check = subprocess.run([*KDATA, "verify", out], env=env, capture_output=True, text=True, timeout=120)
+    check = checked(subprocess.run([*KDATA, "verify", out], env=env, capture_output=True, text=True, timeout=120))
     assert check.returncode == 0, check.stderr
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    again = checked(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120))
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
 
 

@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from cli_support import no_traceback
 from fake_danbooru import make_posts
 from kohaku_data.db import DanbooruDB
 
@@ -109,7 +110,10 @@ class ServerProcess:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.seek(0)
+        log = self.log.read()
         self.log.close()
+        no_traceback(log, "kdata serve")
 
 
 @pytest.fixture(scope="module")

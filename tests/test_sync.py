@@ -19,6 +19,7 @@ from kohaku_data.service.client import (
     USER_AGENT, ClientSettings, DanbooruClient, SyncError, parse_retry_after,
 )
 from kohaku_data.service.sync import get_cursor, refresh_updated, sync_posts
+from cli_support import no_traceback
 from fake_danbooru import FakeDanbooru, make_posts
 
 RATINGS = {"g": 0, "s": 1, "q": 2, "e": 3}
@@ -139,7 +140,9 @@ def test_killed_sync_resumes_from_cursor(db: DanbooruDB, tmp_path: Path) -> None
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+        stderr = proc.stderr.read()
+        assert proc.returncode == -signal.SIGKILL, stderr.decode()
+        no_traceback(stderr, "the killed sync")
         with DanbooruDB.open(db_path) as handle:
             cursor = get_cursor(handle, server.url)
             stored = db_snapshot(handle)

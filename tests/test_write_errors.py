@@ -24,6 +24,7 @@ import pytest
 
 from kohaku_data.atomic import replacing
 from kohaku_data.errors import WriteProblem, write_problem
+from cli_support import checked
 from test_build_support import folder_bytes, make_inputs
 
 KDATA = str(Path(sys.executable).with_name("kdata"))
@@ -40,8 +41,8 @@ def kdata(*args: str, cwd: Path, fsize: int | None = None) -> subprocess.Complet
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    return subprocess.run([KDATA, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          preexec_fn=limit if fsize else None)
+    return checked(subprocess.run([KDATA, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                                  preexec_fn=limit if fsize else None))
 
 
 def assert_clear_write_error(done: subprocess.CompletedProcess, reason: str) -> None:
