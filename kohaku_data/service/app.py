@@ -38,6 +38,7 @@ MAX_SAMPLES = 500
 _RECIPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _LIST_FIELDS = ("id", "created_at", "rating", "score", "fav_count", "image_width", "image_height",
                 "file_ext", "md5")
+_SIZE_HELP = f"Longest side in pixels, one of {', '.join(map(str, SIZES))}"
 _MEDIA = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
 
 
@@ -340,17 +341,15 @@ def _sample_json(dataset, key: str) -> dict[str, Any]:
 # Thumbnails (service/thumbs.py): rendered in a bounded pool, cached by bytes on the state
 # --------------------------------------------------------------------------------------------
 def _add_thumb_routes(app: FastAPI, state: ServiceState) -> None:
-    size_help = f"Longest side in pixels, one of {', '.join(map(str, SIZES))}"
-
     @app.get("/posts/{post_id}/thumb",
              summary="A post's thumbnail (WebP) from the image sources (`--src`) or a built dataset; "
                      "a placeholder SVG with 404 (no image), 422 (unreadable or too big) or 503 (try again)")
-    def post_thumb(post_id: int, size: Annotated[int, Query(description=size_help)] = SIZES[0]) -> Response:
+    def post_thumb(post_id: int, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
         _check_size(size)
         return _thumb_response(state.thumbs, state.thumbs.get(("post", post_id, size), lambda: state.post_image(post_id), size))
 
     @app.get("/datasets/{name}/samples/{key}/thumb", summary="A sample's thumbnail (WebP), read from its shard")
-    def sample_thumb(name: str, key: str, size: Annotated[int, Query(description=size_help)] = SIZES[0]) -> Response:
+    def sample_thumb(name: str, key: str, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
         _check_size(size)
         dataset = state.catalog.get(name)
         return _thumb_response(state.thumbs, state.thumbs.get(("sample", name, key, size), lambda: _sample_image(dataset, key), size))

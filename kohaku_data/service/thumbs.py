@@ -25,13 +25,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 from html import escape
 
 from kohaku_data.errors import KdataError
 
-SIZES = (256, 1024)
-_RESIZABLE = ("RGB", "RGBA", "L", "LA", "CMYK")  # the sizes served: the grid's and the detail view's (bounds cache variety)
+SIZES = (256, 1024)  # the sizes served: the grid's and the detail view's (bounds cache variety)
+_LASTING = ("ok", "missing", "refused")  # outcomes worth caching (sources and datasets are fixed while served)
+_RESIZABLE = ("RGB", "RGBA", "L", "LA", "CMYK")  # modes Pillow resamples well: shrink before colour work
 
 
 @dataclass(frozen=True)
@@ -68,36 +70,41 @@ class Thumb:
 
 
 class ByteLRU:
-    """A least-recently-used map bounded by the total size of its byte values (thread-safe)."""
+    """A least-recently-used map bounded by the total size of its values (thread-safe); a value
+    is bytes or anything with a `.data` of bytes, and counts as that many bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: bytes) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         """Store `value`, evicting the oldest entries; a value over the whole bound is not kept."""
-        if len(value) > self.max_bytes:
+        if _nbytes(value) > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(key, None)
-            self.bytes -= len(old) if old is not None else 0
+            self.bytes -= _nbytes(old) if old is not None else 0
             self._items[key] = value
-            self.bytes += len(value)
+            self.bytes += _nbytes(value)
             while self.bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
-                self.bytes -= len(evicted)
+                self.bytes -= _nbytes(evicted)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _nbytes(value: Any) -> int:
+    return len(value if isinstance(value, bytes) else value.data)
 
 
 class Thumbnailer:
@@ -113,9 +120,9 @@ class Thumbnailer:
     def get(self, key: Hashable, read: Callable[[], bytes], size: int) -> Thumb:
         """The thumbnail of `key` at `size` px; `read` (run in the pool) gives the original bytes
         or raises NoImage / KdataError."""
-        data = self.cache.get(key)
-        if data is not None:
-            return Thumb(data, "image/webp", 200, "ok", cached=True)
+        known = self.cache.get(key)
+        if known is not None:
+            return replace(known, cached=True)
         with self._lock:
             future = self._inflight.get(key)
             if future is None:
@@ -131,8 +138,8 @@ class Thumbnailer:
     def _render(self, key: Hashable, read: Callable[[], bytes], size: int) -> Thumb:
         try:
             thumb = self._make(read, size)
-            if thumb.status == 200:
-                self.cache.put(key, thumb.data)
+            if thumb.state in _LASTING:  # a missing or unreadable file stays so; "busy" does not
+                self.cache.put(key, thumb)
             return thumb
         finally:
             with self._lock:

@@ -62,32 +62,114 @@ function onKey(e) {
   }
 }
 
-// ---- post search ----------------------------------------------------------------------------
+// ---- post search: a grid of thumbnails --------------------------------------------------------
+// Each thumbnail is <img> on /posts/ID/thumb (WebP, or an SVG placeholder saying why there is no
+// picture). Once loaded the <img> carries data-width (its naturalWidth; the browse test reads it).
 let nextCursor = null;
+function markLoaded(img) {
+  const mark = () => { img.dataset.width = String(img.naturalWidth); };
+  if (img.complete && img.naturalWidth) mark(); else img.addEventListener("load", mark);
+  img.addEventListener("error", () => { img.dataset.width = "0"; img.classList.add("broken"); });
+}
+function thumbTile(src, label, title, onOpen) {
+  const tile = el("button", { type: "button", class: "tile", title });
+  const img = el("img", { src, alt: title, loading: "lazy", width: "180", height: "180" });
+  markLoaded(img);
+  tile.append(img, el("span", { class: "tile-label" }, label));
+  tile.addEventListener("click", onOpen);
+  return tile;
+}
 async function search(e, more = false) {
   if (e) e.preventDefault();
   const q = $("#q").value.trim();
-  const tbody = $("#posts tbody");
-  if (!more) { tbody.replaceChildren(); nextCursor = null; }
+  const grid = $("#posts"), error = $("#posts-error");
+  if (!more) { grid.replaceChildren(); nextCursor = null; }
   $("#results").hidden = false;
+  error.hidden = true;
   try {
     const cursor = more && nextCursor !== null ? `&cursor=${nextCursor}` : "";
-    const page = await api(`/posts?q=${encodeURIComponent(q)}&limit=50${cursor}`);
+    const page = await api(`/posts?q=${encodeURIComponent(q)}&limit=60${cursor}`);
     for (const p of page.posts) {
-      const tr = el("tr");
-      const link = el("a", { href: `/posts/${p.id}` }, String(p.id));
-      const td = el("td"); td.append(link); tr.append(td);
-      for (const v of ["gsqe"[p.rating], p.score, p.fav_count, `${p.image_width}×${p.image_height}`, p.created_at.slice(0, 10)]) {
-        tr.append(el("td", {}, String(v)));
-      }
-      tbody.append(tr);
+      const label = `#${p.id} · ${"gsqe"[p.rating]} · ★${p.score}`;
+      const title = `post ${p.id}, ${p.image_width}×${p.image_height}, ${p.created_at.slice(0, 10)}`;
+      const tile = thumbTile(`/posts/${p.id}/thumb`, label, title, () => openPost(p.id));
+      tile.dataset.id = String(p.id);
+      grid.append(tile);
     }
     nextCursor = page.next_cursor;
     $("#more").hidden = nextCursor === null;
-    $("#results-count").textContent = `${tbody.children.length} shown`;
+    $("#results-count").textContent = `${grid.children.length} shown${nextCursor === null ? "" : ", more below"}`;
   } catch (err) {
     $("#results-count").textContent = "";
-    tbody.replaceChildren(el("tr", { class: "error" }, err.message));
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+}
+
+// ---- detail view: picture, caption, tags by category, bands, metadata ------------------------
+function tagList(tags) {
+  const box = $("#detail-tags");
+  box.replaceChildren();
+  for (const [category, names] of Object.entries(tags)) {
+    if (!names.length) continue;
+    const row = el("p", { class: "tags", "data-category": category });
+    row.append(el("strong", {}, `${category}: `));
+    names.forEach((n, i) => {
+      const a = el("a", { href: `/?q=${encodeURIComponent(n)}`, class: `cat-${category}` }, n);
+      row.append(a, i + 1 < names.length ? ", " : "");
+    });
+    box.append(row);
+  }
+}
+function metaList(pairs) {
+  const dl = $("#detail-meta");
+  dl.replaceChildren();
+  for (const [k, v] of pairs) {
+    if (v === null || v === undefined || v === "") continue;
+    dl.append(el("dt", {}, k), el("dd", {}, String(v)));
+  }
+}
+function showDetail(title, imgSrc, jsonHref) {
+  const img = $("#detail-img");
+  delete img.dataset.width;
+  img.classList.remove("broken");
+  img.src = imgSrc;
+  markLoaded(img);
+  $("#detail-title").textContent = title;
+  $("#detail-json").href = jsonHref;
+  for (const id of ["#detail-bands", "#detail-caption", "#detail-tags", "#detail-meta"]) $(id).replaceChildren();
+  $("#detail-caption").textContent = "loading…";
+  const dialog = $("#detail");
+  if (!dialog.open) dialog.showModal();
+}
+async function openPost(id) {
+  showDetail(`Post ${id}`, `/posts/${id}/thumb?size=1024`, `/posts/${id}`);
+  try {
+    const [post, cap] = await Promise.all([api(`/posts/${id}`), api(`/posts/${id}/caption`)]);
+    $("#detail-caption").textContent = cap.caption;
+    $("#detail-bands").textContent = [cap.quality, cap.year_tag, cap.rating_tag].filter(Boolean).join(" · ");
+    tagList(post.tags);
+    metaList([["score", post.score], ["favs", post.fav_count], ["size", `${post.image_width}×${post.image_height}`],
+      ["file", `${post.file_ext}, ${post.file_size} bytes`], ["created", post.created_at], ["md5", post.md5],
+      ["source", post.source]]);
+  } catch (err) {
+    $("#detail-caption").textContent = err.message;
+  }
+}
+async function openSample(name, key) {
+  const base = `/datasets/${encodeURIComponent(name)}/samples/${encodeURIComponent(key)}`;
+  showDetail(`${name} · sample ${key}`, `${base}/thumb?size=1024`, `${base}.json`);
+  try {
+    const sample = await api(`${base}.json`);
+    const m = sample.manifest;
+    $("#detail-caption").textContent = sample.caption;
+    $("#detail-bands").textContent = [m.quality, m.year, m.rating].filter((v) => v !== null && v !== undefined).join(" · ");
+    metaList([["bucket", m.bucket], ["stored size", m.width && `${m.width}×${m.height}`], ["shard", m.shard], ["sha256", m.sha256]]);
+    if (/^\d+$/.test(key)) {  // kdata keys samples by post id: the DB has its tags
+      api(`/posts/${key}`).then((post) => tagList(post.tags)).catch(() => {});
+    }
+  } catch (err) {
+    $("#detail-caption").textContent = err.message;
   }
 }
 
@@ -119,8 +201,18 @@ async function showCard(name) {
     box.replaceChildren(el("p", { class: "muted" }, err.message));
   }
 }
+// The card sits closed below the samples: it is fetched the first time it is opened.
+function cardOnOpen(name) {
+  const section = $("#card-section");
+  $("#card").replaceChildren();
+  section.dataset.loaded = "";
+  if (section.open) { section.dataset.loaded = name; showCard(name); }
+  section.ontoggle = () => {
+    if (section.open && section.dataset.loaded !== name) { section.dataset.loaded = name; showCard(name); }
+  };
+}
 async function showDataset(name) {
-  showCard(name);
+  cardOnOpen(name);
   const grid = $("#grid");
   grid.replaceChildren();
   $("#status").textContent = "loading…";
@@ -133,8 +225,10 @@ async function showDataset(name) {
     histogram("#hist-quality", hist.quality || []);
     for (const s of page.samples) {
       const card = el("div", { class: "card", "data-key": s.key });
-      const src = `/datasets/${encodeURIComponent(name)}/samples/${encodeURIComponent(s.key)}`;
-      card.append(el("img", { src, alt: s.key, loading: "lazy" }), el("p", { class: "caption" }, s.caption || ""));
+      const src = `/datasets/${encodeURIComponent(name)}/samples/${encodeURIComponent(s.key)}/thumb`;
+      const tile = thumbTile(src, [s.quality, s.year].filter((v) => v !== null && v !== undefined).join(" · "),
+        `sample ${s.key}`, () => openSample(name, String(s.key)));
+      card.append(tile, el("p", { class: "caption" }, s.caption || ""));
       grid.append(card);
     }
     $("#dataset-info").textContent = `${page.total} samples`;
@@ -148,7 +242,10 @@ async function loadDatasets() {
   const { datasets } = await api("/datasets");
   const select = $("#dataset");
   for (const d of datasets) select.append(el("option", { value: d.name }, d.name));
-  if (!datasets.length) { $("#status").textContent = "no built datasets (kdata build ... --out DATASETS/NAME-VERSION)"; return; }
+  if (!datasets.length) {
+    $("#status").textContent = "no built datasets: kdata serve --datasets DIR serves the folders in DIR that hold index.json (kdata build --out DIR/NAME-VERSION)";
+    return;
+  }
   const wanted = new URLSearchParams(location.search).get("dataset");
   select.value = datasets.some((d) => d.name === wanted) ? wanted : datasets[0].name;
   select.addEventListener("change", () => showDataset(select.value));
@@ -159,7 +256,10 @@ $("#search").addEventListener("submit", search);
 $("#more").addEventListener("click", () => search(null, true));
 $("#q").addEventListener("input", () => { clearTimeout(suggestTimer); suggestTimer = setTimeout(suggest, 120); });
 $("#q").addEventListener("keydown", onKey);
+$("#detail").addEventListener("click", (e) => { if (e.target === $("#detail")) $("#detail").close(); });  // backdrop
 $("#q").addEventListener("blur", () => setTimeout(() => $("#suggestions").replaceChildren(), 150));
 const initialQuery = new URLSearchParams(location.search).get("q");
 if (initialQuery !== null) { $("#q").value = initialQuery; search(null); }
+const initialPost = new URLSearchParams(location.search).get("post");
+if (initialPost !== null && /^\d+$/.test(initialPost)) openPost(Number(initialPost));
 loadDatasets();
