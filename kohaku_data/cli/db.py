@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kohaku_data.cli.common import DbOption, clean_errors, is_tty, say, settings
+from kohaku_data.cli.common import DbOption, clean_errors, is_tty, print_error, say, settings
 
 app = typer.Typer(help="Create, inspect, import into and migrate a Danbooru2023 sqlite.", no_args_is_help=True)
 
@@ -34,12 +34,15 @@ def info(
     """Counts of posts, tags and relations; schema version; date range; posts per rating."""
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.info import db_info
+    from kohaku_data.db.provenance import sources
 
     with clean_errors():
         path = settings(db=db).require_db()
         with DanbooruDB.open(path, readonly=True) as handle:
             figures = db_info(handle)
+            imported = sources(handle)
         if as_json:
+            figures["sources"] = imported
             typer.echo(json.dumps(figures, indent=2))
             return
         for key, value in figures.items():
@@ -50,34 +53,58 @@ def info(
             elif isinstance(value, int) and not isinstance(value, bool):
                 value = f"{value:,}"
             say(f"{key:>15}: {value}")
+        for src in imported:
+            say(f"{'source':>15}: {src['name']} ({src['size']:,} bytes, sha256 {src['sha256'][:16]}…, "
+                f"{src['format']}): {src['rows']:,} rows, {src['inserted']:,} inserted, {src['updated']:,} updated, "
+                f"{src['rejected']:,} rejected; imported {src['last_imported_at']}")
 
 
 @app.command("import")
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="posts.json pages, JSONL(.gz) post dumps, tag CSVs.")],
+    files: Annotated[list[Path], typer.Argument(help=(
+        "Posts: posts.json pages, JSONL(.gz) dumps, parquet snapshots (danbooru2026, danbooru2025-metadata, "
+        "danbooru2024 metadata.parquet). Tags: tag CSVs, tags parquet (name, category). Tag implications / "
+        "aliases: API pages (JSON/JSONL) whose name says implications or aliases. Recognised by content."
+    ))],
     db: DbOption = None,
     rejects: Annotated[
         Path | None, typer.Option("--rejects", help="JSONL file for bad records (default: DB.rejects.jsonl).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per transaction.")] = 10_000,
+    null_deleted: Annotated[str, typer.Option(
+        "--null-deleted", help="Parquet rows whose is_deleted is NULL: keep (as not deleted, listed in "
+        "kdata_post_unknown) or drop (rejected).")] = "keep",
 ) -> None:
-    """Upsert posts and tags (idempotent; rerun after an interruption). Applies pending migrations."""
-    from kohaku_data.db import DanbooruDB
-    from kohaku_data.db.importer import import_files
+    """Upsert posts, tags, tag implications and aliases (idempotent; rerun after an interruption).
 
+    Applies pending migrations; records each file's name, size, sha256, counts and policies (`kdata db info`)."""
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.importer import SnapshotPolicy, UnknownInputError, import_files
+
+    if null_deleted not in ("keep", "drop"):
+        print_error(f"--null-deleted must be keep or drop, not {null_deleted!r}")
+        raise typer.Exit(2)
     kept = "Every batch committed before the error is kept in the DB (importing again is idempotent)"
     with clean_errors(kept=kept, target="the DB"):
         path = settings(db=db).require_db()
-        with DanbooruDB.open(path) as handle:
-            summary = import_files(handle, files, rejects_path=rejects, batch_size=batch_size, progress=is_tty())
-        p, t = summary.posts, summary.tags
+        try:
+            with DanbooruDB.open(path) as handle:
+                summary = import_files(handle, files, rejects_path=rejects, batch_size=batch_size,
+                                       progress=is_tty(), policy=SnapshotPolicy(null_deleted=null_deleted))
+        except UnknownInputError as exc:
+            print_error(f"{exc}; nothing was imported")
+            raise typer.Exit(2) from None
+        p, t, r = summary.posts, summary.tags, summary.relations
         rate = (p.inserted + p.updated + p.unchanged) / summary.seconds if summary.seconds else 0.0
         if summary.migrations_applied:
             say(f"migrations applied: {', '.join(summary.migrations_applied)}")
+        for src in summary.sources:
+            say(f"{src.name}: {src.format}, {src.rows:,} records")
         say(
             f"posts: {p.inserted:,} inserted, {p.updated:,} updated, {p.unchanged:,} unchanged "
             f"({rate:,.0f}/s); tags: {t.inserted:,} inserted, {t.updated:,} updated, "
-            f"{t.aliases:,} aliases; {summary.seconds:.1f}s"
+            f"{t.aliases:,} aliases; implications: {r.implications:,}, aliases: {r.aliases:,} active, "
+            f"{r.removed:,} retired pairs removed; {summary.seconds:.1f}s"
         )
         if summary.rejected:
             say(f"rejected {summary.rejected:,} records: see {summary.rejects_path}")

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.progress import progress_bar
 from kohaku_data.db.columnar import FrameWriter, TagIdCache, read_frame
-from kohaku_data.db.records import InputFileError, ParsedPost, RecordError, parse_post
+from kohaku_data.db.records import InputFileError, ParsedPost, RecordError, UnknownInputError, parse_post
 from kohaku_data.db.provenance import FileHash, SourceRecord, record as record_source
 from kohaku_data.db.relations import (
     RelationCounts, newest_per_pair, parsed_relations, relation_kind, write_relations,
@@ -53,10 +53,6 @@ __all__ = [
     "RecordError", "SnapshotPolicy", "TagCounts", "UnknownInputError", "UpsertCounts",
     "default_rejects_path", "import_files", "parse_post", "read_frame", "upsert_posts",
 ]
-
-
-class UnknownInputError(InputFileError):
-    """An input that is none of the formats kdata imports (an image, a zip…): nothing is read."""
 
 
 

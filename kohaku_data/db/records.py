@@ -28,6 +28,11 @@ class InputFileError(KdataError):
     """An input file cannot be imported at all (missing, unknown format, read-only DB)."""
 
 
+class UnknownInputError(InputFileError):
+    """An input that is none of the formats kdata imports (an image, a zip, a parquet file of
+    unknown columns): found before anything is written."""
+
+
 # --------------------------------------------------------------------------------------------
 # Post records → rows
 # --------------------------------------------------------------------------------------------

@@ -175,8 +175,8 @@ def convert(raw: pl.DataFrame, shape: Shape, first_row: int, policy: SnapshotPol
         pl.coalesce(reasons).alias("_reason") if reasons else pl.lit(None, pl.String).alias("_reason"),
     )
     df = df.with_columns(_ut=_instant(pl.coalesce("updated_at", "created_at")))
-    checks = [pl.when(pl.col(f).is_null()).then(pl.lit(f"missing field '{f}'")) for f in REJECT_IF_NULL]
-    checks.append(pl.col("_reason"))
+    checks = [pl.col("_reason")]  # an unusable value first: its converted value is NULL too
+    checks += [pl.when(pl.col(f).is_null()).then(pl.lit(f"missing field '{f}'")) for f in REJECT_IF_NULL]
     checks.append(pl.when((pl.col("id") < 0) | (pl.col("id") >= 1 << 32)).then(
         pl.format("id {} is out of range (0 to 2**32 - 1)", pl.col("id"))))
     if policy.null_deleted == "drop":

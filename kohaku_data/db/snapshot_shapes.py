@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kohaku_data.db.enums import TAG_STRING_FIELDS
-from kohaku_data.db.records import _POST_COLUMNS, InputFileError
+from kohaku_data.db.records import _POST_COLUMNS, UnknownInputError
 
 # kind of each post field (records._POST_COLUMNS) plus the ones kdata reads beside them.
 POST_FIELD_KINDS: dict[str, str] = {
@@ -31,7 +31,7 @@ _NEEDED_HINT = ("id (or a pandas index), created_at, rating, and tag_string or t
                 "a tag table needs name and category")
 
 
-class UnknownShapeError(InputFileError):
+class UnknownShapeError(UnknownInputError):
     """A parquet file whose columns are not those of any posts or tags snapshot kdata knows."""
 
 
