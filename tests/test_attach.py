@@ -214,3 +214,42 @@ def test_percentile_tags_per_rating_year_cohort(db: DanbooruDB, tmp_path: Path) 
     config = CaptionConfig(attached_tags=(rule,))
     frame = pl.concat(list(iter_captions(db, config, compute_thresholds(db, config), chunk_size=50)))
     assert dict(frame.select("id", "attached_aes").iter_rows()) == want
+
+
+def test_cli_one_bad_value_keeps_a_numeric_column_numeric(db: DanbooruDB, tmp_path: Path) -> None:
+    """A score file with a stray 'n/a' and a blank: the column stays numeric (guessed or asked for),
+    the bad values are rejects with their reason and written form, and the report counts them."""
+    from cli_support import run_kdata
+
+    ids = _ids(db)
+    lines = ["id,score"] + [f"{i},{k / 4}" for k, i in enumerate(ids[:20])] + [f"{ids[20]},n/a", f"{ids[21]}, ",
+                                                                              f"{ids[22]},high"]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    for extra in ([], ["--kind", "numeric"]):
+        done = run_kdata("db", "attach", tmp_path / "s.csv", "--name", "score", "--db", db.path, *extra)
+        assert done.returncode == 0, done.stderr
+        text = " ".join(done.stdout.split())
+        assert "attached score (numeric): 20 posts; rejected 3 (bad_value 3)" in text, text
+        assert "3 values are not numbers (e.g. 'n/a', ' ', 'high')" in text, text
+        assert ("--kind text" in text) == (not extra), text
+        conn = db.connection()
+        assert conn.execute("SELECT kind, posts, rejected FROM kdata_attached_column WHERE name='score'").fetchone() \
+            == ("numeric", 20, 3)
+        rejects = conn.execute("SELECT row, post_id, reason, value FROM kdata_attached_reject ORDER BY row").fetchall()
+        assert rejects == [(21, str(ids[20]), "bad_value", "n/a"), (22, str(ids[21]), "bad_value", " "),
+                           (23, str(ids[22]), "bad_value", "high")]
+    done = run_kdata("db", "attach", tmp_path / "s.csv", "--name", "score", "--db", db.path, "--kind", "text")
+    assert done.returncode == 0 and "attached score (text): 22 posts; rejected 1 (bad_value 1)" in done.stdout
+    texts = dict(db.connection().execute("SELECT post_id, txt FROM kdata_attached_value WHERE name='score'"))
+    assert texts[ids[20]] == "n/a" and texts[ids[1]] == "0.25"
+
+
+def test_mostly_text_stays_text(db: DanbooruDB, tmp_path: Path) -> None:
+    ids = _ids(db)
+    texts = ["a girl with a cat", "2024", "night sky over a city", "blue hair"]
+    pl.DataFrame({"id": ids[:4], "nl": texts}).write_csv(tmp_path / "t.csv")
+    result = attach_column(db, tmp_path / "t.csv", "nl")
+    assert (result.kind, result.posts, result.rejected, result.guessed) == ("text", 4, 0, True)
+    pl.DataFrame({"id": ids[:3], "v": [0.5, 1.5, 2.5]}).write_parquet(tmp_path / "n.parquet")
+    as_text = attach_column(db, tmp_path / "n.parquet", "v", kind="text")  # numbers asked for as text
+    assert (as_text.kind, as_text.posts) == ("text", 3)

@@ -148,3 +148,9 @@ def attach(
         reasons = ", ".join(f"{k} {v:,}" for k, v in result.reasons.items()) or "none"
         say(f"attached {result.name} ({result.kind}): {result.posts:,} posts; "
             f"rejected {result.rejected:,} ({reasons})")
+        bad = result.reasons.get("bad_value", 0)
+        if bad and result.kind == "numeric":
+            shown = ", ".join(repr(v) for v in result.bad_examples)
+            say(f"{bad:,} values are not numbers (e.g. {shown}): they are rejects (reason bad_value, table "
+                f"kdata_attached_reject), the column stays numeric"
+                + ("; if it is text, rerun with --kind text" if result.guessed else ""))

@@ -3,8 +3,10 @@ natural-language caption) stored in kdata tables (migration 0007), and the perce
 thresholds numeric columns give to captions.
 
 Input: a parquet or CSV file with an id column (`id` or `post_id`) and the value column
-(`--column`, else the only other column). Numeric dtypes make a `numeric` column, strings a
-`text` one. A rerun with the same name replaces the whole column. Rows refused — the id is not
+(`--column`, else the only other column). Numeric dtypes make a `numeric` column, and so do
+strings of which most (more than half of the non-blank ones) read as numbers: one stray "n/a" in a
+score file must not turn the whole column into text, so the values that are not numbers become
+`bad_value` rejects instead (`--kind text` keeps them all as text). Other strings make a `text` one. A rerun with the same name replaces the whole column. Rows refused — the id is not
 an integer, no post has it, the id comes twice (later rows), the value is missing, NaN, infinite
 or blank — are recorded in `kdata_attached_reject` with their row number (1 = first data row)
 and counted; nothing else is lost.
@@ -42,10 +44,13 @@ class AttachResult:
     rejected: int
     reasons: dict[str, int]
     sha256: str
+    guessed: bool = False  # the kind came from the values (no --kind)
+    bad_examples: tuple[str, ...] = ()  # the first few refused values, as the file had them
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "posts": self.posts, "rejected": self.rejected,
-                "reasons": self.reasons, "sha256": self.sha256}
+                "reasons": self.reasons, "sha256": self.sha256, "guessed": self.guessed,
+                "bad_examples": list(self.bad_examples)}
 
 
 def attach_column(
@@ -60,6 +65,7 @@ def attach_column(
         raise AttachError(f"--name {name!r}: use a letter then letters, digits or _ (at most 64)")
     frame = _read_input(Path(path))
     id_col, value_col = _columns(frame, path, column)
+    guessed = kind is None
     kind = kind or _kind_of(frame[value_col])
     if kind not in ("numeric", "text"):
         raise AttachError(f"--kind {kind!r}: use numeric or text")
@@ -72,14 +78,17 @@ def attach_column(
     bad = rows.filter(pl.col("_reason").is_not_null())
     _store(db, name, kind, str(path), digest, good, bad)
     reasons = dict(sorted(bad.group_by("_reason").len().iter_rows()))
-    return AttachResult(name, kind, good.height, bad.height, reasons, digest)
+    examples = tuple(bad.filter(pl.col("_reason") == "bad_value")["_raw_v"].head(3).fill_null("(empty)"))
+    return AttachResult(name, kind, good.height, bad.height, reasons, digest, guessed, examples)
 
 
 def _kind_of(values: pl.Series) -> str:
+    """numeric when the dtype is, or when more than half of the non-blank strings read as numbers."""
     if values.dtype.is_numeric():
         return "numeric"
     filled = values.str.strip_chars().replace("", None).drop_nulls()
-    return "numeric" if filled.len() and filled.cast(pl.Float64, strict=False).null_count() == 0 else "text"
+    numbers = filled.len() - filled.cast(pl.Float64, strict=False).null_count()
+    return "numeric" if filled.len() and 2 * numbers > filled.len() else "text"
 
 
 def _read_input(path: Path) -> pl.DataFrame:
@@ -113,14 +122,15 @@ def _columns(frame: pl.DataFrame, path: Path, column: str | None) -> tuple[str, 
 def _checked_rows(db: DanbooruDB, frame: pl.DataFrame, kind: str) -> pl.DataFrame:
     """Input rows with `_row` (1-based), `_id` (Int64 or null), `_v` and `_reason` (null = good)."""
     frame = frame.with_row_index("_row", offset=1).with_columns(
-        _raw_id=pl.col("_id").cast(pl.String), _id=pl.col("_id").cast(pl.Int64, strict=False)
+        _raw_id=pl.col("_id").cast(pl.String), _id=pl.col("_id").cast(pl.Int64, strict=False),
+        _raw_v=pl.col("_v").cast(pl.String),  # what a reject records: the value as the file had it
     )
     if kind == "numeric":
         value = pl.col("_v").cast(pl.Float64, strict=False) if frame["_v"].dtype.is_numeric() else \
             pl.col("_v").str.strip_chars().cast(pl.Float64, strict=False)
         bad_value = value.is_null() | value.is_nan() | value.is_infinite()
     else:
-        value = pl.col("_v")
+        value = pl.col("_raw_v")  # numbers attached as text keep their written form
         bad_value = value.is_null() | (value.str.strip_chars() == "")
     frame = frame.with_columns(_v=value, _bad=bad_value)
     known = _known_ids(db, frame["_id"].drop_nulls().unique().sort().to_numpy())
@@ -147,7 +157,7 @@ def _store(db: DanbooruDB, name: str, kind: str, source: str, digest: str, good:
     conn = db.connection()
     column = "num" if kind == "numeric" else "txt"
     values = good.select("_id", "_v").sort("_id").iter_rows()
-    rejects = bad.select("_row", "_raw_id", "_reason", pl.col("_v").cast(pl.String)).iter_rows()
+    rejects = bad.select("_row", "_raw_id", "_reason", "_raw_v").iter_rows()
     with db.database.atomic():
         conn.execute('DELETE FROM "kdata_attached_value" WHERE "name" = ?', (name,))
         conn.execute('DELETE FROM "kdata_attached_reject" WHERE "name" = ?', (name,))
