@@ -15,12 +15,13 @@ gives the same bytes; a killed build resumes from its staged results and committ
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from kohaku_data.assembly.manifest import (
 from kohaku_data.assembly.packing import ShardLayout
 from kohaku_data.assembly.pipeline import ImageTasks, Pipeline
 from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, make_plan
+from kohaku_data.assembly.repair import damaged_shards, index_entries, shard_keys, shard_number, sub_plan
 from kohaku_data.assembly.shards import ShardInfo, member_index_name
 from kohaku_data.assembly.tasks import staging_dir
 from kohaku_data.config import Recipe
@@ -48,6 +50,8 @@ from kohaku_data.db.handle import DanbooruDB
 
 STAGING_NAME = ".staging"
 STATE_NAME = "state.json"
+# Beside rejects.parquet when images failed with an unexpected exception (a bug): the first traceback.
+ERROR_LOG_NAME = "internal_error.log"
 
 
 @dataclass
@@ -63,14 +67,18 @@ class BuildResult:
     up_to_date: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     placements: dict[str, int] = field(default_factory=dict)  # where this run's tasks ran → count
+    repaired: list[str] = field(default_factory=list)  # damaged shards rewritten by this run
+    error_log: str | None = None  # the internal-error traceback file, when images hit a bug
 
 
 def build_dataset(
     src: Path, out: storage.Target, recipe: Recipe, db: DanbooruDB, *, workers: int = 1, force: bool = False,
-    progress: bool = False, executor: Executor | None = None,
+    progress: bool = False, executor: Executor | None = None, repair: bool = False,
 ) -> BuildResult:
     """Build (or resume, or confirm up to date) the dataset of `recipe` in `out` (a folder, or
-    a URL such as `s3://bucket/datasets/x/`; `src` may be either too)."""
+    a URL such as `s3://bucket/datasets/x/`; `src` may be either too). A finished build whose
+    shards went missing or changed size has exactly those rewritten; `repair` also re-hashes
+    every shard to find damage of the same size (`repair.py`)."""
     from kohaku_data.sources import open_source
 
     local = storage.local_path(out)
@@ -78,7 +86,7 @@ def build_dataset(
     with _one_driver(out) as alive:
         source = open_source(src)
         executor = executor or LocalExecutor(workers)
-        result = _Build(out, recipe, db, executor, progress, alive).run(source, force)
+        result = _Build(out, recipe, db, executor, progress, alive).run(source, force, repair)
         result.placements = dict(sorted(getattr(executor, "placements", {}).items()))
         return result
 
@@ -113,7 +121,7 @@ class _Build:
         self.dedup_stats: dict = {}
 
     # -- state ---------------------------------------------------------------------------------
-    def run(self, source, force: bool) -> BuildResult:
+    def run(self, source, force: bool, repair: bool = False) -> BuildResult:
         from kohaku_data.captions import compute_thresholds
 
         previous = read_lock(self.out)
@@ -122,7 +130,15 @@ class _Build:
                  "db_fingerprint": curated_fingerprint(self.db, self.recipe, db_fingerprint(self.db)),
                  "inputs_sha256": source.fingerprint()}
         if not force and self._up_to_date(previous, state):
-            return _result_from_stats(self.out, up_to_date=True)
+            entries = index_entries(self.out)
+            damaged = damaged_shards(self.out, entries, deep=repair)
+            if damaged:
+                return self._repair(source, damaged)
+            return _result_from_stats(self.out, up_to_date=True, error_log=self._error_log_if_any())
+        if repair and previous is not None and not force:
+            raise BuildError(
+                f"{storage.display(self.out)} was built from another DB or other inputs (or did not finish); "
+                "--repair only rewrites shards of an unchanged build: rerun without --repair to rebuild it")
         self._prepare(state, force)
         thresholds = compute_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
@@ -130,13 +146,75 @@ class _Build:
                                             self.progress)  # a no-op unless the recipe's dedup is on
         shards, tail, counts = self._process_and_pack(plan, thresholds)
         lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"])
-        return self._finish(plan, shards, tail, lock, counts)
+        result = self._finish(plan, shards, tail, lock, counts)
+        result.error_log = self._log_internal_error(plan, result.rejects)
+        return result
 
     def _up_to_date(self, previous: dict | None, state: dict) -> bool:
+        """Same recipe, DB and inputs as the finished build, and no image met a bug there (a
+        rerun retries those: the bug may be fixed by now)."""
         if previous is None or storage.exists(self.state_path):  # a build started since the lock
             return False
         same = all(previous.get(k) == v for k, v in state.items())
-        return same and storage.exists(storage.join(self.out, STATS_NAME))
+        stats = _read_json(storage.join(self.out, STATS_NAME))
+        return same and stats is not None and not stats.get("rejects", {}).get("internal_error")
+
+    # -- internal errors -------------------------------------------------------------------------
+    def _log_internal_error(self, plan: BuildPlan, rejects: dict[str, int]) -> str | None:
+        """Images that failed with an unexpected exception: the first one's traceback (the stage
+        run again on the driver) into `internal_error.log` beside rejects.parquet; its path."""
+        log = storage.join(self.out, ERROR_LOG_NAME)
+        if not rejects.get("internal_error"):
+            storage.remove(log)  # from an earlier run of this build
+            return None
+        from kohaku_data.images.stage import internal_error_trace
+        from kohaku_data.sources import read_entry
+
+        frame = pl.read_parquet(io.BytesIO(storage.read_bytes(storage.join(self.out, REJECTS_NAME))))
+        first = frame.filter(pl.col("reason") == "internal_error").row(0, named=True)
+        items = sub_plan(plan, [first["key"]]).slice(0, 1) if first["key"] is not None else ()
+        trace = internal_error_trace(read_entry(items[0].entry), self.recipe.image) if items else ""
+        text = (f"{rejects['internal_error']} image(s) failed with an internal error (a bug in kdata).\n"
+                f"first: post {first['key']}, {first['source']}\ndetail: {first['detail']}\n\n"
+                f"{trace or '(the traceback did not reproduce on the driver)'}\n")
+        storage.commit_bytes(log, text.encode())
+        return storage.display(log)
+
+    def _error_log_if_any(self) -> str | None:
+        log = storage.join(self.out, ERROR_LOG_NAME)
+        return storage.display(log) if storage.exists(log) else None
+
+    # -- repair ----------------------------------------------------------------------------------
+    def _repair(self, source, damaged: list[dict]) -> BuildResult:
+        """Rewrite exactly the `damaged` shards (index.json entries) from their own samples, and
+        check each comes out as index.json recorded it."""
+        from kohaku_data.captions import compute_thresholds
+
+        thresholds = compute_thresholds(self.db, self.recipe.caption)
+        plan = make_plan(self.db, source, self.recipe)
+        keys = shard_keys(self.out)
+        storage.make_dirs(self.staging)
+        processed = 0
+        for entry in damaged:
+            url = entry["url"]
+            for name in (url, member_index_name(url)):
+                storage.remove(storage.join(self.out, name))
+            sub = sub_plan(plan, keys.get(url, []))
+            parts = Parts(storage.join(self.staging_root, "repair", url))
+            layout = ShardLayout(self.out, self.recipe, shard_number(url))
+            pipeline = Pipeline(self.executor, layout, parts, self.staging,
+                                lambda ids: self._captions(ids, thresholds), self.progress, alive=self.alive)
+            pipeline.run(ImageTasks(sub, 0, self.recipe.image, self.recipe.check_md5, self.staging))
+            written = [asdict(info) for info in pipeline.shards.values()]
+            if written != [entry]:
+                raise BuildError(
+                    f"{url} could not be rewritten as index.json records it (its source files or DB rows "
+                    "changed since the build); rebuild with --force")
+            processed += pipeline.processed
+        self._clear_staging()
+        result = _result_from_stats(self.out, processed=processed, error_log=self._error_log_if_any())
+        result.repaired = [entry["url"] for entry in damaged]
+        return result
 
     def _prepare(self, state: dict, force: bool) -> None:
         """Start over where needed: --force wipes everything; other DB or inputs drop the packed
@@ -283,10 +361,10 @@ def _remove_outputs(out: storage.Target) -> None:
 
 
 def _result_from_stats(out: storage.Target, *, up_to_date: bool = False, processed: int = 0,
-                       reused: int = 0) -> BuildResult:
+                       reused: int = 0, error_log: str | None = None) -> BuildResult:
     stats = json.loads(storage.read_bytes(storage.join(out, STATS_NAME)))
     return BuildResult(
         out=out, samples=stats["samples"], shards=len(stats["shards"]), bytes=stats["bytes"],
         rejects=stats["rejects"], buckets=stats["buckets"], processed=processed, reused=reused,
-        up_to_date=up_to_date, stats=stats,
+        up_to_date=up_to_date, stats=stats, error_log=error_log,
     )

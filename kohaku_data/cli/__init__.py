@@ -8,6 +8,7 @@ from kohaku_data.cli import build, caption, db, images, query, sample, service
 from kohaku_data.cli import dedup
 from kohaku_data.cli import diff
 from kohaku_data.cli import export
+from kohaku_data.cli import recipe
 
 app = typer.Typer(
     name="kdata",
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.add_typer(caption.app, name="caption")
+app.add_typer(recipe.app, name="recipe")
 app.command("query")(query.query)
 app.command("sample")(sample.sample)
 app.command("images")(images.images)

@@ -45,7 +45,7 @@ def clean_errors(kept: str = "", target: str = "the output") -> Iterator[None]:
         if problem is None and not isinstance(exc, KdataError):
             raise
         print_error(problem.sentence(kept, target) if problem else str(exc))
-        raise typer.Exit(1) from None
+        raise typer.Exit(getattr(exc, "exit_code", 1) if problem is None else 1) from None
 
 
 def say(text: str, *, stderr: bool = False) -> None:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from kohaku_data.config import ImageConfig
 from kohaku_data.images import resize
+from kohaku_data.images.artifacts import measure_artifacts
 from kohaku_data.images.buckets import bucket_resolutions, choose_bucket
 from kohaku_data.images.decode import decode
 from kohaku_data.images.encode import encode, verify
@@ -63,6 +64,8 @@ class ImageResult:
     mode: str | None = None  # RGB or RGBA stored
     data: bytes | None = None
     sha256: str | None = None
+    # source artifact measures (kohaku_data/images/artifacts.FIELDS), None before decoding
+    artifacts: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,6 +85,21 @@ def process_image(data: bytes, config: ImageConfig, *, name: str = "") -> ImageR
         return ImageResult("rejected", "internal_error", _label(name, f"{type(exc).__name__}: {exc}"), **source)
 
 
+def internal_error_trace(data: bytes, config: ImageConfig) -> str:
+    """The traceback behind an `internal_error` result, from running the stage again unguarded
+    (it is deterministic): what a bug report needs, kept out of the rejects' one-line detail.
+    "" when the stage does not fail with an unexpected exception this time."""
+    import traceback
+
+    try:
+        _process(data, config, {})
+    except (Rejected, MemoryError):
+        return ""
+    except Exception:
+        return traceback.format_exc()
+    return ""
+
+
 def _label(name: str, detail: str) -> str:
     return f"{name}: {detail}" if name else detail
 
@@ -89,8 +107,9 @@ def _label(name: str, detail: str) -> str:
 def _process(data: bytes, config: ImageConfig, source: dict) -> ImageResult:
     im = decode(data, max_pixels=config.max_pixels, animated=config.animated)
     source.update(source_format=im.format, source_mode=im.mode, source_size=im.size)
+    source.update(artifacts=measure_artifacts(im, data))  # on the original, before any change
     im = normalise(im, alpha=config.alpha, background=config.background)
-    plan = _plan(im.size, config)
+    plan = _plan(im.size, config, source["artifacts"].get("upscale_factor"))
     out = _opaque_as_rgb(resize.apply(im, plan, reducing_gap=config.reducing_gap, linear_light=config.linear_light))
     del im  # free the full-size original before encoding
     fmt, stored = encode(out, config.codec_preset())
@@ -110,13 +129,30 @@ def _opaque_as_rgb(out: Image.Image) -> Image.Image:
     return out
 
 
-def _plan(size: tuple[int, int], config: ImageConfig) -> resize.Plan:
+def _plan(size: tuple[int, int], config: ImageConfig, upscaled: float | None = None) -> resize.Plan:
+    """With `effective_resolution`, a source measured as upscaled x`upscaled` needs its bucket
+    from its effective size: too small there is too small (native: stored at that size)."""
     preset = config.bucket_preset()
     bucket = choose_bucket(size, bucket_resolutions(preset))
     plan = resize.plan_cover(size, bucket)
-    if plan.scale <= 1.0 or config.upscale:
+    factor = upscaled if config.effective_resolution and upscaled and upscaled > 1.0 else 1.0
+    if plan.scale * factor <= 1.0 or config.upscale:
         return plan
-    if config.too_small == "native":
-        return resize.plan_native(size, preset.step)
     w, h = size
-    raise Rejected("too_small", f"{w}x{h} needs upscaling x{plan.scale:.3f} to bucket {bucket[0]}x{bucket[1]}")
+    if config.too_small == "native":
+        return _native(size, preset.step, factor)
+    effective = f" (effective {round(w / factor)}x{round(h / factor)}: upscaled x{factor:g})" if factor > 1 else ""
+    raise Rejected("too_small", f"{w}x{h}{effective} needs upscaling x{plan.scale * factor:.3f} to bucket "
+                                f"{bucket[0]}x{bucket[1]}")
+
+
+def _native(size: tuple[int, int], step: int, factor: float) -> resize.Plan:
+    """Native size, or for an upscaled source its effective size (one LANCZOS reduction), cut
+    to multiples of `step`."""
+    if factor <= 1.0:
+        return resize.plan_native(size, step)
+    w, h = size
+    target = (round(w / factor) // step * step, round(h / factor) // step * step)
+    if min(target) < step:
+        raise Rejected("too_small", f"{w}x{h} upscaled x{factor:g}: effective size under one step ({step}) a side")
+    return resize.plan_cover(size, target)
