@@ -37,12 +37,11 @@ import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import TagSource, count_posts, parse_page
-from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, post_columns, prepare_tags
+from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions
-from kohaku_data.captions.summaries import stored_prepared_tags
-from kohaku_data.captions.thresholds import (
-    RATING_NAMES, Thresholds, compute_thresholds,
-)
+from kohaku_data.captions.stats import stats_from_frame
+from kohaku_data.captions.summaries import compute_thresholds, stored_prepared_tags
+from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import CAPTION_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
@@ -156,7 +155,10 @@ def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
 
     tags = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config)
     none = np.empty(0, dtype=np.int64)
-    return build_captions(pl.DataFrame(schema=POST_SCHEMA), tags, ChunkRows(none, none, none), config, thresholds)
+    from kohaku_data.captions.variants import add_variants, counter_for
+
+    frame = build_captions(pl.DataFrame(schema=POST_SCHEMA), tags, ChunkRows(none, none, none), config, thresholds)
+    return add_variants(frame, config, counter_for({}, config.variants.tokenizer))
 
 
 def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
@@ -165,26 +167,6 @@ def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds)
     from kohaku_data.captions.summaries import cached_caption_stats
 
     return cached_caption_stats(db, config, thresholds)
-
-
-def stats_from_frame(metrics: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
-    """`caption_stats` from a `read_metrics` frame of the whole DB."""
-    frame = post_columns(metrics.rename({"metric": thresholds.metric}), config, thresholds)
-    total = frame.height
-
-    def shares(col: str, names: Sequence[str]) -> dict[str, Any]:
-        counts = dict(frame.group_by(col).len().iter_rows())
-        out = {n: {"posts": int(counts.get(n, 0)), "share": counts.get(n, 0) / total if total else 0.0} for n in names}
-        out["(none)"] = {"posts": int(counts.get(None, 0)), "share": counts.get(None, 0) / total if total else 0.0}
-        return out
-
-    return {
-        "posts": total,
-        "thresholds": thresholds.to_dict(),
-        "quality": shares("quality", config.quality_bands),
-        "year": shares("year_tag", config.year_tags),
-        "rating": shares("rating", RATING_NAMES),
-    }
 
 
 def total_posts(db: DanbooruDB) -> int:

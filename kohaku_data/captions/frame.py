@@ -163,6 +163,7 @@ class TagSource:
         """`stored`: the whole table already prepared (a current DB summary), or None."""
         self._conn, self._prepare = conn, prepare
         self._all: Any = None
+        self.job_cache: dict[str, Any] = {}  # per-job helpers of later steps (token counters: variants.py)
         if whole_table:
             self._all = stored() if stored is not None else None
             if self._all is None:

@@ -360,6 +360,42 @@ def _per_post_lists(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config:
     return lists.with_columns(caption=pl.col("caption").list.join(config.separator))
 
 
+# Caption groups by their name in recipes (config.CAPTION_GROUPS), as list columns `g_<name>`
+# that captions/variants.py orders into the other variants.
+GROUP_CODES = {"count": G_KEEP, "character": G_CHARACTER, "copyright": G_COPYRIGHT, "artist": G_ARTIST,
+               "general": G_GENERAL, "meta": G_META, "year": G_YEAR, "rating": G_RATING, "quality": G_QUALITY}
+
+
+def row_groups(tags: PreparedTags) -> np.ndarray:
+    """Caption group of every `strings` row (-1: a raw name), the separator-prefixed copies too."""
+    out = np.full(len(tags.strings), -1, dtype=np.int8)
+    shown = tags.rank_pairs[:, 1] != _HIDDEN
+    out[tags.rank_pairs[shown, 1]] = tags.group[shown]
+    for group, texts in tags.extra_rows.items():
+        out[list(texts.values())] = group
+    start, height = tags.caption_start, tags.prefixed_offset
+    if len(out) > start + height:
+        out[start + height:] = out[start:start + height]
+    return out
+
+
+def group_lists(pi: np.ndarray, row: np.ndarray, tags: PreparedTags, posts: int) -> pl.DataFrame:
+    """`g_<group>`: each post's caption texts per group, in caption order, without the keep
+    separator (one row per post, `posts` rows)."""
+    groups = row_groups(tags)[row]
+    keep = (groups >= 0) & (groups != G_MARK)
+    start, height = tags.caption_start, tags.prefixed_offset
+    plain = np.where(row >= start + height, row - height, row)[keep]
+    elements = pl.DataFrame({"_pi": pi[keep], "_text": tags.strings.gather(plain), "_grp": groups[keep]})
+    text, grp = pl.col("_text"), pl.col("_grp")
+    lists = elements.with_columns(pl.col("_pi").set_sorted()).group_by("_pi", maintain_order=True).agg(
+        *(text.filter(grp == code).alias(f"g_{name}") for name, code in GROUP_CODES.items()))
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    return pl.DataFrame({"_pi": np.arange(posts, dtype=np.int64)}).join(
+        lists.with_columns(pl.col("_pi").cast(pl.Int64)), on="_pi", how="left", maintain_order="left",
+    ).select(*(pl.col(f"g_{name}").fill_null(empty) for name in GROUP_CODES))
+
+
 def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
     """rating, rating_tag, quality, year_tag of each post (no tags needed)."""
     frame = with_dates(posts, config)
@@ -382,6 +418,7 @@ def build_captions(
     frame = post_columns(posts, config, thresholds)
     pi, row = _sorted_elements(rows, tags, frame, posts["id"].to_numpy(), config)
     _prefix_rest(pi, row, tags, config)
+    groups = group_lists(pi, row, tags, frame.height) if config.variants.needs_groups else None
     lists = _per_post_lists(pi, row, tags, config)
     if lists.height == frame.height:  # every post has an element: the rows line up
         frame = frame.hstack(lists.drop("_pi"))
@@ -390,4 +427,5 @@ def build_captions(
         frame = frame.with_row_index("_pi").join(lists, on="_pi", how="left", maintain_order="left").with_columns(
             caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
         )
-    return frame.select(OUTPUT_COLUMNS)
+    frame = frame.select(OUTPUT_COLUMNS)
+    return frame if groups is None else frame.hstack(groups)  # for captions/variants.py

@@ -21,6 +21,7 @@ import polars as pl
 from kohaku_data.captions.frame import Relations, TagSource, parse_page
 from kohaku_data.captions.layout import ChunkRows, build_captions, prepare_tags, resolve_tags
 from kohaku_data.captions.thresholds import Thresholds
+from kohaku_data.captions.variants import add_variants, counter_for
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db.pages import PageSpec, open_reader
 from kohaku_data.runtime import exit_with, keep_freed_memory
@@ -38,7 +39,9 @@ def caption_page(
     found, ti = resolve_tags(table, rel.tag_id)
     rows = ChunkRows(pi, ti, rel.rid)
     frame = build_captions(posts, table, rows if found.all() else rows.take(found), config, thresholds)
-    return frame if curation is None else curation.finish(frame, config)
+    frame = frame if curation is None else curation.finish(frame, config)
+    # every variant and its token count (captions/variants.py); the counter lives as long as the job
+    return add_variants(frame, config, counter_for(tags.job_cache, config.variants.tokenizer))
 
 
 class _Worker:
