@@ -63,16 +63,16 @@ def write_card(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
 
 def card_markdown(facts: CardFacts, pictures: list[str]) -> str:
     parts = [
-        _yaml_header(facts.index), _title(facts), _overview(facts), _thresholds(facts),
+        _yaml_header(facts.index, facts.recipe), _title(facts), _overview(facts), _thresholds(facts),
         _pictures(pictures), _rejects(facts), _files(facts), _loading(facts), _recipe_table(facts),
     ]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
 
-def _yaml_header(index: dict[str, Any]) -> str:
-    from kohaku_data.assembly.sample_schema import hf_yaml_header
+def _yaml_header(index: dict[str, Any], recipe: dict[str, Any]) -> str:
+    from kohaku_data.assembly.sample_schema import hf_yaml_header, variants_of
 
-    return hf_yaml_header(index)
+    return hf_yaml_header(index, variants_of(recipe))
 
 
 # -- sections ----------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     # member fetches a sample without scanning the tar (kohaku_data.train relies on these names).
     "image_offset": pl.Int64, "image_size": pl.Int64, "txt_offset": pl.Int64, "txt_size": pl.Int64,
     "json_offset": pl.Int64, "json_size": pl.Int64,
+    # CLIP tokens (captions/tokens.py) of the .txt caption, and of every caption variant in the
+    # recipe's order (kohaku first: sample_schema.variants_of; the json's `caption_tokens` by name)
+    "tokens": pl.Int64, "variant_tokens": pl.List(pl.Int64),
 }
 MEMBERS_SCHEMA: dict[str, pl.DataType] = {"json": pl.String}  # a part's `.json` members, for the card
 OFFSET_COLUMNS = ("image_offset", "image_size", "txt_offset", "txt_size", "json_offset", "json_size")
@@ -68,7 +71,16 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str, placement:
         "created_at": None if caption.get("created_at") is None else str(caption["created_at"]),
         "image_offset": image_offset, "image_size": image_size, "txt_offset": txt_offset,
         "txt_size": txt_size, "json_offset": json_offset, "json_size": json_size,
+        **token_columns(caption),
     }
+
+
+def token_columns(caption: dict[str, Any]) -> dict[str, Any]:
+    """`tokens` (of the .txt: the variant whose text it is) and `variant_tokens` of a caption row."""
+    names = [k[len("variant_"):] for k in caption if k.startswith("variant_")]
+    counts = [caption.get(f"tokens_{n}") for n in names]
+    txt = next((c for n, c in zip(names, counts) if caption[f"variant_{n}"] == caption["caption"]), None)
+    return {"tokens": txt, "variant_tokens": counts}
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:

@@ -50,13 +50,32 @@ JSON_FIELDS: dict[str, Any] = {
     "text_fields": "list:string",
     "texts": "list:string",
     "attached_tags": "list:string",
+    # the recipe's caption variants (captions/variants.py): name → text and name → CLIP tokens,
+    # the same names in every sample of a build (`kohaku` always; `json_fields(names)`)
+    "captions": {"kohaku": "string"},
+    "caption_tokens": {"kohaku": "int64"},
 }
 MISSING_INT = 0  # score / fav_count when the DB has none (documented above)
+DEFAULT_VARIANTS = ("kohaku",)
+
+
+def json_fields(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict[str, Any]:
+    """The json schema of a build whose recipe stores `variants` (names, kohaku first)."""
+    return {**JSON_FIELDS, "captions": {v: "string" for v in variants}, "caption_tokens": {v: "int64" for v in variants}}
+
+
+def variants_of(recipe: dict[str, Any] | None) -> tuple[str, ...]:
+    """Variant names of a recipe as the lock records it (a dict), kohaku first."""
+    added = [v["name"] for v in ((recipe or {}).get("caption", {}).get("variants", {}).get("add", []))]
+    return ("kohaku", *(n for n in added if n != "kohaku"))
 
 
 # -- making a conforming object ---------------------------------------------------------------------
-def conform(values: dict[str, Any], spec: dict[str, Any] = JSON_FIELDS) -> dict[str, Any]:
-    """`values` cast to the schema: every key present, None → "" / 0 / [] (unknown keys dropped)."""
+def conform(values: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`values` cast to the schema (default: that of the variants `values` names): every key
+    present, None → "" / 0 / [] (unknown keys dropped)."""
+    if spec is None:
+        spec = json_fields(tuple(values.get("captions") or DEFAULT_VARIANTS))
     return {name: _cast(values.get(name), kind) for name, kind in spec.items()}
 
 
@@ -71,8 +90,12 @@ def _cast(value: Any, kind: Any) -> Any:
     return [_cast(v, item) for v in (value or [])]
 
 
-def schema_problems(obj: Any, spec: dict[str, Any] = JSON_FIELDS, where: str = "") -> list[str]:
-    """What is wrong with a parsed `.json` (missing or extra keys, wrong types); [] when it conforms."""
+def schema_problems(obj: Any, spec: dict[str, Any] | None = None, where: str = "") -> list[str]:
+    """What is wrong with a parsed `.json` (missing or extra keys, wrong types); [] when it conforms
+    (default schema: that of the variant names its `captions` holds)."""
+    if spec is None:
+        names = tuple(obj["captions"]) if isinstance(obj, dict) and isinstance(obj.get("captions"), dict) else ()
+        spec = json_fields(names or DEFAULT_VARIANTS)
     if not isinstance(obj, dict):
         return [f"{where or 'the json'} is not an object"]
     problems = [f"{where}{k} is missing" for k in spec if k not in obj]
@@ -96,14 +119,14 @@ def _fits(value: Any, kind: Any) -> bool:
 
 
 # -- 🤗 datasets features ----------------------------------------------------------------------------
-def hf_features() -> dict[str, Any]:
+def hf_features(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict[str, Any]:
     """The columns 🤗's webdataset builder makes of a kdata shard, in `Features.to_dict()` form
     (`datasets.Features.from_dict(hf_features())`): `__key__`, `__url__`, the image (`webp` or
     `png`, the other one None), `txt` (the caption) and `json`."""
     columns: dict[str, Any] = {"__key__": _value("string"), "__url__": _value("string")}
     columns.update({ext: {"_type": "Image"} for ext in IMAGE_COLUMNS})
     columns["txt"] = _value("string")
-    columns["json"] = _feature_dict(JSON_FIELDS)
+    columns["json"] = _feature_dict(json_fields(variants))
     return columns
 
 
@@ -119,12 +142,12 @@ def _feature_dict(kind: Any) -> Any:
     return _value(kind)
 
 
-def hf_features_yaml() -> list[dict[str, Any]]:
+def hf_features_yaml(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[dict[str, Any]]:
     """The same columns in the YAML list form of a dataset card (`dataset_info.features`)."""
     columns: list[dict[str, Any]] = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
     columns += [{"name": ext, "dtype": "image"} for ext in IMAGE_COLUMNS]
     columns.append({"name": "txt", "dtype": "string"})
-    columns.append({"name": "json", "struct": _yaml_struct(JSON_FIELDS)})
+    columns.append({"name": "json", "struct": _yaml_struct(json_fields(variants))})
     return columns
 
 
@@ -145,19 +168,21 @@ def shard_glob(index: dict[str, Any]) -> str:
     return f"{index['name']}-*.tar"
 
 
-def hf_yaml_header(index: dict[str, Any]) -> str:
+def hf_yaml_header(index: dict[str, Any], variants: tuple[str, ...] = DEFAULT_VARIANTS) -> str:
     """The YAML front matter of the dataset card (`---` … `---\\n`): one `default` config whose
     train split is the shards of `index` (index.json), and the features above. Written by hand
     (no YAML library needed), deterministic, parsed back by the tests with PyYAML and 🤗."""
     shards = index.get("shardlist", [])
-    return card_header(shard_glob(index), hf_features_yaml(), sum(int(s["nsamples"]) for s in shards),
+    return card_header(shard_glob(index), hf_features_yaml(variants), sum(int(s["nsamples"]) for s in shards),
                        sum(int(s["filesize"]) for s in shards))
 
 
-def hf_parquet_features_yaml() -> list[dict[str, Any]]:
-    """The columns of `kdata export --format hf` parquet files: key, image, caption, json."""
+def hf_parquet_features_yaml(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[dict[str, Any]]:
+    """The columns of `kdata export --format hf` parquet files: key, image, caption, one
+    `caption_<variant>` per caption variant, json."""
     return [{"name": "key", "dtype": "int64"}, {"name": "image", "dtype": "image"},
-            {"name": "caption", "dtype": "string"}, {"name": "json", "struct": _yaml_struct(JSON_FIELDS)}]
+            {"name": "caption", "dtype": "string"}, *({"name": f"caption_{v}", "dtype": "string"} for v in variants),
+            {"name": "json", "struct": _yaml_struct(json_fields(variants))}]
 
 
 def card_header(path_pattern: str, features: list[dict[str, Any]], nsamples: int, nbytes: int) -> str:

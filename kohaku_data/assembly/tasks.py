@@ -254,6 +254,16 @@ def sample_members(staged: Staged, caption: dict[str, Any]) -> list[tuple[str, b
     ]
 
 
+def variant_fields(caption: dict[str, Any]) -> dict[str, Any]:
+    """`captions` and `caption_tokens` of a caption row (`variant_<name>`, `tokens_<name>`); a
+    row made without them stores its caption as the kohaku variant (tokens 0: not counted)."""
+    names = [k[len("variant_"):] for k in caption if k.startswith("variant_")]
+    if not names:
+        return {"captions": {"kohaku": caption.get("caption")}, "caption_tokens": {"kohaku": 0}}
+    return {"captions": {n: caption[f"variant_{n}"] for n in names},
+            "caption_tokens": {n: caption.get(f"tokens_{n}") for n in names}}
+
+
 def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, Any]:
     """The `.json` of a sample, in the one fixed schema of `sample_schema` (no nulls, every key)."""
     values = {
@@ -267,5 +277,6 @@ def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, An
         **{k: caption.get(k) for k in (
             "rating", "rating_tag", "score", "fav_count", "created_at", "quality", "year_tag", "md5", "caption")},
         **curated_fields(caption),  # tag caption, text fields, attached tags (kohaku_data/curation)
+        **variant_fields(caption),  # caption variants (captions/variants.py)
     }
     return conform(values)

@@ -22,7 +22,9 @@ from typing import Any
 
 import polars as pl
 
-from kohaku_data.assembly.sample_schema import JSON_FIELDS, card_header, hf_parquet_features_yaml, strip_header
+from kohaku_data.assembly.sample_schema import (
+    DEFAULT_VARIANTS, card_header, hf_parquet_features_yaml, json_fields, strip_header,
+)
 from kohaku_data.atomic import replacing
 from kohaku_data.export.files import in_place, write_text
 from kohaku_data.export.pool import in_threads
@@ -45,7 +47,7 @@ def write(built: Built, rows: pl.DataFrame, out: Path, *, link_from: Path | None
     parts = rows.partition_by("shard", maintain_order=True) if rows.height else []
     folder = out / DATA_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    schema = parquet_schema()
+    schema = parquet_schema(_variants(built))
     names = [folder / f"train-{i:05d}-of-{len(parts):05d}.parquet" for i in range(len(parts))]
     todo = [(path, part) for path, part in zip(names, parts) if not path.is_file()]
     result.skipped += len(parts) - len(todo)
@@ -88,8 +90,9 @@ def _frame(src: int, part: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.D
     lines = b"\n".join(_one_line(_pread(src, o, n)) for o, n in zip(part["json_offset"], part["json_size"]))
     metas = pl.read_ndjson(io.BytesIO(lines), schema=schema["json"].to_schema())
     image = pl.DataFrame({"bytes": pl.repeat(b"", part.height, dtype=pl.Binary, eager=True), "path": part["image"]})
+    variants = {f"caption_{v}": metas["captions"].struct.field(v) for v in metas["captions"].struct.fields}
     return pl.DataFrame({"key": part["key"], "image": image.to_struct("image"), "caption": part["caption"],
-                         "json": metas.to_struct("json")}, schema=schema)
+                         **variants, "json": metas.to_struct("json")}, schema=schema)
 
 
 def _one_line(member: bytes) -> bytes:
@@ -105,9 +108,15 @@ def _pread(fd: int, offset: int, size: int) -> bytes:
     return data
 
 
-def parquet_schema() -> dict[str, pl.DataType]:
+def parquet_schema(variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict[str, pl.DataType]:
+    """key, image, caption (the .txt), `caption_<variant>` per caption variant, json."""
     return {"key": pl.Int64, "image": pl.Struct({"bytes": pl.Binary, "path": pl.String}),
-            "caption": pl.String, "json": _dtype(JSON_FIELDS)}
+            "caption": pl.String, **{f"caption_{v}": pl.String for v in variants},
+            "json": _dtype(json_fields(variants))}
+
+
+def _variants(built: Built) -> tuple[str, ...]:
+    return tuple(v.name for v in built.recipe.caption.variants.all())
 
 
 def _dtype(kind: Any) -> pl.DataType:
@@ -131,7 +140,7 @@ def _copy_card_pictures(built: Built, out: Path) -> None:
 
 
 def card_text(built: Built, samples: int, nbytes: int) -> str:
-    header = card_header(f"{DATA_DIR}/train-*.parquet", hf_parquet_features_yaml(), samples, nbytes)
+    header = card_header(f"{DATA_DIR}/train-*.parquet", hf_parquet_features_yaml(_variants(built)), samples, nbytes)
     card = built.path / CARD_NAME
     if card.is_file():
         return header + strip_header(card.read_text())

@@ -68,12 +68,18 @@ def sd_scripts_options(built: Built, rows: pl.DataFrame) -> dict[str, Any]:
         "resolution": [side, side],
         "min_bucket_reso": min(preset.min_side, smallest, side) // step * step,
         "max_bucket_reso": _ceil_to(max(preset.max_side, biggest, side), step),
-        "shuffle_caption": caption.keep_separator is not None,
+        # an ordered .txt variant (no separator) keeps its group order: no shuffle
+        "shuffle_caption": caption.keep_separator is not None and _txt_kind(caption) == "kohaku",
         "caption_separator": caption.separator.strip() or caption.separator,
     }
     if caption.keep_separator is not None:
         options["keep_tokens_separator"] = caption.keep_separator
     return options
+
+
+def _txt_kind(caption: Any) -> str:
+    """The kind of the caption variant the .txt holds (captions/variants.py)."""
+    return next(v.kind for v in caption.variants.all() if v.name == caption.variants.txt)
 
 
 def _ceil_to(value: int, step: int) -> int:
