@@ -169,6 +169,9 @@ class ImageConfig(_Strict):
     reducing_gap: float | None = None  # opt-in speed-up for large reductions
     linear_light: bool = False  # opt-in: resize in linear light
     max_pixels: int = 178_956_970  # larger is a decompression bomb (an error)
+    # An upscaled source (kohaku_data/images/artifacts: measured factor) is bucketed at its
+    # effective resolution (size / factor): a 2x upscale of a 600 px drawing is not a 1200 px one
+    effective_resolution: bool = False
 
     @field_validator("bucket")
     @classmethod
@@ -480,6 +483,7 @@ class Recipe(_Strict):
     check_md5: bool = True
     dedup: "DedupConfig" = Field(default_factory=lambda: DedupConfig())
     weights: "WeightConfig" = Field(default_factory=lambda: WeightConfig())
+    artifacts: "ArtifactRules" = Field(default_factory=lambda: ArtifactRules())
 
     @property
     def dataset_name(self) -> str:
@@ -508,6 +512,24 @@ class DedupConfig(_Strict):
     colour_threshold: int | None = Field(None, ge=0, le=32)
     colour_distance: float = Field(0.3, ge=0, le=2)
     keep: Literal["fav_count", "score"] = "fav_count"  # highest, then most pixels, then lowest id
+
+
+class ArtifactRules(_Strict):
+    """Rules on the source artifact measures (kohaku_data/images/artifacts; applied by
+    kohaku_data/curation/artifacts.py as the shards are laid out). Each is off (None / False)
+    by default; the defaults of the thresholds come from benchmarks/bench_artifacts.py.
+    A reject carries its reason (`jpeg_quality`, `jpeg_history`, `upscaled`) and the measured
+    value in its detail; a tag is added (Danbooru's own name) only when the post lacks it."""
+
+    reject_jpeg_quality_below: int | None = Field(None, ge=1, le=100)  # JPEG source, IJG quality < this
+    reject_jpeg_history: bool = False  # lossless source with jpeg_history >= history_threshold
+    reject_upscaled_above: float | None = Field(None, ge=1.0)  # measured upscale_factor >= this
+    tag_jpeg_quality_below: int | None = Field(None, ge=1, le=100)  # adds `jpeg_artifacts`
+    tag_jpeg_history: bool = False  # adds `jpeg_artifacts` to a lossless source once a JPEG
+    tag_upscaled_above: float | None = Field(None, ge=1.0)  # adds `upscaled`
+    history_threshold: float = Field(0.3, gt=0, le=1)  # jpeg_history evidence that counts
+    # a lossless source's past JPEG counts for the quality rules too (its estimated quality)
+    history_quality: bool = True
 
 
 class WeightConfig(_Strict):
