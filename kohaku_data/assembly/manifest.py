@@ -24,6 +24,7 @@ from kohaku_data.assembly.lock import dumps, write_atomic
 from kohaku_data.assembly.plan import REJECT_SCHEMA
 from kohaku_data.assembly.shards import Placement, ShardInfo, member_index_name
 from kohaku_data.assembly.tasks import Staged
+from kohaku_data.images.artifacts import FIELDS as ARTIFACT_FIELDS, polars_schema as artifact_columns
 
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.parquet"
@@ -46,6 +47,9 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     # CLIP tokens (captions/tokens.py) of the .txt caption, and of every caption variant in the
     # recipe's order (kohaku first: sample_schema.variants_of; the json's `caption_tokens` by name)
     "tokens": pl.Int64, "variant_tokens": pl.List(pl.Int64),
+    # the source's artifact measures (kohaku_data/images/artifacts.FIELDS), null where they do not apply
+    **artifact_columns(),
+    "artifact_tags": pl.List(pl.String),  # tags the recipe's artifact rules added to the caption
 }
 MEMBERS_SCHEMA: dict[str, pl.DataType] = {"json": pl.String}  # a part's `.json` members, for the card
 OFFSET_COLUMNS = ("image_offset", "image_size", "txt_offset", "txt_size", "json_offset", "json_size")
@@ -72,6 +76,8 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str, placement:
         "image_offset": image_offset, "image_size": image_size, "txt_offset": txt_offset,
         "txt_size": txt_size, "json_offset": json_offset, "json_size": json_size,
         **token_columns(caption),
+        **{name: (h.get("artifacts") or {}).get(name) for name in ARTIFACT_FIELDS},
+        "artifact_tags": caption.get("artifact_tags") or [],
     }
 
 

@@ -30,6 +30,7 @@ from kohaku_data.assembly.shards import (
 )
 from kohaku_data.assembly.tasks import ImageRef, Staged, StagedInfo, read_staged_image, sample_members
 from kohaku_data.config import Recipe
+from kohaku_data.curation import artifacts as artifact_rules
 
 Member = tuple[str, "bytes | ImageRef"]
 
@@ -148,8 +149,10 @@ class ShardLayout:
             self._reject(item, staged.header["reason"], staged.header.get("detail", ""))
         elif caption is None:
             self._reject(item, "post_missing", "the post left the DB during the build")
+        elif (rejected := artifact_rules.verdict(staged.header.get("artifacts") or {}, self.recipe.artifacts)):
+            self._reject(item, *rejected)  # recipe rules on the source's artifact measures
         else:
-            closed = self._add(staged, caption)
+            closed = self._add(staged, self._tagged(staged, caption))
         self._keys.append(item.key)
         self._last_key = item.key
         return closed
@@ -159,6 +162,12 @@ class ShardLayout:
         if self._members:
             return self._close(), []
         return None, self._rejects
+
+    def _tagged(self, staged: StagedInfo, caption: dict[str, Any]) -> dict[str, Any]:
+        """The caption with the artifact tags the recipe gives and the post lacks (in `artifact_tags`)."""
+        earned = artifact_rules.tags(staged.header.get("artifacts") or {}, self.recipe.artifacts)
+        tagged, added = artifact_rules.tag_caption(caption, earned, self.recipe.caption)
+        return {**tagged, "artifact_tags": added}
 
     def _reject(self, item: PlanItem, reason: str, detail: str) -> None:
         self._rejects.append({"key": item.key, "source": item.entry.name, "reason": reason, "detail": detail})

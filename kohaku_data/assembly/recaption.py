@@ -31,6 +31,7 @@ from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.lock import (
     LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
 )
+from kohaku_data.images.artifacts import FIELDS as ARTIFACT_FIELDS
 from kohaku_data.assembly.manifest import (
     INDEX_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, Parts, dataset_stats, manifest_row,
     merge_parquet, write_index, write_parquet, write_stats,
@@ -53,7 +54,7 @@ def recaption_dataset(dataset: storage.Target, recipe: Recipe, db: DanbooruDB, *
     Either side may be a URL (`s3://…`). An old dataset there is read through a local copy of its
     small files, one shard at a time; a new one there is made in a local work folder (one per
     URL, under ~/.cache/kdata/work/) and then published object by object, dataset.lock last."""
-    from kohaku_data.captions import compute_thresholds
+    from kohaku_data.curation.captions import curated_thresholds
 
     with _readable(dataset) as old:
         old_lock = read_lock(old)
@@ -64,7 +65,7 @@ def recaption_dataset(dataset: storage.Target, recipe: Recipe, db: DanbooruDB, *
         target = out if out is not None else _target(dataset, old_lock["recipe"], recipe, fingerprint)
         if _same_place(target, dataset):
             raise BuildError("the re-captioned dataset must go to another folder than the old one")
-        thresholds = compute_thresholds(db, recipe.caption)
+        thresholds = curated_thresholds(db, recipe.caption)
         lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"])
         work = storage.local_path(target) or storage.local_work_dir(target)
         with build_lock(work):
@@ -213,6 +214,7 @@ def _header(row: dict[str, Any]) -> dict[str, Any]:
         "source_size": [row["source_width"], row["source_height"]], "source_format": row["source_format"],
         "source_mode": row["source_mode"], "md5_checked": row["md5_checked"], "sha256": row["sha256"],
         "input": {"name": row["source"]},
+        "artifacts": {name: row.get(name) for name in ARTIFACT_FIELDS},  # absent in older manifests: None
     }
 
 

@@ -54,6 +54,15 @@ JSON_FIELDS: dict[str, Any] = {
     # the same names in every sample of a build (`kohaku` always; `json_fields(names)`)
     "captions": {"kohaku": "string"},
     "caption_tokens": {"kohaku": "int64"},
+    # the source's artifact measures (kohaku_data/images/artifacts.FIELDS, documented there;
+    # written here so readers need not import the image stage): -1 / -1.0 / "" when unknown or
+    # not applicable, booleans as 1 / 0
+    "artifacts": {
+        "jpeg_quality": "int64", "jpeg_tables": "string", "jpeg_subsampling": "string", "jpeg_progressive": "int64",
+        "jpeg_history": "float64", "jpeg_history_quality": "int64", "webp_lossy": "int64", "webp_quality": "int64",
+        "upscale_factor": "float64", "upscale_kind": "string", "upscale_cliff": "float64",
+        "effective_width": "int64", "effective_height": "int64", "colours": "int64", "dither": "float64",
+    },
 }
 MISSING_INT = 0  # score / fav_count when the DB has none (documented above)
 DEFAULT_VARIANTS = ("kohaku",)
@@ -86,6 +95,8 @@ def _cast(value: Any, kind: Any) -> Any:
         return MISSING_INT if value is None else int(value)
     if kind == "string":
         return "" if value is None else str(value)
+    if kind == "float64":
+        return -1.0 if value is None else float(value)
     item = kind.split(":", 1)[1]
     return [_cast(v, item) for v in (value or [])]
 
@@ -114,6 +125,8 @@ def _fits(value: Any, kind: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "string":
         return isinstance(value, str)
+    if kind == "float64":
+        return isinstance(value, float)
     item = kind.split(":", 1)[1]
     return isinstance(value, list) and all(_fits(v, item) for v in value)
 

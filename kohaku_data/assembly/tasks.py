@@ -28,6 +28,7 @@ from kohaku_data import storage
 from kohaku_data.assembly.plan import PlanItem
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES, conform
 from kohaku_data.curation.captions import curated_fields
+from kohaku_data.images.artifacts import FIELDS as ARTIFACT_FIELDS, json_value
 from kohaku_data.config import ImageConfig
 from kohaku_data.errors import KdataError
 from kohaku_data.sources import read_entry
@@ -174,6 +175,7 @@ def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
         "source_size": list(result.source_size), "bucket": list(result.bucket),
         "crop_box": list(result.crop_box), "width": result.width, "height": result.height,
         "format": result.output_format, "mode": result.mode, "sha256": result.sha256,
+        "artifacts": result.artifacts or {},  # kohaku_data/images/artifacts.FIELDS
     }
     return Staged(header, result.data)
 
@@ -278,5 +280,11 @@ def sample_json(header: dict[str, Any], caption: dict[str, Any]) -> dict[str, An
             "rating", "rating_tag", "score", "fav_count", "created_at", "quality", "year_tag", "md5", "caption")},
         **curated_fields(caption),  # tag caption, text fields, attached tags (kohaku_data/curation)
         **variant_fields(caption),  # caption variants (captions/variants.py)
+        "artifacts": artifact_json(header.get("artifacts") or {}),
     }
     return conform(values)
+
+
+def artifact_json(measures: dict[str, Any]) -> dict[str, Any]:
+    """The source artifact measures in the sample json's no-null form (artifacts.json_value)."""
+    return {name: json_value(name, measures.get(name)) for name in ARTIFACT_FIELDS}

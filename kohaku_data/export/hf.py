@@ -124,7 +124,7 @@ def _dtype(kind: Any) -> pl.DataType:
         return pl.Struct({name: _dtype(sub) for name, sub in kind.items()})
     if kind.startswith("list:"):
         return pl.List(_dtype(kind.split(":", 1)[1]))
-    return {"int64": pl.Int64, "string": pl.String}[kind]
+    return {"int64": pl.Int64, "string": pl.String, "float64": pl.Float64}[kind]
 
 
 def _copy_card_pictures(built: Built, out: Path) -> None:

@@ -22,6 +22,7 @@ import polars as pl
 
 from kohaku_data.atomic import replacing, write_atomic
 from kohaku_data.config import ImageConfig
+from kohaku_data.images.artifacts import polars_schema as artifact_columns
 from kohaku_data.images.stage import ImageResult, process_image
 from kohaku_data.progress import progress_bar
 from kohaku_data.runtime import worker_pool
@@ -34,6 +35,8 @@ RECORD_SCHEMA = {
     "crop_box": pl.List(pl.Int32), "format": pl.String, "mode": pl.String, "source_format": pl.String,
     "source_mode": pl.String, "source_width": pl.Int32, "source_height": pl.Int32, "bytes": pl.Int64,
     "sha256": pl.String,
+    # source artifact measures (kohaku_data/images/artifacts.FIELDS), null where they do not apply
+    **artifact_columns(),
 }
 
 
@@ -192,7 +195,7 @@ def _store(task: Task, r: ImageResult, out: Path) -> dict:
         width=r.width, height=r.height, bucket=f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else None,
         crop_box=list(r.crop_box) if r.crop_box else None, format=r.output_format, mode=r.mode,
         source_format=r.source_format, source_mode=r.source_mode, source_width=sw, source_height=sh,
-        bytes=len(r.data) if r.data is not None else None, sha256=r.sha256,
+        bytes=len(r.data) if r.data is not None else None, sha256=r.sha256, **(r.artifacts or {}),
     )
 
 

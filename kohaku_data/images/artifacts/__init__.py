@@ -5,7 +5,7 @@
 One flat dict of FIELDS (every key present, None where a measure does not apply or cannot be
 computed: a tiny or flat image, an odd mode). Never raises on an image `decode` accepted; a
 measure that fails is None. Cost: one luma window of at most WINDOW x WINDOW pixels, one block
-DCT of at most 2048 blocks, two FFTs (bench_artifacts: per-image cost beside the image stage).
+DCT of at most 1024 blocks, two FFTs (bench_artifacts: per-image cost beside the image stage).
 
 - JPEG source: `jpeg_quality` (IJG 1-100, exact for IJG tables, a fitted equivalent for
   `jpeg_tables = "custom"`), `jpeg_subsampling`, `jpeg_progressive` (jpeg.py).
@@ -31,7 +31,7 @@ from kohaku_data.images.artifacts.plane import luma
 from kohaku_data.images.artifacts.upscale import upscale_factor
 from kohaku_data.images.artifacts.webp import webp_settings
 
-WINDOW = 1024  # side of the centred luma window the pixel measures read
+WINDOW = 512  # side of the centred luma window the pixel measures read
 
 # name -> (type, meaning): the columns records.parquet and the manifest carry ("int", "float",
 # "str", "bool"; every one nullable)
@@ -88,3 +88,25 @@ def _safe(compute: Callable[[], T], default: T) -> T:
         return compute()
     except Exception:
         return default
+
+
+def json_value(name: str, value: Any) -> Any:
+    """A measure for the sample `.json`, where nulls are not allowed: unknown ints and floats are
+    -1, unknown strings "", booleans 1 / 0 (-1 unknown)."""
+    kind = FIELDS[name][0]
+    if kind == "str":
+        return "" if value is None else str(value)
+    if kind == "float":
+        return -1.0 if value is None else float(value)
+    return -1 if value is None else int(value)
+
+
+JSON_KINDS = {"int": "int64", "bool": "int64", "float": "float64", "str": "string"}
+
+
+def polars_schema() -> dict[str, Any]:
+    """FIELDS as polars column types (records.parquet and the manifest carry these columns)."""
+    import polars as pl
+
+    types = {"int": pl.Int32, "float": pl.Float64, "str": pl.String, "bool": pl.Boolean}
+    return {name: types[kind] for name, (kind, _) in FIELDS.items()}

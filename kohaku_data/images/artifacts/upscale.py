@@ -46,6 +46,8 @@ def cliff(log_power: np.ndarray) -> tuple[float, float]:
         fc = 0.5 / s
         below = log_power[(grid >= 0.7 * fc) & (grid <= 0.95 * fc)]
         above = log_power[(grid >= 1.05 * fc) & (grid <= min(0.5, 1.6 * fc))]
+        if min(0.5, 1.6 * fc) - 1.05 * fc < 0.15 * fc:  # too narrow a band above (near Nyquist)
+            continue
         if below.size and above.size:
             drop = float(below.mean() - above.mean())
             if drop > best[1]:
