@@ -1,0 +1,131 @@
+"""Benchmark: parquet snapshot import vs the JSONL import of the same records, same run, one core.
+
+    .venv/bin/python benchmarks/bench_snapshot_import.py [--quick] [--posts N] [--rounds R]
+
+Generates N API posts (bench_import's generator: ~30 tags each by popularity from the top-20k
+list), writes them as JSONL and as a danbooru2026-shaped parquet file (flat API columns, row
+groups of 100k rows), and imports each into a fresh DB in a child process of its own (its peak
+RSS is the figure: the parquet import must stay bounded at any size), alternating formats for
+R rounds so that machine load hits both alike. Also times a rerun of the parquet file (every
+row unchanged). Writes benchmarks/results/snapshot_import.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core, as bench_import
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results  # noqa: E402
+
+
+def child(path: Path, db_path: Path, rerun: bool) -> None:
+    """Import `path` into `db_path` and print timing and peak RSS as JSON (one core)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.importer import import_files
+
+    db = DanbooruDB.open(db_path) if rerun else DanbooruDB.create(db_path)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    summary = import_files(db, [path])  # the default batch (10k rows) for both: measured best for both
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    db.close()
+    print(json.dumps({
+        "wall_s": wall, "cpu_s": cpu, "index_s": summary.index_seconds, "rejected": summary.rejected,
+        "inserted": summary.posts.inserted, "unchanged": summary.posts.unchanged,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def run_child(path: Path, db_path: Path, rerun: bool = False) -> dict:
+    args = [sys.executable, __file__, "--child", str(path), str(db_path)] + (["--rerun"] if rerun else [])
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def to_parquet(jsonl: Path, out: Path) -> None:
+    """The same records as a danbooru2026-shaped file: flat API columns, 100k-row groups."""
+    import polars as pl
+
+    pl.scan_ndjson(jsonl, infer_schema_length=1000).sink_parquet(out, row_group_size=100_000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="50k posts, one round")
+    parser.add_argument("--posts", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    n = args.posts or (50_000 if args.quick else 500_000)
+    rounds = args.rounds or (1 if args.quick else 2)
+    from benchmarks.bench_import import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        jsonl, parquet = tmp / "posts.jsonl", tmp / "posts.parquet"
+        t0 = time.perf_counter()
+        generate(jsonl, n)
+        to_parquet(jsonl, parquet)
+        gen_s = time.perf_counter() - t0
+        runs: dict[str, list[dict]] = {"jsonl": [], "parquet": []}
+        for r in range(rounds):
+            for name, path in (("jsonl", jsonl), ("parquet", parquet)):
+                db = tmp / f"{name}{r}.db"
+                res = run_child(path, db)
+                assert res["inserted"] == n and res["rejected"] == 0, res
+                runs[name].append(res)
+                print(f"  round {r + 1} {name:8} {n / res['wall_s']:>10,.0f} posts/s wall, "
+                      f"{n / res['cpu_s']:>10,.0f}/CPU-s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+        rerun = run_child(parquet, tmp / "parquet0.db", rerun=True)
+        assert rerun["unchanged"] == n, rerun
+        sizes = {"jsonl_mb": jsonl.stat().st_size / 1e6, "parquet_mb": parquet.stat().st_size / 1e6}
+        same = _same_rows(tmp / "jsonl0.db", tmp / "parquet0.db")
+
+    def best(name: str, key: str) -> float:
+        return min(r[key] for r in runs[name])
+
+    result = {
+        "posts": n, "rounds": rounds, "generate_s": round(gen_s, 1), **{k: round(v, 1) for k, v in sizes.items()},
+        "parquet_posts_per_s": round(n / best("parquet", "wall_s")),
+        "jsonl_posts_per_s": round(n / best("jsonl", "wall_s")),
+        "parquet_posts_per_cpu_s": round(n / best("parquet", "cpu_s")),
+        "jsonl_posts_per_cpu_s": round(n / best("jsonl", "cpu_s")),
+        "ratio_wall": round(best("jsonl", "wall_s") / best("parquet", "wall_s"), 2),
+        "ratio_cpu": round(best("jsonl", "cpu_s") / best("parquet", "cpu_s"), 2),
+        "parquet_index_rebuild_s": round(best("parquet", "index_s"), 2),
+        "parquet_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["parquet"])),
+        "jsonl_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["jsonl"])),
+        "parquet_rerun_posts_per_s": round(n / rerun["wall_s"]),
+        "same_rows_as_jsonl": same,
+        "target_ratio": 2.0, "target_peak_rss_mb_at_12m": 1536, "cores": 1,
+        "python": platform.python_version(), "machine": platform.machine(),
+    }
+    print(f"{n:,} posts: parquet {result['parquet_posts_per_s']:,}/s vs JSONL {result['jsonl_posts_per_s']:,}/s "
+          f"(x{result['ratio_wall']} wall, x{result['ratio_cpu']} CPU); peak RSS parquet "
+          f"{result['parquet_peak_rss_mb']} MB, JSONL {result['jsonl_peak_rss_mb']} MB; same rows: {same}")
+    write_results("snapshot_import", result)
+
+
+def _same_rows(a: Path, b: Path) -> bool:
+    from tests.test_db_import import dump
+
+    return dump(a) == dump(b)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]), Path(sys.argv[3]), rerun="--rerun" in sys.argv)
+    else:
+        main()
