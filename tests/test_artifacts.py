@@ -1,0 +1,126 @@
+"""Source artifact measures (kohaku_data/images/artifacts) and their recipe rules, on drawings of
+the sample generator encoded the way Danbooru's sources are."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kohaku_data.config import ArtifactRules, CaptionConfig, ImageConfig
+from kohaku_data.curation import artifacts as rules
+from kohaku_data.images import process_image
+from kohaku_data.images.artifacts import FIELDS, measure_artifacts
+from kohaku_data.images.decode import decode
+from kohaku_data.sample.drawing import anime_picture
+
+
+def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _measure(data: bytes) -> dict:
+    return measure_artifacts(decode(data, max_pixels=10**8, animated="first"), data)
+
+
+@pytest.fixture(scope="module")
+def drawing() -> Image.Image:
+    return anime_picture(np.random.default_rng(7), 800, 600, texture=True)
+
+
+@pytest.mark.parametrize("quality,subsampling,name", [(40, 2, "4:2:0"), (75, 0, "4:4:4"), (95, 1, "4:2:2")])
+def test_jpeg_settings_from_the_tables(drawing, quality, subsampling, name):
+    m = _measure(_bytes(drawing, "JPEG", quality=quality, subsampling=subsampling, progressive=quality == 75))
+    assert (m["jpeg_quality"], m["jpeg_tables"], m["jpeg_subsampling"]) == (quality, "ijg", name)
+    assert m["jpeg_progressive"] is (quality == 75)
+    assert m["jpeg_history"] is None  # a JPEG is tested for its tables, not for a past JPEG
+
+
+def test_custom_tables_get_the_nearest_ijg_quality(drawing):
+    luma = [max(1, round(v * 0.9)) for v in [16, 11, 10, 16, 24, 40, 51, 61] * 8]
+    m = _measure(_bytes(drawing, "JPEG", qtables=[luma, luma]))
+    assert m["jpeg_tables"] == "custom" and 1 <= m["jpeg_quality"] <= 100
+
+
+@pytest.mark.parametrize("quality", [50, 85])
+def test_png_saved_from_a_jpeg_shows_its_history(drawing, quality):
+    once = Image.open(io.BytesIO(_bytes(drawing, "JPEG", quality=quality))).convert("RGB")
+    m = _measure(_bytes(once, "PNG"))
+    assert m["jpeg_history"] >= ArtifactRules().history_threshold
+    assert abs(m["jpeg_history_quality"] - quality) <= 3
+
+
+@pytest.mark.parametrize("texture", [False, True])
+def test_clean_drawing_has_no_history_and_no_upscale(texture):
+    m = _measure(_bytes(anime_picture(np.random.default_rng(3), 900, 700, texture=texture), "PNG"))
+    assert m["jpeg_history"] < ArtifactRules().history_threshold
+    assert m["upscale_factor"] == 1.0 and m["upscale_kind"] is None
+    assert (m["effective_width"], m["effective_height"]) == (900, 700)
+
+
+def test_webp_lossy_or_lossless(drawing):
+    lossy = _measure(_bytes(drawing, "WEBP", quality=60))
+    assert lossy["webp_lossy"] is True and abs(lossy["webp_quality"] - 60) <= 10
+    assert lossy["jpeg_history"] is None
+    lossless = _measure(_bytes(drawing, "WEBP", lossless=True))
+    assert lossless["webp_lossy"] is False and lossless["webp_quality"] is None
+
+
+@pytest.mark.parametrize("resample,kind", [(Image.NEAREST, "nearest"), (Image.BICUBIC, "smooth"),
+                                           (Image.LANCZOS, "smooth")])
+def test_upscale_is_found_with_its_factor(resample, kind):
+    small = anime_picture(np.random.default_rng(5), 450, 350)
+    m = _measure(_bytes(small.resize((1350, 1050), resample), "PNG"))
+    assert m["upscale_kind"] == kind and 1.8 <= m["upscale_factor"] <= 4.0  # x3: rough (bench: factor error)
+    assert m["effective_width"] == round(1350 / m["upscale_factor"])
+
+
+def test_palette_and_dither():
+    flat = Image.new("P", (200, 200), 0)
+    flat.putpalette([0, 0, 0, 255, 255, 255, 200, 30, 30] + [0] * 759)
+    flat.paste(2, (50, 50, 150, 150))
+    dithered = Image.fromarray(np.linspace(0, 255, 200 * 200).reshape(200, 200).astype(np.uint8)).convert("1")
+    a, b = _measure(_bytes(flat, "PNG")), _measure(_bytes(dithered, "PNG"))
+    assert a["colours"] == 2 and a["dither"] is None or a["dither"] < 0.05
+    assert b["colours"] == 2 and b["dither"] > 0.2
+
+
+@pytest.mark.parametrize("im", [Image.new("RGB", (12, 9), (9, 9, 9)), Image.new("I;16", (300, 300), 40000),
+                                Image.new("RGB", (400, 300), (255, 255, 255))])
+def test_tiny_odd_or_flat_images_give_nulls_not_errors(im):
+    m = _measure(_bytes(im, "PNG"))
+    assert set(m) == set(FIELDS)
+    assert m["jpeg_history"] is None
+
+
+def test_the_stage_and_the_effective_resolution():
+    small = anime_picture(np.random.default_rng(9), 640, 512)
+    data = _bytes(small.resize((1280, 1024), Image.BICUBIC), "PNG")
+    kept = process_image(data, ImageConfig())
+    assert kept.ok and kept.artifacts["upscale_factor"] >= 1.5
+    rejected = process_image(data, ImageConfig(effective_resolution=True))
+    assert rejected.reason == "too_small" and "effective" in rejected.detail
+    native = process_image(data, ImageConfig(effective_resolution=True, too_small="native", bucket="sd15-512"))
+    assert native.ok and native.width <= 1280 / kept.artifacts["upscale_factor"] + 1
+
+
+def test_rules_reject_and_tag_with_the_measured_value():
+    m = {"jpeg_quality": 60, "upscale_factor": 2.5, "upscale_kind": "smooth", "effective_width": 400,
+         "effective_height": 300, "jpeg_history": None}
+    assert rules.verdict(m, ArtifactRules()) is None
+    reason, detail = rules.verdict(m, ArtifactRules(reject_jpeg_quality_below=70))
+    assert reason == "jpeg_quality" and "60" in detail
+    assert rules.verdict(m, ArtifactRules(reject_upscaled_above=2.0))[0] == "upscaled"
+    past = {"jpeg_history": 0.8, "jpeg_history_quality": 55}
+    assert rules.verdict(past, ArtifactRules(reject_jpeg_history=True))[0] == "jpeg_history"
+    assert rules.verdict(past, ArtifactRules(reject_jpeg_quality_below=70))[0] == "jpeg_quality"
+    earned = rules.tags(m, ArtifactRules(tag_jpeg_quality_below=70, tag_upscaled_above=2.0))
+    assert earned == ["jpeg_artifacts", "upscaled"]
+    caption = {"caption": "1girl, solo", "tags_meta": ["upscaled"], "tags_general": ["solo"]}
+    tagged, added = rules.tag_caption(caption, earned, CaptionConfig())
+    assert added == ["jpeg_artifacts"] and tagged["caption"] == "1girl, solo, jpeg artifacts"
+    assert tagged["tags_meta"] == ["upscaled", "jpeg_artifacts"]
