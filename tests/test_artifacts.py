@@ -101,7 +101,7 @@ def test_the_stage_and_the_effective_resolution():
     small = anime_picture(np.random.default_rng(9), 640, 512)
     data = _bytes(small.resize((1280, 1024), Image.BICUBIC), "PNG")
     kept = process_image(data, ImageConfig())
-    assert kept.ok and kept.artifacts["upscale_factor"] >= 1.5
+    assert kept.ok and kept.artifacts["upscale_factor"] >= 1.3
     rejected = process_image(data, ImageConfig(effective_resolution=True))
     assert rejected.reason == "too_small" and "effective" in rejected.detail
     native = process_image(data, ImageConfig(effective_resolution=True, too_small="native", bucket="sd15-512"))
