@@ -18,7 +18,9 @@ from kohaku_data.config import CaptionConfig, Recipe
 from kohaku_data.db import DanbooruDB, summary
 from kohaku_data.db.importer import import_files
 from kohaku_data.db.info import INFO_SUMMARY, count_rows, db_info
+from kohaku_data.db.keepers import DB_KEEPERS
 from kohaku_data.db.migrate import migrate
+from kohaku_data.keepers import SUMMARY_KEEPERS
 from kohaku_data.sample import write_sample
 from kohaku_data.service.client import ClientSettings, DanbooruClient
 from kohaku_data.service.sync import sync_posts
@@ -93,7 +95,7 @@ def test_dropped_triggers_mean_nothing_is_served_until_migrate(migrated: Path) -
             with summary.suspended(db):
                 raise RuntimeError("import failed")
         assert summary.counting(db) and summary.read(db, INFO_SUMMARY) is None  # bumped, back in place
-        summary.refresh(db)
+        summary.refresh(db, SUMMARY_KEEPERS)
         with db.database.atomic():
             for name in summary.trigger_names():
                 db.connection().execute(f'DROP TRIGGER "{name}"')
@@ -101,16 +103,16 @@ def test_dropped_triggers_mean_nothing_is_served_until_migrate(migrated: Path) -
     with DanbooruDB.open(migrated, readonly=True) as db:
         assert not summary.counting(db) and summary.read(db, INFO_SUMMARY) is None
     with DanbooruDB.open(migrated) as db:
-        migrate(db)
+        migrate(db, keepers=SUMMARY_KEEPERS)
         assert summary.counting(db) and summary.read(db, INFO_SUMMARY) == count_rows(db)
 
 
 def test_import_refreshes_summaries(tmp_path: Path, posts_sample_path: Path) -> None:
     path = tmp_path / "danbooru.db"
     with DanbooruDB.create(path) as db:
-        migrate(db)
+        migrate(db, keepers=SUMMARY_KEEPERS)
         empty = db_info(db)
-        import_files(db, [posts_sample_path])
+        import_files(db, [posts_sample_path], keepers=SUMMARY_KEEPERS)
         assert summary.counting(db)  # put back after the bulk write
         stored = summary.read(db, INFO_SUMMARY)
         assert stored is not None and stored == count_rows(db)
@@ -172,7 +174,7 @@ def test_stored_prepared_tags_give_the_same_captions_and_follow_tag_writes(
     monkeypatch.setattr(summaries, "STORE_PREPARED_TAGS_FROM", 0)  # as for a 1M-row tag table
     config = Recipe().caption
     with DanbooruDB.open(migrated) as db:
-        assert summaries.prepared_tags_name(config) in summary.refresh(db)
+        assert summaries.prepared_tags_name(config) in summary.refresh(db, SUMMARY_KEEPERS)
         thresholds = compute_thresholds(db, config)
         conn = open_reader(migrated)
         try:
@@ -228,7 +230,7 @@ def test_refresh_drops_stale_and_retired_summaries(migrated: Path) -> None:
     with DanbooruDB.open(migrated) as db:
         assert summary.store(db, "custom:after", {"kept": True})  # computed after the write
         assert summary.store(db, f"{RETIRED_KINDS[0]}:0123456789abcdef", b"current, but nothing reads it")
-        summary.refresh(db)
+        summary.refresh(db, SUMMARY_KEEPERS)
     stored = _stored(migrated)
     assert "custom:after" in stored and "custom:current" not in stored  # stale: never served again
     assert not any(name.startswith(f"{RETIRED_KINDS[0]}:") for name in stored)
@@ -240,10 +242,24 @@ def test_migrate_after_an_upgrade_stores_the_summaries_this_version_keeps(migrat
     with sqlite3.connect(migrated) as conn:  # kdata_summary is kdata's own: no counted write
         conn.execute("DELETE FROM kdata_summary WHERE name NOT IN (?, ?)", (INFO_SUMMARY, "stats"))
     with DanbooruDB.open(migrated) as db:
-        assert not summary.up_to_date(db)
-        assert migrate(db) == []  # nothing pending, yet the summaries are stored again
-        assert summary.up_to_date(db)
+        assert not summary.up_to_date(db, SUMMARY_KEEPERS)
+        assert migrate(db, keepers=SUMMARY_KEEPERS) == []  # nothing pending, yet the summaries are stored again
+        assert summary.up_to_date(db, SUMMARY_KEEPERS)
     assert thresholds_name(Recipe().caption) in _stored(migrated)
+
+
+def test_db_keepers_alone_keep_the_db_summaries_and_leave_the_caption_ones_due(migrated: Path) -> None:
+    """db/ refreshes only what it is given: its own keepers by default, never the captions' by
+    itself, and a refresh by fewer keepers does not count as one by all of them."""
+    _external_write(migrated, "UPDATE post SET score = score + 1 WHERE id = (SELECT min(id) FROM post)")
+    with DanbooruDB.open(migrated) as db:
+        stored = summary.refresh(db, DB_KEEPERS)
+        assert INFO_SUMMARY in stored and not any(name.startswith("thresholds:") for name in stored)
+        assert summary.up_to_date(db, DB_KEEPERS) and not summary.up_to_date(db, SUMMARY_KEEPERS)
+        assert migrate(db) == [] and summary.read(db, thresholds_name(Recipe().caption)) is None
+        assert migrate(db, keepers=SUMMARY_KEEPERS) == []  # the caption summaries were due: stored now
+        assert summary.read(db, thresholds_name(Recipe().caption)) is not None
+        assert summary.up_to_date(db, SUMMARY_KEEPERS)
 
 
 def test_import_into_a_migrated_file_rebuilds_the_query_index(migrated: Path, posts_sample_path: Path) -> None:

@@ -15,6 +15,7 @@ from kohaku_data.captions.frame import read_post_range
 from kohaku_data.db.pages import open_reader
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB, summary
+from kohaku_data.db.keepers import DB_KEEPERS
 from kohaku_data.db.post_tag_blocks import decode_block, encode_block, relations_of_blocks
 from kohaku_data.db.post_tags import (
     BLOCK, BLOCK_BITS, blocks_current, fetch_blocks, install, refresh_if_stale, retire,
@@ -120,7 +121,7 @@ def test_a_write_makes_readers_use_sql_until_refreshed(migrated: Path) -> None:
         thresholds = compute_thresholds(db, config)
         after_write = caption_posts(db, ids, config, thresholds)
         whole = pl.concat(list(iter_captions(db, config, thresholds, chunk_size=100)))
-        assert "post tag blocks" in summary.refresh(db)
+        assert "post tag blocks" in summary.refresh(db, DB_KEEPERS)
         assert blocks_current(db.connection())
         refreshed = pl.concat(list(iter_captions(db, config, thresholds, chunk_size=100)))
     assert after_write["tags_general"][0].to_list() == []  # the deleted relations are gone

@@ -375,3 +375,20 @@ def test_cli_bad_null_deleted_choice(tmp_path):
     result = run_kdata("db", "import", str(tmp_path / "x.parquet"), "--db", str(tmp_path / "d.db"),
                        "--null-deleted", "maybe")
     assert result.returncode == 2 and "keep or drop" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_build_lock_and_card_name_the_db_sources(posts_sample_path, tmp_path):
+    from test_build_support import build, make_inputs
+
+    inputs = make_inputs(tmp_path / "in", n_posts=12)
+    snap = danbooru2026(make_posts(posts_sample_path, 3), tmp_path / "posts-snapshot.parquet")
+    with DanbooruDB.open(inputs.db) as db:
+        import_files(db, [snap])
+    build(inputs, tmp_path / "ds", workers=1)
+    lock = json.loads((tmp_path / "ds" / "dataset.lock").read_text())
+    import hashlib
+    assert lock["db_sources"] == [{"name": "posts-snapshot.parquet", "size": snap.stat().st_size,
+                                   "sha256": hashlib.sha256(snap.read_bytes()).hexdigest(),
+                                   "format": "parquet posts (flat)"}]
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert "DB sources" in card and "posts-snapshot.parquet" in card

@@ -122,7 +122,7 @@ class _Build:
 
     # -- state ---------------------------------------------------------------------------------
     def run(self, source, force: bool, repair: bool = False) -> BuildResult:
-        from kohaku_data.captions import compute_thresholds
+        from kohaku_data.curation.captions import curated_thresholds
 
         previous = read_lock(self.out)
         check_same_recipe(self.out, self.recipe, previous, force)
@@ -140,7 +140,7 @@ class _Build:
                 f"{storage.display(self.out)} was built from another DB or other inputs (or did not finish); "
                 "--repair only rewrites shards of an unchanged build: rerun without --repair to rebuild it")
         self._prepare(state, force)
-        thresholds = compute_thresholds(self.db, self.recipe.caption)
+        thresholds = curated_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
         plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self._dedup_cache(),
                                             self.progress)  # a no-op unless the recipe's dedup is on
@@ -188,9 +188,9 @@ class _Build:
     def _repair(self, source, damaged: list[dict]) -> BuildResult:
         """Rewrite exactly the `damaged` shards (index.json entries) from their own samples, and
         check each comes out as index.json recorded it."""
-        from kohaku_data.captions import compute_thresholds
+        from kohaku_data.curation.captions import curated_thresholds
 
-        thresholds = compute_thresholds(self.db, self.recipe.caption)
+        thresholds = curated_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
         keys = shard_keys(self.out)
         storage.make_dirs(self.staging)

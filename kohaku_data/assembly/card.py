@@ -105,6 +105,8 @@ def _overview(facts: CardFacts) -> str:
                    f"sha256 `{lock.get('recipe_sha256', '?')}`"),
         ("query", f"`{esc(recipe['query'])}`" if recipe.get("query") else "every post of the DB that has a file"),
         ("DB fingerprint", f"`{lock.get('db_fingerprint', '?')}`"),
+        ("DB sources", "; ".join(f"`{esc(s['name'])}` ({s['size']:,} bytes, sha256 `{s['sha256']}`)"
+                                 for s in lock.get("db_sources", [])) or "not recorded"),
         ("posts dated", f"{first} … {last}" if first else "no dated posts"),
         ("inputs sha256", f"`{lock.get('inputs_sha256', '?')}`"),
         ("samples", f"{stats.get('samples', 0):,}"),

@@ -63,12 +63,21 @@ def db_fingerprint(db: DanbooruDB) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_sha256: str) -> dict[str, Any]:
+def db_sources(db: DanbooruDB) -> list[dict[str, Any]]:
+    """The files the DB was imported from (`kdata db import` provenance): name, size, sha256, format."""
+    from kohaku_data.db.provenance import sources
+
+    return [{k: s[k] for k in ("name", "size", "sha256", "format")} for s in sources(db)]
+
+
+def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_sha256: str,
+              sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "kdata_version": __version__,
         "recipe": recipe.model_dump(mode="json"),
         "recipe_sha256": recipe.sha256(),
         "db_fingerprint": db_print,
+        "db_sources": sources or [],
         "caption_thresholds": thresholds,
         "inputs_sha256": inputs_sha256,
         # The bytes of shards and parquet files depend on these: same versions, same bytes.

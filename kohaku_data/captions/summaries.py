@@ -40,8 +40,22 @@ def cached_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
                           encode=Thresholds.to_dict, decode=Thresholds.from_dict)
 
 
+def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
+    """Quantiles of the quality metric per rating (and cohort), and year edges, from `db` (the
+    stored summary while the DB is unchanged since it was computed).
+
+    Captions do not know who curates them: a config that uses curation (tag rules, attached
+    data, text fields) gets its thresholds, with that curation attached, from
+    kohaku_data.curation.captions.curated_thresholds. Refused here rather than returned without
+    it, which would caption silently uncurated."""
+    if config.uses_curation:
+        raise ValueError("this caption config uses curation (tag rules, attached data or text): compute its thresholds "
+                         "with kohaku_data.curation.captions.curated_thresholds")
+    return cached_thresholds(db, config)
+
+
 def cached_caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:
-    from kohaku_data.captions import stats_from_frame
+    from kohaku_data.captions.stats import stats_from_frame
 
     return summary.cached(db, stats_name(config, thresholds),
                           lambda: stats_from_frame(read_metrics(db, thresholds.metric), config, thresholds))
@@ -143,8 +157,8 @@ def standard_configs() -> list[CaptionConfig]:
 def refresh_caption_summaries(db: DanbooruDB) -> list[str]:
     """Store thresholds, caption stats and (big tables) the prepared tags of `standard_configs()`;
     one posts read per metric, one tag table read."""
-    from kohaku_data.captions import stats_from_frame
     from kohaku_data.captions.frame import read_tag_table
+    from kohaku_data.captions.stats import stats_from_frame
 
     summary.forget(db, RETIRED_KINDS)
     names: list[str] = []

@@ -52,8 +52,10 @@ class Thresholds:
     cutoff_date: str | None = None
     interpolation: str = INTERPOLATION
     counts: Mapping[str, int] = field(default_factory=dict)  # posts counted per group
-    # kohaku_data.curation.captions.CaptionCuration (tag rules, attached data) or None; the lock
-    # records its summary() (not its tables), under "curation", only when there is one.
+    # kohaku_data.curation.captions.CaptionCuration (tag rules, attached data) or None: curation
+    # plugs in from above (its curated_thresholds fills this; captions call only relations(),
+    # finish() and summary()). The lock records its summary() (not its tables), under
+    # "curation", only when there is one.
     curation: Any = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,19 +189,6 @@ def _year_edges(dates: pl.Series, config: CaptionConfig) -> tuple[str, ...]:
         day = int(days.quantile(p / 100, interpolation="lower"))
         edges.append((epoch + datetime.timedelta(days=day)).isoformat())
     return tuple(edges) + (floor,)
-
-
-def compute_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
-    """Quantiles of the quality metric per rating (and cohort), and year edges, from `db` (the
-    stored summary while the DB is unchanged since it was computed: captions/summaries.py)."""
-    from kohaku_data.captions.summaries import cached_thresholds
-
-    thresholds = cached_thresholds(db, config)
-    if not config.uses_curation:  # (the curation package is imported only when used)
-        return thresholds
-    from kohaku_data.curation.captions import caption_curation
-
-    return replace(thresholds, curation=caption_curation(db, config))
 
 
 # ---------------------------------------------------------------------------------------------

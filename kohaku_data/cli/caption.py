@@ -79,12 +79,13 @@ def _write(handle, config, ids, out: Path, chunk_size: int, workers: int) -> Non
     # ~0.2 s that a short job otherwise spends on one core.
     pages = PageFetcher(handle.path, ids, chunk_size, config.needs_relation_ids) if workers == 1 else None
     try:
-        from kohaku_data.captions import compute_thresholds, iter_captions, total_posts
+        from kohaku_data.captions import iter_captions, total_posts
         from kohaku_data.captions.output import output_kind, write_captions
+        from kohaku_data.curation.captions import curated_thresholds
         from kohaku_data.progress import progress_bar
 
         output_kind(out)  # refuse a bad path before the slow part
-        thresholds = compute_thresholds(handle, config)
+        thresholds = curated_thresholds(handle, config)
         total = total_posts(handle) if ids is None else len(set(ids))
         with progress_bar("captions", total=total, enabled=is_tty()) as bar:
             frames = iter_captions(handle, config, thresholds, ids=ids, chunk_size=chunk_size, workers=workers,
@@ -103,12 +104,13 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Quality thresholds per group, and the share of posts per quality band, year tag and rating."""
-    from kohaku_data.captions import caption_stats, compute_thresholds
+    from kohaku_data.captions import caption_stats
+    from kohaku_data.curation.captions import curated_thresholds
 
     with clean_errors():
         handle, rec = _open(db, recipe)
         with handle:
-            result = caption_stats(handle, rec.caption, compute_thresholds(handle, rec.caption))
+            result = caption_stats(handle, rec.caption, curated_thresholds(handle, rec.caption))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

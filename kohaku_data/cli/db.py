@@ -18,11 +18,12 @@ def init(db: DbOption = None) -> None:
     """Create an empty database with the published schema, migrated to the current version."""
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.migrate import migrate
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     with clean_errors(kept="The DB keeps what it had", target="the DB"):
         path = settings(db=db).require_db()
         with DanbooruDB.create(path) as handle:
-            applied = migrate(handle)
+            applied = migrate(handle, keepers=SUMMARY_KEEPERS)
         say(f"created {path} (migrations: {', '.join(applied) or 'none'})")
 
 
@@ -80,6 +81,7 @@ def import_(
     Applies pending migrations; records each file's name, size, sha256, counts and policies (`kdata db info`)."""
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.importer import SnapshotPolicy, UnknownInputError, import_files
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     if null_deleted not in ("keep", "drop"):
         print_error(f"--null-deleted must be keep or drop, not {null_deleted!r}")
@@ -90,7 +92,8 @@ def import_(
         try:
             with DanbooruDB.open(path) as handle:
                 summary = import_files(handle, files, rejects_path=rejects, batch_size=batch_size,
-                                       progress=is_tty(), policy=SnapshotPolicy(null_deleted=null_deleted))
+                                       progress=is_tty(), policy=SnapshotPolicy(null_deleted=null_deleted),
+                                       keepers=SUMMARY_KEEPERS)
         except UnknownInputError as exc:
             print_error(f"{exc}; nothing was imported")
             raise typer.Exit(2) from None
@@ -117,11 +120,12 @@ def migrate_(db: DbOption = None) -> None:
     """Apply pending schema migrations (a no-op when the file is current)."""
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.migrate import current_version, migrate
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     with clean_errors(kept="The DB stays at its last complete migration", target="the DB"):
         path = settings(db=db).require_db()
         with DanbooruDB.open(path) as handle:
-            applied = migrate(handle)
+            applied = migrate(handle, keepers=SUMMARY_KEEPERS)
             version = current_version(handle)
         if applied:
             say(f"applied {', '.join(applied)}; {path} is at version {version}")

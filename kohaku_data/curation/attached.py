@@ -60,6 +60,7 @@ def attach_column(
     (numeric / text) defaults to the column's type: parquet numbers, or CSV values that all
     read as numbers, are numeric."""
     from kohaku_data.db.migrate import migrate
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     if not _NAME.match(name):
         raise AttachError(f"--name {name!r}: use a letter then letters, digits or _ (at most 64)")
@@ -71,7 +72,7 @@ def attach_column(
         raise AttachError(f"--kind {kind!r}: use numeric or text")
     if not (frame[value_col].dtype.is_numeric() or frame[value_col].dtype == pl.String):
         raise AttachError(f"column {value_col!r} of {path} is {frame[value_col].dtype}: attach numbers or text")
-    migrate(db)
+    migrate(db, keepers=SUMMARY_KEEPERS)
     rows = _checked_rows(db, frame.select(pl.col(id_col).alias("_id"), pl.col(value_col).alias("_v")), kind)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     good = rows.filter(pl.col("_reason").is_null())

@@ -1,6 +1,7 @@
 """What curation adds to captions: tag cleanup before the layout, attached data after it.
 
-`caption_curation(db, config)` reads everything once (with the thresholds, so a whole build
+`curated_thresholds(db, config)` gives captions their thresholds with `caption_curation(db,
+config)` attached, which reads everything once (with the thresholds, so a whole build
 uses one consistent set and dataset.lock records it): the tag rules, the percentile band of
 every post for each `attached_tags` column, and the names of the text fields. Per page,
 `CaptionCuration.relations` cleans the (post, tag) arrays before the tags are looked up, and
@@ -16,13 +17,15 @@ every post for each `attached_tags` column, and the names of the text fields. Pe
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from kohaku_data.captions.summaries import cached_thresholds
+from kohaku_data.captions.thresholds import Thresholds
 from kohaku_data.config import AttachedTags, CaptionConfig
 from kohaku_data.curation.tagrules import TagRules, load_tag_rules
 from kohaku_data.db.handle import DanbooruDB
@@ -139,6 +142,16 @@ def _txt(config: CaptionConfig, fields: tuple[str, ...]) -> pl.Expr:
 # ---------------------------------------------------------------------------------------------
 # Building it from the DB
 # ---------------------------------------------------------------------------------------------
+def curated_thresholds(db: DanbooruDB, config: CaptionConfig) -> Thresholds:
+    """The thresholds captions of `config` need: the quantiles and year edges (stored while the
+    DB is unchanged: captions/summaries.py), with `caption_curation` attached when `config`
+    uses any. Here, not in captions/, because captions do not know who curates them: they only
+    call the attached object (`Thresholds.curation`)."""
+    thresholds = cached_thresholds(db, config)
+    curation = caption_curation(db, config)
+    return thresholds if curation is None else replace(thresholds, curation=curation)
+
+
 def caption_curation(db: DanbooruDB, config: CaptionConfig) -> CaptionCuration | None:
     """Everything the options of `config` need from `db`; None when every option is off."""
     from kohaku_data.curation.attached import require_column

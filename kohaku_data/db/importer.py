@@ -29,7 +29,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 
 
 from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.db.keepers import DB_KEEPERS
+from kohaku_data.db.summary import Keeper
 from kohaku_data.progress import progress_bar
 from kohaku_data.db.columnar import FrameWriter, TagIdCache, read_frame
 from kohaku_data.db.records import InputFileError, ParsedPost, RecordError, UnknownInputError, parse_post
@@ -357,6 +359,7 @@ def import_files(
     progress: bool = False,
     defer: bool | None = None,
     policy: SnapshotPolicy | None = None,
+    keepers: Sequence[Keeper] = DB_KEEPERS,
 ) -> ImportSummary:
     """Import posts.json pages, JSONL(.gz) post dumps, tag CSVs(.gz), tag implication / alias
     pages and parquet snapshots (posts or tags, `snapshot.py`), in the given order.
@@ -367,7 +370,8 @@ def import_files(
     `defer` (None: automatic, when the input likely holds more posts than the file) drops the
     secondary indexes and rebuilds them at the end; a killed run leaves them for the rerun.
     `policy`: the parquet snapshots' choices (NULL is_deleted…). Every file is recorded with its
-    sha256 and counts in `kdata_import_source` (`provenance.py`).
+    sha256 and counts in `kdata_import_source` (`provenance.py`). `keepers`: what is kept current
+    once the rows are in (db/summary.py; callers above db/ pass kohaku_data.keepers.SUMMARY_KEEPERS).
     """
     from kohaku_data.db import post_tags
     from kohaku_data.db import summary as db_summary
@@ -400,7 +404,7 @@ def import_files(
             summary.rejects_path = rejects.close()
             summary.rejected = rejects.count
             summary.seconds = time.perf_counter() - started
-    db_summary.refresh(db)  # counts, thresholds, /stats for the next reader (db/summary.py)
+    db_summary.refresh(db, keepers)  # counts, thresholds, /stats for the next reader (db/summary.py)
     return summary
 
 

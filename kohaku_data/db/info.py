@@ -11,7 +11,7 @@ from typing import Any
 from kohaku_data.db import summary
 from kohaku_data.db.enums import Rating, TagType
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.migrate import current_version
+from kohaku_data.db.schema_version import current_version
 
 INFO_SUMMARY = "info"
 STATS_SUMMARY = "stats"  # the counts part of the service's /stats

@@ -15,11 +15,16 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from types import ModuleType
 
 from peewee import CharField
 
+from kohaku_data.db import summary
 from kohaku_data.db.handle import DanbooruDB
+from kohaku_data.db.keepers import DB_KEEPERS
+# Read by the runner, and importable from here as before (kdata db migrate prints the version).
+from kohaku_data.db.schema_version import applied_versions, current_version
 from kohaku_data.errors import KdataError
 
 _NAME = re.compile(r"^(\d{4})_(\w+)\.py$")
@@ -61,32 +66,22 @@ def available(directory: Path | None = None) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def applied_versions(db: DanbooruDB) -> set[int]:
-    if not db.has_table("kdata_schema_version"):
-        return set()
-    rows = db.connection().execute("SELECT version FROM kdata_schema_version").fetchall()
-    return {r[0] for r in rows}
-
-
-def current_version(db: DanbooruDB) -> int:
-    """The highest applied migration number (0: none, e.g. a file as published)."""
-    return max(applied_versions(db), default=0)
-
-
 def pending(db: DanbooruDB, directory: Path | None = None) -> list[Migration]:
     done = applied_versions(db)
     return [m for m in available(directory) if m.version not in done]
 
 
 def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: bool = False,
-            refresh_summaries: bool = True) -> list[str]:
+            refresh_summaries: bool = True, keepers: Sequence[summary.Keeper] = DB_KEEPERS) -> list[str]:
     """Apply pending migrations in order; return the names applied (empty: already current).
 
     Also rebuilds indexes left deferred by an interrupted bulk import, unless `keep_deferred`
     (a bulk import about to defer them again: rebuilding them first would be wasted work), puts
     back the write-counting triggers a killed import left dropped, and, unless
-    `refresh_summaries` is False (a writer that refreshes when it is done), recomputes the DB
-    summaries (db/summary.py) when a migration ran or they are stale.
+    `refresh_summaries` is False (a writer that refreshes when it is done), recomputes the
+    summaries (db/summary.py) of `keepers` when a migration ran or they are stale. `keepers`
+    defaults to the DB's own (db/keepers.py); callers above db/ pass the whole list
+    (kohaku_data.keepers.SUMMARY_KEEPERS), which adds the caption summaries.
     """
     if not keep_deferred:
         restore_deferred_indexes(db)
@@ -113,19 +108,17 @@ def migrate(db: DanbooruDB, directory: Path | None = None, *, keep_deferred: boo
         finally:
             _refresh(db)
         applied.append(migration.name)
-    _keep_summaries(db, refresh=refresh_summaries, changed=bool(applied))
+    _keep_summaries(db, refresh=refresh_summaries, changed=bool(applied), keepers=keepers)
     return applied
 
 
-def _keep_summaries(db: DanbooruDB, *, refresh: bool, changed: bool) -> None:
-    from kohaku_data.db import summary
-
+def _keep_summaries(db: DanbooruDB, *, refresh: bool, changed: bool, keepers: Sequence[summary.Keeper]) -> None:
     if db.readonly or not summary.has_summaries(db):
         return
     summary.ensure_counting(db)
     # Also after an upgrade of kdata that stores other summaries: `kdata db migrate` brings them.
-    if refresh and (changed or not summary.up_to_date(db)):
-        summary.refresh(db)
+    if refresh and (changed or not summary.up_to_date(db, keepers)):
+        summary.refresh(db, keepers)
 
 
 def _load(migration: Migration) -> ModuleType:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -48,6 +48,9 @@ LAYOUT = 2
 _LAYOUT_NAME = "layout"
 _OPERATIONS = ("insert", "update", "delete")
 T = TypeVar("T")
+# Computes and stores summaries (or rebuilds an index that writes make stale) after a write;
+# returns the names of what it stored. See `refresh`.
+Keeper = Callable[[DanbooruDB], list[str]]
 
 
 def trigger_names() -> list[str]:
@@ -190,32 +193,32 @@ def config_key(kind: str, config: Any) -> str:
     return f"{kind}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def refresh(db: DanbooruDB) -> list[str]:
-    """Compute and store every standard summary (after import, sync, migrate): the DB counts
-    and, for the default recipe and the shipped ones, the caption thresholds and caption stats;
-    returns the names stored (empty: read-only handle or no summary tables)."""
+def refresh(db: DanbooruDB, keepers: Sequence[Keeper]) -> list[str]:
+    """Run every keeper (after import, sync, migrate), then mark the summaries current for this
+    LAYOUT and drop the stale ones; returns the names stored (empty: read-only handle or no
+    summary tables).
+
+    The keepers come from the caller, not from a list here: each layer owns its summaries (the
+    DB counts: db/keepers.py; caption thresholds, stats and tag tables: captions/summaries.py),
+    and db/ may not import a layer above it. kohaku_data/keepers.py declares the whole list."""
     if db.readonly or not has_summaries(db):
         return []
     ensure_counting(db)
-    from kohaku_data.captions.summaries import refresh_caption_summaries
-    from kohaku_data.db.info import refresh_info
-    from kohaku_data.db import post_tags, query_bits
-
-    # The query bitmap index (migration 0009) and the caption blocks (0011) go stale on any
-    # write; readers stay right without them but slow, so the writers that refresh summaries
-    # rebuild them too.
-    rebuilt = ["query bitmap index"] if query_bits.refresh_if_stale(db) else []
-    rebuilt += ["post tag blocks"] if post_tags.refresh_if_stale(db) else []
-    stored = [*rebuilt, *refresh_info(db), *refresh_caption_summaries(db)]
-    if store(db, _LAYOUT_NAME, LAYOUT):
+    stored = [name for keep in keepers for name in keep(db)]
+    if store(db, _LAYOUT_NAME, _layout(keepers)):
         stored.append(_LAYOUT_NAME)
     drop_stale(db)
     return stored
 
 
-def up_to_date(db: DanbooruDB) -> bool:
-    """Whether `refresh` ran since the last write, with this version's LAYOUT."""
-    return read(db, _LAYOUT_NAME) == LAYOUT
+def up_to_date(db: DanbooruDB, keepers: Sequence[Keeper]) -> bool:
+    """Whether `refresh` ran since the last write, with this version's LAYOUT and these keepers
+    (a refresh by fewer keepers, e.g. the DB's own only, leaves the others' summaries out)."""
+    return read(db, _LAYOUT_NAME) == _layout(keepers)
+
+
+def _layout(keepers: Sequence[Keeper]) -> dict[str, Any]:
+    return {"layout": LAYOUT, "keepers": [f"{k.__module__}.{k.__qualname__}" for k in keepers]}
 
 
 def forget(db: DanbooruDB, kinds: tuple[str, ...]) -> None:

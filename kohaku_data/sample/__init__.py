@@ -63,12 +63,13 @@ def _migrate_with_aliases(db_path: Path) -> None:
     from kohaku_data.sample.metadata import write_aliases
 
     from kohaku_data.db import summary
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     with DanbooruDB.open(db_path) as db:
         migrate(db, refresh_summaries=False)
         with db.database.atomic():
             write_aliases(db.connection())
-        summary.refresh(db)  # after the aliases: the counts include them
+        summary.refresh(db, SUMMARY_KEEPERS)  # after the aliases: the counts include them
 
 
 __all__ = [

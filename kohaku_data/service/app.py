@@ -64,8 +64,8 @@ class ServiceState:
 
     def recipe(self, name: str | None):
         """(caption config, thresholds) of pipelines/NAME.toml or the default recipe; cached."""
-        from kohaku_data.captions import compute_thresholds
         from kohaku_data.config import load_recipe
+        from kohaku_data.curation.captions import curated_thresholds
 
         path = None
         if name:
@@ -77,7 +77,7 @@ class ServiceState:
         with self._lock:  # thresholds scan the whole DB: compute once per caption config
             self._forget_if_written()
             if key not in self._thresholds:
-                self._thresholds[key] = compute_thresholds(self.db, config)
+                self._thresholds[key] = curated_thresholds(self.db, config)
             return config, self._thresholds[key]
 
     def _recipe_path(self, name: str) -> Path:

@@ -131,8 +131,9 @@ def _refresh_summaries(db: DanbooruDB, result: SyncResult) -> None:
     readers get them without a scan (a stale one is never served either way: db/summary.py)."""
     if result.posts:
         from kohaku_data.db import summary
+        from kohaku_data.keepers import SUMMARY_KEEPERS
 
-        summary.refresh(db)
+        summary.refresh(db, SUMMARY_KEEPERS)
 
 
 def _new_posts(page: object, cursor: int) -> list[dict]:
@@ -278,8 +279,9 @@ def sync_tag_relations(db: DanbooruDB, client: DanbooruClient, *, progress: bool
     _require_sync_table(db)
     if not db.has_table("kdata_tag_implication"):
         from kohaku_data.db.migrate import migrate
+        from kohaku_data.keepers import SUMMARY_KEEPERS
 
-        migrate(db)
+        migrate(db, keepers=SUMMARY_KEEPERS)
     stored: dict[str, int] = {}
     for kind, path in (("implications", IMPLICATIONS_PATH), ("aliases", ALIASES_PATH)):
         relations, bad, after = [], 0, 0
