@@ -32,7 +32,7 @@ from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.executor import Executor, LocalExecutor
 from kohaku_data.assembly.lease import LEASE_NAME, DriverLease
 from kohaku_data.assembly.lock import (
-    LOCK_NAME, BuildError, build_lock, check_same_recipe, db_fingerprint, dumps, lock_dict, read_lock,
+    LOCK_NAME, BuildError, build_lock, check_same_recipe, db_fingerprint, db_sources, dumps, lock_dict, read_lock,
 )
 from kohaku_data.assembly.manifest import (
     MANIFEST_NAME, MANIFEST_SCHEMA, REJECTS_NAME, STATS_NAME, Parts, dataset_stats, merge_parquet,
@@ -145,7 +145,8 @@ class _Build:
         plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self._dedup_cache(),
                                             self.progress)  # a no-op unless the recipe's dedup is on
         shards, tail, counts = self._process_and_pack(plan, thresholds)
-        lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"])
+        lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"],
+                         db_sources(self.db))
         result = self._finish(plan, shards, tail, lock, counts)
         result.error_log = self._log_internal_error(plan, result.rejects)
         return result

@@ -29,7 +29,7 @@ import polars as pl
 from kohaku_data import storage
 from kohaku_data.assembly.card import write_card
 from kohaku_data.assembly.lock import (
-    LOCK_NAME, BuildError, build_lock, db_fingerprint, dumps, lock_dict, read_lock, write_atomic,
+    LOCK_NAME, BuildError, build_lock, db_fingerprint, db_sources, dumps, lock_dict, read_lock, write_atomic,
 )
 from kohaku_data.images.artifacts import FIELDS as ARTIFACT_FIELDS
 from kohaku_data.assembly.manifest import (
@@ -66,7 +66,7 @@ def recaption_dataset(dataset: storage.Target, recipe: Recipe, db: DanbooruDB, *
         if _same_place(target, dataset):
             raise BuildError("the re-captioned dataset must go to another folder than the old one")
         thresholds = curated_thresholds(db, recipe.caption)
-        lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"])
+        lock = lock_dict(recipe, fingerprint, thresholds.to_dict(), old_lock["inputs_sha256"], db_sources(db))
         work = storage.local_path(target) or storage.local_work_dir(target)
         with build_lock(work):
             if _read_remote_lock(target) == lock:
