@@ -1,0 +1,160 @@
+"""Caption variants in real builds: every sample's json, the .txt choice, budgets, re-caption, exports."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from kohaku_data.assembly.recaption import recaption_dataset
+from kohaku_data.assembly.sample_schema import schema_problems
+from kohaku_data.captions import caption_posts, compute_thresholds
+from kohaku_data.captions.tokens import ClipTokenizer
+from kohaku_data.captions.variants import BudgetError
+from kohaku_data.config import CaptionConfig, ConfigError, Recipe
+from kohaku_data.db import DanbooruDB
+from kohaku_data.export import export_dataset
+from test_build_support import build, make_inputs, small_recipe
+
+VARIANTS = {
+    "txt": "noob",
+    "add": [
+        {"name": "noob", "kind": "ordered", "order": "noobai"},
+        {"name": "anima", "kind": "ordered", "order": "anima", "artist_prefix": "@"},
+        {"name": "xml", "kind": "xml", "order": "animagine4", "empty_groups": "keep"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    inputs = make_inputs(root, n_posts=24)
+    out = root / "ds"
+    build(inputs, out, small_recipe(caption={"variants": VARIANTS}))
+    return inputs, out
+
+
+def _samples(out: Path) -> dict[int, dict]:
+    found: dict[int, dict] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                found.setdefault(int(key), {})[ext] = tar.extractfile(m).read()
+    return found
+
+
+def test_every_sample_stores_every_variant_with_exact_tokens(built):
+    _, out = built
+    samples = _samples(out)
+    tok = ClipTokenizer()
+    assert len(samples) > 10
+    for key, members in samples.items():
+        meta = json.loads(members["json"])
+        assert schema_problems(meta) == []
+        assert sorted(meta["captions"]) == ["anima", "kohaku", "noob", "xml"]  # json keys sorted
+        assert members["txt"].decode() == meta["captions"]["noob"] == meta["caption"]
+        assert "|||" in meta["captions"]["kohaku"] and "|||" not in meta["captions"]["noob"]
+        assert meta["captions"]["xml"].startswith("<count>")
+        for name, text in meta["captions"].items():
+            assert meta["caption_tokens"][name] == tok.count(text), (key, name)
+        artists = [a.replace("_", " ") for a in meta["tags"]["artist"]]
+        for a in artists:
+            assert f"@{a}" in meta["captions"]["anima"]
+        kept = meta["captions"]["kohaku"].split("|||")[0]
+        assert sorted(t for t in kept.split(", ") if t) == sorted(
+            t for t in meta["captions"]["noob"].split(", ")[:kept.count(", ")] if t)  # noobai starts with the kept part
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    for key, tokens, per in manifest.select("key", "tokens", "variant_tokens").iter_rows():
+        meta = json.loads(samples[key]["json"])
+        assert tokens == meta["caption_tokens"]["noob"]
+        assert per == [meta["caption_tokens"][n] for n in ("kohaku", "noob", "anima", "xml")]
+    card = (out / "README.md").read_text()
+    assert "name: 'anima'" in card and "name: 'caption_tokens'" in card
+
+
+def test_ordered_in_kohaku_order_rebuilds_todays_caption(built):
+    inputs, _ = built
+    same = {"add": [{"name": "kohaku", "kind": "kohaku", "max_tokens": 10_000}]}  # rebuilt from the groups
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        plain = CaptionConfig()
+        rebuilt = CaptionConfig(variants=same)
+        a = caption_posts(db, inputs.ids, plain, compute_thresholds(db, plain))
+        b = caption_posts(db, inputs.ids, rebuilt, compute_thresholds(db, rebuilt))
+    assert a["caption"].to_list() == b["caption"].to_list() == b["variant_kohaku"].to_list()
+    assert a["tokens_kohaku"].to_list() == b["tokens_kohaku"].to_list()
+
+
+def test_budget_trims_rest_by_priority_and_refuses_a_kept_part_over_it(built):
+    inputs, _ = built
+    tok = ClipTokenizer()
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        base = CaptionConfig()
+        full = caption_posts(db, inputs.ids, base, compute_thresholds(db, base))
+        limit = max(tok.count(c.split("|||")[0] + "|||") for c in full["caption"]) + 4  # every kept part fits
+        assert (full["tokens_kohaku"] > limit).any()  # and some captions do not
+        budget = CaptionConfig(variants={"add": [{"name": "kohaku", "kind": "kohaku", "max_tokens": limit}]})
+        cut = caption_posts(db, inputs.ids, budget, compute_thresholds(db, budget))
+        for before, after, tokens, general in zip(full["caption"], cut["caption"], cut["tokens_kohaku"],
+                                                  full["tags_general"]):
+            assert tokens == tok.count(after) and tokens <= limit
+            kept_b, rest_b = before.split("|||")
+            kept_a, rest_a = after.split("|||")
+            assert kept_a == kept_b  # the kept part is never cut
+            rest_before, rest_after = rest_b.split(", "), [t for t in rest_a.split(", ") if t]
+            assert [t for t in rest_before if t in rest_after] == rest_after  # whole tags, order kept
+            dropped = [t.replace(" ", "_") for t in rest_before if t not in rest_after]
+            kept_general = [t.replace(" ", "_") for t in rest_after]
+            # most frequent general tags go first: none left is more popular than one dropped
+            ranks = {name: i for i, name in enumerate(general)}
+            if any(d in ranks for d in dropped) and any(k in ranks for k in kept_general):
+                assert max(ranks[d] for d in dropped if d in ranks) < min(ranks[k] for k in kept_general if k in ranks)
+        tight = CaptionConfig(variants={"add": [{"name": "kohaku", "kind": "kohaku", "max_tokens": 3}]})
+        with pytest.raises(BudgetError, match=r"kept part alone of \d+ posts \(\d+"):
+            caption_posts(db, inputs.ids, tight, compute_thresholds(db, tight))
+
+
+def test_recipe_checks():
+    with pytest.raises(ValueError, match="names no variant"):
+        CaptionConfig(variants={"txt": "nope"})
+    with pytest.raises(ValueError, match="unknown order preset"):
+        CaptionConfig(variants={"add": [{"name": "a", "kind": "ordered", "order": "sdxl"}]})
+    with pytest.raises(ValueError, match="text_field among caption.text_fields"):
+        CaptionConfig(variants={"add": [{"name": "t", "kind": "text"}]})
+    with pytest.raises(ValueError, match="max_tokens applies"):
+        CaptionConfig(variants={"add": [{"name": "x", "kind": "xml", "max_tokens": 75}]})
+    assert isinstance(Recipe.model_validate({"caption": {"variants": VARIANTS}}), Recipe)
+    assert issubclass(BudgetError, Exception) and issubclass(ConfigError, Exception)
+
+
+def test_recaption_rewrites_variants_and_exports_carry_them(built, tmp_path):
+    inputs, out = built
+    recipe = small_recipe(caption={"variants": {"txt": "kohaku", "add": [{"name": "anima", "kind": "ordered",
+                                                                         "order": "anima"}]}})
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        new = Path(recaption_dataset(out, recipe, db)["out"])
+    before, after = _samples(out), _samples(new)
+    assert before.keys() == after.keys()
+    for key in after:
+        image = next(e for e in after[key] if e in ("webp", "png"))
+        assert after[key][image] == before[key][image]
+        meta = json.loads(after[key]["json"])
+        assert sorted(meta["captions"]) == ["anima", "kohaku"] and after[key]["txt"].decode() == meta["captions"]["kohaku"]
+    kohya = tmp_path / "kohya"
+    export_dataset(out, kohya, "kohya")
+    toml = (kohya / "dataset.toml").read_text()
+    assert "shuffle_caption = false" in toml  # an ordered .txt keeps its order
+    for key, members in before.items():
+        assert (kohya / "images" / f"{key}.txt").read_text() == json.loads(members["json"])["captions"]["noob"]
+    hf = tmp_path / "hf"
+    export_dataset(out, hf, "hf")
+    frame = pl.read_parquet(hf / "data")
+    assert {"caption_kohaku", "caption_noob", "caption_anima", "caption_xml"} <= set(frame.columns)
+    for key, noob, xml in frame.select("key", "caption_noob", "caption_xml").iter_rows():
+        meta = json.loads(before[key]["json"])
+        assert (noob, xml) == (meta["captions"]["noob"], meta["captions"]["xml"])
+    assert "caption_anima" in (hf / "README.md").read_text()
