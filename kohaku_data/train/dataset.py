@@ -47,12 +47,15 @@ class KdataDataset:
     """
 
     def __init__(self, location: str, decode: Decode = "pil", *, mode: str | None = "RGB",
-                 keep_separator: str | None = KEEP_SEPARATOR) -> None:
+                 keep_separator: str | None = KEEP_SEPARATOR, caption_policy: Any = None) -> None:
         if decode not in DECODES:
             raise ReaderError(f"decode={decode!r} is not one of {', '.join(DECODES)}: pick one of them.")
         if decode == "torch":
             _require_torch()
         self.location, self.decode, self.mode, self.keep_separator = str(location), decode, mode, keep_separator
+        # train/captions.CaptionPolicy: `caption` drawn per (seed, epoch, key); the stored one stays in
+        # `stored_caption`. The epoch comes with the sampler's index, else `self.epoch`.
+        self.caption_policy, self.epoch = caption_policy, 0
         self.files = RangeFiles(self.location)
         self._index = self._read_index()
         self._manifest: pl.DataFrame | None = None
@@ -151,6 +154,10 @@ class KdataDataset:
             target_size=(int(c["height"][index]), int(c["width"][index])),
             padded=bool(getattr(i, "padded", False)),
         )
+        if self.caption_policy is not None:
+            item["stored_caption"] = caption
+            item["caption"] = self.caption_policy(item, int(getattr(i, "epoch", self.epoch)))
+            item["caption_parts"] = split_caption(item["caption"], self.keep_separator)
         return item
 
     def _decode(self, data: bytes) -> Any:

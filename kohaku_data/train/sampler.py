@@ -28,6 +28,22 @@ log = logging.getLogger("kohaku_data.train")
 STATE_VERSION = 1
 
 
+class EpochIndex(int):
+    """A sample index that carries its epoch (and pad flag) into the DataLoader workers, for a
+    dataset with a caption policy (train/captions.py)."""
+
+    epoch: int
+    padded: bool
+
+    def __new__(cls, value: int, epoch: int, padded: bool = False) -> "EpochIndex":
+        obj = super().__new__(cls, value)
+        obj.epoch, obj.padded = int(epoch), bool(padded)
+        return obj
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch, self.padded)
+
+
 class PadIndex(int):
     """A sample index that repeats an earlier entry to fill a batch (`remainder="pad"`).
 
@@ -59,6 +75,8 @@ class BucketBatchSampler:
         self.global_batch = self.batch_size * self.world_size
         check_plan_args(self.seed, 0, self.global_batch, remainder)
         self.layout = _layout(dataset, weights)
+        # a caption policy draws per (epoch, key): indices then carry their epoch into the workers
+        self.epoch_in_index = getattr(dataset, "caption_policy", None) is not None
         self.weighted = weights is not None
         self.epoch = 0
         self._next = 0  # global batches of `epoch` handed out so far
@@ -106,6 +124,8 @@ class BucketBatchSampler:
             batch = rows[b].tolist()
             if pads[b].any():
                 batch = [PadIndex(v) if p else v for v, p in zip(batch, pads[b].tolist())]
+            if self.epoch_in_index:
+                batch = [EpochIndex(v, plan.report.epoch, getattr(v, "padded", False)) for v in batch]
             self._next = b + 1  # counted before the yield: the state after this batch is consumed
             yield batch
 
