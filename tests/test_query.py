@@ -320,8 +320,8 @@ def test_unknown_tags_named_with_close_matches(sample) -> None:
     ("favcount:1.5", "integer"), ("date:2020-13-01", "YYYY-MM-DD"), ("date:2020", "YYYY-MM-DD"),
     ("ratio:1:0", "W:H"), ("mpixels:abc", "number"), ("year:20x1", "year"),
     ("rating:x", "g, s, q, e"), ("rating:", "needs a value"), ("filetype:p;ng", "extensions"),
-    ("order:bogus", "order:score"), ("-order:score", "cannot be negated"),
-    ("order:id order:score", "at most one"), ("~order:score", "~ group"), ("-", "expected a tag"),
+    ("order:bogus", "order:score"), ("-order:score", "can't be used under '-'"),
+    ("order:id order:score", "can't be used together"), ("a or order:score", "with 'or'"), ("~order:score", "~ group"), ("-", "expected a tag"),
     ("scroe:>10", "did you mean score:"), ("ratingg:g", "accepted metatags"),
     ("widht:1000", "width:"), ("foo:>3", "accepted metatags"),
 ])

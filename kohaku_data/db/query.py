@@ -74,6 +74,8 @@ from kohaku_data.db.query_plan import (
     estimate,
     make_plan,
     marks,
+    random_keys,
+    random_sql,
     tree_sql,
 )
 
@@ -82,7 +84,8 @@ __all__ = [
     "select_posts",
 ]
 
-_KEY_KIND = {"date": "text", "mpixels": "float", "ratio": "float"}  # others are integers
+_KEY_KIND = {"date": "text", "change": "text", "md5": "text", "mpixels": "float",
+             "ratio": "float"}  # others are integers
 
 # Probe a tag for the candidates (one index seek each) instead of reading its whole id list
 # when the tag has this many times more posts than there are candidates. Reading costs about
@@ -109,26 +112,71 @@ _Span = tuple[int, int]  # post ids lo <= id < hi
 
 
 # -- public API -------------------------------------------------------------------------------
-def select_posts(db: DanbooruDB, text: str) -> ModelSelect:
-    """A peewee query over `db.Post` with the filters and order of `text` applied."""
-    plan = make_plan(db, text)
+def select_posts(db: DanbooruDB, text: str, strict: bool = True) -> ModelSelect:
+    """A peewee query over `db.Post` with the filters and order of `text` applied (limit: and
+    random: are whole-result settings: use query_ids for those)."""
+    plan = make_plan(db, text, strict)
+    if plan.query.limit is not None or plan.query.sample is not None:
+        raise QueryError("limit: and random: are not supported by select_posts; use query_ids")
     where, params = tree_sql(plan.tree)
     select = db.Post.select()
     if where != "1":
         select = select.where(SQL(where, params))
-    return select.order_by(*(SQL(term) for term in _order_terms(plan.query.order)))
+    order = plan.query.order
+    if order is not None and order.name == "random":
+        sql, args = random_sql(plan.query.seed)
+        return select.order_by(SQL(f"{sql} ASC", args), SQL("id ASC"))
+    return select.order_by(*(SQL(term) for term in _order_terms(order)))
 
 
 def query_ids(
-    db: DanbooruDB, text: str, limit: int | None = None, after_id: int | None = None
+    db: DanbooruDB, text: str, limit: int | None = None, after_id: int | None = None,
+    strict: bool = True,
 ) -> list[int]:
-    """Matching post ids in query order (ascending id without `order:`), paged by `after_id`."""
+    """Matching post ids in query order (ascending id without `order:`), paged by `after_id`.
+    `strict=False`: a name that is neither a tag nor an alias matches nothing (no error)."""
     if limit is not None and limit < 0:
         raise QueryError(f"limit must be >= 0, got {limit}")
-    plan = make_plan(db, text)
+    plan = make_plan(db, text, strict)
     conn = db.connection()
+    query = plan.query
+    if query.limit is None and query.sample is None:
+        return _ids(conn, plan, limit, after_id)
+    # limit:N / random:N cap the whole result; pages (after_id) are taken from that list.
+    if query.sample is not None:
+        ids = _sampled(conn, plan)
+    else:
+        ids = np.asarray(_ids(conn, plan, query.limit, None), dtype=np.int64)
+    if query.limit is not None:
+        ids = ids[:query.limit]
+    if after_id is not None:
+        at = np.flatnonzero(ids == after_id)
+        if not at.size:
+            raise QueryError(f"after_id {after_id} is not in this query's result: pass the last "
+                             "id of the previous page as the cursor")
+        ids = ids[at[0] + 1:]
+    return (ids if limit is None else ids[:limit]).tolist()
+
+
+def _sampled(conn: sqlite3.Connection, plan: Plan) -> np.ndarray:
+    """random:N: the N matches first in the seeded random order, then in the query's order."""
+    bits = _bits_for(conn, plan)
+    ids = _eval(conn, plan.tree, None, None) if bits is None else bits.to_ids(_bits_eval(bits, plan.tree))
+    keys = random_keys(ids, plan.query.seed)
+    n = plan.query.sample
+    if n < ids.size:
+        pick = np.lexsort((ids, keys))[:n]
+        ids = np.sort(ids[pick])
     order = plan.query.order
-    if not plan.has_tags and limit is not None:
+    if order is None or order.name == "id":
+        return ids[::-1] if order is not None and order.descending else ids
+    ids, keys = _keys(conn, order, ids, bits, plan.query.seed)
+    return _page(conn, order, ids, keys, None)
+
+
+def _ids(conn: sqlite3.Connection, plan: Plan, limit: int | None, after_id: int | None) -> list[int]:
+    order = plan.query.order
+    if not plan.has_tags and limit is not None and not (order and order.name == "random"):
         # No tags and a LIMIT: SQL can walk an index in order and stop early.
         return _sql_ids(conn, plan, limit, after_id)
     if limit is not None and order is None and _has_index(conn, "posttagrelation", ("tag_id", "post_id")):
@@ -141,23 +189,38 @@ def query_ids(
     ids = _eval(conn, plan.tree, None, None) if bits is None else bits.to_ids(_bits_eval(bits, plan.tree))
     keys = None
     if order is not None and order.name != "id":
-        ids, keys = _keys(conn, order, ids, bits)
-    ids = _page(conn, order, ids, keys, after_id, limit)
+        ids, keys = _keys(conn, order, ids, bits, plan.query.seed)
+    ids = _page(conn, order, ids, keys, after_id, limit, plan.query.seed)
     return (ids if limit is None else ids[:limit]).tolist()
 
 
-def count_posts(db: DanbooruDB, text: str) -> int:
-    """How many posts match (order: is ignored)."""
-    plan = make_plan(db, text)
+def count_posts(db: DanbooruDB, text: str, strict: bool = True) -> int:
+    """How many posts match (order: is ignored; limit: and random: cap the count, as they cap
+    what query_ids returns)."""
+    plan = make_plan(db, text, strict)
     conn = db.connection()
-    if not plan.has_tags:
+    caps = [c for c in (plan.query.limit, plan.query.sample) if c is not None]
+    return min([_count(conn, plan), *caps])
+
+
+def _count(conn: sqlite3.Connection, plan: Plan) -> int:
+    bits = _bits_for(conn, plan)
+    if not plan.has_tags and (bits is None or not _all_dense(plan.tree)):
         where, params = tree_sql(plan.tree)
         sql = "SELECT COUNT(*) FROM post" + (f" WHERE {where}" if where != "1" else "")
         return conn.execute(sql, params).fetchone()[0]
-    bits = _bits_for(conn, plan)
     if bits is not None:
         return bits.count(_bits_eval(bits, plan.tree))
     return int(_eval(conn, plan.tree, None, None).size)
+
+
+def _all_dense(node) -> bool:
+    """Every metatag of a bound tree without tags has a dense column of the bitmap index."""
+    if isinstance(node, SqlLeaf):
+        return node.expr is not None and _dense_only(node.expr)
+    if isinstance(node, Not):
+        return _all_dense(node.child)
+    return all(_all_dense(c) for c in node.children)
 
 
 # -- SQL paths --------------------------------------------------------------------------------
@@ -195,8 +258,14 @@ def _cursor_sql(conn: sqlite3.Connection, order: Order | None, after_id: int) ->
     return f"{column} {op} ? OR ({column} = ? AND id {op} ?)", [key, key, after_id]
 
 
-def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool = False):
+def _cursor_key(conn: sqlite3.Connection, order: Order, after_id: int, raw: bool = False,
+                seed: int = 0):
     """The sort key of the cursor post (as text-parsed like the arrays, unless `raw`)."""
+    if order.name == "random":
+        if conn.execute("SELECT 1 FROM post WHERE id = ?", (after_id,)).fetchone() is None:
+            raise QueryError(f"after_id {after_id} is not a post in this database: with order:, "
+                             "pass the last id of the previous page as the cursor")
+        return random_keys(np.array([after_id], dtype=np.int64), seed)[0]
     column = COLUMN[order.name]
     fn = "" if raw else "group_concat"
     row = conn.execute(f"SELECT {fn}({column}) FROM post WHERE id = ?", (after_id,)).fetchone()
@@ -363,9 +432,11 @@ def _union(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _keys(conn: sqlite3.Connection, order: Order, ids: np.ndarray,
-          bits: Bits | None = None) -> tuple[np.ndarray, np.ndarray]:
+          bits: Bits | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(ids that are posts, their sort keys): from the bitmap index's dense column, else rowid
-    probes for few ids, else one index scan."""
+    probes for few ids, else one index scan; order:random's keys are a hash of the id."""
+    if order.name == "random":
+        return ids, random_keys(ids, seed)
     column = COLUMN[order.name]
     if bits is not None and order.name in DENSE:  # ids came from the index: all are posts
         return ids, bits.column(order.name)[ids - bits.base].astype(np.int64)
@@ -442,7 +513,8 @@ def _bits_eval(bits: Bits, node) -> np.ndarray:
 def _dense_only(expr) -> bool:
     """Every metatag of `expr` has a dense column (or is id:)."""
     if isinstance(expr, MetaFilter):
-        return expr.name == "id" or expr.name in DENSE
+        return expr.name == "id" or (expr.name in DENSE and expr.name not in _BY_PREDICATE) \
+            or (expr.name == "is" and all(v in _DENSE_PREDICATES for v in expr.values))
     if isinstance(expr, Not):
         return _dense_only(expr.child)
     return all(_dense_only(c) for c in expr.children)
@@ -485,8 +557,25 @@ def _bits_meta(bits: Bits, expr, ids: np.ndarray | None = None) -> np.ndarray | 
     return _reduce(np.logical_or, parts, np.zeros(size, dtype=bool))
 
 
+# is:/status: predicates that a dense column answers: key → (column, value)
+_DENSE_PREDICATES = {"deleted": ("deleted", 1), "all": None}
+_BY_PREDICATE = ("deleted",)  # dense columns only reached through a predicate
+
+
 def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np.ndarray | None:
     size = bits.span if ids is None else ids.size
+    if f.name == "is":
+        if not all(v in _DENSE_PREDICATES for v in f.values):
+            return None
+        masks = []
+        for v in f.values:
+            if _DENSE_PREDICATES[v] is None:  # status:any
+                masks.append(np.ones(size, dtype=bool))
+                continue
+            name, want = _DENSE_PREDICATES[v]
+            values = bits.column(name)
+            masks.append((values if ids is None else values[np.clip(ids - bits.base, 0, bits.span - 1)]) == want)
+        return _reduce(np.logical_or, masks, np.zeros(size, dtype=bool))
     if f.name == "id":
         if ids is not None:
             values = ids
@@ -528,6 +617,7 @@ def _page(
     keys: np.ndarray | None,
     after_id: int | None,
     limit: int | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
     """Order `ids` (ascending already) by the query's order and drop everything up to the cursor;
     with `limit`, only the first `limit` are guaranteed in order (a top-k, not a full sort)."""
@@ -537,7 +627,7 @@ def _page(
             ids = ids[ids < after_id] if descending else ids[ids > after_id]
         return ids[::-1] if descending else ids
     if after_id is not None:
-        key = _cursor_key(conn, order, after_id)
+        key = _cursor_key(conn, order, after_id, seed=seed)
         if descending:
             mask = (keys < key) | ((keys == key) & (ids < after_id))
         else:

@@ -35,17 +35,26 @@ BITS_TABLE = "kdata_query_bits"
 STATE_TABLE = "kdata_query_bits_state"
 # metatag name → post column of a dense array (stored in the narrowest integer type that holds
 # the column's range: int16 scores at full size read in half the time of int32)
-DENSE = {"rating": "rating", "score": "score", "favcount": "fav_count"}
+DENSE_POST = {"rating": "rating", "score": "score", "favcount": "fav_count",
+              "deleted": "is_deleted"}
+# tag counts per post (Danbooru2023 has no tag_count columns): counted from the relations
+# with tag.type 0 general, 1 artist, 2 character, 3 copyright, 4 meta
+DENSE_COUNTS = {"tagcount": None, "gentags": 0, "arttags": 1, "chartags": 2, "copytags": 3,
+                "metatags": 4}
+DENSE = (*DENSE_POST, *DENSE_COUNTS)
+# Relations read per step while counting tags (~10 bytes of text each).
+_COUNT_CHUNK = 262_144
 _NARROW = (np.int8, np.int16, np.int32, np.int64)
 # Bumped whenever what _build writes changes: an index of another layout counts as stale.
-LAYOUT = 2
+LAYOUT = 3
 # A tag gets a bitmap from this share of the span up (see the module docstring).
 BITMAP_SHARE = 64
 # Publishing writes that change what a query answers.
 _TRIGGERS = {
     "post_insert": "AFTER INSERT ON post",
     "post_delete": "AFTER DELETE ON post",
-    "post_update": "AFTER UPDATE OF id, rating, score, fav_count ON post",
+    "post_update": "AFTER UPDATE OF id, rating, score, fav_count, is_deleted ON post",
+    "tag_update": "AFTER UPDATE OF type ON tag",
     "rel_insert": "AFTER INSERT ON posttagrelation",
     "rel_delete": "AFTER DELETE ON posttagrelation",
     "rel_update": "AFTER UPDATE ON posttagrelation",
@@ -139,12 +148,19 @@ def install(db: DanbooruDB) -> None:
     conn = db.connection()
     conn.execute(f"CREATE TABLE IF NOT EXISTS {BITS_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (key TEXT PRIMARY KEY, value INTEGER)")
+    install_triggers(conn)
+    _build(conn)
+
+
+def install_triggers(conn: sqlite3.Connection) -> None:
+    """The invalidation triggers as this layout needs them (a trigger of an older layout, with
+    fewer columns, is replaced)."""
     for name, event in _TRIGGERS.items():
+        conn.execute(f"DROP TRIGGER IF EXISTS kdata_query_bits_{name}")
         conn.execute(
-            f"CREATE TRIGGER IF NOT EXISTS kdata_query_bits_{name} {event} "
+            f"CREATE TRIGGER kdata_query_bits_{name} {event} "
             f"WHEN (SELECT value FROM {STATE_TABLE} WHERE key = 'valid') = 1 "
             f"BEGIN UPDATE {STATE_TABLE} SET value = 0 WHERE key = 'valid'; END")
-    _build(conn)
 
 
 def refresh_if_stale(db: DanbooruDB) -> bool:
@@ -170,21 +186,23 @@ def _build(conn: sqlite3.Connection) -> None:
     min_popularity = max(span // BITMAP_SHARE, 1)
     conn.execute(f"DELETE FROM {BITS_TABLE}")
     rows = conn.execute(
-        "SELECT group_concat(id), group_concat(rating), group_concat(score), "
-        "group_concat(fav_count) FROM post").fetchone()
+        "SELECT group_concat(id), " + ", ".join(
+            f"group_concat(coalesce({c}, 0))" for c in DENSE_POST.values()) + " FROM post").fetchone()
     ids = _ints(rows[0]) - base
     exists = np.zeros(span, dtype=bool)
     exists[ids] = True
     _put(conn, "exists", np.packbits(exists).tobytes())
     state = {"base": base, "span": span, "min_popularity": min_popularity, "layout": LAYOUT}
-    for name, text in zip(DENSE, rows[1:]):
-        values = _ints(text)
-        dtype = next(t for t in _NARROW if not values.size or (
-            np.iinfo(t).min <= values.min() and values.max() <= np.iinfo(t).max))
-        dense = np.zeros(span, dtype=dtype)
-        dense[ids] = values
-        _put(conn, f"col:{name}", dense.tobytes())
-        state[f"itemsize:{name}"] = dense.itemsize
+    columns = {}
+    for name, text in zip(DENSE_POST, rows[1:]):
+        columns[name] = np.zeros(span, dtype=np.int64)
+        columns[name][ids] = _ints(text)
+    columns.update(_tag_counts(conn, base, span))
+    for name, dense in columns.items():
+        dtype = next(t for t in _NARROW if not dense.size or (
+            np.iinfo(t).min <= dense.min() and dense.max() <= np.iinfo(t).max))
+        _put(conn, f"col:{name}", dense.astype(dtype).tobytes())
+        state[f"itemsize:{name}"] = np.dtype(dtype).itemsize
     popular = conn.execute("SELECT id FROM tag WHERE popularity >= ? ORDER BY id",
                            (min_popularity,)).fetchall()
     for (tag_id,) in popular:
@@ -196,6 +214,43 @@ def _build(conn: sqlite3.Connection) -> None:
         _put(conn, f"tag:{tag_id}", np.packbits(mask).tobytes())
     state["valid"] = 1
     conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES (?, ?)", state.items())
+
+
+def _tag_counts(conn: sqlite3.Connection, base: int, span: int) -> dict[str, np.ndarray]:
+    """Tags per post, all and per category, over the span: the relations read in post id
+    order from the covering index (post_id, tag_id) a chunk at a time, the tag types from an
+    array indexed by tag id (a join per relation would cost a seek each)."""
+    max_tag = conn.execute("SELECT max(id) FROM tag").fetchone()[0] or 0
+    types = np.full(max_tag + 1, -1, dtype=np.int8)
+    row = conn.execute("SELECT group_concat(id), group_concat(type) FROM tag").fetchone()
+    types[_ints(row[0])] = _ints(row[1])
+    counts = {name: np.zeros(span, dtype=np.int64) for name in DENSE_COUNTS}
+    after = -1
+    while span:
+        row = conn.execute(
+            "SELECT group_concat(post_id), group_concat(tag_id), max(post_id) FROM (SELECT "
+            "post_id, tag_id FROM posttagrelation WHERE post_id > ? ORDER BY post_id LIMIT ?)",
+            (after, _COUNT_CHUNK)).fetchone()
+        if row[0] is None:
+            break
+        posts, tags = _ints(row[0]) - base, _ints(row[1])
+        keep = (posts >= 0) & (posts < span) & (tags >= 0) & (tags <= max_tag)
+        posts, kinds = posts[keep], types[tags[keep]]
+        for name, kind in DENSE_COUNTS.items():
+            chosen = posts if kind is None else posts[kinds == kind]
+            counts[name] += np.bincount(chosen, minlength=span)
+        # a chunk may end inside its last post: take that post out, read it whole next time
+        last = int(row[2])
+        if row[0].count(",") + 1 < _COUNT_CHUNK:
+            break
+        if last - 1 == after:
+            raise RuntimeError(f"post {last} has more than {_COUNT_CHUNK} tags")
+        in_last = posts == last - base
+        for name, kind in DENSE_COUNTS.items():
+            drop = in_last if kind is None else in_last & (kinds == kind)
+            counts[name][last - base] -= int(drop.sum())
+        after = last - 1
+    return counts
 
 
 def _put(conn: sqlite3.Connection, name: str, data: bytes) -> None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+import numpy as np
+
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.db.query_parse import (
+    ALL_METATAGS,
     MAX_WILDCARD_TAGS,
     And,
     MetaFilter,
@@ -42,7 +45,42 @@ COLUMN = {
     "mpixels": "(image_width * image_height / 1000000.0)",
     # Danbooru rounds the ratio to 2 decimals before comparing (ratio:16:9 == ratio:1.78).
     "ratio": "ROUND(CAST(image_width AS REAL) / MAX(image_height, 1), 2)",
+    "upvotes": "up_score", "downvotes": "ABS(down_score)", "pixiv_id": "pixiv_id", "md5": "md5",
+    "change": "updated_at", "source": "source", "parent": "parent_id",
+    # Danbooru2023 has no tag_count columns: counted from the relations (the bitmap index of
+    # query_bits keeps them dense; this SQL is the fallback and the plain engine's).
+    "tagcount": "(SELECT count(*) FROM posttagrelation WHERE post_id = post.id)",
+    **{name: "(SELECT count(*) FROM posttagrelation r JOIN tag t ON t.id = r.tag_id "
+             f"WHERE r.post_id = post.id AND t.type = {kind})"
+       for name, kind in (("gentags", 0), ("arttags", 1), ("chartags", 2), ("copytags", 3),
+                          ("metatags", 4))},
 }
+# Columns that may be NULL: an exact value also requires NOT NULL, so that its negation keeps
+# the NULL rows (Danbooru's attribute_matches: `-pixiv_id:42` includes posts without one).
+NULLABLE = ("pixiv_id", "md5")
+# is:/status:/has:/parent:/child: words → a fixed condition on `post` (never user text).
+# Deleted means is_deleted is 1 (a snapshot import may not know; such posts count as shown).
+PREDICATES = {
+    "all": "1", "deleted": "is_deleted = 1", "banned": "is_banned = 1",
+    "active": "is_deleted IS NOT 1",
+    "parent": "has_children = 1", "no_children": "has_children = 0",
+    "child": "parent_id IS NOT NULL", "no_parent": "parent_id IS NULL",
+    "has_source": "source != ''", "no_source": "source = ''",
+    "pixiv": "pixiv_id IS NOT NULL", "no_pixiv": "pixiv_id IS NULL",
+    "parent_deleted": "parent_id IN (SELECT id FROM post WHERE is_deleted = 1)",
+    "parent_banned": "parent_id IN (SELECT id FROM post WHERE is_banned = 1)",
+    "parent_active": "parent_id IN (SELECT id FROM post WHERE is_deleted IS NOT 1)",
+    "child_deleted": "has_children = 1 AND id IN (SELECT parent_id FROM post "
+                     "WHERE is_deleted = 1 AND parent_id IS NOT NULL)",
+    "child_banned": "has_children = 1 AND id IN (SELECT parent_id FROM post "
+                    "WHERE is_banned = 1 AND parent_id IS NOT NULL)",
+    "child_active": "has_children = 1 AND id IN (SELECT parent_id FROM post "
+                    "WHERE is_deleted IS NOT 1 AND parent_id IS NOT NULL)",
+}
+# Expected share of posts a predicate keeps (for plan order; Danbooru2023: ~6% deleted).
+_PREDICATE_SHARE = {"deleted": 0.06, "banned": 0.01, "all": 1.0, "active": 0.94}
+# The implicit `-status:deleted` of a query without an is:/status: that shows deleted posts.
+HIDE_DELETED = MetaFilter("is", values=("deleted",))
 TAG_SUBQUERY = "SELECT post_id FROM posttagrelation WHERE tag_id"
 # Values one metatag may list (SQLite binds at most 32766 parameters per statement).
 MAX_VALUES = 10_000
@@ -91,14 +129,20 @@ class Plan:
         return self.query.has_tags
 
 
-def make_plan(db: DanbooruDB, text: str) -> Plan:
+def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
+    """`text` bound to `db`. `strict`: a name that is neither a tag nor an alias is an error
+    with a did-you-mean (else it matches no post, as on Danbooru)."""
     query = parse_query(text)
     conn = db.connection()
     lo, hi = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
     posts = 0 if hi is None else hi - lo + 1
-    tags = _resolve(db, query.tag_names)
+    tags = _resolve(db, query.tag_names, strict)
     wildcards = {n.pattern: _expand(db, n.pattern) for n in walk(query.tree) if isinstance(n, Wildcard)}
-    return Plan(query, _bind(query.tree, tags, wildcards, posts), posts)
+    tree = _bind(query.tree, tags, wildcards, posts)
+    if not query.show_deleted:  # Danbooru hides deleted posts unless the query asks for them
+        parts = list(tree.children) if isinstance(tree, And) else [tree]
+        tree = _group(And, [*parts, Not(_meta_leaf(HIDE_DELETED, posts))], posts)
+    return Plan(query, tree, posts)
 
 
 # -- binding ----------------------------------------------------------------------------------
@@ -108,6 +152,9 @@ def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]
     if isinstance(node, Wildcard):
         return TagLeaf(wildcards[node.pattern])
     if isinstance(node, MetaFilter):
+        if node.negated and node.name == "is" and node.values == HIDE_DELETED.values:
+            # the complement of a small indexed set (partial index of migration 0013)
+            return Not(_meta_leaf(HIDE_DELETED, posts))
         return _meta_leaf(node, posts)
     if isinstance(node, Not):
         child = _bind(node.child, tags, wildcards, posts)
@@ -149,10 +196,24 @@ def _group(kind, children: list, posts: int):
 
 
 def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
-    column = COLUMN[f.name]
-    if f.values:
+    share = _META_SHARE
+    if f.name == "is":
+        where, params = " OR ".join(f"({PREDICATES[v]})" for v in f.values), ()
+        share = min(1.0, sum(_PREDICATE_SHARE.get(v, _META_SHARE) for v in f.values))
+    elif f.name == "source":
+        where = " OR ".join("source LIKE ? ESCAPE '\\'" for _ in f.values)
+        params = tuple(_like_prefix(v) for v in f.values)
+    elif f.name == "parent":  # parent:N: post N and its children
+        where, params = "id = ? OR (parent_id = ? AND parent_id IS NOT NULL)", (
+            f.ranges[0].lo, f.ranges[0].lo)
+        share = 0.0
+    elif f.values:
+        column = COLUMN[f.name]
         where, params = f"{column} IN ({marks(len(f.values))})", tuple(f.values)
+        if f.name in NULLABLE:
+            where += f" AND {column} IS NOT NULL"
     else:
+        column = COLUMN[f.name]
         # Exact values become one IN list (id:1,2,3,...): a chain of thousands of ORs would
         # pass SQLite's expression depth limit.
         single = [r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive
@@ -160,18 +221,25 @@ def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
         exact = [r.lo for r, one in zip(f.ranges, single) if one]
         parts = [range_sql(column, r) for r, one in zip(f.ranges, single) if not one]
         if exact:
-            parts.insert(0, (f"{column} IN ({marks(len(exact))})", exact))
+            null_guard = f" AND {column} IS NOT NULL" if f.name in NULLABLE else ""
+            parts.insert(0, (f"{column} IN ({marks(len(exact))}){null_guard}", exact))
         where = " OR ".join(f"({sql})" for sql, _ in parts)
         params = tuple(p for _, args in parts for p in args)
     if len(params) > MAX_VALUES:
         raise QueryError(f"{f.name}: has {len(params)} values; give at most {MAX_VALUES}")
-    estimate, bounded = posts * _META_SHARE, False
+    estimate, bounded = posts * share, False
     if f.name == "id" and all(r.lo is not None and r.hi is not None for r in f.ranges):
         estimate, bounded = min(posts, sum(r.hi - r.lo + 1 for r in f.ranges)), True
     if f.negated:
         return SqlLeaf(f"NOT ({where})", params, max(posts - estimate, 0) if bounded else estimate,
                        expr=f)
     return SqlLeaf(where, params, estimate, bounded, f)
+
+
+def _like_prefix(value: str) -> str:
+    """source: text → a LIKE pattern: a prefix, `*` any run; `%`, `_` and `\\` literal."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%") + "%"
 
 
 def range_sql(column: str, rng: Range) -> tuple[str, list]:
@@ -185,6 +253,28 @@ def range_sql(column: str, rng: Range) -> tuple[str, list]:
         parts.append(f"{column} {'<=' if rng.hi_inclusive else '<'} ?")
         args.append(rng.hi)
     return " AND ".join(parts) or "1", args
+
+
+# order:random: a seeded 32-bit mix of the id (the same in numpy and in SQL, which has no xor:
+# a ^ b = (a | b) - (a & b)), so a recipe's random order and random:N are reproducible.
+_MASK = 0xFFFFFFFF
+
+
+def random_keys(ids: np.ndarray, seed: int) -> np.ndarray:
+    h = (ids.astype(np.int64) * 2654435761 + (seed & _MASK)) & _MASK
+    h = ((h ^ (h >> 15)) * 73244475) & _MASK
+    return h ^ (h >> 13)
+
+
+def random_sql(seed: int) -> tuple[str, list]:
+    """random_keys as one SQL expression over `id` (the seed is a bound parameter)."""
+    def xor_shift(x: str, n: int) -> str:
+        return f"(({x} | ({x} >> {n})) - ({x} & ({x} >> {n})))"
+
+    h1 = f"((id * 2654435761 + ?) & {_MASK})"
+    h2 = f"(({xor_shift(h1, 15)} * 73244475) & {_MASK})"
+    sql = xor_shift(h2, 13)
+    return sql, [seed & _MASK] * sql.count("?")
 
 
 def marks(n: int) -> str:
@@ -228,8 +318,10 @@ def tree_sql(node) -> tuple[str, list]:
 
 
 # -- tag resolution ---------------------------------------------------------------------------
-def _resolve(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, Tag]:
-    """Name → tag, following kdata_tag_alias first (as Danbooru rewrites aliased search tags)."""
+def _resolve(db: DanbooruDB, names: tuple[str, ...], strict: bool = True) -> dict[str, Tag]:
+    """Name → tag, following kdata_tag_alias first (as Danbooru rewrites aliased search tags).
+    An alias whose target no post has matches nothing (Danbooru: an empty result); a name that
+    is neither a tag nor an alias is an error with a did-you-mean when `strict`, else the same."""
     if not names:
         return {}
     conn = db.connection()
@@ -240,10 +332,14 @@ def _resolve(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, Tag]:
         f"SELECT name, id, popularity FROM tag WHERE name IN ({marks(len(wanted))})", wanted
     ).fetchall()
     found = {name: (tag_id, pop) for name, tag_id, pop in rows}
-    unknown = [n for n in names if canonical[n] not in found]
-    if unknown:
+    unknown = [n for n in names if canonical[n] not in found and n not in aliases]
+    if unknown and strict:
         raise QueryError(_unknown_message(db, unknown))
-    return {n: Tag(canonical[n], *found[canonical[n]]) for n in names}
+    return {n: Tag(canonical[n], *found.get(canonical[n], (_NO_TAG, 0))) for n in names}
+
+
+# The id of a tag no post has (no relation row holds it): a name that matches nothing.
+_NO_TAG = -1
 
 
 def _expand(db: DanbooruDB, pattern: str) -> tuple[Tag, ...]:
@@ -274,15 +370,15 @@ def _aliases(db: DanbooruDB, names: tuple[str, ...]) -> dict[str, str]:
 def _unknown_message(db: DanbooruDB, unknown: list[str]) -> str:
     parts = []
     for name in unknown:
-        close = difflib.get_close_matches(name, _suggestion_pool(db, name), n=5, cutoff=0.6)
+        pool = [c for c in _suggestion_pool(db, name) if c != name]
+        close = difflib.get_close_matches(name, pool, n=5, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         parts.append(f"{name!r}{hint}")
     colon = any(":" in n for n in unknown)
-    tail = (
-        "; metatags are id:, score:, favcount:, width:, height:, mpixels:, ratio:, date:, "
-        "year:, rating:, filetype:, order:" if colon else ""
-    )
-    return f"unknown tag{'s' if len(parts) > 1 else ''}: {', '.join(parts)}{tail}"
+    tail = "; metatags are " + ", ".join(m + ":" for m in ALL_METATAGS) if colon else ""
+    return (f"unknown tag{'s' if len(parts) > 1 else ''}: {', '.join(parts)}{tail} "
+            "(neither a tag nor an alias in this DB; --allow-unknown searches it anyway and "
+            "it matches no post)")
 
 
 def _suggestion_pool(db: DanbooruDB, name: str) -> list[str]:
