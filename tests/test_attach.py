@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kohaku_data.captions import compute_thresholds, iter_captions
+from kohaku_data.curation.captions import curated_thresholds
 from kohaku_data.cli import app
 from kohaku_data.config import AttachedTags, CaptionConfig
 from kohaku_data.curation.attached import AttachError, attach_column
@@ -98,7 +99,7 @@ def test_percentile_tags_text_fields_and_caption_modes(db: DanbooruDB, tmp_path:
     plain = dict(plain.iter_rows())
     for mode in ("tags", "text", "tags_then_text"):
         config = CaptionConfig(attached_tags=(rule,), text_fields=("nl",), caption_mode=mode, text_joiner=" | ")
-        th = compute_thresholds(db, config)
+        th = curated_thresholds(db, config)
         assert th.to_dict()["curation"]["attached_tags"]["aes"]["counts"]
         frame = pl.concat(list(iter_captions(db, config, th, chunk_size=33)))
         for row in frame.iter_rows(named=True):
@@ -115,7 +116,7 @@ def test_percentile_tags_text_fields_and_caption_modes(db: DanbooruDB, tmp_path:
 
 def test_unknown_attached_column_is_a_clear_error(db: DanbooruDB) -> None:
     with pytest.raises(AttachError, match="kdata db attach"):
-        compute_thresholds(db, CaptionConfig(text_fields=("nothing",)))
+        curated_thresholds(db, CaptionConfig(text_fields=("nothing",)))
 
 
 def test_cli_attach(db: DanbooruDB, tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_percentile_tags_per_rating_year_cohort(db: DanbooruDB, tmp_path: Path) 
         limits = [float(np.percentile(members, p, method="linear")) for p in rule.percentiles]
         want[pid] = next((b for b, t in zip(rule.bands, limits) if v > t), rule.bands[-1])
     config = CaptionConfig(attached_tags=(rule,))
-    frame = pl.concat(list(iter_captions(db, config, compute_thresholds(db, config), chunk_size=50)))
+    frame = pl.concat(list(iter_captions(db, config, curated_thresholds(db, config), chunk_size=50)))
     assert dict(frame.select("id", "attached_aes").iter_rows()) == want
 
 

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from kohaku_data.captions import compute_thresholds, iter_captions
+from kohaku_data.curation.captions import curated_thresholds
 from kohaku_data.captions.reference import reference_captions
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
@@ -103,7 +104,7 @@ def test_rules_match_reference(tmp_path: Path, seed: int, config: CaptionConfig)
     imp, alias, _, _ = _relation_files(tmp_path, names, seed)
     summary = import_files(db, [imp, alias])
     assert summary.relations.implications > 0 and summary.relations.aliases > 0
-    th = compute_thresholds(db, config)
+    th = curated_thresholds(db, config)
     ours = pl.concat(list(iter_captions(db, config, th, chunk_size=41))).to_dicts()
     # the reference: same DB, relations rewritten by hand, options off
     db.close()
@@ -149,7 +150,7 @@ def test_year_number_tags(tmp_path: Path) -> None:
     db = make_db(tmp_path / "a.db", 5)
     for order in ("popularity", "shuffle"):
         config = CaptionConfig(year_number=True, tag_order=order)
-        th = compute_thresholds(db, config)
+        th = curated_thresholds(db, config)
         frame = pl.concat(list(iter_captions(db, config, th, chunk_size=50)))
         base = pl.concat(list(iter_captions(db, CaptionConfig(tag_order=order), compute_thresholds(db, CaptionConfig()))))
         for got, plain, year_tag, created in zip(frame["caption"], base["caption"], frame["year_tag"],
@@ -167,14 +168,17 @@ def test_rules_are_in_the_lock_summary(tmp_path: Path) -> None:
     imp, alias, _, _ = _relation_files(tmp_path, names, 0)
     import_files(db, [imp, alias])
     config = CaptionConfig(drop_implied=True, resolve_aliases=True)
-    first = compute_thresholds(db, config).to_dict()
+    first = curated_thresholds(db, config).to_dict()
     assert first["curation"]["tag_rules"]["implied_pairs"] > 0
-    assert compute_thresholds(db, config).to_dict() == first  # deterministic
-    assert "curation" not in compute_thresholds(db, CaptionConfig()).to_dict()  # off: lock as before
+    assert curated_thresholds(db, config).to_dict() == first  # deterministic
+    assert "curation" not in curated_thresholds(db, CaptionConfig()).to_dict()  # off: lock as before
+    assert curated_thresholds(db, CaptionConfig()) == compute_thresholds(db, CaptionConfig())
+    with pytest.raises(ValueError, match="curated_thresholds"):  # captions never caption uncurated
+        compute_thresholds(db, config)
     imp.write_text(json.dumps([{"id": 999, "antecedent_name": names[1], "consequent_name": names[2],
                                 "status": "active"}]))
     import_files(db, [imp])
-    assert compute_thresholds(db, config).to_dict()["curation"]["tag_rules"]["sha256"] != \
+    assert curated_thresholds(db, config).to_dict()["curation"]["tag_rules"]["sha256"] != \
         first["curation"]["tag_rules"]["sha256"]
 
 
