@@ -254,6 +254,21 @@ def add_variants(frame: pl.DataFrame, config: CaptionConfig, counter: TokenCount
     return frame.drop([c for c in frame.columns if c.startswith("g_")])
 
 
+def token_stats(frames, config: CaptionConfig) -> dict[str, dict[str, float]]:
+    """Token-length distribution per variant over caption frames: quantiles, max, and the share
+    past each of sd-scripts' 75/150/225 windows."""
+    names = variant_names(config)
+    columns = [f"tokens_{n}" for n in names]
+    counts = pl.concat([f.select(columns) for f in frames]) if frames else pl.DataFrame(schema={c: pl.Int32 for c in columns})
+    out: dict[str, dict[str, float]] = {}
+    for name, col in zip(names, columns):
+        s = counts[col]
+        out[name] = {"posts": s.len(), "mean": float(s.mean() or 0), "p50": float(s.quantile(0.5) or 0),
+                     "p90": float(s.quantile(0.9) or 0), "p99": float(s.quantile(0.99) or 0), "max": int(s.max() or 0),
+                     **{f"past_{w}": float((s > w).mean() or 0) for w in (75, 150, 225)}}
+    return out
+
+
 def variant_names(config: CaptionConfig) -> tuple[str, ...]:
     return tuple(v.name for v in config.variants.all())
 
