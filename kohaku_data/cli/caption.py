@@ -102,6 +102,8 @@ def stats(
     db: DbOption = None,
     recipe: RecipeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tokens: Annotated[bool, typer.Option("--tokens", help="Also caption the recipe's posts and give the CLIP "
+                                         "token lengths per caption variant (share past 75/150/225).")] = False,
 ) -> None:
     """Quality thresholds per group, and the share of posts per quality band, year tag and rating."""
     from kohaku_data.captions import caption_stats
@@ -110,7 +112,14 @@ def stats(
     with clean_errors():
         handle, rec = _open(db, recipe)
         with handle:
-            result = caption_stats(handle, rec.caption, curated_thresholds(handle, rec.caption))
+            thresholds = curated_thresholds(handle, rec.caption)
+            result = caption_stats(handle, rec.caption, thresholds)
+            if tokens:
+                from kohaku_data.captions import iter_captions
+                from kohaku_data.captions.variants import token_stats
+
+                frames = list(iter_captions(handle, rec.caption, thresholds, ids=_select_ids(handle, rec.query)))
+                result["tokens"] = token_stats(frames, rec.caption)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -131,6 +140,14 @@ def _print_stats(result: dict) -> None:
     for group, values in {**th["by_rating"], **th["by_cohort"]}.items():
         table.add_row(group, str(th["counts"].get(group, "")), *[f"{v:g}" for v in values])
     console.print(table)
+    if "tokens" in result:
+        table = Table(title="CLIP tokens per caption variant (sd-scripts windows 75 / 150 / 225)")
+        for col in ("variant", "posts", "mean", "p50", "p90", "p99", "max", ">75", ">150", ">225"):
+            table.add_column(col, justify="right")
+        for name, v in result["tokens"].items():
+            table.add_row(name, str(v["posts"]), f"{v['mean']:.1f}", f"{v['p50']:g}", f"{v['p90']:g}", f"{v['p99']:g}",
+                          str(v["max"]), *(f"{100 * v[f'past_{w}']:.1f}%" for w in (75, 150, 225)))
+        console.print(table)
     for key in ("quality", "year", "rating"):
         shares = Table(title=f"{key} tags")
         shares.add_column(key)
