@@ -125,8 +125,8 @@ def test_recipe_check_and_dry_run_say_what_the_build_will_do(inputs, tmp_path):
     proc = kdata("recipe", "check", str(recipe), "--db", str(inputs.db), "--src", str(inputs.src))
     assert proc.returncode == 0, proc.stderr
     assert "posts selected: 40" in proc.stdout and "files to process: 39" in proc.stdout
-    assert "file_without_post 1 — " in proc.stdout
-    assert "too_small 1 — images smaller than their bucket" in proc.stdout  # the 40x30 file, from DB sizes
+    assert "file_without_post: 1 — " in proc.stdout
+    assert "too_small: 1 — images smaller than their bucket" in proc.stdout  # the 40x30 file, from DB sizes
     assert "shards: about" in proc.stdout
     out = tmp_path / "dry"
     dry = kdata("build", "--dry-run", "--src", str(inputs.src), "--db", str(inputs.db), "--recipe", str(recipe),
@@ -143,7 +143,7 @@ def test_a_build_with_no_samples_fails_and_names_the_fix(inputs, tmp_path):
                  "--out", str(tmp_path / "empty"), "--workers", "1", "--no-progress")
     assert proc.returncode == 1
     assert "0 samples" in proc.stdout
-    assert 'too_small 36 — images smaller than their bucket; use a smaller bucket preset (image.bucket) or ' \
+    assert 'too_small: 36 — images smaller than their bucket; use a smaller bucket preset (image.bucket) or ' \
            'image.too_small = "native"' in proc.stdout
     assert "the build made 0 samples" in proc.stderr
 

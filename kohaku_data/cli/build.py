@@ -87,7 +87,7 @@ def _summary(result) -> None:
     rejected = sum(result.rejects.values())
     typer.echo(f"rejects: {rejected}" + (" (rows in rejects.parquet; what to do about each:)" if rejected else ""))
     for reason, count in sorted(result.rejects.items(), key=lambda kv: (-kv[1], kv[0])):
-        typer.echo(f"  {reason} {count} — {reject_fix(reason)}")
+        typer.echo(f"  {reason}: {count} — {reject_fix(reason)}")
     typer.echo("buckets: " + ", ".join(f"{b} {n}" for b, n in result.buckets.items()))
     if result.placements:  # which machines (Ray nodes) ran this run's tasks
         typer.echo(f"tasks ran on {len(result.placements)} node(s): "

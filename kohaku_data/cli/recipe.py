@@ -64,7 +64,7 @@ def show_preview(recipe, shown: str, db_path: Path | None, src: str | None) -> N
     typer.echo(f"expected rejects: {sum(expected.values())}" + (" (too_small predicted from the DB's image sizes)"
                                                                  if view.too_small else ""))
     for reason, count in sorted(expected.items(), key=lambda kv: (-kv[1], kv[0])):
-        typer.echo(f"  {reason} {count} — {reject_fix(reason)}")
+        typer.echo(f"  {reason}: {count} — {reject_fix(reason)}")
     top = ", ".join(f"{b} {n}" for b, n in view.buckets.most_common(6))
     if top:
         typer.echo(f"samples by bucket (from the DB's sizes): {top}")
