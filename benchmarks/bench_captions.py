@@ -77,12 +77,13 @@ def migrated_db(posts: int) -> Path:
 
         from kohaku_data.db import DanbooruDB
         from kohaku_data.db.migrate import migrate
+        from kohaku_data.keepers import SUMMARY_KEEPERS
 
         t = time.perf_counter()
         tmp = path.with_suffix(".tmp")
         shutil.copyfile(sample_db(posts), tmp)
         with DanbooruDB.open(tmp) as db:
-            migrate(db)
+            migrate(db, keepers=SUMMARY_KEEPERS)
         os.replace(tmp, path)
         print(f"  made {path.name} in {time.perf_counter() - t:.1f}s", flush=True)
     return path

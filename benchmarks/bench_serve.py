@@ -30,6 +30,7 @@ from benchmarks.report import write_results  # noqa: E402
 
 from kohaku_data.db import DanbooruDB  # noqa: E402
 from kohaku_data.db.migrate import migrate  # noqa: E402
+from kohaku_data.keepers import SUMMARY_KEEPERS  # noqa: E402
 from kohaku_data.db.query import query_ids  # noqa: E402
 from kohaku_data.sample.metadata import write_sample_db  # noqa: E402
 
@@ -43,7 +44,7 @@ def sample_db(posts: int) -> Path:
         tmp.unlink(missing_ok=True)
         write_sample_db(tmp, posts, seed=0)
         with DanbooruDB.open(tmp) as db:
-            migrate(db)
+            migrate(db, keepers=SUMMARY_KEEPERS)
         tmp.rename(path)
     return path
 

@@ -36,10 +36,11 @@ def child(path: Path, db_path: Path, rerun: bool) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.importer import import_files
+    from kohaku_data.keepers import SUMMARY_KEEPERS
 
     db = DanbooruDB.open(db_path) if rerun else DanbooruDB.create(db_path)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    summary = import_files(db, [path])  # the default batch (10k rows) for both: measured best for both
+    summary = import_files(db, [path], keepers=SUMMARY_KEEPERS)  # the default batch (10k rows) for both: measured best for both
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     db.close()
     print(json.dumps({
