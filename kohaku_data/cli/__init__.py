@@ -19,7 +19,7 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.add_typer(caption.app, name="caption")
 app.add_typer(recipe.app, name="recipe")
-app.command("query")(query.query)
+app.command("query", context_settings=query.CONTEXT)(query.query)
 app.command("sample")(sample.sample)
 app.command("images")(images.images)
 app.command("build")(build.build)

@@ -106,7 +106,8 @@ _MIN_CHUNK = 256
 # A probe for a union of more tags than this goes by post (all its tags) rather than by tag.
 _UNION_BY_POST = 4
 # Order keys whose index (migration 0003) a page can walk; `id` walks the table itself.
-_WALK_INDEX = {"score": "score", "favcount": "fav_count", "date": "created_at"}
+_WALK_INDEX = {"score": "score", "favcount": "fav_count", "date": "created_at",
+               "upvotes": "up_score"}
 
 _Span = tuple[int, int]  # post ids lo <= id < hi
 

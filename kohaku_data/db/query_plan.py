@@ -67,9 +67,9 @@ PREDICATES = {
     "child": "parent_id IS NOT NULL", "no_parent": "parent_id IS NULL",
     "has_source": "source != ''", "no_source": "source = ''",
     "pixiv": "pixiv_id IS NOT NULL", "no_pixiv": "pixiv_id IS NULL",
-    "parent_deleted": "parent_id IN (SELECT id FROM post WHERE is_deleted = 1)",
-    "parent_banned": "parent_id IN (SELECT id FROM post WHERE is_banned = 1)",
-    "parent_active": "parent_id IN (SELECT id FROM post WHERE is_deleted IS NOT 1)",
+    "parent_deleted": "parent_id IS NOT NULL AND parent_id IN (SELECT id FROM post WHERE is_deleted = 1)",
+    "parent_banned": "parent_id IS NOT NULL AND parent_id IN (SELECT id FROM post WHERE is_banned = 1)",
+    "parent_active": "parent_id IS NOT NULL AND parent_id IN (SELECT id FROM post WHERE is_deleted IS NOT 1)",
     "child_deleted": "has_children = 1 AND id IN (SELECT parent_id FROM post "
                      "WHERE is_deleted = 1 AND parent_id IS NOT NULL)",
     "child_banned": "has_children = 1 AND id IN (SELECT parent_id FROM post "
