@@ -13,7 +13,9 @@ Tars are never unpacked: a tar's members come from its hfutils-form index beside
 else, behind a URL, from one streamed pass that also writes that index for next time, and on a
 local disk from the member headers (see `tar_index`).
 Members are read by byte range. Members whose names would leave the tree, links and other
-non-regular members are refused. Files under an `updates/` folder win over older copies.
+non-regular members are refused. When a post id is found more than once, a non-empty file beats an
+empty one, then a copy under an `updates/` folder wins (the newest date folder first), then the first
+by name (`_winner_rank`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ FILES_SCHEMA: dict[str, pl.DataType] = {
 }
 _INDEX_THREADS = 8  # tars indexed at once (network- and hash-bound; hashlib releases the GIL)
 _FINGERPRINT_CHUNK = 1 << 20
+# Stores kdata reads but never writes into (an index it builds goes to the local cache).
+_READ_ONLY_PROTOCOLS = frozenset({"hf", "http", "https"})
 _log = logging.getLogger(__name__)
 
 
@@ -123,11 +127,43 @@ def entries_of(source: Source, frame: pl.DataFrame) -> list[SourceEntry]:
     return out
 
 
-def open_source(path: storage.Target) -> Source:
-    """Index a folder (recursively; plain files and `.tar` files) or a single tar."""
+class SourceRoot(str):
+    """A `--src` value that also says where the hfutils indexes of its tars live (`--src-index`):
+    `SourceRoot("hf://datasets/nyanko7/danbooru2023", "hf://datasets/deepghs/danbooru2023_index")`.
+    It is a str (the source root), so it passes unchanged through every layer that takes a
+    source path and reaches `open_source` with its index root."""
+
+    index_root: str | None
+
+    def __new__(cls, root: str, index_root: str | None = None) -> SourceRoot:
+        self = super().__new__(cls, root)
+        self.index_root = index_root
+        return self
+
+    def __reduce__(self):
+        return SourceRoot, (str(self), self.index_root)
+
+
+def source_root(src: str, index_root: str | None) -> str:
+    """What the CLI passes on for `--src SRC [--src-index DIR]`."""
+    return SourceRoot(src, index_root) if index_root else src
+
+
+def open_source(path: storage.Target, index_root: storage.Target | None = None) -> Source:
+    """Index a folder (recursively; plain files and `.tar` files) or a single tar.
+
+    `index_root`: where the hfutils indexes of the tars live at the same relative paths
+    (`original/data-0006.tar` → `INDEX_ROOT/original/data-0006.json`), as deepghs publishes
+    them for nyanko7/danbooru2023; else taken from a `SourceRoot`. An index beside the tar is
+    used too."""
     root = str(path)
+    if index_root is None:
+        index_root = getattr(path, "index_root", None)
     if not storage.exists(root):
         raise SourceError(f"source {root} does not exist: pass a folder of <id>.<ext> files or tars")
+    if index_root is not None and not storage.exists(index_root):
+        raise SourceError(f"index folder {index_root} does not exist: pass the folder (or URL) that holds the "
+                          "tars' .json indexes at the same relative paths as under --src")
     if storage.is_dir(root):
         listing = storage.list_files(root)
     else:
@@ -138,7 +174,8 @@ def open_source(path: storage.Target) -> Source:
     for rel, size in listing:
         if not _is_tar(rel or root) and rel not in index_files:
             builder.add_file(rel, size)
-    for rel, scan in zip([rel for rel, _ in tars], _scan_all(root, tars)):
+    index = None if index_root is None else str(index_root)
+    for rel, scan in zip([rel for rel, _ in tars], _scan_all(root, tars, index)):
         builder.add_tar(rel, scan)
     return builder.finish()
 
@@ -168,19 +205,20 @@ def _ext(name: str) -> str:
     return PurePosixPath(name).name.partition(".")[2].lower()
 
 
-def _scan_all(root: str, tars: list[tuple[str, int]]) -> list[tar_index.TarScan]:
+def _scan_all(root: str, tars: list[tuple[str, int]], index_root: str | None) -> list[tar_index.TarScan]:
     """Members of every tar, in listing order (tars are indexed in parallel threads)."""
     if not tars:
         return []
     with ThreadPoolExecutor(min(_INDEX_THREADS, len(tars))) as pool:
-        return list(pool.map(lambda t: _scan_one(root, *t), tars))
+        return list(pool.map(lambda t: _scan_one(root, *t, index_root), tars))
 
 
-def _scan_one(root: str, rel: str, size: int) -> tar_index.TarScan:
+def _scan_one(root: str, rel: str, size: int, index_root: str | None = None) -> tar_index.TarScan:
     tar = str(storage.join(root, rel)) if rel else root
-    index = tar_index.load_index(tar, size)
-    if index is not None:
-        return tar_index.TarScan(tar_index.members_of(index))
+    for where in _index_places(tar, rel, index_root):
+        index = tar_index.fitting_index(where, tar, size)
+        if index is not None:
+            return tar_index.TarScan(tar_index.members_of(index))
     local = storage.local_path(tar)
     if local is not None:
         return tar_index.walk_headers(local, size)
@@ -189,16 +227,46 @@ def _scan_one(root: str, rel: str, size: int) -> tar_index.TarScan:
     except (OSError, storage.StorageError) as exc:
         return tar_index.TarScan(refused=[("", "corrupt_tar", str(exc))])
     if scan.index is not None:
-        _write_index(tar, scan.index)
+        _keep_index(tar, scan.index)
     return scan
 
 
-def _write_index(tar: str, index: dict) -> None:
-    """Keep the index beside the tar for the next run; a read-only source only costs that."""
+def _index_places(tar: str, rel: str, index_root: str | None) -> list[storage.Target]:
+    """Where an index of `tar` may be, in the order asked: under `--src-index` at the tar's
+    relative path, beside the tar, and (remote tars) this user's cache."""
+    places: list[storage.Target] = []
+    if index_root is not None:
+        if rel:
+            places.append(storage.join(index_root, _index_rel(rel)))
+        elif index_root.lower().endswith(".json"):
+            places.append(index_root)
+        else:
+            places.append(storage.join(index_root, storage.name_of(tar_index.index_path(tar))))
+    places.append(tar_index.index_path(tar))
+    if storage.is_remote(tar):
+        places.append(tar_index.cached_index_path(tar))
+    return places
+
+
+def _keep_index(tar: str, index: dict) -> None:
+    """Keep the index of a streamed tar for the next run: beside it on a store kdata may write
+    to (S3…), in this user's cache for a read-only one (`hf://`, `http(s)://`: kdata never
+    commits into a dataset repository) or when writing beside it fails."""
+    data = tar_index.index_bytes(index)
+    if not _read_only(tar):
+        try:
+            storage.commit_bytes(tar_index.index_path(tar), data, durable=False)
+            return
+        except (OSError, storage.StorageError) as exc:
+            _log.warning("could not write the index of %s (%s); keeping it in this user's cache", tar, exc)
     try:
-        storage.commit_bytes(tar_index.index_path(tar), tar_index.index_bytes(index), durable=False)
-    except (OSError, storage.StorageError) as exc:
-        _log.warning("could not write the index of %s (%s); it is indexed again next time", tar, exc)
+        storage.commit_bytes(tar_index.cached_index_path(tar), data, durable=False)
+    except OSError as exc:
+        _log.warning("could not cache the index of %s (%s); it is indexed again next time", tar, exc)
+
+
+def _read_only(target: str) -> bool:
+    return target.split("://", 1)[0].lower() in _READ_ONLY_PROTOCOLS
 
 
 class _Builder:
@@ -282,28 +350,37 @@ def _detail(reason: str, ext: str, is_member: bool) -> str:
 
 
 def _pick_winners(source: Source, candidates: pl.DataFrame) -> pl.DataFrame:
-    """One row per key: an `updates/` copy beats the rest; otherwise the first by name. Only
-    keys found more than once are compared (by name, in Python: there are few)."""
+    """One row per key (`_winner_rank`). Only keys found more than once are compared (in
+    Python: there are few); a copy that loses to an `updates/` copy is expected and silent,
+    any other loser is a `duplicate_key` reject."""
     updates = pl.Series([_in_updates(rel) for rel in source.containers], dtype=pl.Boolean)
     dup = candidates["key"].is_duplicated()
-    single = candidates.filter(~dup)
-    chosen = [single]
+    chosen = [candidates.filter(~dup)]
     if dup.any():
         dups = source._names(candidates.filter(dup))
-        dups = dups.with_columns(_upd=updates.gather(dups["container"]), display=pl.col("name"))
-        dups = dups.sort(["key", "_upd", "display"], descending=[False, True, False])
-        keep = []
-        last_key, winner_name, winner_upd = None, "", False
-        for key, name, upd in dups.select("key", "display", "_upd").iter_rows():
-            if key != last_key:
-                last_key, winner_name, winner_upd = key, name, upd
-                keep.append(True)
-                continue
-            keep.append(False)
-            if not (winner_upd and not upd):  # an older copy replaced by an update: expected
-                source.rejects.append(SourceReject(name, "duplicate_key", f"post {key} also in {winner_name}"))
-        chosen.append(dups.filter(pl.Series(keep, dtype=pl.Boolean)).select(candidates.columns))
+        dups = dups.with_columns(_upd=updates.gather(dups["container"]), _row=pl.int_range(pl.len()))
+        groups: dict[int, list[tuple[str, bool, int, int]]] = {}
+        for key, name, upd, size, row in dups.select("key", "name", "_upd", "size", "_row").iter_rows():
+            groups.setdefault(key, []).append((name, upd, size, row))
+        keep: list[int] = []
+        for key, copies in groups.items():
+            ranked = sorted(copies, key=_winner_rank)
+            winner_name, winner_upd, _, winner_row = ranked[0]
+            keep.append(winner_row)
+            for name, upd, _, _ in ranked[1:]:
+                if not winner_upd:
+                    source.rejects.append(SourceReject(name, "duplicate_key", f"post {key} also in {winner_name}"))
+        chosen.append(dups.filter(pl.col("_row").is_in(keep)).select(candidates.columns))
     return pl.concat(chosen).sort("key").select(list(FILES_SCHEMA)).rechunk()
+
+
+def _winner_rank(copy: tuple[str, bool, int, int]) -> tuple:
+    """Which copy of a post id is used: a non-empty file before an empty one; then a copy under
+    an `updates/` folder (the newest path first: `updates/20240610/…` beats `updates/20240319/…`);
+    then the first by name (`rel:member`, compared as text)."""
+    name, upd, size, _ = copy
+    newest_first = tuple(-ord(c) for c in name) + (1,)  # descending text order, a prefix after its extensions
+    return (size == 0, not upd, newest_first if upd else (), name)
 
 
 def _in_updates(rel: str) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import IO, Any
 from kohaku_data import storage
 
 Member = tuple[str, int, int]  # name, offset of the data, size
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,25 +52,63 @@ def index_path(tar: storage.Target) -> storage.Target:
 
 
 def load_index(tar: storage.Target, tar_size: int) -> dict[str, Any] | None:
-    """The index beside `tar` if there is one that fits this very tar, else None.
+    """The index beside `tar` if there is one that fits this very tar, else None (see `fitting_index`)."""
+    return fitting_index(index_path(tar), tar, tar_size)
 
-    Fits: its `filesize` is the tar's size, and its hash equals the one the store reports for
-    the tar without reading it (the Hub: the LFS sha256). Stores that report no content hash
-    (a disk, S3) are trusted on the size; every member kdata reads is still checked against the
-    post's md5, so a tar replaced in place by another of the same size gives rejects, not wrong
-    images."""
+
+def fitting_index(where: storage.Target, tar: storage.Target, tar_size: int) -> dict[str, Any] | None:
+    """The hfutils index stored at `where` if it fits `tar`, else None; one that exists but does
+    not fit (damaged, or made for another file) is logged as a warning and ignored.
+
+    Fits: its `filesize` is the tar's size, every member lies inside the tar, and its hashes equal
+    those the store reports for the tar without reading it (the Hub: `hash_lfs` is the LFS
+    sha256, `hash` the git blob id). Stores that report no content hash (a disk, S3) are trusted
+    on the size; every member kdata reads is still checked against the post's md5, so a tar
+    replaced in place by another of the same size gives rejects, not wrong images."""
     try:
-        index = json.loads(storage.read_bytes(index_path(tar)))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        index = json.loads(storage.read_bytes(where))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-    if not isinstance(index, dict) or not isinstance(index.get("files"), dict):
+    except (ValueError, UnicodeDecodeError, OSError, storage.StorageError) as exc:
+        _log.warning("ignoring the index %s of %s: it cannot be read (%s)", storage.display(where), storage.display(tar), exc)
         return None
-    if index.get("filesize") != tar_size:
-        return None
-    reported = _reported_sha256(tar)
-    if reported is not None and reported != index.get("hash_lfs"):
+    problem = misfit(index, tar, tar_size)
+    if problem:
+        _log.warning("ignoring the index %s: it does not fit %s (%s); the tar is indexed from its own bytes",
+                     storage.display(where), storage.display(tar), problem)
         return None
     return index
+
+
+def misfit(index: Any, tar: storage.Target, tar_size: int) -> str:
+    """Why `index` is not the index of `tar` (size `tar_size`), or "" when it is."""
+    if not isinstance(index, dict) or not isinstance(index.get("files"), dict):
+        return "not an hfutils index: no 'files' object"
+    if index.get("filesize") != tar_size:
+        return f"filesize {index.get('filesize')!r}, the tar has {tar_size} bytes"
+    for name, meta in index["files"].items():
+        if not _member_fits(meta, tar_size):
+            return f"member {name!r} has no valid offset/size inside the tar"
+    reported = reported_hashes(tar)
+    for key in ("hash_lfs", "hash"):
+        if reported.get(key) and index.get(key) and reported[key] != index[key]:
+            return f"{key} {index[key]}, the store reports {reported[key]}"
+    return ""
+
+
+def _member_fits(meta: Any, tar_size: int) -> bool:
+    if not isinstance(meta, dict):
+        return False
+    offset, size = meta.get("offset"), meta.get("size")
+    return (type(offset) is int and type(size) is int and offset >= 0 and size >= 0
+            and offset + size <= tar_size)
+
+
+def cached_index_path(tar: storage.Target) -> Path:
+    """Where kdata keeps the index it built of a tar it must not write beside (a read-only
+    remote such as `hf://`): this user's cache, named after the tar's URL."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdata" / "tar-index"
+    return cache / (hashlib.sha256(storage.display(tar).encode()).hexdigest()[:32] + ".json")
 
 
 def members_of(index: dict[str, Any]) -> list[Member]:
@@ -168,15 +209,22 @@ def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files: dict[str,
     return True
 
 
-def _reported_sha256(tar: storage.Target) -> str | None:
+def reported_hashes(tar: storage.Target) -> dict[str, str]:
+    """The hashes a store reports for `tar` without reading it, in the index's terms: the Hub
+    gives `hash_lfs` (LFS sha256) and `hash` (git blob id); a disk or S3 gives none."""
     if not storage.is_remote(tar):
-        return None
+        return {}
     try:
         meta = storage.info(tar)
     except (OSError, storage.StorageError):
-        return None
+        return {}
+    out = {}
     lfs = meta.get("lfs")
-    return lfs.get("sha256") if isinstance(lfs, dict) else None
+    if isinstance(lfs, dict) and isinstance(lfs.get("sha256"), str):
+        out["hash_lfs"] = lfs["sha256"]
+    elif isinstance(meta.get("blob_id"), str):  # an LFS file's blob id is its pointer's, not its bytes'
+        out["hash"] = meta["blob_id"]
+    return out
 
 
 class _HashingReader:
