@@ -15,6 +15,7 @@ INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGIN
 
 def build(
     src: Annotated[str, typer.Option("--src", help="Folder of <id>.<ext> files (nested allowed) or danbooru2023 tars; a path or a URL (s3://bucket/danbooru2023/).")],
+    src_index: Annotated[str | None, typer.Option("--src-index", help="Folder or URL holding the hfutils .json indexes of the tars under --src at the same relative paths (e.g. hf://datasets/deepghs/danbooru2023_index for nyanko7/danbooru2023); default: beside each tar.")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Dataset folder or URL, e.g. s3://bucket/datasets/x/ (default: <datasets>/<name>-<version>).")] = None,
     db: DbOption = None,
     recipe: RecipeOption = None,
@@ -42,6 +43,9 @@ def build(
             from kohaku_data.config import load_settings
             from kohaku_data.db import DanbooruDB
 
+            from kohaku_data.sources import source_root
+
+            src = source_root(src, src_index)
             conf = load_settings(db=db, recipe=recipe, executor=executor, ray_address=ray_address)
             the_recipe = _recipe_for(conf.recipe, out if repair and recipe is None else None)
             target = out or conf.datasets / the_recipe.dataset_name

@@ -14,6 +14,7 @@ from kohaku_data.cli.common import DbOption, RecipeOption, WorkersOption, clean_
 def dedup(
     src: Annotated[str, typer.Option("--src", help="Folder of <id>.<ext> files or danbooru2023 tars (as for build).")],
     out: Annotated[Path, typer.Option("--out", help="Parquet file of the groups: key, group (kept key), kept, link, distance.")],
+    src_index: Annotated[str | None, typer.Option("--src-index", help="Where the tars' .json indexes live (as for build).")] = None,
     db: DbOption = None,
     recipe: RecipeOption = None,
     policy: Annotated[str | None, typer.Option("--policy", help="exact or near (default: the recipe's, else near).")] = None,
@@ -41,7 +42,7 @@ def dedup(
         if config.policy == "off":
             raise typer.BadParameter("--policy must be exact or near")
         with DanbooruDB.open(conf.require_db(), readonly=True) as handle:
-            plan = make_plan(handle, open_source(src), the_recipe)
+            plan = make_plan(handle, open_source(src, src_index), the_recipe)
             result = find_duplicates(handle, plan, config, LocalExecutor(workers or default_workers()),
                                      cache or out.parent / ".dedup", max_pixels=the_recipe.image.max_pixels,
                                      progress=is_tty())

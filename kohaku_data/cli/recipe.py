@@ -19,14 +19,21 @@ def check(
     src: Annotated[str | None, typer.Option(
         "--src", help="Image source as for kdata build: adds the files that become samples and the rejects "
                       "known before any image is opened.")] = None,
+    src_index: Annotated[str | None, typer.Option(
+        "--src-index", help="Where the .json indexes of the tars under --src live (as for kdata build).")] = None,
 ) -> None:
     """Every problem of the recipe (exit 2), else what a build would do: posts, buckets, expected rejects, shards."""
     with clean_errors():
         from kohaku_data.config import load_recipe, load_settings
 
         the_recipe = load_recipe(recipe)
+        from kohaku_data.sources import source_root
+
+        shown_src = src
+        src = source_root(src, src_index) if src is not None else None
         show_preview(the_recipe, str(recipe), load_settings(db=db).db, src)
-        typer.echo(f"next: kdata build --recipe {recipe} --src {src or 'SRC'}"
+        typer.echo(f"next: kdata build --recipe {recipe} --src {shown_src or 'SRC'}"
+                   + (f" --src-index {src_index}" if src_index and shown_src else "")
                    + (f" --db {db}" if db else "") + f" --out OUT   (or --dry-run first)")
 
 
