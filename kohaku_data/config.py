@@ -14,7 +14,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -42,6 +42,29 @@ class RecipeError(ConfigError):
 class _Strict(BaseModel):
     # Unknown keys in a recipe are typos, not extensions: refuse them.
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys added after datasets were built with this model: left out of the recipe's hash while
+    # they hold their default, so a recipe that does not use them keeps the sha256 it had (a
+    # rebuild of an existing dataset needs no --force). A new key goes here when it is added.
+    hash_omit_default: ClassVar[frozenset[str]] = frozenset()
+
+
+def hash_form(model: BaseModel) -> dict[str, Any]:
+    """model_dump(mode="json") less every `hash_omit_default` key (at any depth) equal to its
+    default: the form a recipe's sha256 is computed from."""
+    dumped = model.model_dump(mode="json")
+    _drop_new_defaults(model, dumped)
+    return dumped
+
+
+def _drop_new_defaults(model: BaseModel, dumped: dict[str, Any]) -> None:
+    fields = type(model).model_fields
+    omit = getattr(model, "hash_omit_default", frozenset())
+    for name, field in fields.items():
+        value = getattr(model, name)
+        if name in omit and value == field.get_default(call_default_factory=True):
+            dumped.pop(name, None)
+        elif isinstance(value, BaseModel) and isinstance(dumped.get(name), dict):
+            _drop_new_defaults(value, dumped[name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +195,7 @@ class ImageConfig(_Strict):
     # An upscaled source (kohaku_data/images/artifacts: measured factor) is bucketed at its
     # effective resolution (size / factor): a 2x upscale of a 600 px drawing is not a 1200 px one
     effective_resolution: bool = False
+    hash_omit_default: ClassVar[frozenset[str]] = frozenset({"effective_resolution"})
 
     @field_validator("bucket")
     @classmethod
@@ -393,6 +417,7 @@ class CaptionConfig(_Strict):
     caption_mode: Literal["tags", "text", "tags_then_text"] = "tags"
     text_joiner: str = "\n"  # between the tags and the text in tags_then_text
     variants: CaptionVariants = CaptionVariants()  # stored caption variants, the .txt one, budgets
+    hash_omit_default: ClassVar[frozenset[str]] = frozenset({"variants"})
 
     @property
     def wants_tag_rules(self) -> bool:
@@ -489,9 +514,13 @@ class Recipe(_Strict):
     def dataset_name(self) -> str:
         return f"{self.name}-{self.version}"
 
+    # added after 1b90f5b's layout (hash_form leaves them out while default)
+    hash_omit_default: ClassVar[frozenset[str]] = frozenset({"artifacts"})
+
     def canonical_json(self) -> str:
-        """Stable text of the full recipe (defaults included): what the lock and hash record."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable text of the recipe, defaults included except keys added later that hold their
+        default (`hash_omit_default`): what the hash records (the lock keeps the full dump)."""
+        return json.dumps(hash_form(self), sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

@@ -4,6 +4,7 @@ the sample generator encoded the way Danbooru's sources are."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,21 @@ def test_rules_reject_and_tag_with_the_measured_value():
     tagged, added = rules.tag_caption(caption, earned, CaptionConfig())
     assert added == ["jpeg_artifacts"] and tagged["caption"] == "1girl, solo, jpeg artifacts"
     assert tagged["tags_meta"] == ["upscaled", "jpeg_artifacts"]
+
+
+# The demo recipe's sha256 at 1b90f5b (before [artifacts], [caption.variants] and
+# image.effective_resolution existed), computed by that commit's own code.
+DEMO_SHA256_1B90F5B = "670e8bea066b761ac37238e0f54cf60c21796fc31e95357a3059aa2eb681bda3"
+
+
+def test_recipes_that_use_no_new_keys_keep_their_hash():
+    from kohaku_data.config import Recipe, load_recipe
+
+    demo = load_recipe(Path("demo"))
+    assert demo.sha256() == DEMO_SHA256_1B90F5B
+    assert "artifacts" not in demo.canonical_json() and "effective_resolution" not in demo.canonical_json()
+    used = demo.model_copy(update={"artifacts": ArtifactRules(tag_upscaled_above=1.2)})
+    assert used.sha256() != demo.sha256() and '"tag_upscaled_above":1.2' in used.canonical_json()
+    image = demo.model_copy(update={"image": demo.image.model_copy(update={"effective_resolution": True})})
+    assert image.sha256() != demo.sha256()
+    assert Recipe(artifacts=ArtifactRules()).sha256() == Recipe().sha256()
