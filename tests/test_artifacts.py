@@ -143,3 +143,77 @@ def test_recipes_that_use_no_new_keys_keep_their_hash():
     image = demo.model_copy(update={"image": demo.image.model_copy(update={"effective_resolution": True})})
     assert image.sha256() != demo.sha256()
     assert Recipe(artifacts=ArtifactRules()).sha256() == Recipe().sha256()
+
+
+def _source_folder(root: Path) -> tuple[Path, Path, dict[str, int]]:
+    """A sample DB and a folder of four of its posts' files: a JPEG q30, a PNG re-saved from a
+    JPEG q50, a 2x bicubic upscale (PNG) and a clean drawing (PNG); each post's md5/size/dims
+    fixed to its file."""
+    import hashlib
+    import sqlite3
+
+    from kohaku_data.sample.metadata import write_sample_db
+
+    db = root / "danbooru.db"
+    write_sample_db(db, 6, seed=1)
+    art = [anime_picture(np.random.default_rng(20 + i), 640, 480, texture=True) for i in range(3)]
+    once = Image.open(io.BytesIO(_bytes(art[1], "JPEG", quality=50))).convert("RGB")
+    small = anime_picture(np.random.default_rng(30), 320, 240)
+    files = {"low_jpeg": (_bytes(art[0], "JPEG", quality=30), "jpg"), "jpeg_png": (_bytes(once, "PNG"), "png"),
+             "upscaled": (_bytes(small.resize((640, 480), Image.BICUBIC), "PNG"), "png"),
+             "clean": (_bytes(art[2], "PNG"), "png")}
+    src = root / "raw"
+    src.mkdir()
+    with sqlite3.connect(db) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM post ORDER BY id")]
+        keys = dict(zip(files, ids))
+        for kind, (data, ext) in files.items():
+            conn.execute("UPDATE post SET md5=?, file_size=?, file_ext=?, image_width=?, image_height=? WHERE id=?",
+                         (hashlib.md5(data).hexdigest(), len(data), ext, 640, 480, keys[kind]))
+            (src / f"{keys[kind]}.{ext}").write_bytes(data)
+    conn.close()
+    return db, src, keys
+
+
+def test_kdata_build_rejects_and_tags_by_the_measures(tmp_path):
+    import subprocess
+    import sys
+
+    import polars as pl
+
+    db, src, keys = _source_folder(tmp_path)
+    recipe = tmp_path / "art.toml"
+    recipe.write_text('name = "art"\nversion = "1"\n[image]\nbucket = "demo-256"\n'
+                      "[artifacts]\nreject_jpeg_quality_below = 70\ntag_upscaled_above = 1.2\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from kohaku_data.cli import app; app()", "build", "--src", str(src), "--out",
+           str(out), "--db", str(db), "--recipe", str(recipe), "--workers", "1", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rejects = {r["key"]: r for r in pl.read_parquet(out / "rejects.parquet").iter_rows(named=True)}
+    assert rejects[keys["low_jpeg"]]["reason"] == "jpeg_quality"
+    assert rejects[keys["low_jpeg"]]["detail"] == "JPEG quality 30 < 70"
+    past = rejects[keys["jpeg_png"]]
+    assert past["reason"] == "jpeg_quality" and past["detail"].startswith("past JPEG quality (history) ")
+    assert abs(int(past["detail"].split()[4]) - 50) <= 3
+    manifest = {r["key"]: r for r in pl.read_parquet(out / "manifest.parquet").iter_rows(named=True)}
+    assert set(manifest) == {keys["upscaled"], keys["clean"]}
+    up, clean = manifest[keys["upscaled"]], manifest[keys["clean"]]
+    assert up["upscale_kind"] == "smooth" and up["upscale_factor"] >= 1.2 and up["artifact_tags"] == ["upscaled"]
+    assert up["effective_width"] == round(640 / up["upscale_factor"]) and up["jpeg_quality"] is None
+    assert clean["upscale_factor"] == 1.0 and clean["artifact_tags"] == [] and clean["jpeg_history"] < 0.3
+    assert clean["source_format"] == "PNG" and clean["colours"] > 2
+    assert set(FIELDS) <= set(manifest[keys["clean"]])
+    assert _caption_text(out, keys["upscaled"]).endswith(", upscaled")
+    assert "upscaled" not in _caption_text(out, keys["clean"])
+
+
+def _caption_text(out: Path, key: int) -> str:
+    import tarfile
+
+    for shard in sorted(out.rglob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name == f"{key}.txt":
+                    return tar.extractfile(member).read().decode()
+    raise AssertionError(f"no {key}.txt in the shards")
