@@ -84,11 +84,11 @@ def free_port() -> int:
 class ServerProcess:
     """`kdata serve` in a subprocess; `.url` once it answers."""
 
-    def __init__(self, db: Path, datasets: Path, cwd: Path) -> None:
+    def __init__(self, db: Path, datasets: Path, cwd: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", "from kohaku_data.cli import app; app()", "serve", "--db", str(db),
-               "--datasets", str(datasets), "--port", str(self.port)]
+               "--datasets", str(datasets), "--port", str(self.port), *extra]
         self.log = open(cwd / "serve.log", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         deadline = time.monotonic() + 30
