@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -78,6 +80,8 @@ def serve(
 
     with clean_errors():
         conf = load_settings(db=db, datasets=datasets)
+        sock = _listen(host, port)  # before anything is said or loaded: a busy port is the first thing to know
+        port = sock.getsockname()[1]  # --port 0: the one the system chose
         app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers,
                          sources=src, thumbs=ThumbConfig(cache_bytes=thumb_cache_mb << 20))
         _warn_if_not_migrated(app.state.kdata.db)
@@ -85,7 +89,34 @@ def serve(
         if src:
             say(f"indexing image sources {', '.join(src)} in the background (thumbnails wait for it)", stderr=True)
         say(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", stderr=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here and handed to uvicorn: uvicorn binds only after
+    the app is made and `serving on…` is said, then logs `[Errno 98] error while attempting to
+    bind` and exits — a start that looked fine and then was not."""
+    from kohaku_data.errors import KdataError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise KdataError(f"--host {host!r} is not an address of this machine ({exc.strerror}): "
+                         "use 127.0.0.1, 0.0.0.0 or a local address") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise KdataError(f"port {port} is in use: pick another with --port") from None
+        if exc.errno == errno.EACCES:
+            raise KdataError(f"port {port} needs privileges: pick one above 1023 with --port") from None
+        raise KdataError(f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port") from None
+    return sock
 
 
 def _warn_if_not_migrated(db) -> None:
