@@ -175,21 +175,32 @@ def _source_folder(root: Path) -> tuple[Path, Path, dict[str, int]]:
     return db, src, keys
 
 
-def test_kdata_build_rejects_and_tags_by_the_measures(tmp_path):
+ART_RECIPE = ('name = "art"\nversion = "1"\n[image]\nbucket = "demo-256"\n'
+              "[artifacts]\nreject_jpeg_quality_below = 70\ntag_upscaled_above = 1.2\n")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, Path, dict[str, int]]:
+    """(db, recipe file, dataset, kind -> key) of a real `kdata build` run as a subprocess."""
     import subprocess
     import sys
 
-    import polars as pl
-
-    db, src, keys = _source_folder(tmp_path)
-    recipe = tmp_path / "art.toml"
-    recipe.write_text('name = "art"\nversion = "1"\n[image]\nbucket = "demo-256"\n'
-                      "[artifacts]\nreject_jpeg_quality_below = 70\ntag_upscaled_above = 1.2\n")
-    out = tmp_path / "out"
+    root = tmp_path_factory.mktemp("art_build")
+    db, src, keys = _source_folder(root)
+    recipe = root / "art.toml"
+    recipe.write_text(ART_RECIPE)
+    out = root / "out"
     cmd = [sys.executable, "-c", "from kohaku_data.cli import app; app()", "build", "--src", str(src), "--out",
            str(out), "--db", str(db), "--recipe", str(recipe), "--workers", "1", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    return db, recipe, out, keys
+
+
+def test_kdata_build_rejects_and_tags_by_the_measures(built):
+    import polars as pl
+
+    _, _, out, keys = built
     rejects = {r["key"]: r for r in pl.read_parquet(out / "rejects.parquet").iter_rows(named=True)}
     assert rejects[keys["low_jpeg"]]["reason"] == "jpeg_quality"
     assert rejects[keys["low_jpeg"]]["detail"] == "JPEG quality 30 < 70"
@@ -217,3 +228,29 @@ def _caption_text(out: Path, key: int) -> str:
                 if member.name == f"{key}.txt":
                     return tar.extractfile(member).read().decode()
     raise AssertionError(f"no {key}.txt in the shards")
+
+
+def test_recaption_applies_the_new_recipes_tag_rules(built, tmp_path):
+    import polars as pl
+
+    from kohaku_data.assembly import BuildError
+    from kohaku_data.assembly.recaption import recaption_dataset
+    from kohaku_data.config import load_recipe
+    from kohaku_data.db import DanbooruDB
+
+    db_path, recipe_path, out, keys = built
+    recipe = load_recipe(recipe_path)
+    untagged = recipe.model_copy(update={"version": "2", "artifacts": recipe.artifacts.model_copy(
+        update={"tag_upscaled_above": None})})
+    with DanbooruDB.open(db_path, readonly=True) as db:
+        recaption_dataset(out, untagged, db, out=tmp_path / "recap")
+        recaption_dataset(tmp_path / "recap", recipe, db, out=tmp_path / "again")  # tagged again
+        stricter = recipe.model_copy(update={"version": "3", "artifacts": recipe.artifacts.model_copy(
+            update={"reject_upscaled_above": 1.2})})
+        with pytest.raises(BuildError, match="artifacts"):
+            recaption_dataset(out, stricter, db, out=tmp_path / "refused")
+    manifest = {r["key"]: r for r in pl.read_parquet(tmp_path / "recap" / "manifest.parquet").iter_rows(named=True)}
+    assert manifest[keys["upscaled"]]["artifact_tags"] == []
+    assert "upscaled" not in _caption_text(tmp_path / "recap", keys["upscaled"])
+    assert manifest[keys["upscaled"]]["upscale_factor"] >= 1.2  # the measures are carried over
+    assert _caption_text(tmp_path / "again", keys["upscaled"]) == _caption_text(out, keys["upscaled"])

@@ -9,7 +9,9 @@ DB fingerprint, so the same inputs land in the same folder). Shards keep their s
 order; image members are copied byte for byte from the old tars, `.txt`/`.json` rewritten;
 manifest, rejects, index, stats and dataset.lock are written anew. A post gone from the DB is
 dropped (reject `post_missing`). Only the caption part (and name/version/description) of the
-recipe may differ from the old build's: anything else needs `kdata build`.
+recipe may differ from the old build's: anything else needs `kdata build`. The `[artifacts]` tag
+rules may differ too: the new recipe's are applied to the measures the manifest kept (its reject
+rules must stay as they were, since rejected images are not in the shards).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from kohaku_data.assembly.manifest import (
 from kohaku_data.assembly.plan import REJECT_SCHEMA
 from kohaku_data.assembly.shards import ShardInfo, ShardWriter, shard_name
 from kohaku_data.assembly.tasks import Staged, sample_members
-from kohaku_data.config import Recipe
+from kohaku_data.config import ArtifactRules, CaptionConfig, Recipe
+from kohaku_data.curation.artifacts import TAG_KEYS, tagged_caption
 from kohaku_data.db.handle import DanbooruDB
 
 _FREE_KEYS = ("caption", "name", "version", "description")
@@ -115,12 +118,27 @@ def _publish(work: Path, target: storage.Target) -> None:
 
 
 def _check_compatible(old: dict[str, Any], recipe: Recipe) -> None:
-    new = recipe.model_dump(mode="json")
-    changed = sorted(k for k in set(old) | set(new) if k not in _FREE_KEYS and old.get(k) != new.get(k))
+    old, new = _with_defaults(old), recipe.model_dump(mode="json")
+    changed = sorted(k for k in set(old) | set(new) if k not in _FREE_KEYS and _kept(k, old.get(k)) != _kept(k, new.get(k)))
     if changed:
         raise BuildError(
             f"the recipe changes {', '.join(changed)} — more than captions; rebuild with `kdata build` instead"
         )
+
+
+def _with_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """An old lock's recipe with the keys added since at their defaults (an older build had none)."""
+    try:
+        return Recipe.model_validate(old).model_dump(mode="json")
+    except ValueError:
+        return old  # keys since removed: compared as written
+
+
+def _kept(key: str, value: Any) -> Any:
+    """The part of a recipe section a re-caption must keep: all of it, but `[artifacts]`' tag rules."""
+    if key == "artifacts" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in TAG_KEYS}
+    return value
 
 
 def _target(dataset: storage.Target, old: dict[str, Any], recipe: Recipe, fingerprint: str) -> storage.Target:
@@ -156,7 +174,7 @@ def _rewrite(dataset: Path, source: storage.Target, target: Path, recipe: Recipe
             if old_tar is None:
                 writer.abort()
                 raise BuildError(f"{entry['url']} of {source} is missing: run `kdata verify` on the dataset")
-            new_rows = _copy_shard(old_tar, rows, by_id, writer, dropped)
+            new_rows = _copy_shard(old_tar, rows, by_id, writer, dropped, (recipe.artifacts, recipe.caption))
         if writer.nsamples == 0:
             writer.abort()
             continue
@@ -180,7 +198,7 @@ def _rewrite(dataset: Path, source: storage.Target, target: Path, recipe: Recipe
 
 
 def _copy_shard(old_tar: Path, rows: pl.DataFrame, captions: dict[int, dict], writer: ShardWriter,
-                dropped: list[dict]) -> list[dict]:
+                dropped: list[dict], tagging: tuple[ArtifactRules, CaptionConfig]) -> list[dict]:
     by_image = {row["image"]: row for row in rows.iter_rows(named=True)}
     new_rows: list[dict] = []
     for image_name, data in _image_members(old_tar, by_image):
@@ -191,6 +209,7 @@ def _copy_shard(old_tar: Path, rows: pl.DataFrame, captions: dict[int, dict], wr
                             "detail": "the post is no longer in the DB"})
             continue
         staged = Staged(_header(row), data)
+        caption = tagged_caption(caption, staged.header["artifacts"], *tagging)  # the new recipe's tag rules
         placement = writer.add_sample(sample_members(staged, caption))
         new_rows.append(manifest_row(staged, caption, writer.path.name, placement))
     return new_rows

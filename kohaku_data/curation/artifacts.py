@@ -65,6 +65,18 @@ def tags(m: dict[str, Any], rules: ArtifactRules) -> list[str]:
     return out
 
 
+# the keys a re-caption may change (kohaku_data/assembly/recaption.py): they only add tags
+TAG_KEYS = ("tag_jpeg_quality_below", "tag_jpeg_history", "tag_upscaled_above")
+
+
+def tagged_caption(caption: dict[str, Any], m: dict[str, Any], rules: ArtifactRules,
+                   config: CaptionConfig) -> dict[str, Any]:
+    """The caption row with the tags the measures `m` earn and the post lacks, and those in
+    `artifact_tags` (the manifest's column): what a build and a re-caption both write."""
+    tagged, added = tag_caption(caption, tags(m, rules), config)
+    return {**tagged, "artifact_tags": added}
+
+
 def tag_caption(caption: dict[str, Any], earned: list[str], config: CaptionConfig) -> tuple[dict[str, Any], list[str]]:
     """(caption row with the earned tags its post lacks added, the tags added)."""
     have = {t for key, v in caption.items() if key.startswith("tags_") and isinstance(v, list) for t in v}
