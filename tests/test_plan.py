@@ -3,7 +3,9 @@ the items tasks get from column slices."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -42,12 +44,28 @@ def test_plan_joins_files_with_posts_and_carries_the_db_md5(inputs):
 def test_query_keeps_selected_posts_and_reports_posts_without_file(inputs):
     with sqlite3.connect(inputs.db) as conn:
         rating = conn.execute("SELECT rating FROM post WHERE id = ?", (inputs.hard["no_file"],)).fetchone()[0]
-        wanted = [pid for (pid,) in conn.execute("SELECT id FROM post WHERE rating = ? ORDER BY id", (rating,))]
+        wanted = [pid for (pid,) in conn.execute(
+            "SELECT id FROM post WHERE rating = ? AND is_deleted IS NOT 1 ORDER BY id", (rating,))]
     conn.close()
     letter = {0: "g", 1: "s", 2: "q", 3: "e"}.get(rating, rating)
     plan = _plan(inputs, query=f"rating:{letter}")
     assert plan.frame["key"].to_list() == [k for k in wanted if k != inputs.hard["no_file"]]
     assert [r["key"] for r in plan.rejects if r["reason"] == "post_without_file"] == [inputs.hard["no_file"]]
+
+
+def test_without_a_query_deleted_posts_are_left_out_as_kdata_query_does(inputs, tmp_path):
+    db = tmp_path / "deleted.db"
+    shutil.copy(inputs.db, db)
+    with sqlite3.connect(db) as conn:
+        ids = [pid for (pid,) in conn.execute("SELECT id FROM post WHERE is_deleted IS NOT 1 ORDER BY id")]
+        gone = [k for k in _plan(inputs).frame["key"].to_list() if k in ids][:2]
+        conn.execute(f"UPDATE post SET is_deleted = 1 WHERE id IN ({gone[0]}, {gone[1]})")
+    conn.close()
+    copy = replace(inputs, db=db)
+    plan = _plan(copy)
+    assert not set(gone) & set(plan.frame["key"].to_list())
+    assert not any(r["key"] in gone for r in plan.rejects)  # not selected, as a query's leftovers
+    assert set(gone) <= set(_plan(copy, query="status:any").frame["key"].to_list())
 
 
 def test_task_slices_cover_the_plan_once_and_resume_after_a_key(inputs):

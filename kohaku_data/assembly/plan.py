@@ -128,15 +128,20 @@ def make_plan(db: DanbooruDB, source: Source, recipe: Recipe) -> BuildPlan:
     """Join the source's files with the DB's posts (and the recipe's query, when it has one)."""
     rejects = [_row(None, r.name, r.reason, r.detail) for r in source.rejects]
     posts = read_posts(db, source.files["key"])
-    frame = join_posts(source, posts, rejects)
     if recipe.query.strip():
-        frame = _select(db, recipe.query, frame, rejects)
+        frame = _select(db, recipe.query, join_posts(source, posts, rejects), rejects)
+    else:  # every post that has a file, less the deleted ones: what `kdata query ""` selects
+        frame = join_posts(source, posts, rejects, hidden=posts.filter(pl.col("deleted")))
     return BuildPlan(source, frame, rejects)
 
 
-def join_posts(source: Source, posts: pl.DataFrame, rejects: list[dict]) -> pl.DataFrame:
-    """Files ∩ posts (`posts`: key, md5, file_size); files without a post become rejects."""
+def join_posts(source: Source, posts: pl.DataFrame, rejects: list[dict],
+               hidden: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Files ∩ posts (`posts`: key, md5, file_size); files without a post become rejects, and
+    files of `hidden` posts (deleted ones, which a selection leaves out) are simply not used."""
     joined = source.files.join(posts, on="key", how="left", maintain_order="left")
+    if hidden is not None and hidden.height:
+        joined = joined.join(hidden.select("key"), on="key", how="anti", maintain_order="left")
     missing = joined.filter(pl.col("file_size").is_null())
     if missing.height:
         named = source._names(missing.select(list(FILES_SCHEMA)))
@@ -146,17 +151,18 @@ def join_posts(source: Source, posts: pl.DataFrame, rejects: list[dict]) -> pl.D
 
 
 def read_posts(db: DanbooruDB, keys: pl.Series) -> pl.DataFrame:
-    """md5 (16 raw bytes) and file_size of the posts among `keys`, read in bulk: one string per
-    column and chunk (no Python object per post)."""
+    """md5 (16 raw bytes), file_size and deleted (is_deleted = 1) of the posts among `keys`, read
+    in bulk: one string per column and chunk (no Python object per post)."""
     from kohaku_data.captions.frame import parse_ints
 
     conn = db.connection()
-    frames = [pl.DataFrame(schema={"key": pl.Int64, "md5": pl.Binary, "file_size": pl.Int64})]
+    frames = [pl.DataFrame(schema={"key": pl.Int64, "md5": pl.Binary, "file_size": pl.Int64, "deleted": pl.Boolean})]
     ids = keys.to_numpy()
     for start in range(0, len(ids), _ID_CHUNK):
         wanted = json.dumps(ids[start:start + _ID_CHUNK].tolist())
-        found, md5s, sizes = conn.execute(
-            "SELECT group_concat(id), group_concat(ifnull(md5, ''), ','), group_concat(file_size) "
+        found, md5s, sizes, deleted = conn.execute(
+            "SELECT group_concat(id), group_concat(ifnull(md5, ''), ','), group_concat(file_size), "
+            "group_concat(is_deleted IS 1) "
             "FROM post WHERE id IN (SELECT value FROM json_each(?))", [wanted]).fetchone()
         if not found:
             continue
@@ -164,6 +170,7 @@ def read_posts(db: DanbooruDB, keys: pl.Series) -> pl.DataFrame:
             "key": parse_ints(found, "post.id"),
             "md5": pl.Series([md5s]).str.split(",").explode().replace("", None).str.decode("hex", strict=False),
             "file_size": parse_ints(sizes, "post.file_size"),
+            "deleted": parse_ints(deleted, "post.is_deleted").astype(bool),
         }))
     return pl.concat(frames).unique("key", keep="first").sort("key")
 
