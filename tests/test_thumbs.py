@@ -11,6 +11,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -48,7 +49,8 @@ def make_sources(folder: Path) -> None:
     (folder / "5.png").write_bytes(good.getvalue()[:-40])  # truncated
     big = io.BytesIO()
     Image.new("RGB", (6000, 6000), (10, 120, 10)).save(big, format="JPEG", quality=70)
-    (folder / "6.jpg").write_bytes(big.getvalue())  # 36 MP JPEG: decoded at 1/8 (draft)
+    (folder / "6.jpg").write_bytes(big.getvalue())  # 36 MP JPEG: decoded at 1/8 (draft), under the cap
+    Image.new("RGB", (5000, 5000), (10, 120, 10)).save(folder / "7.png")  # 25 MP PNG: over the 20 MP cap
 
 
 class ThumbServer:
@@ -92,7 +94,7 @@ def site(tmp_path_factory):
     db = make_db(root / "danbooru.db", make_posts(5, seed=3))
     make_dataset(root / "datasets")
     server = ThumbServer(root, db=str(db), datasets=str(root / "datasets"), src=[str(root / "src")],
-                         thumbs={"cache_bytes": CACHE_BYTES, "timeout": 0.02, "max_pixels": 50_000_000})
+                         thumbs={"cache_bytes": CACHE_BYTES, "timeout": 0.02, "max_pixels": 20_000_000})
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client, root
     server.stop()
@@ -166,12 +168,16 @@ def test_slow_render_answers_a_placeholder_then_the_picture(site) -> None:
 
 
 def test_huge_jpeg_is_downscaled_and_bomb_refused(site) -> None:
+    """Pixel cap 20 MP: a 36 MP JPEG decodes at 1/8 and is shown; a 25 MP PNG (decoded in full)
+    and a 900 MP PNG header are refused from their headers."""
     client, _ = site
     jpeg = thumb(client, 6)
     assert jpeg.status_code == 200 and Image.open(io.BytesIO(jpeg.content)).size == (256, 256)
+    png = thumb(client, 7)
+    assert png.status_code == 422 and "25000000 pixels > max_pixels 20000000" in unquote(png.headers["x-kdata-reason"])
     bomb = thumb(client, 3)
     assert bomb.status_code == 422 and bomb.headers["x-kdata-thumb"] == "refused"
-    assert "decompression_bomb" in bomb.headers["x-kdata-reason"]
+    assert "decompression_bomb" in unquote(bomb.headers["x-kdata-reason"])
     assert bomb.headers["content-type"].startswith("image/svg+xml") and b"cannot show" in bomb.content
 
 
@@ -183,7 +189,7 @@ def test_huge_jpeg_is_downscaled_and_bomb_refused(site) -> None:
 def test_unreadable_or_missing_is_a_placeholder(site, post, status, words) -> None:
     client, _ = site
     res = thumb(client, post)
-    assert res.status_code == status and words in res.headers["x-kdata-reason"]
+    assert res.status_code == status and words in unquote(res.headers["x-kdata-reason"])
     assert res.headers["content-type"].startswith("image/svg+xml") and res.content.startswith(b"<svg")
     assert thumb(client, post).headers["x-kdata-cache"] == "hit"  # not decoded again
 

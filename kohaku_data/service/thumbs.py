@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -176,7 +177,8 @@ def render(data: bytes, size: int, config: ThumbConfig) -> bytes:
     from kohaku_data.images.decode import decode
     from kohaku_data.images.normalise import normalise
 
-    im = decode(data, max_pixels=config.max_pixels, animated="first", draft=(size, size))
+    max_pixels, draft = _plan(data, size, config.max_pixels)
+    im = decode(data, max_pixels=max_pixels, animated="first", draft=draft)
     if im.mode in _RESIZABLE:  # shrink first: the colour work then touches only the small image
         im.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         im = normalise(im, alpha="composite", background=(255, 255, 255))
@@ -186,6 +188,30 @@ def render(data: bytes, size: int, config: ThumbConfig) -> bytes:
     out = io.BytesIO()
     im.save(out, format="WEBP", quality=config.quality, method=4)
     return out.getvalue()
+
+
+def _plan(data: bytes, size: int, max_pixels: int) -> tuple[int, tuple[int, int]]:
+    """(pixel cap, draft size) for `decode`. A JPEG decodes at 1/2..1/8 scale (`draft`) to no
+    less than the thumbnail's own size, so its cap applies to the pixels actually decoded: a
+    60 MP JPEG costs ~1 MP at 1/8. Other formats decode in full and keep the plain cap. Only the
+    header is read here; anything unreadable is left to `decode`, which says why."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decode() refuses those
+            with Image.open(io.BytesIO(data)) as im:
+                (w, h), fmt = im.size, im.format
+    except Exception:  # noqa: BLE001 - decode() reports it with the precise reason
+        return max_pixels, (size, size)
+    if w <= 0 or h <= 0:
+        return max_pixels, (size, size)
+    ratio = min(1.0, size / max(w, h))
+    target = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    if fmt != "JPEG":
+        return max_pixels, target
+    scale = next(s for s in (8, 4, 2, 1) if w // s >= target[0] and h // s >= target[1])
+    return max_pixels * scale * scale, target
 
 
 def placeholder(status: int, state: str, reason: str) -> Thumb:
