@@ -11,7 +11,10 @@ deepghs/hfutils (`hfutils.index`): `filesize`, `hash` (git's blob sha1, what the
 `hash_lfs` (sha256 of the file, the LFS oid) and `files` {member name: `offset` (of the member's
 data, past its header), `size`, `sha256`}. With it (or the manifest's `*_offset` / `*_size`
 columns) a reader fetches one sample by byte range, locally or from object storage, without
-scanning the tar.
+scanning the tar. Each image's entry also carries `width`, `height` (the stored image),
+`aspect` (width / height) and `caption` (the .txt caption, keep separator removed), and the
+index `includes_image_geometry: true`: what bghira/webshart (SimpleTuner's `webshart` backend)
+reads to bucket and caption samples without opening an image; hfutils readers ignore them.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class TarStream:
     def add_sample(self, members: list[tuple[str, bytes]]) -> Placement:
         placement = {name: self.add(name, data) for name, data in members}
         self.nsamples += 1
+        annotate_sample(self.files, dict(members))
         return placement
 
     def close(self) -> None:
@@ -211,7 +215,40 @@ def member_index_name(tar_name: str) -> str:
     return tar_name.removesuffix(".tar") + ".json"
 
 
-member_index = hfutils_index  # a shard's member index is the hfutils form (tar_index.py)
+def member_index(filesize: int, sha1: str, sha256: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A shard's member index: the hfutils form (tar_index.py), plus webshart's geometry flag."""
+    index = hfutils_index(filesize, sha1, sha256, files)
+    if any("width" in entry for entry in files.values()):
+        index["includes_image_geometry"] = True
+    return index
+
+
+_SIDECARS = (".txt", ".json")
+KEEP_SEPARATOR = "|||"  # the caption config's default keep separator (captions/ is a layer above)
+
+
+def sample_fields(json_member: bytes, txt_member: bytes) -> dict[str, Any]:
+    """webshart's per-image fields from a sample's .json (`bucket`: [w, h] of the stored image)
+    and .txt members: bucketing and captions without reading the image."""
+    width, height = (int(v) for v in json.loads(json_member)["bucket"])
+    caption = txt_member.decode("utf-8").replace(KEEP_SEPARATOR, "").strip()
+    return {"width": width, "height": height, "aspect": round(width / height, 6), "caption": caption}
+
+
+def annotate_sample(files: dict[str, dict[str, Any]], members: dict[str, bytes]) -> None:
+    """Add `sample_fields` to the image entry of one sample whose members are `members`
+    (name -> bytes); a sample without exactly one image, a .txt and a .json is left as it is."""
+    images = [n for n in members if not n.endswith(_SIDECARS)]
+    if len(images) != 1:
+        return
+    stem = images[0].rsplit(".", 1)[0]
+    txt, meta = members.get(f"{stem}.txt"), members.get(f"{stem}.json")
+    if txt is None or meta is None:
+        return
+    try:
+        files[images[0]].update(sample_fields(meta, txt))
+    except (ValueError, KeyError, TypeError):  # not kdata's sample json: an hfutils entry only
+        return
 
 
 def _write_beside(path: Path, data: bytes) -> None:
@@ -281,9 +318,25 @@ def tar_member_index(tar: Path, chunk: int = 1 << 22) -> dict[str, Any]:
             pos = end
     files = {name: {"offset": offset, "size": length, "sha256": digest.hexdigest()}
              for (name, offset, length), digest in zip(members, digests)}
+    _annotate_from_tar(tar, files)
     index = member_index(size, sha1.hexdigest(), sha256.hexdigest(), files)
     index["md5sum"] = md5.hexdigest()
     return index
+
+
+def _annotate_from_tar(tar: Path, files: dict[str, dict[str, Any]]) -> None:
+    """`annotate_sample` for every sample of a tar, reading only its .txt and .json members."""
+    samples: dict[str, list[str]] = {}
+    for name in files:
+        samples.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    with open(tar, "rb") as f:
+        for names in samples.values():
+            members = {n: b"" for n in names}
+            for n in names:
+                if n.endswith(_SIDECARS):
+                    f.seek(files[n]["offset"])
+                    members[n] = f.read(files[n]["size"])
+            annotate_sample(files, members)
 
 
 def shard_file_problems(out: Path, entry: dict[str, Any], rows) -> list[str]:
