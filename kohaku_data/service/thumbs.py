@@ -155,6 +155,8 @@ class Thumbnailer:
             return placeholder(503, "busy", str(exc))
         except KdataError as exc:
             return placeholder(422, "refused", str(exc))
+        except OSError as exc:  # a shard or file that went away under a running server
+            return placeholder(422, "refused", f"the image cannot be read ({exc})")
         if len(data) > self.config.max_bytes:
             return placeholder(422, "refused", f"the file has {len(data)} bytes, over the {self.config.max_bytes} byte cap")
         try:
