@@ -83,7 +83,7 @@ def test_ordered_in_kohaku_order_rebuilds_todays_caption(built):
     with DanbooruDB.open(inputs.db, readonly=True) as db:
         plain = CaptionConfig()
         rebuilt = CaptionConfig(variants=same)
-        a = caption_posts(db, inputs.ids, plain, compute_thresholds(db, plain))
+        a = caption_posts(db, inputs.ids, plain, compute_thresholds(db, plain), variants=True)
         b = caption_posts(db, inputs.ids, rebuilt, compute_thresholds(db, rebuilt))
     assert a["caption"].to_list() == b["caption"].to_list() == b["variant_kohaku"].to_list()
     assert a["tokens_kohaku"].to_list() == b["tokens_kohaku"].to_list()
@@ -94,7 +94,7 @@ def test_budget_trims_rest_by_priority_and_refuses_a_kept_part_over_it(built):
     tok = ClipTokenizer()
     with DanbooruDB.open(inputs.db, readonly=True) as db:
         base = CaptionConfig()
-        full = caption_posts(db, inputs.ids, base, compute_thresholds(db, base))
+        full = caption_posts(db, inputs.ids, base, compute_thresholds(db, base), variants=True)
         limit = max(tok.count(c.split("|||")[0] + "|||") for c in full["caption"]) + 4  # every kept part fits
         assert (full["tokens_kohaku"] > limit).any()  # and some captions do not
         budget = CaptionConfig(variants={"add": [{"name": "kohaku", "kind": "kohaku", "max_tokens": limit}]})
@@ -158,3 +158,100 @@ def test_recaption_rewrites_variants_and_exports_carry_them(built, tmp_path):
         meta = json.loads(before[key]["json"])
         assert (noob, xml) == (meta["captions"]["noob"], meta["captions"]["xml"])
     assert "caption_anima" in (hf / "README.md").read_text()
+
+
+# Every numeric-pass kind, with the artist prefix, a keep separator, punctuation tags.
+NUMERIC = {"add": [
+    {"name": "noob", "kind": "ordered", "order": "noobai"},
+    {"name": "anima", "kind": "ordered", "order": "anima", "artist_prefix": "@"},
+    {"name": "xml", "kind": "xml", "order": "animagine4", "artist_prefix": "@"},
+    {"name": "plain", "kind": "ordered", "order": ["general", "count", "quality"], "rating": False},
+]}
+
+
+def _variant_configs() -> list[CaptionConfig]:
+    return [CaptionConfig(variants=NUMERIC),
+            CaptionConfig(variants=NUMERIC, keep_separator=None, tag_order="shuffle", escape_parens=True),
+            CaptionConfig(variants=NUMERIC, tag_order="db", keep_separator="<keep>", year_number=True)]
+
+
+@pytest.mark.parametrize("at", range(3))
+def test_numeric_variants_equal_group_lists_and_full_tokenizer(built, at):
+    """Numeric-pass strings equal the group-list expressions, and the summed per-piece counts
+    equal the full tokenizer on every caption of the set."""
+    from kohaku_data.captions import iter_captions
+    from kohaku_data.captions.variants import variant_expr
+
+    inputs, _ = built
+    config = _variant_configs()[at]
+    tok = ClipTokenizer()
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        th = compute_thresholds(db, config)
+        frame = caption_posts(db, inputs.ids, config, th)
+        grouped = pl.concat(list(_grouped_frames(db, config, th)))
+    assert frame.height == len(inputs.ids) and grouped.height == frame.height
+    assert frame["variant_kohaku"].to_list() == frame["caption"].to_list()
+    for v in config.variants.all():
+        texts = frame[f"variant_{v.name}"].to_list()
+        if v.kind != "kohaku":
+            assert texts == grouped.select(variant_expr(grouped, v, config)).to_series().to_list(), v.name
+        assert frame[f"tokens_{v.name}"].to_list() == [tok.count(t) for t in texts], v.name
+    assert any("@" in t for t in frame["variant_anima"]) and frame["variant_xml"].str.contains("</count> <").any()
+
+
+def _grouped_frames(db, config, th):
+    """Caption pages with their group lists (g_*), as the string path gets them."""
+    from kohaku_data.captions import iter_captions  # noqa: F401 (same pages as caption_posts)
+    from kohaku_data.captions.frame import TagSource, parse_page
+    from kohaku_data.captions.layout import (ChunkRows, assemble_captions, caption_elements, group_lists,
+                                             prepare_tags, resolve_tags)
+    from kohaku_data.db.pages import PageFetcher, open_reader
+
+    conn = open_reader(db.path)
+    try:
+        tags = TagSource(conn, True, lambda t: prepare_tags(t, config))
+        with PageFetcher(db.path, None, 1000, with_rids=config.needs_relation_ids) as pages:
+            for raw in pages:
+                if not raw.count:
+                    continue
+                posts, rel = parse_page(raw)
+                pi, rel = rel.of_posts(posts["id"].to_numpy())
+                table = tags.lookup(rel.tag_id)
+                found, ti = resolve_tags(table, rel.tag_id)
+                frame, pi, row = caption_elements(posts, table, ChunkRows(pi, ti, rel.rid).take(found), config, th)
+                out = assemble_captions(frame, pi, row, table, config)
+                yield out.hstack(group_lists(pi, row, table, out.height))
+    finally:
+        conn.close()
+
+
+def test_piece_sums_are_exact_on_awkward_tags():
+    """Tags ending or starting in punctuation, entities, combining marks, final sigma, empty and
+    spaced names: joined by ", " the summed piece counts equal the whole caption's count."""
+    import random
+
+    from kohaku_data.captions.variants import TokenCounter
+
+    alphabet = ["a", "b", "1", "2", ".", ",", ":", "|", ";", "&amp;", "&", "#", "é", "e\u0301", "\u0301", "Σ", "ς",
+                "_", " ", "(", ")", "\\(", ">", "<", "'s", "'", "日", "🎉", "ﬁ", "＃", "&lt", "&#39;", "\u3000"]
+    rng = random.Random(5)
+    counter, tok = TokenCounter(ClipTokenizer()), ClipTokenizer()
+    for _ in range(3000):
+        tags = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 6))]
+        pieces = [t + ", " for t in tags[:-1]] + [tags[-1]]
+        assert sum(counter.count(p) for p in pieces) == tok.count(", ".join(tags)), tags
+        xml = "<g>" + ", ".join(tags) + "</g> <h>" + tags[0] + "</h>"
+        assert sum(counter.count(p) for p in ["<g>" + pieces[0]] + pieces[1:-1] + [pieces[-1] + "</g> ", "<h>" + tags[0] + "</h>"]
+                   if len(tags) > 1) == tok.count(xml) or len(tags) == 1, tags
+
+
+def test_default_captions_have_no_variant_columns(built):
+    inputs, _ = built
+    with DanbooruDB.open(inputs.db, readonly=True) as db:
+        plain = CaptionConfig()
+        th = compute_thresholds(db, plain)
+        assert not any(c.startswith(("variant_", "tokens_")) for c in caption_posts(db, inputs.ids, plain, th).columns)
+        assert not any(c.startswith(("variant_", "tokens_")) for c in caption_posts(db, [], plain, th).columns)
+        asked = caption_posts(db, inputs.ids, plain, th, variants=True)
+        assert [c for c in asked.columns if c.startswith(("variant_", "tokens_"))] == ["variant_kohaku", "tokens_kohaku"]
+        assert caption_posts(db, [], plain, th, variants=True).columns == asked.columns

@@ -272,7 +272,7 @@ class _Build:
     def _captions(self, ids: list[int], thresholds) -> dict[int, dict]:
         from kohaku_data.captions import caption_posts
 
-        frame = caption_posts(self.db, ids, self.recipe.caption, thresholds)
+        frame = caption_posts(self.db, ids, self.recipe.caption, thresholds, variants=True)  # json: every variant's tokens
         return {row["id"]: row for row in frame.iter_rows(named=True)}
 
     # -- final files ----------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def _rewrite(dataset: Path, source: storage.Target, target: Path, recipe: Recipe
     dropped: list[dict] = []
     for entry in index["shardlist"]:
         rows = manifest.filter(pl.col("shard") == entry["url"])
-        captions = caption_posts(db, rows["key"].to_list(), recipe.caption, thresholds)
+        captions = caption_posts(db, rows["key"].to_list(), recipe.caption, thresholds, variants=True)
         by_id = {c["id"]: c for c in captions.iter_rows(named=True)}
         writer = ShardWriter(target / shard_name(recipe.name, len(shards)))
         with storage.fetched([storage.join(source, entry["url"])]) as (old_tar,):

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from kohaku_data.captions.frame import TagSource, count_posts, parse_page
-from kohaku_data.captions.layout import OUTPUT_COLUMNS, build_captions, prepare_tags
+from kohaku_data.captions.layout import OUTPUT_COLUMNS, prepare_tags
 from kohaku_data.captions.parallel import caption_page, pooled_captions
 from kohaku_data.captions.stats import stats_from_frame
 from kohaku_data.captions.summaries import compute_thresholds, stored_prepared_tags
@@ -57,18 +57,21 @@ CAPTIONERS = 2
 
 
 def caption_posts(
-    db: DanbooruDB, ids: Sequence[int], config: CaptionConfig, thresholds: Thresholds
+    db: DanbooruDB, ids: Sequence[int], config: CaptionConfig, thresholds: Thresholds, variants: bool | None = None,
 ) -> pl.DataFrame:
-    """Caption frame of the posts in `ids` that exist (one row each, ordered by id)."""
-    frames = list(iter_captions(db, config, thresholds, ids=ids))
+    """Caption frame of the posts in `ids` that exist (one row each, ordered by id).
+    `variants`: the variant and token columns (captions/variants.py); None: if the recipe adds
+    variants (builds pass True: every sample stores its token counts)."""
+    frames = list(iter_captions(db, config, thresholds, ids=ids, variants=variants))
     if not frames:
-        return _empty_frame(config, thresholds)
+        return _empty_frame(config, thresholds, _variants(config, variants))
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
 def iter_captions(
     db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds, ids: Sequence[int] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1, pages: PageFetcher | None = None,
+    variants: bool | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `chunk_size` posts at a time, by id; every post when `ids` is None.
 
@@ -77,7 +80,7 @@ def iter_captions(
     many processes; the frames still come in id order, and at most `workers + 1` chunks are
     in flight, so memory grows with `chunk_size`, not the DB. `pages`: this job's pages already
     being fetched (`fetch_pages` with the same arguments, started early by a caller that still
-    has imports to do); it is closed here. One process only."""
+    has imports to do); it is closed here. One process only. `variants`: as `caption_posts`."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     if workers < 1:
@@ -89,7 +92,8 @@ def iter_captions(
     # the frames may be pulled from another thread, e.g. by the parquet writer.
     conn = open_reader(db.path)
     try:
-        yield from _captions_of(db, conn, config, thresholds, ids, chunk_size, workers, pages)
+        yield from _captions_of(db, conn, config, thresholds, ids, chunk_size, workers, pages,
+                                _variants(config, variants))
     finally:
         conn.close()
 
@@ -102,7 +106,7 @@ def fetch_pages(db: DanbooruDB, config: CaptionConfig, ids: Sequence[int] | None
 
 def _captions_of(
     db: DanbooruDB, conn: sqlite3.Connection, config: CaptionConfig, thresholds: Thresholds,
-    ids: Sequence[int] | None, chunk_size: int, workers: int, pages: PageFetcher | None,
+    ids: Sequence[int] | None, chunk_size: int, workers: int, pages: PageFetcher | None, variants: bool,
 ) -> Iterator[pl.DataFrame]:
     if ids is None:
         whole, many = True, True
@@ -110,20 +114,21 @@ def _captions_of(
         whole, many = len(ids) > _WHOLE_TAG_TABLE_FROM, len(ids) > chunk_size
     if workers > 1 and many:
         specs = page_specs(conn, ids, chunk_size)
-        yield from pooled_captions(db.path, specs, config, thresholds, whole, workers)
+        yield from pooled_captions(db.path, specs, config, thresholds, whole, workers, variants)
         return
     with pages or fetch_pages(db, config, ids, chunk_size) as fetched:
         if not many:
             tags = _tag_source(conn, whole, config)
             for raw in fetched:
                 if raw.count:
-                    yield caption_page(*parse_page(raw), tags, config, thresholds)
+                    yield caption_page(*parse_page(raw), tags, config, thresholds, variants)
             return
-        yield from _captioned_in_threads(conn, fetched, whole, config, thresholds)
+        yield from _captioned_in_threads(conn, fetched, whole, config, thresholds, variants)
 
 
 def _captioned_in_threads(
     conn: sqlite3.Connection, pages: Iterable[RawPage], whole: bool, config: CaptionConfig, thresholds: Thresholds,
+    variants: bool,
 ) -> Iterator[pl.DataFrame]:
     """Caption frames of `pages` in order, CAPTIONERS pages at a time (polars and numpy release
     the GIL; each thread parses its page, then captions it). The tag table (~0.1 s with
@@ -133,7 +138,7 @@ def _captioned_in_threads(
 
         def caption(raw: RawPage) -> pl.DataFrame:
             posts, rel = parse_page(raw)
-            return caption_page(posts, rel, preparing.result(), config, thresholds)
+            return caption_page(posts, rel, preparing.result(), config, thresholds, variants)
 
         pending: deque[Future[pl.DataFrame]] = deque()
         for raw in pages:
@@ -149,16 +154,25 @@ def _tag_source(conn: sqlite3.Connection, whole: bool, config: CaptionConfig) ->
     return TagSource(conn, whole, lambda t: prepare_tags(t, config), lambda: stored_prepared_tags(conn, config))
 
 
-def _empty_frame(config: CaptionConfig, thresholds: Thresholds) -> pl.DataFrame:
+def _variants(config: CaptionConfig, asked: bool | None) -> bool:
+    from kohaku_data.captions.variants import wants_variants
+
+    return wants_variants(config) if asked is None else asked
+
+
+def _empty_frame(config: CaptionConfig, thresholds: Thresholds, variants: bool) -> pl.DataFrame:
     from kohaku_data.captions.frame import POST_SCHEMA, TAG_SCHEMA
-    from kohaku_data.captions.layout import ChunkRows
+    from kohaku_data.captions.layout import ChunkRows, assemble_captions, caption_elements
+    from kohaku_data.captions.variants import Elements, add_variants, counter_for
 
     tags = prepare_tags(pl.DataFrame(schema=TAG_SCHEMA), config)
     none = np.empty(0, dtype=np.int64)
-    from kohaku_data.captions.variants import add_variants, counter_for
-
-    frame = build_captions(pl.DataFrame(schema=POST_SCHEMA), tags, ChunkRows(none, none, none), config, thresholds)
-    return add_variants(frame, config, counter_for({}, config.variants.tokenizer))
+    posts, pi, row = caption_elements(pl.DataFrame(schema=POST_SCHEMA), tags, ChunkRows(none, none, none), config,
+                                      thresholds)
+    frame = assemble_captions(posts, pi, row, tags, config)
+    if not variants:
+        return frame
+    return add_variants(frame, Elements(pi, row, tags, 0), config, counter_for({}, config.variants.tokenizer))
 
 
 def caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thresholds) -> dict[str, Any]:

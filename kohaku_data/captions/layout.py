@@ -11,7 +11,8 @@ the sort. Orders that depend on the post (`db`, `shuffle`) sort their caption ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -136,6 +137,9 @@ class PreparedTags:
     extra_rows: dict[int, dict[str, int]]  # group → text → row: separator/year/rating/quality
     rest: tuple[int, int]  # rows [start, end) of caption texts after the keep separator
     prefixed_offset: int  # caption row r → r + prefixed_offset: keep separator + the same text
+    # per-job helpers derived from this table, filled as first needed (token counts per row:
+    # captions/variants.py); content only, never compared
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def caption_start(self) -> int:
@@ -410,15 +414,21 @@ def post_columns(posts: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
     return frame.with_columns(rating=rating).with_columns(rating_tag=rating_tag)
 
 
-def build_captions(
+def caption_elements(
     posts: pl.DataFrame, tags: PreparedTags, rows: ChunkRows, config: CaptionConfig, thresholds: Thresholds
-) -> pl.DataFrame:
-    """posts (POST_SCHEMA, ordered by id) + prepared tags + the chunk's relations → caption
-    frame, one row per post in the same order."""
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """The post columns, and (post index, strings row) of every element in output order: raw
+    names, then caption elements (the first after the keep separator already prefixed)."""
     frame = post_columns(posts, config, thresholds)
     pi, row = _sorted_elements(rows, tags, frame, posts["id"].to_numpy(), config)
     _prefix_rest(pi, row, tags, config)
-    groups = group_lists(pi, row, tags, frame.height) if config.variants.needs_groups else None
+    return frame, pi, row
+
+
+def assemble_captions(
+    frame: pl.DataFrame, pi: np.ndarray, row: np.ndarray, tags: PreparedTags, config: CaptionConfig
+) -> pl.DataFrame:
+    """`caption_elements` → caption frame (OUTPUT_COLUMNS), one row per post in the same order."""
     lists = _per_post_lists(pi, row, tags, config)
     if lists.height == frame.height:  # every post has an element: the rows line up
         frame = frame.hstack(lists.drop("_pi"))
@@ -427,5 +437,13 @@ def build_captions(
         frame = frame.with_row_index("_pi").join(lists, on="_pi", how="left", maintain_order="left").with_columns(
             caption=pl.col("caption").fill_null(""), **{c: pl.col(c).fill_null(empty) for c in TAG_COLUMNS.values()}
         )
-    frame = frame.select(OUTPUT_COLUMNS)
-    return frame if groups is None else frame.hstack(groups)  # for captions/variants.py
+    return frame.select(OUTPUT_COLUMNS)
+
+
+def build_captions(
+    posts: pl.DataFrame, tags: PreparedTags, rows: ChunkRows, config: CaptionConfig, thresholds: Thresholds
+) -> pl.DataFrame:
+    """posts (POST_SCHEMA, ordered by id) + prepared tags + the chunk's relations → caption
+    frame, one row per post in the same order."""
+    frame, pi, row = caption_elements(posts, tags, rows, config, thresholds)
+    return assemble_captions(frame, pi, row, tags, config)

@@ -20,8 +20,18 @@ other tags after the separator from the end (attached bands, quality, rating, ye
 fits. The kept part (count tags, characters, series, artists) is never cut: a recipe whose kept
 part alone is over the budget is refused, naming the posts. The reader truncates by the same rule.
 
-Token counts are exact: a pre-token never spans whitespace, so a caption's count is the sum over
-its space-separated pieces; each distinct piece is counted once per job (`TokenCounter`).
+Variants are columns only when the recipe adds variants (`wants_variants`) or the caller asks
+(builds store every sample's token counts); a plain `kdata caption` writes today's columns.
+
+Token counts are exact: a pre-token never spans whitespace (CLIP's cleaning and pattern are
+local between spaces), so a text's count is the sum over pieces that each end in whitespace.
+With a separator ending in a space, kohaku, ordered and xml (`drop`) variants are made in the
+numeric pass from the layout's elements (`Pieces`: per element a strings row and an affix
+kind — separator, `<group>`, `</group>`, artist prefix, or nothing at the end of a post), and
+counted as a per-post sum of per-(row, kind) counts, each counted once per job and kept on the
+prepared tag table. Other variants (text, mixed, attached bands, curated captions, kept empty
+xml groups, other separators) are made from the group lists and counted per space-separated
+piece (`TokenCounter.column`). tests/test_caption_variants.py holds both ways equal.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from kohaku_data.captions.layout import GROUP_CODES, shuffle_keys
+from kohaku_data.captions.layout import (
+    CAPTION_CODE, G_ARTIST, G_MARK, GROUP_CODES, PreparedTags, group_lists, row_groups, shuffle_keys,
+)
 from kohaku_data.captions.tokens import Tokenizer, load_tokenizer
 from kohaku_data.config import CaptionConfig, CaptionVariant
 from kohaku_data.errors import KdataError
@@ -91,6 +103,155 @@ def counter_for(cache: dict, name: str) -> TokenCounter:
     if key not in cache:
         cache[key] = TokenCounter(load_tokenizer(name))
     return cache[key]
+
+
+def wants_variants(config: CaptionConfig) -> bool:
+    """Whether the recipe asks for variant columns (it adds variants or budgets kohaku)."""
+    return bool(config.variants.add)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric pass: variants from the layout's elements
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Elements:
+    """A page's elements from `layout.caption_elements`, sorted by post, in output order."""
+
+    pi: np.ndarray  # post index
+    row: np.ndarray  # strings row of `tags`
+    tags: PreparedTags
+    posts: int
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A variant's text as pieces in order: piece i is `before[affix[i]] + strings[row[i]] +
+    after[affix[i]]`, a post's text its pieces joined with nothing. `slot[i]` is the column of
+    the per-row token cache (a row and its slot fix the affix); rows start at `base`."""
+
+    pi: np.ndarray
+    row: np.ndarray
+    affix: np.ndarray
+    slot: np.ndarray
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    slots: int
+    base: int
+
+
+def _post_ends(pi: np.ndarray) -> np.ndarray:
+    """Which elements are the last of their post (`pi` sorted)."""
+    end = np.ones(len(pi), dtype=bool)
+    end[:-1] = pi[1:] != pi[:-1]
+    return end
+
+
+def _kohaku_pieces(el: Elements, config: CaptionConfig) -> Pieces:
+    shown = el.tags.codes[el.row] == CAPTION_CODE
+    pi, row = el.pi[shown], el.row[shown]
+    last = _post_ends(pi).astype(np.int64)
+    return Pieces(pi, row, last, last, ("", ""), (config.separator, ""), 2, el.tags.caption_start)
+
+
+def _cached_row_groups(tags: PreparedTags) -> np.ndarray:
+    if "row_groups" not in tags.cache:
+        tags.cache["row_groups"] = row_groups(tags)
+    return tags.cache["row_groups"]
+
+
+def _variant_order(el: Elements, variant: CaptionVariant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(post index, plain strings row, caption group, position in the variant's order) of the
+    elements this variant shows, in its order (stable: in-group order as in today's caption)."""
+    tags = el.tags
+    position = np.full(16, -1, dtype=np.int64)
+    for at, name in enumerate(variant.groups()):
+        if name in GROUP_CODES:
+            position[GROUP_CODES[name]] = at
+    groups = _cached_row_groups(tags)[el.row].astype(np.int64)
+    pos = np.where(groups >= 0, position[groups], -1)
+    keep = (pos >= 0) & (groups != G_MARK)
+    start, height = tags.caption_start, tags.prefixed_offset
+    row = el.row[keep]
+    row = np.where(row >= start + height, row - height, row)
+    pi, groups, pos = el.pi[keep], groups[keep], pos[keep]
+    order = np.argsort(pi * 16 + pos, kind="stable")
+    return pi[order], row[order], groups[order], pos[order]
+
+
+def _ordered_pieces(el: Elements, variant: CaptionVariant, config: CaptionConfig) -> Pieces:
+    pi, row, groups, _ = _variant_order(el, variant)
+    last = _post_ends(pi).astype(np.int64)
+    base = el.tags.caption_start
+    if not variant.artist_prefix:
+        return Pieces(pi, row, last, last, ("", ""), (config.separator, ""), 2, base)
+    artist = (groups == G_ARTIST).astype(np.int64)
+    pre = variant.artist_prefix
+    return Pieces(pi, row, artist * 2 + last, last, ("", "", pre, pre), (config.separator, "") * 2, 2, base)
+
+
+def _xml_pieces(el: Elements, variant: CaptionVariant, config: CaptionConfig) -> Pieces:
+    """`<g>a, b</g> <h>c</h>`: slot bits first in group (1), last in group (2), last of post (4)."""
+    pi, row, groups, pos = _variant_order(el, variant)
+    run = pi * 16 + pos
+    first = np.ones(len(run), dtype=bool)
+    first[1:] = run[1:] != run[:-1]
+    last_group = _post_ends(run)
+    slot = first + 2 * last_group + 4 * _post_ends(pi)
+    before, after = [], []
+    for name in variant.groups():
+        pre = variant.artist_prefix if name == "artist" else ""
+        for bits in range(8):
+            closing, end = bits & 2, bits & 4
+            before.append((f"<{name}>" if bits & 1 else "") + pre)
+            after.append((f"</{name}>" if closing else "") + ("" if end else " " if closing else config.separator))
+    return Pieces(pi, row, pos * 8 + slot, slot, tuple(before), tuple(after), 8, el.tags.caption_start)
+
+
+def piece_texts(p: Pieces, tags: PreparedTags, posts: int) -> pl.Series:
+    """Each post's text (\"\" for a post without pieces)."""
+    text = (pl.Series(p.before, dtype=pl.String).gather(p.affix) + tags.strings.gather(p.row)
+            + pl.Series(p.after, dtype=pl.String).gather(p.affix))
+    joined = pl.DataFrame({"_pi": p.pi, "_t": text}).with_columns(pl.col("_pi").set_sorted()).group_by(
+        "_pi", maintain_order=True).agg(pl.col("_t").str.join(""))
+    if joined.height == posts:
+        return joined["_t"]
+    full = pl.DataFrame({"_pi": np.arange(posts, dtype=p.pi.dtype)}).join(joined, on="_pi", how="left",
+                                                                         maintain_order="left")
+    return full["_t"].fill_null("")
+
+
+def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: int) -> np.ndarray:
+    """Tokens of each post's text: the sum of its pieces' counts (exact when every piece but a
+    post's last ends in whitespace). Each (row, slot) is counted once per job, on `tags.cache`."""
+    key = ("tokens", counter.tokenizer.name, p.before, p.after, p.base)
+    cache = tags.cache.get(key)
+    if cache is None:
+        cache = tags.cache.setdefault(key, np.full((len(tags.strings) - p.base, p.slots), -1, dtype=np.int32))
+    r = p.row - p.base
+    got = cache[r, p.slot]
+    miss = got < 0
+    if miss.any():
+        code, at = np.unique(r[miss] * p.slots + p.slot[miss], return_index=True)
+        texts = tags.strings.gather(code // p.slots + p.base).to_list()
+        affixes = p.affix[miss][at].tolist()
+        cache[code // p.slots, code % p.slots] = [
+            counter.count(p.before[a] + t + p.after[a]) for a, t in zip(affixes, texts)]
+        got = cache[r, p.slot]
+    return np.bincount(p.pi, weights=got, minlength=posts).astype(np.int32)
+
+
+def _numeric_pieces(frame: pl.DataFrame, el: Elements, v: CaptionVariant, config: CaptionConfig) -> Pieces | None:
+    """This variant's pieces, or None when it is made from the group lists and strings."""
+    if not config.separator.endswith(" "):  # pieces would not end in whitespace
+        return None
+    attached = "attached" in v.groups() and any(c.startswith("attached_") for c in frame.columns)
+    if v.kind == "kohaku":
+        return None if "tag_caption" in frame.columns else _kohaku_pieces(el, config)
+    if v.kind == "ordered" and not attached:
+        return _ordered_pieces(el, v, config)
+    if v.kind == "xml" and not attached and v.empty_groups == "drop":
+        return _xml_pieces(el, v, config)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,20 +399,39 @@ def _apply_budget(frame: pl.DataFrame, name: str, variant: CaptionVariant, confi
 # ---------------------------------------------------------------------------------------------
 # A page
 # ---------------------------------------------------------------------------------------------
-def add_variants(frame: pl.DataFrame, config: CaptionConfig, counter: TokenCounter) -> pl.DataFrame:
+def add_variants(frame: pl.DataFrame, el: Elements, config: CaptionConfig, counter: TokenCounter) -> pl.DataFrame:
     """`variant_<name>` and `tokens_<name>` of every variant; `caption` becomes the `.txt`
-    variant when it is not `kohaku`; the group lists are dropped."""
+    variant when it is not `kohaku`."""
     variants = config.variants.all()
+    pieces = {v.name: _numeric_pieces(frame, el, v, config) for v in variants}
+    grouped = any(pieces[v.name] is None and v.kind not in ("text", "kohaku") for v in variants) or any(v.max_tokens for v in variants)
+    if grouped:
+        frame = frame.hstack(group_lists(el.pi, el.row, el.tags, el.posts))
     for v in variants:
-        expr = _kept_marker(frame, v, config) if v.kind == "kohaku" and v.max_tokens else variant_expr(frame, v, config)
-        frame = frame.with_columns(expr.alias(f"variant_{v.name}"))
-        frame = frame.with_columns(pl.Series(f"tokens_{v.name}", counter.column(frame[f"variant_{v.name}"]),
-                                             dtype=pl.Int32))
+        frame = frame.with_columns(_variant_column(frame, el, v, pieces[v.name], config, counter))
         if v.max_tokens:
             frame = _apply_budget(frame, v.name, v, config, counter)
     if config.variants.txt != "kohaku" or any(v.name == "kohaku" and v.max_tokens for v in variants):
         frame = frame.with_columns(caption=pl.col(f"variant_{config.variants.txt}"))
     return frame.drop([c for c in frame.columns if c.startswith("g_")])
+
+
+def _variant_column(frame: pl.DataFrame, el: Elements, v: CaptionVariant, pieces: Pieces | None,
+                    config: CaptionConfig, counter: TokenCounter) -> list[pl.Series]:
+    """The variant's text and token count."""
+    if pieces is None:
+        expr = _kept_marker(frame, v, config) if v.kind == "kohaku" and v.max_tokens else variant_expr(frame, v, config)
+        text = frame.select(expr.alias("_v")).to_series()
+        tokens = counter.column(text)
+    else:
+        if v.kind != "kohaku":
+            text = piece_texts(pieces, el.tags, el.posts)
+        elif v.max_tokens:
+            text = frame.select(_kept_marker(frame, v, config)).to_series()
+        else:
+            text = frame["caption"]
+        tokens = piece_tokens(pieces, el.tags, counter, el.posts)
+    return [text.alias(f"variant_{v.name}"), pl.Series(f"tokens_{v.name}", tokens, dtype=pl.Int32)]
 
 
 def token_stats(frames, config: CaptionConfig) -> dict[str, dict[str, float]]:
@@ -273,4 +453,7 @@ def variant_names(config: CaptionConfig) -> tuple[str, ...]:
     return tuple(v.name for v in config.variants.all())
 
 
-__all__ = ["BudgetError", "TokenCounter", "add_variants", "counter_for", "variant_expr", "variant_names"]
+__all__ = [
+    "BudgetError", "Elements", "Pieces", "TokenCounter", "add_variants", "counter_for", "piece_texts", "piece_tokens",
+    "variant_expr", "variant_names", "wants_variants",
+]

@@ -118,7 +118,8 @@ def stats(
                 from kohaku_data.captions import iter_captions
                 from kohaku_data.captions.variants import token_stats
 
-                frames = list(iter_captions(handle, rec.caption, thresholds, ids=_select_ids(handle, rec.query)))
+                frames = list(iter_captions(handle, rec.caption, thresholds, ids=_select_ids(handle, rec.query),
+                                             variants=True))
                 result["tokens"] = token_stats(frames, rec.caption)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
