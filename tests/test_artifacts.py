@@ -254,3 +254,16 @@ def test_recaption_applies_the_new_recipes_tag_rules(built, tmp_path):
     assert "upscaled" not in _caption_text(tmp_path / "recap", keys["upscaled"])
     assert manifest[keys["upscaled"]]["upscale_factor"] >= 1.2  # the measures are carried over
     assert _caption_text(tmp_path / "again", keys["upscaled"]) == _caption_text(out, keys["upscaled"])
+
+
+def test_the_card_shows_the_measures_and_the_rules(built):
+    _, _, out, _ = built
+    body = (out / "README.md").read_text()
+    section = body[body.index("\n## Source artifacts"):]
+    assert "rejected: `jpeg_quality` 2; added caption tags: `upscaled` 1." in section
+    assert "| upscaled (factor ≥ 1.05) | 1 | 50.0% of 2 |" in section
+    assert "| JPEG sources | 0 | 0.0% of 2 |" in section and "No JPEG source." in section
+    assert "![Source artifacts](card/artifacts.png)" in body
+    with Image.open(out / "card" / "artifacts.png") as im:
+        assert im.format == "PNG" and im.width >= 800
+        assert sum(1 for n in im.convert("L").histogram() if n) > 10

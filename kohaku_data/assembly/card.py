@@ -34,6 +34,8 @@ PICTURES = {
     "tags.png": ("Top tags", "The most frequent artists, characters, copyrights, general and meta tags."),
     "scores.png": ("Score and favourites", "Distributions of the posts' score and fav_count (the quality metrics)."),
     "rejects.png": ("Rejects", "Inputs left out of the dataset, by reason (examples in the table below)."),
+    "artifacts.png": ("Source artifacts", "What the kept sources already carried: JPEG quality, upscale "
+                      "factor, JPEG history and palette shares, and what the recipe's `[artifacts]` rules did."),
 }
 
 
@@ -64,7 +66,7 @@ def write_card(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
 def card_markdown(facts: CardFacts, pictures: list[str]) -> str:
     parts = [
         _yaml_header(facts.index, facts.recipe), _title(facts), _overview(facts), _thresholds(facts),
-        _pictures(pictures), _rejects(facts), _files(facts), _loading(facts), _recipe_table(facts),
+        _pictures(pictures), _rejects(facts), _artifacts(facts), _files(facts), _loading(facts), _recipe_table(facts),
     ]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
@@ -101,20 +103,20 @@ def _overview(facts: CardFacts) -> str:
     reject_text = ", ".join(f"{esc(r)} {n:,}" for r, n in zip(rejects["reason"], rejects["n"]))
     tool = lock.get("toolchain", {})
     rows = [
-        ("recipe", f"`{esc(recipe.get('name', '?'))}` version `{esc(recipe.get('version', '?'))}`, "
+        ("recipe", f"{code(recipe.get('name', '?'))} version {code(recipe.get('version', '?'))}, "
                    f"sha256 `{lock.get('recipe_sha256', '?')}`"),
-        ("query", f"`{esc(recipe['query'])}`" if recipe.get("query") else "every post of the DB that has a file"),
+        ("query", code(recipe['query']) if recipe.get("query") else "every post of the DB that has a file"),
         ("DB fingerprint", f"`{lock.get('db_fingerprint', '?')}`"),
-        ("DB sources", "; ".join(f"`{esc(s['name'])}` ({s['size']:,} bytes, sha256 `{s['sha256']}`)"
+        ("DB sources", "; ".join(f"{code(s['name'])} ({s['size']:,} bytes, sha256 `{s['sha256']}`)"
                                  for s in lock.get("db_sources", [])) or "not recorded"),
         ("posts dated", f"{first} … {last}" if first else "no dated posts"),
         ("inputs sha256", f"`{lock.get('inputs_sha256', '?')}`"),
         ("samples", f"{stats.get('samples', 0):,}"),
-        ("shards", f"{len(shards):,}" + (f" (`{esc(shards[0])}` … `{esc(shards[-1])}`)" if shards else "")),
+        ("shards", f"{len(shards):,}" + (f" ({code(shards[0])} … {code(shards[-1])})" if shards else "")),
         ("bytes", f"{stats.get('bytes', 0):,} in shards ({human_bytes(stats.get('bytes', 0))}), "
                   f"{stats.get('image_bytes', 0):,} of them image bytes"),
         ("rejects", f"{int(rejects['n'].sum()):,}" + (f" ({reject_text})" if reject_text else "")),
-        ("images", f"bucket preset `{esc(_get(recipe, 'image.bucket'))}`, codec `{esc(_get(recipe, 'image.codec'))}`"),
+        ("images", f"bucket preset {code(_get(recipe, 'image.bucket'))}, codec {code(_get(recipe, 'image.codec'))}"),
         ("built with", f"kdata {esc(lock.get('kdata_version', '?'))}"
                        + "".join(f", {esc(k)} {esc(v)}" for k, v in sorted(tool.items()) if v)),
     ]
@@ -131,7 +133,7 @@ def _thresholds(facts: CardFacts) -> str:
     for key in sorted(k for k in facts.lock if k.endswith("_thresholds") and k != "caption_thresholds"):
         flat = flatten(facts.lock[key])
         lines += [f"**{esc(key.removesuffix('_thresholds').replace('_', ' ').title())}** (from `dataset.lock`, `{key}`):", ""]
-        lines += _table(["key", "value"], [(f"`{esc(k)}`", _show(v)) for k, v in flat.items()]) + [""]
+        lines += _table(["key", "value"], [(code(k), _show(v)) for k, v in flat.items()]) + [""]
     return "\n".join(lines)
 
 
@@ -148,8 +150,8 @@ def _quality_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
         else:
             rows.append((esc(band), "the rest", *("" for _ in ratings)))
     counts = t.get("counts", {})
-    lines = [f"**Quality** (metric `{esc(t.get('metric', '?'))}`; a post gets the best band whose threshold its "
-             f"metric is strictly above; thresholds are the `{esc(t.get('interpolation', 'linear'))}` percentiles "
+    lines = [f"**Quality** (metric {code(t.get('metric', '?'))}; a post gets the best band whose threshold its "
+             f"metric is strictly above; thresholds are the {code(t.get('interpolation', 'linear'))} percentiles "
              "of the DB's posts of the same rating):", ""]
     lines += _table(["band", "percentile", *[f"{r} ({counts.get(r, 0):,} posts)" for r in ratings]], rows)
     if t.get("by_cohort"):
@@ -177,7 +179,7 @@ def _attached_tables(curation: dict[str, Any]) -> list[str]:
     others = {k: v for k, v in curation.items() if k != "attached_tags"}
     if others:
         lines += ["**Curation** (tag rules and attached data, from `dataset.lock`):", ""]
-        lines += _table(["key", "value"], [(f"`{esc(k)}`", _show(v)) for k, v in flatten(others).items()]) + [""]
+        lines += _table(["key", "value"], [(code(k), _show(v)) for k, v in flatten(others).items()]) + [""]
     return lines
 
 
@@ -190,7 +192,7 @@ def _year_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
         start = edges[i] if i < len(edges) else "?"
         end = edges[i - 1] if i > 0 else None
         rows.append((esc(tag), start, f"before {end}" if end else "today"))
-    return [f"**Year** (mode `{esc(caption.get('year_mode', '?'))}`; a post gets the first tag whose start "
+    return [f"**Year** (mode {code(caption.get('year_mode', '?'))}; a post gets the first tag whose start "
             "its written date is on or after):", "", *_table(["tag", "from", "until"], rows), ""]
 
 
@@ -206,16 +208,41 @@ def _rejects(facts: CardFacts) -> str:
     frame = facts.rejects
     if frame.height == 0:
         return "## Rejects\n\nNo input was rejected.\n"
-    rows = [(f"`{esc(r)}`", f"{n:,}", " · ".join(esc(_short(e)) for e in ex))
+    rows = [(code(r), f"{n:,}", " · ".join(esc(_short(e)) for e in ex))
             for r, n, ex in frame.select("reason", "n", "examples").iter_rows()]
     return "\n".join(["## Rejects", "", "Every input left out, with the reason (all of them in `rejects.parquet`):",
                       "", *_table(["reason", "inputs", "examples (key: detail)"], rows), ""])
 
 
+def _artifacts(facts: CardFacts) -> str:
+    """The source artifact measures of the kept samples and the `[artifacts]` rules' effect."""
+    a = facts.artifacts
+    if not a:
+        return ""
+    n = max(1, a["samples"])
+    rows = [("JPEG sources", a["jpeg_sources"], a["samples"]),
+            (f"lossless, once a JPEG (jpeg_history ≥ {a['history_threshold']:g})", a["jpeg_history"],
+             a["lossless_tested"]),
+            ("upscaled (factor ≥ 1.05)", sum(c for label, c in a["upscale"] if label != "none"),
+             sum(c for _, c in a["upscale"])),
+            ("palette art (≤ 256 colours)", a["palette"], a["colours_known"])]
+    lines = ["## Source artifacts", "", f"Measured on each kept source before any resize ({a['samples']:,} samples; "
+             "columns of `manifest.parquet`, the `artifacts` object of each `.json`):", ""]
+    lines += _table(["measure", "samples", "share of those measured"],
+                    [(name, f"{k:,}", f"{100 * k / max(1, of):.1f}% of {of:,}") for name, k, of in rows])
+    lines += ["", "JPEG quality of the JPEG sources: " + ", ".join(f"{q} {c:,}" for q, c in a["jpeg_quality"] if c)
+              if a["jpeg_sources"] else "No JPEG source.",
+              "", "Upscale factor: " + ", ".join(f"{esc(f)} {c:,} ({100 * c / n:.1f}%)" for f, c in a["upscale"] if c), ""]
+    rejected = ", ".join(f"`{r}` {c:,}" for r, c in a["rejected"].items() if c) or "none"
+    tagged = ", ".join(f"`{esc(t)}` {c:,}" for t, c in a["tagged"].items()) or "none"
+    lines += [f"The recipe's `[artifacts]` rules rejected: {rejected}; added caption tags: {tagged}.", ""]
+    return "\n".join(lines)
+
+
 def _files(facts: CardFacts) -> str:
-    name = esc(facts.index.get("name", facts.recipe.get("name", "?")))
+    name = facts.index.get("name", facts.recipe.get("name", "?"))
     rows = [
-        (f"`{name}-NNNNNN.tar`", "webdataset shards; per sample `<id>.webp` (or `.png`), `<id>.txt`, `<id>.json`"),
+        (code(f"{name}-NNNNNN.tar"), "webdataset shards; per sample `<id>.webp` (or `.png`), `<id>.txt`, `<id>.json`"),
         ("`manifest.parquet`", "one row per sample: shard, bucket, crop, source size, sha256, caption, quality, …"),
         ("`rejects.parquet`", "one row per input left out: key, source, reason, detail"),
         ("`index.json`", "the shard list (wids shard index: url, nsamples, filesize, sha256)"),
@@ -243,7 +270,7 @@ def _loading(facts: CardFacts) -> str:
 
 
 def _recipe_table(facts: CardFacts) -> str:
-    rows = [(f"`{esc(k)}`", _show(v)) for k, v in flatten(facts.recipe).items()]
+    rows = [(code(k), _show(v)) for k, v in flatten(facts.recipe).items()]
     return "\n".join(["## Recipe (every key)", "", *_table(["key", "value"], rows), ""])
 
 
@@ -260,10 +287,33 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Markdown punctuation that could start a construct in a table cell or a heading (emphasis,
+# links, raw HTML, entities, code, strikethrough, a column break); `_` only outside a word.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>&|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
 def esc(value: Any) -> str:
-    """Text from the data made inert in markdown tables: no HTML, no column breaks, one line."""
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("|", "\\|").replace("`", "'").replace("\n", " ").replace("\r", " ")
+    """Text from the data made inert in markdown, on one line: its punctuation backslash-escaped,
+    not turned into HTML entities — markdown renderers escape `<`, `>` and `&` themselves, so an
+    entity here would show as `&gt;` (and in a code span it always does: see `code`)."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), _one_line(value))
+
+
+def code(value: Any) -> str:
+    """Text from the data as a code span that shows it exactly (`score:>5`, not `score:&gt;5`):
+    nothing is interpreted inside a code span, so only the column break `|` is escaped (GFM
+    tables read `\\|` as `|` there; outside a table a `|` would show its backslash) and a fence
+    longer than any run of backticks is used. Padding keeps edge backticks and spaces as written
+    (a renderer strips one space from each end when both ends have one)."""
+    text = _one_line(value).replace("|", "\\|")
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    spaced = text.startswith(" ") and text.endswith(" ") and text.strip(" ")
+    pad = " " if text.startswith("`") or text.endswith("`") or spaced else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _one_line(value: Any) -> str:
+    return str(value).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 def human_bytes(n: int) -> str:
@@ -293,8 +343,8 @@ def _show(value: Any) -> str:
         return "(none)"
     if isinstance(value, str):
         if not value.strip():  # "", " ", "\n": say what it is
-            return f"`{esc(repr(value))}`" if value else "(empty)"
-        return f"`{esc(value)}`"
+            return code(repr(value)) if value else "(empty)"
+        return code(value)
     return esc(value)
 
 

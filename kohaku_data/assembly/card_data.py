@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class CardFacts:
     tags: pl.DataFrame  # category, tag, n: the TOP_TAGS of each category
     rejects: pl.DataFrame  # reason, n, examples (list of "key: detail")
     date_range: tuple[str | None, str | None]
+    artifacts: dict[str, Any] = field(default_factory=dict)  # artifact_facts; {} for an older manifest
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
         tags=top_tags(folder, manifest, TOP_TAGS, json_docs),
         rejects=reject_summary(rejects, REJECT_EXAMPLES),
         date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
+        artifacts=artifact_facts(folder / MANIFEST_NAME, rejects, lock.get("recipe", {}).get("artifacts") or {}),
     )
 
 
@@ -121,6 +123,43 @@ def reject_summary(rejects: pl.DataFrame, examples: int) -> pl.DataFrame:
     return (rejects.sort("key", "source").group_by("reason", maintain_order=True)
             .agg(n=pl.len(), examples=shown.head(examples))
             .sort(["n", "reason"], descending=[True, False]))
+
+
+# (label, low, high): JPEG quality and upscale factor bins, each from low up to just below high
+JPEG_QUALITY_BINS = (("<50", 0, 50), ("50-59", 50, 60), ("60-69", 60, 70), ("70-79", 70, 80), ("80-89", 80, 90),
+                     ("90-94", 90, 95), ("95-99", 95, 100), ("100", 100, 101))
+UPSCALE_BINS = (("none", 0.0, 1.05), ("<1.5", 1.05, 1.5), ("1.5-2", 1.5, 2.0), ("2-3", 2.0, 3.0), ("3+", 3.0, 1e9))
+ARTIFACT_REASONS = ("jpeg_quality", "jpeg_history", "upscaled")
+PALETTE_COLOURS = 256  # a sample with this many distinct colours or fewer counts as palette art
+
+
+def artifact_facts(manifest_path: Path, rejects: pl.DataFrame, rules: dict[str, Any]) -> dict[str, Any]:
+    """The source artifact measures of the kept samples (histograms, shares) and what the
+    recipe's `[artifacts]` rules did (rejects by reason, tags added); {} for a manifest without
+    the measure columns (a build before they existed)."""
+    present = set(pl.read_parquet_schema(manifest_path))
+    columns = ("jpeg_quality", "jpeg_history", "upscale_factor", "colours", "artifact_tags")
+    if not set(columns) <= present:
+        return {}
+    m = pl.read_parquet(manifest_path, columns=list(columns))
+    threshold = float(rules.get("history_threshold", 0.3))
+    history = m["jpeg_history"].drop_nulls()
+    tagged = m["artifact_tags"].explode().drop_nulls().value_counts(name="n").sort("n", "artifact_tags",
+                                                                                    descending=[True, False])
+    return {
+        "samples": m.height, "jpeg_sources": int(m["jpeg_quality"].is_not_null().sum()),
+        "jpeg_quality": _binned(m["jpeg_quality"].drop_nulls(), JPEG_QUALITY_BINS),
+        "lossless_tested": history.len(), "history_threshold": threshold,
+        "jpeg_history": int((history >= threshold).sum()),
+        "upscale": _binned(m["upscale_factor"].drop_nulls(), UPSCALE_BINS),
+        "palette": int((m["colours"].drop_nulls() <= PALETTE_COLOURS).sum()), "colours_known": m["colours"].count(),
+        "rejected": {r: int((rejects["reason"] == r).sum()) for r in ARTIFACT_REASONS},
+        "tagged": dict(zip(tagged["artifact_tags"].to_list(), tagged["n"].to_list())),
+    }
+
+
+def _binned(values: pl.Series, bins: tuple[tuple[str, float, float], ...]) -> list[tuple[str, int]]:
+    return [(label, int(((values >= low) & (values < high)).sum())) for label, low, high in bins]
 
 
 def top_tags(folder: Path, manifest: pl.DataFrame, top: int, docs: list[str] | None = None) -> pl.DataFrame:

@@ -39,7 +39,7 @@ def render_plots(facts: CardFacts) -> dict[str, bytes]:
 
     plots: dict[str, Callable] = {
         "buckets.png": _buckets, "shares.png": _shares, "year_quality.png": _year_quality,
-        "tags.png": _tags, "scores.png": _scores, "rejects.png": _rejects,
+        "tags.png": _tags, "scores.png": _scores, "rejects.png": _rejects, "artifacts.png": _artifacts,
     }
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # inside the context: restored afterwards
@@ -208,6 +208,44 @@ def _rejects(facts: CardFacts):
     _hbars(ax, frame["reason"].to_list(), frame["n"].to_list(), "#c44e52")
     ax.set_title("Rejected inputs by reason", loc="left")
     ax.set_xlabel("inputs")
+    return fig
+
+
+def _artifacts(facts: CardFacts):
+    """2x2: JPEG quality and upscale factor histograms, the shares, what the rules did."""
+    a = facts.artifacts
+    fig, axes = _figure(5.2, 2, 2)
+    if not a:
+        for ax in axes.flat:
+            _empty(ax, "", "not measured (a build before the artifact measures)")
+        return fig
+    for ax, key, title in ((axes[0, 0], "jpeg_quality", "JPEG quality (JPEG sources)"),
+                           (axes[0, 1], "upscale", "Measured upscale factor")):
+        labels, counts = [label for label, _ in a[key]], [c for _, c in a[key]]
+        if not sum(counts):
+            _empty(ax, title, "none")
+            continue
+        ax.bar(np.arange(len(labels)), counts, color=BAR)
+        ax.set_xticks(np.arange(len(labels)), labels)
+        ax.set_title(title, loc="left")
+        ax.grid(axis="x", visible=False)
+        _integer_axis(ax.yaxis)
+    shares = [("JPEG source", a["jpeg_sources"], a["samples"]), ("once a JPEG", a["jpeg_history"], a["lossless_tested"]),
+              ("upscaled", sum(c for label, c in a["upscale"] if label != "none"), sum(c for _, c in a["upscale"])),
+              ("palette", a["palette"], a["colours_known"])]
+    ax = axes[1, 0]
+    ax.barh(np.arange(4), [100 * k / max(1, of) for _, k, of in shares], color=BAR, height=0.7)
+    ax.set_yticks(np.arange(4), [name for name, _, _ in shares])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the samples measured")
+    ax.set_title("Shares", loc="left")
+    acted = [(f"rejected: {r}", c) for r, c in a["rejected"].items()] + [(f"tagged: {t}", c) for t, c in a["tagged"].items()]
+    if not any(c for _, c in acted):
+        _empty(axes[1, 1], "Recipe rules", "no [artifacts] rule acted")
+    else:
+        _hbars(axes[1, 1], [label for label, _ in acted], [c for _, c in acted], "#c44e52")
+        axes[1, 1].set_title("Recipe rules", loc="left")
     return fig
 
 
