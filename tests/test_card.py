@@ -129,7 +129,30 @@ def test_stale_pictures_go_and_data_text_is_escaped(built, tmp_path):
     (out / CARD_DIR / "old_plot.png").write_bytes(b"stale")
     write_card(out, json.loads((out / "dataset.lock").read_text()))
     assert not (out / CARD_DIR / "old_plot.png").exists()
-    assert esc("<img src=x>|`a`\nb") == "&lt;img src=x&gt;\\|'a' b"
+    assert esc("<img src=x>|`a`\nb") == "\\<img src=x\\>\\|\\`a\\` b"
+
+
+NASTY = ["score:>5", "<img src=x>", "a|b", "`tick`", "``x`", "a & b &amp; c", "*bold* _it_ ~~s~~", "[l](u)",
+         "cat_ears ^_^", "back\\slash", " , ", "#1 tag", "x\ny"]
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_data_text_renders_as_written_in_a_table_cell(text):
+    """What `kdata serve` renders (markdown-it, as the Hub and GitHub do): esc'd text and code spans
+    show the text itself — no entity as text (`&gt;`), no markup, no broken column."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from kohaku_data.assembly.card import code
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    page = md.render(f"| a | b |\n|---|---|\n| {esc(text)} | {code(text)} |\n")
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert len(cells) == 2, page
+    shown = text.replace("\n", " ")
+    assert html.unescape(cells[0]) == shown.strip(), page
+    assert cells[1].startswith("<code>") and html.unescape(cells[1][6:-7]) == shown, page
 
 
 def test_a_build_with_no_samples_still_explains_itself(tmp_path):

@@ -233,8 +233,8 @@ def _artifacts(facts: CardFacts) -> str:
     lines += ["", "JPEG quality of the JPEG sources: " + ", ".join(f"{q} {c:,}" for q, c in a["jpeg_quality"] if c)
               if a["jpeg_sources"] else "No JPEG source.",
               "", "Upscale factor: " + ", ".join(f"{esc(f)} {c:,} ({100 * c / n:.1f}%)" for f, c in a["upscale"] if c), ""]
-    rejected = ", ".join(f"`{r}` {c:,}" for r, c in a["rejected"].items() if c) or "none"
-    tagged = ", ".join(f"`{esc(t)}` {c:,}" for t, c in a["tagged"].items()) or "none"
+    rejected = ", ".join(f"{code(r)} {c:,}" for r, c in a["rejected"].items() if c) or "none"
+    tagged = ", ".join(f"{code(t)} {c:,}" for t, c in a["tagged"].items()) or "none"
     lines += [f"The recipe's `[artifacts]` rules rejected: {rejected}; added caption tags: {tagged}.", ""]
     return "\n".join(lines)
 
