@@ -282,3 +282,69 @@ def test_source_root_is_the_source_path_everywhere():
     assert pickle.loads(pickle.dumps(root)).index_root == "s3://b/danbooru2023_index"
     assert sources.source_root("x", None) == "x" and type(sources.source_root("x", None)) is str
     assert tar_index.misfit({"filesize": 10, "files": {"a": {"offset": 8, "size": 4}}}, "x.tar", 10)
+
+
+# -- whole builds: a local mirror and the same tree by URL give the same bytes -------------------------
+def nyanko7_from_inputs(inputs, root: Path, index_root: Path) -> None:
+    """The build-test images (real DB, real files) repacked as nyanko7/danbooru2023 tars."""
+    groups: dict[str, list[tuple[str, bytes]]] = {}
+    for path in sorted(inputs.src.rglob("*.*")):
+        key = int(path.name.split(".")[0])
+        rel = f"original/data-0{key % 1000:03d}.tar" if key % 2 else f"recent/data-1{key % 1000:03d}.tar"
+        groups.setdefault(rel, []).append((f"./{path.name}", path.read_bytes()))
+    groups.setdefault("original/data-0000.tar", []).append(("./123.zip", b"PK\x03\x04"))
+    for rel, members in groups.items():
+        write_tar(root / rel, members)
+        write_index(root / rel, index_root / (rel[:-4] + ".json"))
+
+
+def test_build_by_url_equals_local_and_reads_only_selected_members(tmp_path, remote, request):
+    from test_build_support import build, folder_bytes, make_inputs, small_recipe
+
+    inputs = make_inputs(tmp_path / "inputs")
+    nyanko7_from_inputs(inputs, tmp_path / "d", tmp_path / "i")
+    limit = inputs.ids[15]
+    recipe = small_recipe(query=f"id:<={limit}")
+    local_src = SourceRoot(str(tmp_path / "d"), str(tmp_path / "i"))
+    build(type(inputs)(inputs.db, local_src, inputs.ids, inputs.hard), tmp_path / "local", recipe)
+    base = f"/{request.node.name}"
+    url_src = SourceRoot(upload(remote, tmp_path / "d", f"{base}/d"), upload(remote, tmp_path / "i", f"{base}/i"))
+    remote.forget()
+    build(type(inputs)(inputs.db, url_src, inputs.ids, inputs.hard), tmp_path / "url", recipe)
+    assert folder_bytes(tmp_path / "url") == folder_bytes(tmp_path / "local")
+    assert remote.opened == [], "no tar streamed"
+    ranged = [(p, s, e) for p, s, e in remote.reads if s is not None]
+    whole = [p for p, s, _ in remote.reads if s is None]
+    assert all(p.endswith(".json") for p in whole)
+    members = {(f"{base}/d/{e.name.split(':')[0]}", e.offset, e.offset + e.size): e.key
+               for e in open_source(local_src).entries()}
+    read_keys = [members[r] for r in ranged]  # a KeyError: a read that is no whole member
+    assert len(set(read_keys)) == len(read_keys), "each member read once"
+    import polars as pl
+
+    assert all(k <= limit for k in read_keys), "no member outside the recipe's query is read"
+    shipped = set(pl.read_parquet(tmp_path / "url" / "manifest.parquet")["key"].to_list())
+    assert shipped <= set(read_keys) and inputs.hard["too_small"] in read_keys
+    assert inputs.hard["zero_byte"] not in read_keys, "an empty member needs no request"
+    assert len(read_keys) < len(members) // 2
+
+
+
+def test_cli_build_with_src_index_and_clean_errors(tmp_path):
+    from cli_support import run_kdata
+    from test_build_support import make_inputs
+
+    inputs = make_inputs(tmp_path / "inputs", n_posts=12)
+    nyanko7_from_inputs(inputs, tmp_path / "d", tmp_path / "i")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "t"\nversion = "1"\n[image]\nbucket = "demo-256"\n')
+    args = ["--db", inputs.db, "--recipe", recipe, "--workers", "1", "--no-progress"]
+    done = run_kdata("build", "--src", tmp_path / "d", "--src-index", tmp_path / "i", *args, "--out", tmp_path / "o")
+    assert done.returncode == 0, done.stderr
+    assert "samples" in done.stdout and "md5_mismatch: 1" in done.stdout
+    assert not list((tmp_path / "d").rglob("*.json")), "no index written into the source"
+    done = run_kdata("build", "--src", tmp_path / "d", "--src-index", tmp_path / "nope", *args, "--out", tmp_path / "o2")
+    assert done.returncode != 0 and "index folder" in done.stderr and "does not exist" in done.stderr
+    assert not list((tmp_path / "o2").glob("*.tar")) if (tmp_path / "o2").exists() else True
+    done = run_kdata("recipe", "check", recipe, "--db", inputs.db, "--src", tmp_path / "d", "--src-index", tmp_path / "i")
+    assert done.returncode == 0 and "files to process: 11" in done.stdout, done.stdout + done.stderr
