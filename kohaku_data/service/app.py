@@ -344,15 +344,16 @@ def _add_thumb_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/posts/{post_id}/thumb",
              summary="A post's thumbnail (WebP) from the image sources (`--src`) or a built dataset; "
                      "a placeholder SVG with 404 (no image), 422 (unreadable or too big) or 503 (try again)")
-    def post_thumb(post_id: int, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
+    async def post_thumb(post_id: int, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
         _check_size(size)
-        return _thumb_response(state.thumbs, state.thumbs.get(("post", post_id, size), lambda: state.post_image(post_id), size))
+        thumb = await state.thumbs.get(("post", post_id, size), lambda: state.post_image(post_id), size)
+        return _thumb_response(state.thumbs, thumb)
 
     @app.get("/datasets/{name}/samples/{key}/thumb", summary="A sample's thumbnail (WebP), read from its shard")
-    def sample_thumb(name: str, key: str, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
+    async def sample_thumb(name: str, key: str, size: Annotated[int, Query(description=_SIZE_HELP)] = SIZES[0]) -> Response:
         _check_size(size)
-        dataset = state.catalog.get(name)
-        return _thumb_response(state.thumbs, state.thumbs.get(("sample", name, key, size), lambda: _sample_image(dataset, key), size))
+        thumb = await state.thumbs.get(("sample", name, key, size), lambda: _sample_image(state.catalog, name, key), size)
+        return _thumb_response(state.thumbs, thumb)
 
 
 def _check_size(size: int) -> None:
@@ -360,9 +361,10 @@ def _check_size(size: int) -> None:
         raise KdataError(f"size must be one of {', '.join(map(str, SIZES))}, not {size}")
 
 
-def _sample_image(dataset, key: str) -> bytes:
+def _sample_image(catalog: DatasetCatalog, name: str, key: str) -> bytes:
+    """The sample's image bytes (run in the thumbnail pool: the catalog lists a folder)."""
     try:
-        return dataset.image(key)[0]
+        return catalog.get(name).image(key)[0]
     except DatasetError as exc:
         raise NoImage(str(exc)) from None
 

@@ -1,12 +1,13 @@
 """Thumbnails for the browse page, made on the fly from the image sources or a built dataset.
 
     thumbs = Thumbnailer(ThumbConfig())
-    result = thumbs.get(("post", 1234, 256), lambda: read_bytes_somehow())   # -> Thumb
+    result = await thumbs.get(("post", 1234, 256), lambda: read_bytes_somehow(), 256)   # -> Thumb
 
 Why it looks like this:
-- A server must never stall on one image. Decoding runs in a small pool of its own (Pillow
-  releases the GIL while decoding and resampling), the request waits at most `timeout` seconds
-  and then answers a placeholder; the render goes on and lands in the cache for the next ask.
+- A server must never stall on one image. Reading and decoding run in a small pool of its own
+  (Pillow releases the GIL while decoding and resampling), the request awaits it on the event
+  loop (holding none of the threads that answer other endpoints) for at most `timeout`
+  seconds and then answers a placeholder; the render goes on and lands in the cache.
   The same thumbnail asked twice at once is rendered once (the second waits on the first).
 - Huge inputs are refused before they cost memory: a byte cap before reading, a pixel cap
   after reading the header (kdata's own `images.decode`, which also turns Pillow's
@@ -19,13 +20,13 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any
 from html import escape
@@ -118,9 +119,10 @@ class Thumbnailer:
         self._inflight: dict[Hashable, Future[Thumb]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, read: Callable[[], bytes], size: int) -> Thumb:
+    async def get(self, key: Hashable, read: Callable[[], bytes], size: int) -> Thumb:
         """The thumbnail of `key` at `size` px; `read` (run in the pool) gives the original bytes
-        or raises NoImage / KdataError."""
+        or raises NoImage / KdataError. Awaited on the event loop: a waiting request holds no
+        thread, so slow renders never take the threads that answer the other endpoints."""
         known = self.cache.get(key)
         if known is not None:
             return replace(known, cached=True)
@@ -131,9 +133,9 @@ class Thumbnailer:
                     return placeholder(503, "busy", "the server is rendering many thumbnails; try again shortly")
                 future = self._pool.submit(self._render, key, read, size)
                 self._inflight[key] = future
-        try:
-            return future.result(timeout=self.config.timeout)
-        except FutureTimeout:
+        try:  # shield: a request that gives up must not cancel a render queued for the cache
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.config.timeout)
+        except TimeoutError:
             return placeholder(503, "timeout", f"rendering took over {self.config.timeout:g} s; it goes on, try again shortly")
 
     def _render(self, key: Hashable, read: Callable[[], bytes], size: int) -> Thumb:
