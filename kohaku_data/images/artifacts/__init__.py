@@ -27,7 +27,7 @@ from PIL import Image
 from kohaku_data.images.artifacts.history import jpeg_history
 from kohaku_data.images.artifacts.jpeg import jpeg_settings
 from kohaku_data.images.artifacts.palette import colour_count, dither_share
-from kohaku_data.images.artifacts.plane import luma
+from kohaku_data.images.artifacts.plane import luma, window as luma_window
 from kohaku_data.images.artifacts.upscale import upscale_factor
 from kohaku_data.images.artifacts.webp import webp_settings
 
@@ -77,7 +77,7 @@ def measure_artifacts(im: Image.Image, data: bytes, *, window: int = WINDOW) -> 
     if factor is not None:
         out["effective_width"] = max(1, round(im.width / factor))
         out["effective_height"] = max(1, round(im.height / factor))
-    out["colours"] = _safe(lambda: colour_count(im), None)
+    out["colours"] = _safe(lambda: colour_count(im, luma_window(im.size, window)), None)
     out["dither"] = _safe(lambda: dither_share(y), None)
     return out
 

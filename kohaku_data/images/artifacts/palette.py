@@ -15,10 +15,14 @@ from PIL import Image
 COLOUR_CAP = 4096
 
 
-def colour_count(im: Image.Image) -> int | None:
-    """Distinct colours of the whole image (capped), None for modes without 8-bit colours."""
+def colour_count(im: Image.Image, box: tuple[int, int, int, int] | None = None) -> int | None:
+    """Distinct colours of the whole image (capped), None for modes without 8-bit colours.
+    `box`, a part counted first: when it alone holds more than the cap, so does the image (most
+    pictures: the whole image is never scanned); else the whole image is counted. Exact either way."""
     if im.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA"):
         return None
+    if box is not None and box != (0, 0, *im.size) and im.crop(box).getcolors(COLOUR_CAP) is None:
+        return COLOUR_CAP + 1
     found = im.getcolors(COLOUR_CAP)
     return COLOUR_CAP + 1 if found is None else len(found)
 

@@ -22,6 +22,7 @@ import numpy as np
 GRID = 257  # frequencies 0..0.5 on which the spectra are compared
 FACTORS = np.round(np.arange(1.1, 5.001, 0.05), 2)
 MIN_SIDE = 64  # a window side below this gives no estimate
+ROW_STEP_FROM = 256  # a plane with this many rows or more: every 2nd row's spectrum is averaged
 CLIFF = 1.0  # log10 power drop (decades) that counts as a cut-off (bench_artifacts)
 NEAREST_SHARE = 0.12  # repeated-column share that counts as a nearest-neighbour upscale
 
@@ -31,9 +32,11 @@ def spectrum(y: np.ndarray) -> np.ndarray:
     total = np.zeros(GRID)
     grid = np.linspace(0.0, 0.5, GRID)
     for plane in (y, y.T):
+        plane = plane[::2] if plane.shape[0] >= ROW_STEP_FROM else plane  # the mean spectrum, at half the cost
         rows = plane - plane.mean(axis=1, keepdims=True)
         window = np.hanning(rows.shape[1]).astype(np.float32)
-        power = (np.abs(np.fft.rfft(rows * window, axis=1)) ** 2).mean(axis=0)
+        f = np.fft.rfft(rows * window, axis=1)
+        power = (f.real ** 2 + f.imag ** 2).mean(axis=0)
         total += np.interp(grid, np.fft.rfftfreq(rows.shape[1]), power)
     return np.log10(total + 1e-3)
 
