@@ -42,6 +42,8 @@ TIERS: tuple[Mapping[str, tuple[str, ...]], ...] = (
     # Steps on a plan and caption tag sources; the sample DB generator.
     {"curation": ("kohaku_data.curation",), "sample": ("kohaku_data.sample",)},
     {"assembly": ("kohaku_data.assembly",)},
+    # Latents of a built dataset: assembly's executors, shard writer and parquet; export reads them.
+    {"latents": ("kohaku_data.latents",)},
     {"export": ("kohaku_data.export",), "service": ("kohaku_data.service",)},
     {"cli": ("kohaku_data.cli",)},
 )

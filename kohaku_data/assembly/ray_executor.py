@@ -57,6 +57,7 @@ class RayExecutor:
         self.task_timeout = task_timeout or DEFAULT_TASK_TIMEOUT
         self.max_retries, self.hang_retries = max_retries, hang_retries
         self.window = 4
+        self.num_gpus = 0.0  # GPUs each task asks of Ray (kdata latents sets 1 on a cluster with GPUs)
         self.nodes = self.cpus = 0
         self.placements: Counter[str] = Counter()  # Ray node id → tasks it finished
 
@@ -186,7 +187,7 @@ class _RaySession:
     def __init__(self, ray, executor: RayExecutor, reference: dict[str, str]) -> None:
         self._ray, self._ex, self._reference = ray, executor, reference
         self._remote = ray.remote(run_recorded).options(
-            num_cpus=1, max_retries=executor.max_retries, retry_exceptions=False, scheduling_strategy="SPREAD")
+            num_cpus=1, num_gpus=executor.num_gpus, max_retries=executor.max_retries, retry_exceptions=False, scheduling_strategy="SPREAD")
         self._pending: dict[Any, _Submitted] = {}
         self._poll = max(0.05, min(5.0, executor.task_timeout / 4))
 

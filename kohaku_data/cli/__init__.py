@@ -9,6 +9,7 @@ from kohaku_data.cli import dedup
 from kohaku_data.cli import diff
 from kohaku_data.cli import export
 from kohaku_data.cli import recipe
+from kohaku_data.cli import latents
 
 app = typer.Typer(
     name="kdata",
@@ -24,6 +25,7 @@ app.command("sample")(sample.sample)
 app.command("images")(images.images)
 app.command("build")(build.build)
 app.command("verify")(build.verify)
+app.command("latents")(latents.latents)
 app.command("dedup")(dedup.dedup)
 app.command("diff")(diff.diff)
 app.command("export")(export.export)

@@ -122,6 +122,7 @@ def verify(
         from kohaku_data.assembly.verify import verify_dataset
 
         report = verify_dataset(dataset)
+        report.problems += _latent_problems(dataset)
         for problem in report.problems:
             typer.echo(f"MISMATCH {problem}", err=True)
         verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
@@ -132,3 +133,12 @@ def verify(
                         f"recorded bytes, run: kdata build --repair --out {dataset} --src SRC --db DB "
                         "(SRC and DB as the build used them; the recipe comes from its dataset.lock).")
             raise typer.Exit(1)
+
+
+def _latent_problems(dataset: str) -> list[str]:
+    """The latent set's problems (`DATASET/latents/`, kdata latents), when a local dataset has one."""
+    from kohaku_data import storage
+    from kohaku_data.latents.verify import has_latents, verify_latents
+
+    local = storage.local_path(dataset)
+    return verify_latents(local) if local is not None and has_latents(local) else []

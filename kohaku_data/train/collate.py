@@ -16,6 +16,7 @@ from kohaku_data.train.errors import SamplerError
 
 _SIZES = ("original_size", "crop_top_left", "target_size")
 _FIXED = {"image", "key", "padded", *_SIZES}
+_EMPTY = np.zeros((0, 0, 3), np.uint8)  # the image of a latents batch (stacked empty, then dropped)
 
 
 class BucketCollate:
@@ -31,6 +32,8 @@ class BucketCollate:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        if "latents" in samples[0]:  # KdataDataset(payload="latents"): no image in the samples
+            return self._latents(samples)
         images = [_chw_array(s["image"]) for s in samples]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
@@ -58,6 +61,21 @@ class BucketCollate:
             if name not in _FIXED:
                 out[name] = [s.get(name) for s in samples]
         return out
+
+    def _latents(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """`latents` (B, C, h, w) (and `latents_std`) in their stored dtype; the rest as for images."""
+        import torch
+
+        shapes = {tuple(s["latents"]["mean"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise SamplerError(f"one batch holds latents of shapes {sorted(shapes)}: batch with "
+                               f"BucketBatchSampler so every batch is one bucket.")
+        out = {"latents": torch.stack([s["latents"]["mean"] for s in samples])}
+        if "std" in samples[0]["latents"]:
+            out["latents_std"] = torch.stack([s["latents"]["std"] for s in samples])
+        rest = self([{**{k: v for k, v in s.items() if k != "latents"}, "image": _EMPTY} for s in samples])
+        rest.pop("image")
+        return {**rest, **out}
 
 
 def _chw_array(image: Any) -> np.ndarray:

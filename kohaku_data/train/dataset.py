@@ -27,6 +27,7 @@ from kohaku_data.train.errors import ReaderError
 from kohaku_data.train.ranges import RangeFiles
 
 Decode = Literal["pil", "numpy", "torch", "bytes"]
+Payload = Literal["image", "latents"]
 DECODES = ("pil", "numpy", "torch", "bytes")
 MANIFEST = "manifest.parquet"  # the name kohaku_data.assembly writes (not imported: no build deps here)
 MEMBERS = ("image", "txt", "json")
@@ -47,9 +48,12 @@ class KdataDataset:
     """
 
     def __init__(self, location: str, decode: Decode = "pil", *, mode: str | None = "RGB",
-                 keep_separator: str | None = KEEP_SEPARATOR, caption_policy: Any = None) -> None:
+                 keep_separator: str | None = KEEP_SEPARATOR, caption_policy: Any = None,
+                 payload: Payload = "image") -> None:
         if decode not in DECODES:
             raise ReaderError(f"decode={decode!r} is not one of {', '.join(DECODES)}: pick one of them.")
+        if payload not in ("image", "latents"):
+            raise ReaderError(f"payload={payload!r} is not image or latents: pick one of them.")
         if decode == "torch":
             _require_torch()
         self.location, self.decode, self.mode, self.keep_separator = str(location), decode, mode, keep_separator
@@ -69,6 +73,13 @@ class KdataDataset:
         data = sum(cols[f"{m}_size"] for m in MEMBERS)
         self._one_span = (self._span_end - self._span_start) <= data + _SPAN_SLACK
         self._shard_names, self._shard_code = factorize(self._index["shard"])
+        # payload="latents" (train/latents.py): `latents` {"mean"[, "std"]: (C, h, w) tensors} instead of `image`
+        self.payload, self.latents = payload, None
+        if payload == "latents":
+            from kohaku_data.train.latents import LatentIndex
+
+            _require_torch()
+            self.latents = LatentIndex(self.files, self.location, self._index["key"], self.column("sha256"))
 
     # -- manifest ----------------------------------------------------------------------------------
     def _read_index(self) -> pl.DataFrame:
@@ -144,9 +155,11 @@ class KdataDataset:
         c = self._cols
         caption = members["txt"].decode("utf-8")
         item = json.loads(members["json"])
+        payload = ({"latents": self.latents.read(self.files, index)} if self.latents is not None
+                   else {"image": self._decode(members["image"])})
         item.update(
             key=int(c["key"][index]),
-            image=self._decode(members["image"]),
+            **payload,
             caption=caption,
             caption_parts=split_caption(caption, self.keep_separator),
             original_size=(int(c["source_height"][index]), int(c["source_width"][index])),

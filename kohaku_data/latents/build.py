@@ -1,0 +1,196 @@
+"""`kdata latents DATASET --vae PATH`: the driver. One latent task per image shard, on the
+build's executors; `latents/manifest.parquet`, `index.json` and `latents.lock` (last) from the
+tasks' part records.
+
+Resume: a shard whose part record was made with this spec for these very images (sha256 list)
+and whose tar still has the recorded sha256 is kept; other shards are made again, reusing the
+member of every sample whose image is unchanged (a recipe change to captions only rewrites the
+image shards, moves samples between them, and keeps every latent).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kohaku_data import storage
+from kohaku_data.assembly.executor import Executor, map_unordered
+from kohaku_data.assembly.lock import LOCK_NAME, dumps, write_atomic
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, write_parquet
+from kohaku_data.assembly.shards import ShardInfo, file_sha256, member_index_name
+from kohaku_data.errors import KdataError
+from kohaku_data.latents.tasks import (
+    PARTS, LatentDone, LatentSpec, LatentTask, SampleRef, latent_versions, part_path, run_latent_task)
+from kohaku_data.progress import progress_bar
+from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
+
+LATENT_SCHEMA: dict[str, pl.DataType] = {
+    "key": pl.Int64, "shard": pl.String, "member": pl.String, "offset": pl.Int64, "size": pl.Int64,
+    "sha256": pl.String, "image_sha256": pl.String, "bucket": pl.String,
+}
+
+
+class LatentError(KdataError):
+    """`kdata latents` cannot start or go on (no built dataset, a device it lacks, other versions)."""
+
+
+@dataclass
+class LatentResult:
+    folder: str
+    samples: int = 0
+    shards: int = 0
+    encoded: int = 0
+    reused: int = 0
+    kept_shards: int = 0
+    devices: list[str] = field(default_factory=list)
+
+
+def latent_shard_name(image_shard: str) -> str:
+    """`NAME-000003.tar` → `NAME-latents-000003.tar` (same samples as the image shard)."""
+    stem, number = image_shard.removesuffix(".tar").rsplit("-", 1)
+    return f"{stem}-latents-{number}.tar"
+
+
+def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, progress: bool = False) -> LatentResult:
+    """Encode every sample of a built dataset into `dataset/latents/` (see the module docstring)."""
+    index, manifest = _dataset_tables(dataset)
+    folder = dataset / LATENT_DIR
+    (folder / PARTS).mkdir(parents=True, exist_ok=True)
+    (folder / LATENT_LOCK).unlink(missing_ok=True)  # present again only once complete
+    earlier = _earlier_members(folder, spec)
+    result = LatentResult(str(folder))
+    done: dict[str, LatentDone | dict[str, Any]] = {}
+    tasks = []
+    for number, entry in enumerate(index["shardlist"]):
+        url = latent_shard_name(entry["url"])
+        refs = _sample_refs(manifest.filter(pl.col("shard") == entry["url"]), earlier)
+        kept = _kept_part(folder, url, spec, refs)
+        if kept is not None:
+            done[url] = kept
+            result.kept_shards += 1
+        else:
+            tasks.append(LatentTask(number, str(dataset / entry["url"]), str(folder), url, refs, spec))
+    ours = latent_versions()
+    with progress_bar("latents", manifest.height, progress) as bar:
+        bar.advance(sum(len(d["rows"]) for d in done.values()))
+        for finished in map_unordered(executor, run_latent_task, tasks):
+            if finished.versions != ours:
+                raise LatentError(f"a worker made latents with {finished.versions}, this driver has {ours}: "
+                                  "install the same torch/diffusers/safetensors everywhere.")
+            done[finished.url] = finished
+            result.encoded, result.reused = result.encoded + finished.encoded, result.reused + finished.reused
+            bar.advance(len(finished.rows))
+    _finish(folder, index, spec, [done[latent_shard_name(e["url"])] for e in index["shardlist"]], result)
+    return result
+
+
+def _dataset_tables(dataset: Path) -> tuple[dict[str, Any], pl.DataFrame]:
+    if not (dataset / LOCK_NAME).is_file():
+        raise LatentError(f"{dataset} is not a finished kdata build (no {LOCK_NAME}): build it first, "
+                          "or finish the build by running it again.")
+    index = json.loads((dataset / INDEX_NAME).read_bytes())
+    columns = ["key", "shard", "bucket", "image_offset", "image_size", "sha256"]
+    return index, pl.read_parquet(dataset / MANIFEST_NAME, columns=columns).sort("key")
+
+
+def _sample_refs(rows: pl.DataFrame, earlier: dict[str, tuple[str, int, int, str]]) -> tuple[SampleRef, ...]:
+    return tuple(SampleRef(r["key"], r["bucket"], r["image_offset"], r["image_size"], r["sha256"], earlier.get(r["sha256"]))
+                 for r in rows.iter_rows(named=True))
+
+
+def _earlier_members(folder: Path, spec: LatentSpec) -> dict[str, tuple[str, int, int, str]]:
+    """image sha256 → (latent shard path, offset, size, sha256) of every member an earlier run
+    made with this spec (read again by sha256 before use: a shard may be rewritten meanwhile)."""
+    found: dict[str, tuple[str, int, int, str]] = {}
+    for part in sorted((folder / PARTS).glob("*.json")):
+        record = _read_part(part)
+        if record is None or record.get("spec_sha256") != spec.sha256():
+            continue
+        for row in record["rows"]:
+            found.setdefault(row["image_sha256"], (str(folder / row["shard"]), row["offset"], row["size"], row["sha256"]))
+    return found
+
+
+def _read_part(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _kept_part(folder: Path, url: str, spec: LatentSpec, refs: tuple[SampleRef, ...]) -> dict[str, Any] | None:
+    """The part record of a shard that needs no work: this spec, these images, its tar intact."""
+    record = _read_part(Path(part_path(str(folder), url)))
+    if record is None or record.get("spec_sha256") != spec.sha256():
+        return None
+    if [(r["key"], r["image_sha256"]) for r in record["rows"]] != [(r.key, r.image_sha256) for r in refs]:
+        return None
+    tar = folder / url
+    if not tar.is_file() or not (folder / member_index_name(url)).is_file():
+        return None
+    if tar.stat().st_size != record["info"]["filesize"] or file_sha256(tar) != record["info"]["sha256"]:
+        return None
+    return record
+
+
+def _finish(folder: Path, index: dict[str, Any], spec: LatentSpec, parts: list[Any], result: LatentResult) -> None:
+    """Manifest, index and lock (last) of the set; shards and parts of no current shard go."""
+    records = [asdict(p) if isinstance(p, LatentDone) else p for p in parts]
+    rows = [row for record in records for row in record["rows"]]
+    write_parquet(pl.DataFrame(rows, schema=LATENT_SCHEMA, orient="row"), folder / MANIFEST_NAME)
+    shards = [ShardInfo(**record["info"]) for record in records]
+    write_atomic(folder / INDEX_NAME, dumps({"__kind__": "wids-shard-index-v1", "wids_version": 1,
+                                             "name": f"{index['name']}-latents", "shardlist": [asdict(s) for s in shards]}))
+    _remove_strays(folder, {s.url for s in shards})
+    result.samples, result.shards = len(rows), len(shards)
+    result.devices = sorted({record["device"] for record in records})
+    write_atomic(folder / LATENT_LOCK, dumps(latent_lock(spec, records, result.devices)))
+
+
+def latent_lock(spec: LatentSpec, records: list[dict[str, Any]], devices: list[str]) -> dict[str, Any]:
+    from kohaku_data.latents.vae import vae_config
+
+    config = vae_config(Path(spec.vae_path), Path(spec.vae_config) if spec.vae_config else None)
+    versions = records[0]["versions"] if records else latent_versions()
+    return {
+        "vae": {"path": spec.vae_path, "sha256": spec.vae_sha256, "latent_channels": config.get("latent_channels", 4),
+                "scaling_factor": config.get("scaling_factor"), "shift_factor": config.get("shift_factor")},
+        "what": ["mean", "std"] if spec.std else ["mean"], "scaled": False, "dtype": spec.dtype,
+        "compute_dtype": "fp32", "device_kind": spec.device, "devices": devices,
+        "batch_size": spec.batch_size, "cpu_threads": spec.threads if spec.device == "cpu" else None,
+        "spec_sha256": spec.sha256(), "versions": versions, "samples": sum(len(r["rows"]) for r in records),
+    }
+
+
+def _remove_strays(folder: Path, keep: set[str]) -> None:
+    names = keep | {member_index_name(u) for u in keep}
+    for path in folder.iterdir():
+        if path.is_file() and path.suffix in (".tar", ".json") and path.name not in names and path.name != INDEX_NAME:
+            path.unlink()
+        elif path.is_file() and path.name.endswith(".tmp"):
+            path.unlink()  # a killed writer's
+    for path in (folder / PARTS).glob("*.json"):
+        if path.stem + ".tar" not in keep:
+            path.unlink()
+
+
+def resolve_device(kind: str, executor: Executor) -> str:
+    """"auto" → "cuda" when the executor's workers have GPUs (this machine, or the Ray cluster),
+    else "cpu"; the choice is recorded, and a task that lacks it fails instead of falling back."""
+    if kind != "auto":
+        return kind
+    from kohaku_data.assembly.ray_executor import RayExecutor
+
+    if isinstance(executor, RayExecutor):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=executor.address, log_to_driver=False)
+        return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

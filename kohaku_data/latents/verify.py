@@ -1,0 +1,68 @@
+"""`kdata verify` of a dataset's latent set (`DATASET/latents/`), when it has one.
+
+Checks: every latent shard of `latents/index.json` exists with its size and sha256, its member
+index and the latent manifest's offsets agree with the tar, every member has its recorded
+sha256 and parses as a latent, and every sample of the dataset has a latent of its current image
+(image sha256) — a set made before a rebuild that changed pixels is reported stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
+from kohaku_data.assembly.shards import file_sha256, read_member_index
+from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK, parse_member
+
+
+def has_latents(dataset: Path) -> bool:
+    return (dataset / LATENT_DIR).is_dir()
+
+
+def verify_latents(dataset: Path) -> list[str]:
+    """Problems of the latent set, one sentence each (empty: all good)."""
+    folder = dataset / LATENT_DIR
+    if not (folder / LATENT_LOCK).is_file():
+        return [f"{LATENT_DIR}/: no {LATENT_LOCK} (unfinished): run kdata latents again to finish it"]
+    index = json.loads((folder / INDEX_NAME).read_bytes())
+    rows = pl.read_parquet(folder / MANIFEST_NAME)
+    problems = []
+    for entry in index["shardlist"]:
+        problems += _shard_problems(folder, entry, rows.filter(pl.col("shard") == entry["url"]))
+    images = pl.read_parquet(dataset / MANIFEST_NAME, columns=["key", "sha256"])
+    joined = images.join(rows.select("key", "image_sha256"), on="key", how="left")
+    stale = joined.filter(pl.col("image_sha256").is_null() | (pl.col("image_sha256") != pl.col("sha256")))
+    if stale.height:
+        problems.append(f"{LATENT_DIR}/: {stale.height} samples have no latent of their current image "
+                        f"(first key {stale['key'][0]}): run kdata latents again")
+    return problems
+
+
+def _shard_problems(folder: Path, entry: dict, rows: pl.DataFrame) -> list[str]:
+    name = f"{LATENT_DIR}/{entry['url']}"
+    tar = folder / entry["url"]
+    if not tar.is_file():
+        return [f"{name}: missing"]
+    if tar.stat().st_size != entry["filesize"] or file_sha256(tar) != entry["sha256"]:
+        return [f"{name}: size or sha256 differs from {LATENT_DIR}/index.json (the file changed)"]
+    files = read_member_index(tar)["files"]
+    problems = []
+    if len(files) != rows.height:
+        problems.append(f"{name}: {len(files)} members, the latent manifest lists {rows.height}")
+    with open(tar, "rb") as f:
+        for row in rows.iter_rows(named=True):
+            where = files.get(row["member"])
+            if where is None or (where["offset"], where["size"]) != (row["offset"], row["size"]):
+                problems.append(f"{name}: {row['member']} is not where the latent manifest says")
+                continue
+            f.seek(row["offset"])
+            data = f.read(row["size"])
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                problems.append(f"{name}: {row['member']} sha256 differs from the latent manifest")
+            elif "mean" not in parse_member(data):
+                problems.append(f"{name}: {row['member']} holds no mean")
+    return problems

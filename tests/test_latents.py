@@ -1,0 +1,187 @@
+"""`kdata latents` on a real build: a real diffusers AutoencoderKL (random weights, saved locally),
+latents equal to the model's own encode of the stored pixels, byte-identical for any worker count
+and after an interrupted run, kept across a captions-only rebuild, read by the reader, verified."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from kohaku_data.assembly.executor import LocalExecutor  # noqa: E402
+from kohaku_data.cli import app  # noqa: E402
+from kohaku_data.latents import SDXL_VAE_CONFIG, LatentSpec, make_latents, vae_sha256  # noqa: E402
+from kohaku_data.latents import tasks as latent_tasks  # noqa: E402
+from kohaku_data.train import BucketCollate, KdataDataset, ReaderError  # noqa: E402
+from kohaku_data.train.latents import parse_member  # noqa: E402
+from test_build_support import build, make_inputs, small_recipe  # noqa: E402
+
+# 64x64-ish buckets: the real SDXL VAE encodes them in well under a second each on a CPU.
+TINY_BUCKETS = {"name": "tiny-64", "step": 32, "min_area": 48 * 64, "max_area": 64 * 96, "min_side": 32, "max_side": 128}
+TINY_VAE = {**SDXL_VAE_CONFIG, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4}
+
+
+def _recipe(**kw):
+    return small_recipe(image={"bucket": TINY_BUCKETS}, shard_max_bytes=60_000, **kw)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("latent-inputs"), n_posts=14)
+
+
+@pytest.fixture(scope="module")
+def dataset(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latents") / "ds"
+    build(inputs, out, _recipe(), workers=1)
+    assert len(list(out.glob("t-*.tar"))) >= 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def sdxl_vae(tmp_path_factory) -> Path:
+    """The SDXL VAE architecture with random weights, as one .safetensors file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(**SDXL_VAE_CONFIG)
+    path = tmp_path_factory.mktemp("vae") / "sdxl_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A small AutoencoderKL as a diffusers folder (save_pretrained), for byte-level tests."""
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("tiny") / "vae"
+    diffusers.AutoencoderKL(**TINY_VAE).save_pretrained(folder)
+    return folder
+
+
+def _spec(vae: Path, **kw) -> LatentSpec:
+    return LatentSpec(str(vae), vae_sha256(vae), None, **{"device": "cpu", **kw})
+
+
+def _latent_files(ds: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((ds / "latents").iterdir()) if p.is_file()}
+
+
+def _copy(ds: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(ds, to, ignore=shutil.ignore_patterns("latents"))
+    return to
+
+
+def _stored_pixels(ds: Path, row: dict) -> np.ndarray:
+    with open(ds / row["shard"], "rb") as f:
+        f.seek(row["image_offset"])
+        data = f.read(row["image_size"])
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_sdxl_vae_latents_are_the_models_own_encode_of_the_stored_pixels(dataset, sdxl_vae, tmp_path):
+    ds = _copy(dataset, tmp_path / "ds")
+    result = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(sdxl_vae), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lock = __import__("json").loads((ds / "latents" / "latents.lock").read_text())
+    assert lock["vae"]["sha256"] == hashlib.sha256(sdxl_vae.read_bytes()).hexdigest()
+    assert lock["vae"]["scaling_factor"] == 0.13025 and lock["devices"] == ["cpu"] and lock["dtype"] == "fp16"
+    assert set(lock["versions"]) == {"torch", "diffusers", "safetensors"}
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(**SDXL_VAE_CONFIG).eval()
+    manifest = pl.read_parquet(ds / "manifest.parquet").sort("key")
+    latents = pl.read_parquet(ds / "latents" / "manifest.parquet").sort("key")
+    assert latents["key"].to_list() == manifest["key"].to_list()
+    worst = 0.0
+    for row, lat in zip(manifest.iter_rows(named=True), latents.iter_rows(named=True)):
+        pixels = torch.from_numpy(_stored_pixels(ds, row)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            ref = vae.encode(pixels).latent_dist.mean[0]
+        with open(ds / "latents" / lat["shard"], "rb") as f:
+            f.seek(lat["offset"])
+            mean = parse_member(f.read(lat["size"]))["mean"]
+        assert mean.dtype == torch.float16 and mean.shape == (4, row["height"] // 8, row["width"] // 8)
+        worst = max(worst, (mean.float() - ref).abs().max().item())
+    print(f"max abs error vs diffusers encode(...).latent_dist.mean (fp16 storage): {worst:.2e}")
+    assert worst < 2e-2
+    assert CliRunner().invoke(app, ["verify", str(ds)]).exit_code == 0
+
+
+def test_any_worker_count_gives_the_same_bytes_and_an_interrupted_run_resumes_to_them(dataset, tiny_vae, tmp_path, monkeypatch):
+    one, two, cut = (_copy(dataset, tmp_path / n) for n in ("one", "two", "cut"))
+    make_latents(one, _spec(tiny_vae, std=True), LocalExecutor(1))
+    make_latents(two, _spec(tiny_vae, std=True), LocalExecutor(2))
+    assert _latent_files(one) == _latent_files(two)
+
+    real, calls = latent_tasks.run_latent_task, []
+
+    def dies_on_the_second(task):
+        calls.append(task.url)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill: the first shard is done, nothing else
+        return real(task)
+
+    monkeypatch.setattr("kohaku_data.latents.build.run_latent_task", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        make_latents(cut, _spec(tiny_vae, std=True), LocalExecutor(1))
+    assert not (cut / "latents" / "latents.lock").exists()
+    monkeypatch.setattr("kohaku_data.latents.build.run_latent_task", real)
+    resumed = make_latents(cut, _spec(tiny_vae, std=True), LocalExecutor(1))
+    assert resumed.kept_shards == 1 and resumed.encoded + resumed.reused > 0
+    assert _latent_files(cut) == _latent_files(one)
+
+
+def test_reader_gives_latent_batches_with_the_true_sizes(dataset, tiny_vae, tmp_path):
+    ds = _copy(dataset, tmp_path / "ds")
+    with pytest.raises(ReaderError, match="kdata latents"):
+        KdataDataset(str(ds), payload="latents")
+    make_latents(ds, _spec(tiny_vae, dtype="bf16"), LocalExecutor(1))
+    reader = KdataDataset(str(ds), payload="latents")
+    images = KdataDataset(str(ds), decode="torch")
+    item = reader[0]
+    assert "image" not in item and item["latents"]["mean"].dtype == torch.bfloat16
+    assert item["original_size"] == images[0]["original_size"] and item["key"] == images[0]["key"]
+    same = [i for i in range(len(reader)) if reader[i]["target_size"] == item["target_size"]][:2]
+    batch = BucketCollate()([reader[i] for i in same])
+    assert batch["latents"].shape[0] == len(same) and batch["time_ids"].shape == (len(same), 6)
+
+
+def test_a_captions_only_rebuild_keeps_every_latent(inputs, tiny_vae, tmp_path):
+    ds = tmp_path / "ds"
+    build(inputs, ds, _recipe(), workers=1)
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    before = pl.read_parquet(ds / "latents" / "manifest.parquet").select("key", "sha256")
+    build(inputs, ds, _recipe(caption={"quality": False}), workers=1, force=True)
+    again = make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    assert again.encoded == 0 and again.samples == before.height
+    assert pl.read_parquet(ds / "latents" / "manifest.parquet").select("key", "sha256").equals(before)
+    KdataDataset(str(ds), payload="latents")[0]
+
+
+def test_verify_finds_a_changed_latent_shard_and_bad_input_is_one_sentence(dataset, tiny_vae, tmp_path):
+    ds = _copy(dataset, tmp_path / "ds")
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    assert CliRunner().invoke(app, ["verify", str(ds)]).exit_code == 0
+    shard = sorted((ds / "latents").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[1024] ^= 1
+    shard.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["verify", str(ds)])
+    assert result.exit_code == 1 and "latents/" in result.output
+    missing = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(tmp_path / "nope.safetensors"), "--device", "cpu"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    unbuilt = CliRunner().invoke(app, ["latents", str(tmp_path), "--vae", str(tiny_vae), "--device", "cpu"])
+    assert unbuilt.exit_code == 1 and "not a finished kdata build" in unbuilt.output
