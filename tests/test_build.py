@@ -87,8 +87,13 @@ def test_every_refusal_is_recorded(inputs, built):
     assert by_key[ORPHAN_KEY] == "file_without_post"
     manifest_keys = set(pl.read_parquet(built / "manifest.parquet")["key"].to_list())
     assert manifest_keys.isdisjoint(by_key)
-    # Every post with a good file is a sample; nothing else is.
-    good = set(inputs.ids) - set(inputs.hard.values())
+    # Every live post with a good file is a sample; nothing else is (deleted posts are not
+    # selected, as `kdata query ""` hides them).
+    with sqlite3.connect(inputs.db) as conn:
+        deleted = {pid for (pid,) in conn.execute("SELECT id FROM post WHERE is_deleted = 1")}
+    conn.close()
+    assert deleted, "the sample DB should have deleted posts for this check to mean something"
+    good = set(inputs.ids) - set(inputs.hard.values()) - deleted
     assert manifest_keys == good
 
 
