@@ -185,3 +185,30 @@ def test_verify_finds_a_changed_latent_shard_and_bad_input_is_one_sentence(datas
     assert missing.exit_code == 1 and "does not exist" in missing.output
     unbuilt = CliRunner().invoke(app, ["latents", str(tmp_path), "--vae", str(tiny_vae), "--device", "cpu"])
     assert unbuilt.exit_code == 1 and "not a finished kdata build" in unbuilt.output
+
+
+def test_kohya_export_writes_sd_scripts_latent_caches_with_the_true_original_size(dataset, tiny_vae, tmp_path):
+    from kohaku_data.export import export_dataset
+
+    ds = _copy(dataset, tmp_path / "ds")
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    out = tmp_path / "kohya"
+    export_dataset(ds, out, "kohya")
+    manifest = pl.read_parquet(ds / "manifest.parquet")
+    reader = KdataDataset(str(ds), payload="latents")
+    by_key = {reader[i]["key"]: reader[i]["latents"]["mean"] for i in range(len(reader))}
+    for row in manifest.iter_rows(named=True):
+        image = out / "images" / row["image"]
+        with Image.open(image) as im:
+            w, h = im.size  # what sd-scripts reads (imagesize) to name the cache
+        npz = image.parent / (image.stem + f"_{w:04d}x{h:04d}" + "_sdxl.npz")  # SdSdxlLatentsCachingStrategy
+        assert not (image.parent / f"{image.stem}.npz").exists()  # the old name would win
+        with np.load(npz) as cache:
+            assert set(cache.files) == {"latents", "original_size", "crop_ltrb"}
+            assert cache["latents"].dtype == np.float32 and cache["latents"].shape == (4, h // 2, w // 2)  # tiny VAE: stride 2
+            assert np.array_equal(cache["latents"], by_key[row["key"]].float().numpy())
+            assert cache["original_size"].tolist() == [row["source_width"], row["source_height"]]
+            assert cache["crop_ltrb"].tolist() == [row["crop_left"], row["crop_top"], row["crop_right"], row["crop_bottom"]]
+    again = tmp_path / "again"
+    export_dataset(ds, again, "kohya")
+    assert all(p.read_bytes() == (again / "images" / p.name).read_bytes() for p in (out / "images").glob("*.npz"))

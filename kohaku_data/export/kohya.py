@@ -34,6 +34,7 @@ import polars as pl
 from kohaku_data.export.files import write_text
 from kohaku_data.export.images import place_images
 from kohaku_data.export.source import Built, ExportError, ExportResult
+from kohaku_data.export.sd_latents import has_latents, write_sdxl_caches
 
 TOML_NAME = "dataset.toml"
 
@@ -46,6 +47,9 @@ def write(built: Built, rows: pl.DataFrame, out: Path, *, link_from: Path | None
     subset = {"image_dir": str(folder.absolute()), "num_repeats": 1}
     write_text(out / TOML_NAME, toml_text(general, subset, _header(built, "DreamBooth layout (<key>.txt captions)")))
     result.files = {"dataset_config": str((out / TOML_NAME).absolute()), "image_dir": str(folder.absolute())}
+    if has_latents(built.path):  # kdata latents made a set: sd-scripts' npz caches (--cache_latents_to_disk)
+        result.written += write_sdxl_caches(built.path, rows, folder)
+        result.files["latent_caches"] = f"{folder.absolute()}/<key>_<W>x<H>_sdxl.npz"
     return result
 
 
