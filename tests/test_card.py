@@ -191,3 +191,28 @@ def test_attached_score_thresholds_are_a_table(tmp_path):
     for i, band in enumerate(rule["bands"][:-1]):
         cells = " | ".join(f"{float(rule['by_group'][g][i]):.4g}" for g in groups)
         assert f"| {band} | > p{rule['percentiles'][i]:g} | {cells} |" in body
+
+
+def test_no_picture_text_runs_off_the_edge_with_long_tag_names(built):
+    """Real franchise names are long ("idolmaster_cinderella_girls_u149"): every picture keeps a white
+    border, so no panel title (the copyright one, top right) or label is cut at the figure's edge."""
+    import dataclasses
+    import io
+
+    import numpy as np
+
+    from kohaku_data.assembly.card_data import card_facts
+    from kohaku_data.assembly.card_plots import render_plots
+
+    _, out = built
+    facts = card_facts(out, json.loads((out / "dataset.lock").read_text()))
+    long_names = ["idolmaster_cinderella_girls_u149", "the_legend_of_zelda:_breath_of_the_wild",
+                  "mahou_shoujo_madoka_magica_(anime)", "fate/grand_order", "touhou"]
+    rows = [(c, f"{name}_{c}" if c != "copyright" else name, 50 - i)
+            for c in ("artist", "character", "copyright", "general", "meta") for i, name in enumerate(long_names)]
+    tags = pl.DataFrame(rows, schema={"category": pl.String, "tag": pl.String, "n": pl.Int64}, orient="row")
+    pngs = render_plots(dataclasses.replace(facts, tags=tags.cast(facts.tags.schema)))
+    for name, data in pngs.items():
+        grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        border = np.concatenate([grey[:3].ravel(), grey[-3:].ravel(), grey[:, :3].ravel(), grey[:, -3:].ravel()])
+        assert (border > 200).all(), f"{name}: something is drawn at the picture's edge (cut off)"

@@ -23,6 +23,7 @@ WIDTH = 9.0  # inches; 100 dpi → 900 px, readable on the Hub's card column
 DPI = 100
 INK, MUTED, GRID = "#222222", "#666666", "#dddddd"
 BAR = "#4c72b0"
+TAG_LABEL_CHARS = 32  # longest tag shown whole in a top-tags panel (half the width)
 ORIENTATION = {"portrait": "#4c72b0", "square": "#55a868", "landscape": "#dd8452"}
 _STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 11, "axes.titleweight": "bold",
@@ -75,8 +76,12 @@ def _empty(ax, title: str, text: str = "nothing to show") -> None:
     ax.set_axis_off()
 
 
-def _hbars(ax, labels: list[str], counts: list[int], colors=BAR, total: int | None = None) -> None:
-    """Horizontal bars, first label on top, each with its count and share written beside it."""
+def _hbars(ax, labels: list[str], counts: list[int], colors=BAR, total: int | None = None,
+           narrow: bool = False) -> None:
+    """Horizontal bars, first label on top, each with its count and share written beside it.
+    `narrow` (a panel of a grid): the counts are the tick labels of a right-hand axis instead, so
+    the layout makes room for them — text placed in data units past the bars grows with the
+    panel's width, never fits a narrow one and ran off the picture's edge."""
     y = np.arange(len(labels))
     ax.barh(y, counts, color=colors, height=0.7)
     ax.set_yticks(y, labels)
@@ -84,9 +89,17 @@ def _hbars(ax, labels: list[str], counts: list[int], colors=BAR, total: int | No
     ax.grid(axis="y", visible=False)
     total = total or max(1, sum(counts))
     top = max(counts) if counts else 1
-    for yi, n in zip(y, counts):
-        ax.text(n + top * 0.01, yi, f"{n:,}  ({100 * n / total:.1f}%)", va="center", fontsize=8, color=MUTED)
-    ax.set_xlim(0, top * 1.28)
+    texts = [f"{n:,}  ({100 * n / total:.1f}%)" for n in counts]
+    if narrow:
+        right = ax.secondary_yaxis("right")
+        right.set_yticks(y, texts)
+        right.tick_params(length=0, labelsize=8, labelcolor=MUTED)
+        right.spines["right"].set_visible(False)
+        ax.set_xlim(0, top * 1.02)
+    else:
+        for yi, text in zip(y, texts):
+            ax.text(top * 0.01 + counts[yi], yi, text, va="center", fontsize=8, color=MUTED)
+        ax.set_xlim(0, top * 1.28)
     _integer_axis(ax.xaxis)
 
 
@@ -161,13 +174,15 @@ def _tags(facts: CardFacts):
     order = ("artist", "character", "copyright", "general", "meta")
     per = {c: facts.tags.filter(pl.col("category") == c) for c in order}
     rows = max([p.height for p in per.values()] + [1])
-    fig, axes = _figure(max(3.0, 0.7 + 0.2 * rows) * 2, 2, 3)
+    # Two panels a row: a third of the width could not hold real tag names beside their bars.
+    fig, axes = _figure(max(2.4, 0.7 + 0.2 * rows) * 3, 3, 2)
     for ax, category in zip(axes.flat, order):
         frame = per[category]
         if frame.height == 0:
             _empty(ax, category.title(), "no tags")
             continue
-        _hbars(ax, frame["tag"].to_list(), frame["n"].to_list(), total=facts.manifest.height)
+        _hbars(ax, [_clip(t) for t in frame["tag"].to_list()], frame["n"].to_list(), total=facts.manifest.height,
+               narrow=True)
         ax.set_title(f"Top {category} tags", loc="left")
         ax.set_xticks([])
         ax.tick_params(axis="y", labelsize=8)
@@ -250,6 +265,12 @@ def _artifacts(facts: CardFacts):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _clip(label: str, limit: int = TAG_LABEL_CHARS) -> str:
+    """A tag cut to `limit` characters: real names run to 40 and more ("the_legend_of_zelda:_breath_
+    of_the_wild"), and half the picture's width cannot hold them beside a bar and its count."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
 def _band_colors(bands: list[str]) -> list:
     """Best band green → worst red; samples without a band grey."""
     from matplotlib import colormaps
