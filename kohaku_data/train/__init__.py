@@ -21,8 +21,9 @@ from kohaku_data.train.errors import ReaderError, SamplerError
 from kohaku_data.train.loader import KdataLoader
 from kohaku_data.train.plan import EpochPlan, EpochReport, Layout, plan_epoch
 from kohaku_data.train.sampler import BucketBatchSampler, PadIndex
+from kohaku_data.train.shard_cache import Prefetcher, ShardCache
 
 __all__ = [
     "BucketBatchSampler", "BucketCollate", "EpochPlan", "EpochReport", "KdataDataset", "KdataLoader",
-    "Layout", "PadIndex", "ReaderError", "SamplerError", "plan_epoch", "split_caption",
+    "Layout", "PadIndex", "Prefetcher", "ReaderError", "SamplerError", "ShardCache", "plan_epoch", "split_caption",
 ]

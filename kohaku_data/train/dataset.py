@@ -49,7 +49,7 @@ class KdataDataset:
 
     def __init__(self, location: str, decode: Decode = "pil", *, mode: str | None = "RGB",
                  keep_separator: str | None = KEEP_SEPARATOR, caption_policy: Any = None,
-                 payload: Payload = "image") -> None:
+                 cache: Any = None, payload: Payload = "image") -> None:
         if decode not in DECODES:
             raise ReaderError(f"decode={decode!r} is not one of {', '.join(DECODES)}: pick one of them.")
         if payload not in ("image", "latents"):
@@ -61,6 +61,9 @@ class KdataDataset:
         # `stored_caption`. The epoch comes with the sampler's index, else `self.epoch`.
         self.caption_policy, self.epoch = caption_policy, 0
         self.files = RangeFiles(self.location)
+        # train/shard_cache.ShardCache: shards are read from whole local copies (fetched once each)
+        # instead of one ranged request per sample; the manifest still comes from `location`.
+        self.shards = cache if cache is not None else self.files
         self._index = self._read_index()
         self._manifest: pl.DataFrame | None = None
         # Plain arrays: one row lookup per sample is then a few numpy reads, not a polars row.
@@ -138,9 +141,9 @@ class KdataDataset:
         shard = self._shard_names[self._shard_code[i]]
         where = {m: (int(c[f"{m}_offset"][i]), int(c[f"{m}_size"][i])) for m in MEMBERS}
         if not self._one_span[i]:
-            return {m: self.files.read(shard, offset, size) for m, (offset, size) in where.items()}
+            return {m: self.shards.read(shard, offset, size) for m, (offset, size) in where.items()}
         start, end = int(self._span_start[i]), int(self._span_end[i])
-        span = self.files.read(shard, start, end - start)
+        span = self.shards.read(shard, start, end - start)
         return {m: span[offset - start:offset - start + size] for m, (offset, size) in where.items()}
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import polars as pl
 
 from kohaku_data.train.errors import SamplerError
 from kohaku_data.train.plan import EpochPlan, EpochReport, Layout, Remainder, check_plan_args, plan_epoch
+from kohaku_data.train.window import shard_schedule, windowed
 
 log = logging.getLogger("kohaku_data.train")
 STATE_VERSION = 1
@@ -63,10 +64,13 @@ class BucketBatchSampler:
     `weights`: a manifest column name, an array with one weight per sample, or None (every
     sample once per epoch). `report` / `report_for(epoch)` give the epoch's counts (carried,
     padded, dropped, excluded); they are also logged on logger "kohaku_data.train".
+    `window`: shards per window (window.py): every global batch then comes from one window of
+    shards, so a shard cache fetches each shard about once an epoch; None: all shards (today's plan).
     """
 
     def __init__(self, dataset: Any, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 remainder: Remainder = "carry", weights: str | Sequence[float] | np.ndarray | None = None) -> None:
+                 remainder: Remainder = "carry", weights: str | Sequence[float] | np.ndarray | None = None,
+                 window: int | None = None) -> None:
         if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
             raise SamplerError(f"batch_size={batch_size}, world_size={world_size}, rank={rank}: need "
                                f"batch_size >= 1, world_size >= 1 and 0 <= rank < world_size.")
@@ -75,6 +79,8 @@ class BucketBatchSampler:
         self.global_batch = self.batch_size * self.world_size
         check_plan_args(self.seed, 0, self.global_batch, remainder)
         self.layout = _layout(dataset, weights)
+        self.window = None if window is None else int(window)
+        self.shard_names, self.shard_of = _shards(dataset)
         # a caption policy draws per (epoch, key): indices then carry their epoch into the workers
         self.epoch_in_index = getattr(dataset, "caption_policy", None) is not None
         self.weighted = weights is not None
@@ -97,6 +103,7 @@ class BucketBatchSampler:
         if self._plan is not None and self._plan.report.epoch == epoch:
             return self._plan
         plan = plan_epoch(self.layout, self.seed, epoch, self.global_batch, self.remainder)
+        plan = windowed(plan, self.shard_of, len(self.shard_names), self.seed, self.window)
         if epoch == self.epoch:
             self._plan = plan
             _log_report(plan.report, self.remainder)
@@ -108,6 +115,13 @@ class BucketBatchSampler:
 
     def report_for(self, epoch: int) -> EpochReport:
         return self.plan(epoch).report
+
+    def shard_schedule(self, start: int | None = None) -> list[tuple[str, int, int]]:
+        """(shard, first global batch, last global batch) of the current epoch's plan from `start`
+        (default: where the next iteration starts), in first-use order: a Prefetcher's input."""
+        start = self.start_position() if start is None else int(start)
+        return [(self.shard_names[c], first, last)
+                for c, first, last in shard_schedule(self.plan().batches, self.shard_of, start)]
 
     def __len__(self) -> int:
         return self.plan().report.batches
@@ -137,18 +151,19 @@ class BucketBatchSampler:
             "version": STATE_VERSION, "epoch": self.epoch,
             "batches_done": self._next if batches_done is None else int(batches_done),
             "global_batch": self.global_batch, "seed": self.seed, "remainder": self.remainder,
-            "samples": int(self.layout.codes.size), "weighted": self.weighted,
+            "samples": int(self.layout.codes.size), "weighted": self.weighted, "window": self.window,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue at the batch after the last one consumed; the next iteration starts there."""
         expect = {"version": STATE_VERSION, "global_batch": self.global_batch, "seed": self.seed,
-                  "remainder": self.remainder, "samples": int(self.layout.codes.size), "weighted": self.weighted}
+                  "remainder": self.remainder, "samples": int(self.layout.codes.size), "weighted": self.weighted,
+                  "window": self.window}
         for name, value in expect.items():
             if state.get(name) != value:
                 raise SamplerError(
                     f"the saved sampler state has {name}={state.get(name)!r} but this run has {value!r}: "
-                    f"resume with the same dataset, seed, remainder and batch_size x world_size.")
+                    f"resume with the same dataset, seed, remainder, window and batch_size x world_size.")
         self.epoch, self._next, self._resume = int(state["epoch"]), int(state["batches_done"]), True
         self._plan = None
 
@@ -171,6 +186,17 @@ def _layout(dataset: Any, weights: str | Sequence[float] | np.ndarray | None) ->
                                f"fill them (e.g. 1.0) before sampling.")
         weights = values.cast(pl.Float64).to_numpy()
     return Layout.build(names, codes, None if weights is None else np.asarray(weights, dtype=np.float64))
+
+
+def _shards(dataset: Any) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted shard names, each sample's shard code), from a KdataDataset or a manifest frame."""
+    from kohaku_data.train.dataset import factorize
+
+    if not isinstance(dataset, pl.DataFrame) and hasattr(dataset, "_shard_names"):
+        return dataset._shard_names, dataset._shard_code
+    if isinstance(dataset, pl.DataFrame) and "shard" not in dataset.columns:  # a bare plan frame
+        return ("",), np.zeros(dataset.height, np.int32)
+    return factorize(dataset["shard"] if isinstance(dataset, pl.DataFrame) else dataset.column("shard"))
 
 
 def _log_report(r: EpochReport, remainder: str) -> None:
