@@ -107,6 +107,12 @@ def load_tag_table() -> TagTable:
 # - the long tail (tail.py) is drawn once, a few bytes per relation, and sliced per chunk.
 CHUNK_POSTS = 1 << 17
 _FAMILY_REACH = 30
+# The danbooru2026 snapshot's id blocks where is_deleted, uploader_id and is_banned are NULL (a
+# batch artefact): stored as the defaults (0, as `kdata db import` stores them) and, where the
+# file has migration 0012's table, listed in kdata_post_unknown. Ids lo <= id < hi; a sample
+# reaches the second block from ~8M posts (ids grow ~1.25 a post).
+UNKNOWN_BLOCKS = ((4_800_000, 4_830_000), (10_070_000, 11_790_000))
+UNKNOWN_FIELDS = "is_deleted,uploader_id,is_banned"
 _DAY_MS = 86_400_000
 
 
@@ -333,12 +339,16 @@ def _post_columns(plan: _Plan, chunk: int, start: int, stop: int, artist: list[s
     urls = _urls(md5, ext.tolist(), has_large.tolist(), banned.tolist())
     carry.last_id = int(ids[-1])
     carry.recent = np.concatenate([carry.recent, ids])[-_FAMILY_REACH:]
+    uploader = (rank * 104_729) % 999_983 + 1
+    deleted = (rng.random(n) < 0.06).astype(np.int64)
+    unknown = _unknown(ids)  # after every draw: the blocks never shift a random stream
+    uploader[unknown], deleted[unknown] = 0, 0
     return {
         "id": ids.tolist(), "created_at": created_s,
-        "uploader_id": ((rank * 104_729) % 999_983 + 1).tolist(), "source": source, "md5": md5,
+        "uploader_id": uploader.tolist(), "source": source, "md5": md5,
         "parent_id": parent, "has_children": has_children.tolist(),
-        "is_deleted": (rng.random(n) < 0.06).astype(np.int64).tolist(),
-        "is_banned": banned.astype(np.int64).tolist(), "pixiv_id": pixiv_id,
+        "is_deleted": deleted.tolist(),
+        "is_banned": (banned & ~unknown).astype(np.int64).tolist(), "pixiv_id": pixiv_id,
         "has_active_children": has_children.tolist(),
         "bit_flags": (rng.random(n) < 0.02).astype(np.int64).tolist(),
         "has_large": has_large.tolist(), "has_visible_children": has_children.tolist(),
@@ -479,6 +489,14 @@ def _artists(plan: _Plan, chunk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     pool = np.flatnonzero(real == TagType.ARTIST)
     # np.repeat keeps posts in order, so a post's first row is its main artist.
     return _pick_per_post(rng, n, [0.0, 0.93, 0.06, 0.01], pool, plan.table.counts[pool].astype(float))
+
+
+def _unknown(ids: np.ndarray) -> np.ndarray:
+    """Bool per id: inside one of UNKNOWN_BLOCKS."""
+    out = np.zeros(ids.size, dtype=bool)
+    for lo, hi in UNKNOWN_BLOCKS:
+        out |= (ids >= lo) & (ids < hi)
+    return out
 
 
 def _chunk(plan: _Plan, chunk: int, carry: _Carry) -> _Chunk:
@@ -639,6 +657,19 @@ def _load(conn: sqlite3.Connection, table: TagTable, chunks: Iterator[_Chunk], p
     log("indexes built")
     used_list = used.tolist()
     _write_aliases(conn, [table.names[i] for i in used_list], [table.aliases[i] for i in used_list])
+    _write_unknown(conn)
+
+
+def _write_unknown(conn: sqlite3.Connection) -> int:
+    """The posts of UNKNOWN_BLOCKS into `kdata_post_unknown`, where migrations made it."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'kdata_post_unknown'").fetchone():
+        return 0
+    before = conn.total_changes
+    for lo, hi in UNKNOWN_BLOCKS:
+        conn.execute('INSERT OR IGNORE INTO "kdata_post_unknown" (post_id, fields) '
+                     "SELECT id, ? FROM post WHERE id >= ? AND id < ?", (UNKNOWN_FIELDS, lo, hi))
+    return conn.total_changes - before
 
 
 def write_aliases(conn: sqlite3.Connection) -> int:
