@@ -181,6 +181,25 @@ def test_null_is_deleted_block_is_kept_as_live_and_flagged(posts_sample_path, tm
     assert sources(dropped)[0]["policies"]["null_is_deleted"] == "dropped (rejected)"
 
 
+def test_newer_jsonl_version_clears_the_unknown_fields(posts_sample_path, tmp_path):
+    """A post a snapshot left partly NULL and a newer complete version (JSONL, sync) rewrote is
+    no longer listed in kdata_post_unknown; an older version changes nothing."""
+    posts = make_posts(posts_sample_path, 4)
+    path = danbooru2026(posts, tmp_path / "s.parquet", uploader_id=[None] * 4, is_deleted=[None] * 4)
+    db = DanbooruDB.create(tmp_path / "d.db")
+    import_files(db, [path])
+    conn = db.connection()
+    assert unknown_fields(conn, posts[1]["id"]) == ["uploader_id", "is_deleted"]
+    newer = [dict(posts[1], updated_at="2030-01-01T00:00:00.000+00:00"),
+             dict(posts[2], updated_at="2001-01-01T00:00:00.000+00:00")]
+    summary = import_files(db, [write_jsonl(tmp_path / "newer.jsonl", newer)])
+    assert (summary.posts.updated, summary.posts.unchanged) == (1, 1)
+    assert unknown_fields(conn, posts[1]["id"]) == []
+    assert unknown_fields(conn, posts[2]["id"]) == ["uploader_id", "is_deleted"]
+    assert conn.execute("SELECT uploader_id FROM post WHERE id = ?", (posts[1]["id"],)).fetchone() == (posts[1]["uploader_id"],)
+    db.close()
+
+
 def test_rows_without_file_are_imported(posts_sample_path, tmp_path):
     posts = make_posts(posts_sample_path, 4)
     path = danbooru2026(posts, tmp_path / "s.parquet", md5=[None, posts[1]["md5"], None, None],

@@ -391,7 +391,7 @@ def import_files(
     with _bulk_pragmas(db.connection()), db_summary.suspended(db):
         if defer:
             defer_indexes(db)
-            post_tags.retire(db)  # rebuilt once at the end, not noted row by row
+            post_tags.retire(db, drop_triggers=True)  # rebuilt once at the end, not noted row by row
         try:
             with progress_bar("import", total, progress) as bar:
                 for path in paths:

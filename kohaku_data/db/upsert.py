@@ -64,6 +64,16 @@ def _json_ids(values: Iterable) -> str:
     return json.dumps(list(values))
 
 
+UNKNOWN_TABLE = "kdata_post_unknown"  # migration 0012: published fields a source left NULL
+
+
+def forget_unknown(db: DanbooruDB, conn: sqlite3.Connection, post_ids: list[int]) -> None:
+    """Drop the `kdata_post_unknown` rows of posts about to be rewritten (no-op before 0012)."""
+    if post_ids and db.has_table(UNKNOWN_TABLE):
+        conn.execute(f'DELETE FROM "{UNKNOWN_TABLE}" WHERE post_id IN (SELECT value FROM json_each(?))',
+                     (_json_ids(post_ids),))
+
+
 class _Batch:
     """One transaction's worth of upserts: decide, then write posts, relations, popularity."""
 
@@ -200,6 +210,9 @@ class _Batch:
         if updates:
             # REPLACE rewrites the whole row; relations reference post ids, which do not change.
             self.conn.executemany(f"INSERT OR REPLACE INTO post ({names}) VALUES ({marks})", updates)
+            # The rewritten row is complete (parse_post refuses NULLs): what a snapshot left
+            # unknown of the old version is no longer so.
+            forget_unknown(self.db, self.conn, [pid for pid, a in action.items() if a == "update"])
 
     def _write_relations(
         self, final: dict[int, ParsedPost], tag_ids: dict[str, int], old: dict[int, dict[int, int]],
