@@ -31,9 +31,9 @@ def dither_share(y: np.ndarray) -> float | None:
     """Isolated-pixel share of the changing pixels of a luma window; None when too small or flat."""
     if min(y.shape) < 8:
         return None
-    c = y[1:-1, 1:-1]
-    diffs = [np.abs(c - y[1:-1, :-2]), np.abs(c - y[1:-1, 2:]), np.abs(c - y[:-2, 1:-1]), np.abs(c - y[2:, 1:-1])]
-    changed = [d >= 0.5 for d in diffs]
+    across = np.abs(np.diff(y[1:-1], axis=1)) >= 0.5  # [r, c]: pixel c+1 vs c, inner rows
+    down = np.abs(np.diff(y[:, 1:-1], axis=0)) >= 0.5  # [r, c]: row r+1 vs r, inner columns
+    changed = [across[:, :-1], across[:, 1:], down[:-1], down[1:]]  # left, right, up, down neighbour
     any_change = changed[0] | changed[1] | changed[2] | changed[3]
     n = int(any_change.sum())
     if n < 64:
