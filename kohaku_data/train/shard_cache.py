@@ -120,8 +120,11 @@ class ShardCache:
             m = _PART.match(entry.name)
             if m:
                 total += int(m["size"])
-            elif entry.is_file() and not entry.name.startswith("."):
-                total += entry.stat().st_size
+            elif not entry.name.startswith("."):
+                try:
+                    total += entry.stat().st_size
+                except FileNotFoundError:  # evicted by another process meanwhile
+                    pass
         return total
 
     def cached(self) -> list[str]:

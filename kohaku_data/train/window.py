@@ -14,8 +14,8 @@ phase at the end of the epoch, where they make full batches (a bucket's entries 
 number of batches). So every batch is still one bucket; the tail re-reads at most some shards
 once more: an epoch fetches each shard once, plus at most once again for the tail.
 
-Batch order: the windows in their shuffled order, the batches inside a window (and inside the
-tail) shuffled; a pure function of (manifest, seed, epoch, global batch, window). `window` of
+Batch order: the windows in their shuffled order, the batches inside a window shuffled, then
+the tail's batches ordered by the first window they read; a pure function of (manifest, seed, epoch, global batch, window). `window` of
 at least the shard count gives `plan_epoch`'s plan itself.
 """
 
@@ -59,7 +59,7 @@ def windowed(plan: EpochPlan, shard_of: np.ndarray, n_shards: int, seed: int, wi
     padded = np.concatenate([x[1] for x in groups])
     codes = np.concatenate([x[2] for x in groups])
     phase = np.concatenate([x[3] for x in groups])  # window index; n_windows = the tail
-    order = _phase_order(phase, seed, epoch, n_windows)
+    order = _phase_order(phase, of_shard[shard_of[batches]].min(axis=1), seed, epoch, n_windows)
     return replace(plan, batches=batches[order], padded=padded[order], bucket=codes[order])
 
 
@@ -86,13 +86,15 @@ def _group(entries: np.ndarray, pads: np.ndarray, g: int, bucket: int, phase: in
     return (entries.reshape(n, g), pads.reshape(n, g), np.full(n, bucket, np.int32), np.full(n, phase, np.int64))
 
 
-def _phase_order(phase: np.ndarray, seed: int, epoch: int, n_windows: int) -> np.ndarray:
-    """Batch order: phase by phase (windows, then the tail), shuffled inside each phase."""
+def _phase_order(phase: np.ndarray, first_window: np.ndarray, seed: int, epoch: int, n_windows: int) -> np.ndarray:
+    """Batch order: phase by phase (windows, then the tail), shuffled inside each window; tail
+    batches by the first window they read (so the tail, too, walks the shards window by window)."""
     within = np.empty(phase.size, np.int64)
     for k in np.unique(phase).tolist():
         rows = np.flatnonzero(phase == k)
         within[rows[shuffled(rows.size, _rng(seed, epoch, _WINDOW_BATCHES, k))]] = np.arange(rows.size)
-    return np.lexsort((within, phase))
+    tail_key = np.where(phase == n_windows, first_window, 0)
+    return np.lexsort((within, tail_key, phase))
 
 
 def shard_schedule(batches: np.ndarray, shard_of: np.ndarray, start: int = 0) -> list[tuple[int, int, int]]:
