@@ -32,7 +32,7 @@ EXAMPLES = 5
 # Manifest columns by what they say about a sample.
 IMAGE_COLUMNS = ("sha256", "image_bytes", "format", "width", "height", "bucket",
                  "crop_left", "crop_top", "crop_right", "crop_bottom")
-CAPTION_COLUMNS = ("caption",)
+CAPTION_COLUMNS = ("caption", "tokens", "variant_tokens")  # token counts follow the caption text
 # Where a sample sits (shard, member name, byte offsets and sizes inside the tar) is not what it
 # is: a longer caption moves every later member. Reported apart, never a "changed sample".
 PLACEMENT_COLUMNS = ("shard", "image", *OFFSET_COLUMNS)
