@@ -19,6 +19,7 @@ import os
 os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core, as bench_import
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,10 @@ from benchmarks.report import write_results  # noqa: E402
 
 
 def child(path: Path, db_path: Path, rerun: bool) -> None:
-    """Import `path` into `db_path` and print timing and peak RSS as JSON (one core)."""
+    """Import `path` into `db_path` and print timing and peak RSS as JSON (one core). Run with
+    the working directory (and sys.path) of the code to measure: `--baseline` runs it on
+    another commit's tree."""
+    sys.path.insert(0, os.getcwd())
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from kohaku_data.db import DanbooruDB
@@ -45,14 +49,15 @@ def child(path: Path, db_path: Path, rerun: bool) -> None:
     db.close()
     print(json.dumps({
         "wall_s": wall, "cpu_s": cpu, "index_s": summary.index_seconds, "rejected": summary.rejected,
-        "inserted": summary.posts.inserted, "unchanged": summary.posts.unchanged,
+        "inserted": summary.posts.inserted, "unchanged": summary.posts.unchanged, "updated": summary.posts.updated,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 
-def run_child(path: Path, db_path: Path, rerun: bool = False) -> dict:
-    args = [sys.executable, __file__, "--child", str(path), str(db_path)] + (["--rerun"] if rerun else [])
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+def run_child(path: Path, db_path: Path, rerun: bool = False, code: Path = ROOT) -> dict:
+    args = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), str(db_path)] + (["--rerun"] if rerun else [])
+    env = dict(os.environ, PYTHONPATH=str(code))
+    out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=code, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -68,6 +73,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50k posts, one round")
     parser.add_argument("--posts", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="also run the JSONL import with this commit's code (git archive), same rounds")
     args = parser.parse_args()
     n = args.posts or (50_000 if args.quick else 500_000)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -80,19 +87,41 @@ def main() -> None:
         generate(jsonl, n)
         to_parquet(jsonl, parquet)
         gen_s = time.perf_counter() - t0
-        runs: dict[str, list[dict]] = {"jsonl": [], "parquet": []}
+        ujsonl, uparquet = tmp / "updates.jsonl", tmp / "updates.parquet"
+        updates(jsonl, ujsonl, uparquet)
+        kinds = [("jsonl", jsonl, ROOT), ("parquet", parquet, ROOT)]
+        if args.baseline:
+            base = tmp / "baseline"
+            base.mkdir()
+            subprocess.run(f"git -C {ROOT} archive {args.baseline} kohaku_data | tar -x -C {base}",
+                           shell=True, check=True)
+            kinds.insert(0, ("jsonl_baseline", jsonl, base))
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in kinds}
         for r in range(rounds):
-            for name, path in (("jsonl", jsonl), ("parquet", parquet)):
+            for name, path, code in kinds:
                 db = tmp / f"{name}{r}.db"
-                res = run_child(path, db)
+                res = run_child(path, db, code=code)
                 assert res["inserted"] == n and res["rejected"] == 0, res
                 runs[name].append(res)
-                print(f"  round {r + 1} {name:8} {n / res['wall_s']:>10,.0f} posts/s wall, "
+                print(f"  round {r + 1} {name:15} {n / res['wall_s']:>10,.0f} posts/s wall, "
                       f"{n / res['cpu_s']:>10,.0f}/CPU-s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+        same = _same_rows(tmp / "jsonl0.db", tmp / "parquet0.db")
         rerun = run_child(parquet, tmp / "parquet0.db", rerun=True)
         assert rerun["unchanged"] == n, rerun
+        # Incremental: every post again with a newer updated_at and one tag changed, over the
+        # DB the first JSONL round wrote (a copy per run), JSONL vs parquet, alternating.
+        for r in range(rounds):
+            for name, path, code in [(f"update_{k}", {"jsonl": ujsonl, "parquet": uparquet}[k.split("_")[0]], c)
+                                     for k, _, c in kinds]:
+                db = tmp / f"{name}{r}.db"
+                shutil.copyfile(tmp / "jsonl0.db", db)
+                res = run_child(path, db, rerun=True, code=code)
+                assert res["updated"] == n and res["rejected"] == 0, res
+                runs.setdefault(name, []).append(res)
+                print(f"  round {r + 1} {name:15} {n / res['wall_s']:>10,.0f} posts/s wall, "
+                      f"{n / res['cpu_s']:>10,.0f}/CPU-s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+        same_updates = _same_rows(tmp / "update_jsonl0.db", tmp / "update_parquet0.db")
         sizes = {"jsonl_mb": jsonl.stat().st_size / 1e6, "parquet_mb": parquet.stat().st_size / 1e6}
-        same = _same_rows(tmp / "jsonl0.db", tmp / "parquet0.db")
 
     def best(name: str, key: str) -> float:
         return min(r[key] for r in runs[name])
@@ -109,7 +138,20 @@ def main() -> None:
         "parquet_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["parquet"])),
         "jsonl_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["jsonl"])),
         "parquet_rerun_posts_per_s": round(n / rerun["wall_s"]),
-        "same_rows_as_jsonl": same,
+        "same_rows_as_jsonl": same, "same_rows_after_updates": same_updates,
+        "update_parquet_posts_per_cpu_s": round(n / best("update_parquet", "cpu_s")),
+        "update_jsonl_posts_per_cpu_s": round(n / best("update_jsonl", "cpu_s")),
+        "update_parquet_posts_per_s": round(n / best("update_parquet", "wall_s")),
+        "update_jsonl_posts_per_s": round(n / best("update_jsonl", "wall_s")),
+        **({"baseline": args.baseline,
+            "jsonl_baseline_posts_per_cpu_s": round(n / best("jsonl_baseline", "cpu_s")),
+            "jsonl_baseline_posts_per_s": round(n / best("jsonl_baseline", "wall_s")),
+            "ratio_cpu_vs_baseline_jsonl": round(best("jsonl_baseline", "cpu_s") / best("parquet", "cpu_s"), 2),
+            "ratio_wall_vs_baseline_jsonl": round(best("jsonl_baseline", "wall_s") / best("parquet", "wall_s"), 2),
+            "update_jsonl_baseline_posts_per_cpu_s": round(n / best("update_jsonl_baseline", "cpu_s")),
+            "update_ratio_cpu_vs_baseline_jsonl": round(best("update_jsonl_baseline", "cpu_s")
+                                                         / best("update_parquet", "cpu_s"), 2),
+            } if args.baseline else {}),
         "target_ratio": 2.0, "target_peak_rss_mb_at_12m": 1536, "cores": 1,
         "python": platform.python_version(), "machine": platform.machine(),
     }
@@ -117,6 +159,21 @@ def main() -> None:
           f"(x{result['ratio_wall']} wall, x{result['ratio_cpu']} CPU); peak RSS parquet "
           f"{result['parquet_peak_rss_mb']} MB, JSONL {result['jsonl_peak_rss_mb']} MB; same rows: {same}")
     write_results("snapshot_import", result)
+
+
+def updates(jsonl: Path, out_jsonl: Path, out_parquet: Path) -> None:
+    """Every post again, newer (updated_at in 2030), its first general tag replaced by another."""
+    import polars as pl
+
+    df = pl.read_ndjson(jsonl, infer_schema_length=1000).with_columns(
+        updated_at=pl.lit("2030-01-01T00:00:00.000+00:00"),
+        tag_string_general=pl.col("tag_string_general").str.replace(r"^\S+", "bench_changed_tag"),
+    )
+    df = df.with_columns(tag_string=pl.concat_str(
+        [pl.col(c) for c in ("tag_string_general", "tag_string_artist", "tag_string_character",
+                             "tag_string_copyright", "tag_string_meta")], separator=" "))
+    df.write_ndjson(out_jsonl)
+    df.write_parquet(out_parquet, row_group_size=100_000)
 
 
 def _same_rows(a: Path, b: Path) -> bool:

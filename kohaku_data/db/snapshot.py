@@ -35,12 +35,11 @@ import polars as pl
 from kohaku_data.db.columnar import FrameWriter, PostFrame, TagIdCache, _tag_mentions
 from kohaku_data.db.enums import _RATING_WORDS, TAG_STRING_FIELDS
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.records import _POST_COLUMNS, InputFileError, ParsedPost, RecordError
+from kohaku_data.db.records import _POST_COLUMNS, InputFileError, RecordError
 from kohaku_data.db.snapshot_shapes import POST_FIELD_KINDS, REJECT_IF_NULL, Shape, pandas_index, recognise
 from kohaku_data.db.tag_rows import TagCounts, parse_tag_row, upsert_tags
-from kohaku_data.db.upsert import UpsertCounts, _Batch
+from kohaku_data.db.upsert import UNKNOWN_TABLE, UpsertCounts, _Batch
 
-UNKNOWN_TABLE = "kdata_post_unknown"
 RejectFn = Callable[[int, str, Any], None]  # (row number, reason, record)
 _TYPED = tuple(TAG_STRING_FIELDS)
 _POST_NAMES = [name for name, _ in _POST_COLUMNS]
@@ -259,6 +258,7 @@ class SnapshotWriter:
         self.seen = SeenIds()
         self.on_reject = on_reject
         self.track_unknown = db.has_table(UNKNOWN_TABLE)
+        self.frame_writer: FrameWriter | None = None  # one per file: the post_id index is checked once
 
     def write(self, df: pl.DataFrame) -> UpsertCounts:
         df = newest_per_id(df, self.on_reject)
@@ -275,7 +275,7 @@ class SnapshotWriter:
             if new.height:
                 self._insert(new)
             if updated.height:
-                _Batch(self.db, self.conn).run(_parsed(updated))
+                self._update(updated)
             self._note_unknown(new, updated)
         unchanged = df.filter(~pl.col("_new") & ~pl.col("_newer") & ~pl.col("_repeat")).height
         return UpsertCounts(inserted=new.height, updated=updated.height, unchanged=unchanged)
@@ -298,8 +298,15 @@ class SnapshotWriter:
                                {"id": post_id, "updated_at": updated_at})
 
     def _insert(self, new: pl.DataFrame) -> None:
-        posts = new.select(*_POST_NAMES, "updated_at").with_row_index("row")
-        FrameWriter(_Batch(self.db, self.conn), self.cache).write_new(PostFrame(posts, _tag_mentions(new)))
+        self._writer().write_new(_frame(new))
+
+    def _update(self, updated: pl.DataFrame) -> None:
+        self._writer().write_updates(_frame(updated))
+
+    def _writer(self) -> FrameWriter:
+        if self.frame_writer is None:
+            self.frame_writer = FrameWriter(_Batch(self.db, self.conn), self.cache)
+        return self.frame_writer
 
     def _note_unknown(self, new: pl.DataFrame, updated: pl.DataFrame) -> None:
         if not self.track_unknown:
@@ -313,17 +320,9 @@ class SnapshotWriter:
                                   rows.iter_rows())
 
 
-def _parsed(df: pl.DataFrame) -> list[ParsedPost]:
-    """Rows as the per-record writer's ParsedPost (a name in two strings keeps the first's type)."""
-    out = []
-    fields = list(reversed(TAG_STRING_FIELDS.items()))
-    for row in df.select(*_POST_NAMES, "updated_at", *_TYPED).iter_rows(named=True):
-        tags: dict = {}
-        for field, tag_type in fields:
-            tags.update(dict.fromkeys(row[field].split(), tag_type))
-        values = tuple(row[n] for n in _POST_NAMES) + (row["updated_at"],)
-        out.append(ParsedPost(row["id"], values, row["updated_at"], tags))
-    return out
+def _frame(df: pl.DataFrame) -> PostFrame:
+    """Converted rows as the columnar writer's frame (posts in published order + `row`, tag mentions)."""
+    return PostFrame(df.select(*_POST_NAMES, "updated_at").with_row_index("row"), _tag_mentions(df))
 
 
 # --------------------------------------------------------------------------------------------
