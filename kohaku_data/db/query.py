@@ -60,7 +60,7 @@ from peewee import SQL, ModelSelect
 
 from kohaku_data.db.enums import TagType
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.query_bits import DENSE, Bits, open_bits
+from kohaku_data.db.query_bits import DENSE, FLAG_BITS, FLAG_NOT, NOT_KEYS, Bits, date_bound, open_bits
 from kohaku_data.db.query_parse import (
     And, MetaFilter, Not, Or, Order, ParsedQuery, QueryError, parse_query,
 )
@@ -93,6 +93,9 @@ _KEY_KIND = {"date": "text", "change": "text", "md5": "text", "mpixels": "float"
 _PROBE_RATIO = 12
 # Check metatags by probing the candidate ids when at most this many (else scan the index).
 _PROBE_MAX = 20_000
+# Metatags with dense columns (bitmap index) are gathered for more candidates than this (a
+# rowid probe of a few is cheaper than reading a column the first time).
+_GATHER_MIN = 1_000
 # Windows need the covering index (tag_id, post_id) of migration 0003: without it, a window of
 # a tag reads the tag's whole relation list, and the full array plan is cheaper.
 # Smallest id window of a paged query (below this, per-window overhead dominates).
@@ -205,13 +208,15 @@ def count_posts(db: DanbooruDB, text: str, strict: bool = True) -> int:
 
 
 def _count(conn: sqlite3.Connection, plan: Plan) -> int:
+    # With the bitmap index, metatags without a dense column (source:, md5:, ...) are one read
+    # of their own index, and the hidden-deleted check a bit mask, never a row read per post.
     bits = _bits_for(conn, plan)
-    if not plan.has_tags and (bits is None or not _all_dense(plan.tree)):
+    if bits is not None:
+        return bits.count(_bits_eval(bits, plan.tree))
+    if not plan.has_tags:
         where, params = tree_sql(plan.tree)
         sql = "SELECT COUNT(*) FROM post" + (f" WHERE {where}" if where != "1" else "")
         return conn.execute(sql, params).fetchone()[0]
-    if bits is not None:
-        return bits.count(_bits_eval(bits, plan.tree))
     return int(_eval(conn, plan.tree, None, None).size)
 
 
@@ -386,11 +391,11 @@ def _sql_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | 
     """Posts passing a metatag condition: a rowid probe of few candidates; for many, the
     dense columns of the bitmap index when it is current (a gather, no scan), else an index
     scan of every post (`hatsune_miku* rating:g,s` at 7.8M: 80k candidates, 5M scanned)."""
-    if within is not None and within.size > _PROBE_MAX and leaf.expr is not None \
+    if (within is None or within.size > _GATHER_MIN) and leaf.expr is not None \
             and _dense_only(leaf.expr):
-        bits = open_bits(conn)
-        if bits is not None:
-            return within[_bits_meta(bits, leaf.expr, within) & bits.posts_among(within)]
+        found = _dense_leaf_ids(conn, leaf, within, span)
+        if found is not None:
+            return found
     clauses, params = [f"({leaf.where})"], list(leaf.params)
     source = "post"
     if span is not None:
@@ -410,6 +415,23 @@ def _sql_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | 
     # unique, so an unstable sort is exact (and several times faster than a stable one).
     found = np.sort(_parse_list(text, "id"))
     return found if within is None else np.intersect1d(found, within, assume_unique=True)
+
+
+def _dense_leaf_ids(conn: sqlite3.Connection, leaf: SqlLeaf, within: np.ndarray | None,
+                    span: _Span | None) -> np.ndarray | None:
+    """A metatag leaf from the dense columns: a gather for the candidates, a compare over the
+    span (or the window) otherwise; None without a current index or a column it needs."""
+    bits = open_bits(conn)
+    if bits is None:
+        return None
+    if within is None and span is None:
+        mask = _bits_meta(bits, leaf.expr)
+        return None if mask is None else bits.to_ids(bits.pack(mask) & bits.exists())
+    if within is None:
+        lo, hi = max(span[0], bits.base), min(span[1], bits.base + bits.span)
+        within = np.arange(lo, max(lo, hi), dtype=np.int64)
+    mask = _bits_meta(bits, leaf.expr, within)
+    return None if mask is None else within[mask & bits.posts_among(within)]
 
 
 def _universe(conn: sqlite3.Connection, span: _Span | None) -> np.ndarray:
@@ -439,7 +461,8 @@ def _keys(conn: sqlite3.Connection, order: Order, ids: np.ndarray,
     if order.name == "random":
         return ids, random_keys(ids, seed)
     column = COLUMN[order.name]
-    if bits is not None and order.name in DENSE:  # ids came from the index: all are posts
+    if bits is not None and order.name in DENSE and order.name not in NOT_KEYS and bits.has(order.name):
+        # ids came from the index: all are posts
         return ids, bits.column(order.name)[ids - bits.base].astype(np.int64)
     if ids.size <= _PROBE_MAX:
         row = conn.execute(
@@ -491,10 +514,17 @@ def _bits_eval(bits: Bits, node) -> np.ndarray:
     if isinstance(node, TagLeaf):
         return _bits_tags(bits, node.tags)
     if isinstance(node, SqlLeaf):
+        key = ("leaf", node.expr)
+        if isinstance(node.expr, MetaFilter) and node.expr.name == "is" and key in bits._cache:
+            return bits._cache[key]  # the hidden-deleted check of every query, packed once
         mask = _bits_meta(bits, node.expr)
-        if mask is None:  # a metatag without a dense column (width:, date:, ...): read it
+        if mask is None:  # a metatag without a dense column (md5:, source:, ...): read it
             return bits.ids_mask(_sql_leaf_ids(bits.conn, node, None, None))
-        return bits.pack(mask) & bits.exists()
+        packed = bits.pack(mask) & bits.exists()
+        if isinstance(node.expr, MetaFilter) and node.expr.name == "is":
+            packed.flags.writeable = False  # shared: every operation makes a new array
+            bits._cache[key] = packed
+        return packed
     if isinstance(node, Not):
         return bits.exists() & ~_bits_eval(bits, node.child)
     if isinstance(node, Or):
@@ -507,7 +537,10 @@ def _bits_eval(bits: Bits, node) -> np.ndarray:
     for child in (c.child for c in node.children if isinstance(c, Not)):
         mask = mask & ~_bits_eval(bits, child)
     for leaf in late:
-        mask = bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, bits.to_ids(mask), None))
+        if bits.count(mask) > _PROBE_MAX:  # many candidates: the leaf alone, from its index
+            mask = mask & bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, None, None))
+        else:
+            mask = bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, bits.to_ids(mask), None))
     return mask
 
 
@@ -543,28 +576,60 @@ def _reduce(op, masks: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
 def _bits_meta(bits: Bits, expr, ids: np.ndarray | None = None) -> np.ndarray | None:
     """A metatag expression over the dense columns, as a bool array over the span (packed
     once by the caller), or over `ids` when given; None when a metatag has no column."""
+    out = _bits_meta3(bits, expr, ids)
+    return None if out is None else out[0]
+
+
+def _bits_meta3(bits: Bits, expr, ids: np.ndarray | None):
+    """(true, false) masks of SQL's three-valued logic: `false` None means `~true` (no NULL
+    involved). Only pixiv_id is NULL-able among the dense columns: `pixiv_id:>5` is unknown,
+    not false, for a post without one, so `-pixiv_id:>5` leaves that post out as SQL does."""
     size = bits.span if ids is None else ids.size
     if isinstance(expr, MetaFilter):
-        mask = _bits_filter(bits, expr, ids)
-        return None if mask is None else (~mask if expr.negated else mask)
+        out = _bits_filter(bits, expr, ids)
+        if out is None:
+            return None
+        t, f = out if isinstance(out, tuple) else (out, None)
+        return ((~t if f is None else f), (None if f is None else t)) if expr.negated else (t, f)
     if isinstance(expr, Not):
-        inner = _bits_meta(bits, expr.child, ids)
-        return None if inner is None else ~inner
-    parts = [_bits_meta(bits, c, ids) for c in expr.children]
+        inner = _bits_meta3(bits, expr.child, ids)
+        if inner is None:
+            return None
+        t, f = inner
+        return (~t, None) if f is None else (f, t)
+    parts = [_bits_meta3(bits, c, ids) for c in expr.children]
     if any(p is None for p in parts):
         return None
+    ts = [t for t, _ in parts]
+    nulls = any(f is not None for _, f in parts)
+    fs = [~t if f is None else f for t, f in parts] if nulls else []
     if isinstance(expr, And):
-        return _reduce(np.logical_and, parts, np.ones(size, dtype=bool))
-    return _reduce(np.logical_or, parts, np.zeros(size, dtype=bool))
+        t = _reduce(np.logical_and, ts, np.ones(size, dtype=bool))
+        f = _reduce(np.logical_or, fs, np.zeros(size, dtype=bool)) if nulls else None
+    else:
+        t = _reduce(np.logical_or, ts, np.zeros(size, dtype=bool))
+        f = _reduce(np.logical_and, fs, np.ones(size, dtype=bool)) if nulls else None
+    return t, f
 
 
-# is:/status: predicates that a dense column answers: key → (column, value)
-_DENSE_PREDICATES = {"deleted": ("deleted", 1), "all": None}
-_BY_PREDICATE = ("deleted",)  # dense columns only reached through a predicate
+# is:/status:/has: predicates that a dense column answers: key → (column, test)
+_DENSE_PREDICATES = {"deleted": ("deleted", lambda v: v == 1), "active": ("deleted", lambda v: v != 1),
+                     "all": None,
+                     **{k: ("flags", lambda v, b=bit: (v & b) != 0) for k, (bit, _) in FLAG_BITS.items()},
+                     **{k: ("flags", lambda v, b=FLAG_BITS[of][0]: (v & b) == 0) for k, of in FLAG_NOT.items()}}
+_BY_PREDICATE = ("deleted", "flags")  # dense columns only reached through a predicate
 
 
-def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np.ndarray | None:
+def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None):
+    """A bool mask of the posts passing `f` (ignoring f.negated), or (true, false) masks for
+    a NULL-able column; None when it has no dense column."""
     size = bits.span if ids is None else ids.size
+
+    def column(name: str) -> np.ndarray:
+        values = bits.column(name)
+        # the candidates' values (ids outside the span: see posts_among)
+        return values if ids is None else values[np.clip(ids - bits.base, 0, bits.span - 1)]
+
     if f.name == "is":
         if not all(v in _DENSE_PREDICATES for v in f.values):
             return None
@@ -573,9 +638,8 @@ def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np
             if _DENSE_PREDICATES[v] is None:  # status:any
                 masks.append(np.ones(size, dtype=bool))
                 continue
-            name, want = _DENSE_PREDICATES[v]
-            values = bits.column(name)
-            masks.append((values if ids is None else values[np.clip(ids - bits.base, 0, bits.span - 1)]) == want)
+            name, test = _DENSE_PREDICATES[v]
+            masks.append(test(column(name)))
         return _reduce(np.logical_or, masks, np.zeros(size, dtype=bool))
     if f.name == "id":
         if ids is not None:
@@ -588,12 +652,17 @@ def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np
                 start, stop = (int(np.clip(v - bits.base, 0, bits.span)) for v in (lo, hi))
                 mask[start:stop] = True
             return mask
-    elif f.name not in DENSE:
+    elif f.name not in DENSE or not bits.has(f.name):
         return None
+    elif f.name == "filetype":  # codes of the vocabulary; a value not in it matches nothing
+        codes = {e: i + 1 for i, e in enumerate(bits.vocab("filetype"))}
+        values = column("filetype")
+        return _reduce(np.logical_or, [values == codes[v] for v in f.values if v in codes],
+                       np.zeros(size, dtype=bool))
+    elif f.name == "date":
+        return _bits_dates(f, column("date"), size)
     else:
-        values = bits.column(f.name)
-        if ids is not None:  # the candidates' values (ids outside the span: see posts_among)
-            values = values[np.clip(ids - bits.base, 0, bits.span - 1)]
+        values = column(f.name)
     if f.values:  # rating:g,s: a few equality tests beat np.isin's sort by far
         return _reduce(np.logical_or, [values == v for v in f.values], np.zeros(size, dtype=bool))
     masks = []
@@ -606,6 +675,35 @@ def _bits_filter(bits: Bits, f: MetaFilter, ids: np.ndarray | None = None) -> np
             mask &= values >= r.lo if r.lo_inclusive else values > r.lo
         if r.hi is not None:
             mask &= values <= r.hi if r.hi_inclusive else values < r.hi
+        masks.append(mask)
+    t = _reduce(np.logical_or, masks, np.zeros(size, dtype=bool))
+    if f.name != "pixiv_id":
+        return t
+    # NULL pixiv_id (flags bit clear): false for exact values (`IN (...) AND pixiv_id IS NOT
+    # NULL`), unknown for a range (`pixiv_id > 5`), true for an unbounded one (`1`)
+    known = (column("flags") & FLAG_BITS["pixiv"][0]) != 0
+    exact = [r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive for r in f.ranges]
+    if any(r.lo is None and r.hi is None for r in f.ranges):
+        return t | ~known  # `pixiv_id:..`-like: SQL's `1`, true for every post
+    t = t & known
+    return (t, ~t) if all(exact) else (t, ~t & known)
+
+
+def _bits_dates(f: MetaFilter, codes: np.ndarray, size: int) -> np.ndarray | None:
+    """date:/age:/year: ranges over the date column (see query_bits.date_bound)."""
+    masks = []
+    for r in f.ranges:
+        if r.lo is not None and r.lo == r.hi and r.lo_inclusive and r.hi_inclusive:
+            masks.append(np.zeros(size, dtype=bool))  # created_at = '2020-01-01': never
+            continue
+        mask = np.ones(size, dtype=bool)
+        for bound, lower in ((r.lo, True), (r.hi, False)):
+            if bound is None:
+                continue
+            code = date_bound(bound) if isinstance(bound, str) else None
+            if code is None:
+                return None
+            mask &= (codes >= code) if lower else (codes < code)
         masks.append(mask)
     return _reduce(np.logical_or, masks, np.zeros(size, dtype=bool))
 

@@ -8,7 +8,13 @@ holds, per id in `[base, base + span)`:
   from the covering index is cheaper than unpacking a bitmap: ~70 ns per id against ~1 ns per
   id of the span); 190 tags and 52% of the relations on the 1M-post sample;
 - dense `rating`, `score` and `fav_count` columns (narrowest integer type), the metatags recipes filter
-  on, and a bitmap of the ids that are posts.
+  on, and a bitmap of the ids that are posts;
+- (layout 4) dense `file_size`, `up_score`, `abs(down_score)`, `image_width`, `image_height`,
+  `pixiv_id` (NULL as 0, its nullness in `flags`), `file_ext` as a code of the `vocab:filetype`
+  list, `created_at` as the integer YYYYMMDDhhmmssfff of its first 23 characters (only when
+  every value has that shape and is longer: see `date_bound`), and `flags`, one bit per
+  is:/has: predicate (FLAG_BITS): so `filesize:`, `upvotes:`, `pixiv_id:`, `age:`, `is:parent`,
+  `has:source`, `is:png` are a compare over a span-long array, not a row read per post.
 
 A query over it is a few vectorised boolean operations on span-long arrays; tags without a
 bitmap and metatags without a column (width:, date:, …) are read as usual and set into the
@@ -24,6 +30,7 @@ queries fall back to the array engine until `refresh_if_stale(db)` rebuilds it. 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -35,25 +42,43 @@ BITS_TABLE = "kdata_query_bits"
 STATE_TABLE = "kdata_query_bits_state"
 # metatag name → post column of a dense array (stored in the narrowest integer type that holds
 # the column's range: int16 scores at full size read in half the time of int32)
+# Predicates of query_plan.PREDICATES held as bits of the dense `flags` column (the SQL is
+# the same condition, so the two engines agree by construction).
+FLAG_BITS = {"parent": (1, "has_children = 1"), "no_children": (2, "has_children = 0"),
+             "child": (4, "parent_id IS NOT NULL"), "has_source": (8, "source != ''"),
+             "pixiv": (16, "pixiv_id IS NOT NULL"), "banned": (32, "is_banned = 1")}
+FLAG_NOT = {"no_parent": "child", "no_source": "has_source", "no_pixiv": "pixiv"}
+_FLAGS_SQL = " | ".join(f"(({sql}) << {bit.bit_length() - 1})" for bit, sql in FLAG_BITS.values())
 DENSE_POST = {"rating": "rating", "score": "score", "favcount": "fav_count",
-              "deleted": "is_deleted"}
+              "deleted": "is_deleted", "filesize": "file_size", "upvotes": "up_score",
+              "downvotes": "abs(down_score)", "width": "image_width", "height": "image_height",
+              "pixiv_id": "pixiv_id", "flags": _FLAGS_SQL}
+# Dense columns whose values are not the column's own (codes, NULL as 0): never sort keys.
+NOT_KEYS = ("pixiv_id", "flags", "filetype", "date")
 # tag counts per post (Danbooru2023 has no tag_count columns): counted from the relations
 # with tag.type 0 general, 1 artist, 2 character, 3 copyright, 4 meta
 DENSE_COUNTS = {"tagcount": None, "gentags": 0, "arttags": 1, "chartags": 2, "copytags": 3,
                 "metatags": 4}
-DENSE = (*DENSE_POST, *DENSE_COUNTS)
+DENSE = (*DENSE_POST, *DENSE_COUNTS, "filetype", "date")
+# created_at's first 23 characters, the shape the date column encodes (digits elsewhere)
+_DATE_SEPARATORS = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":", 19: "."}
+_DATE_LEN = 23
+# Posts read per step while building (bounded memory at any size).
+_BUILD_CHUNK = 1 << 20
 # Relations read per step while counting tags (~10 bytes of text each).
 _COUNT_CHUNK = 262_144
 _NARROW = (np.int8, np.int16, np.int32, np.int64)
 # Bumped whenever what _build writes changes: an index of another layout counts as stale.
-LAYOUT = 3
+LAYOUT = 4
 # A tag gets a bitmap from this share of the span up (see the module docstring).
 BITMAP_SHARE = 64
 # Publishing writes that change what a query answers.
 _TRIGGERS = {
     "post_insert": "AFTER INSERT ON post",
     "post_delete": "AFTER DELETE ON post",
-    "post_update": "AFTER UPDATE OF id, rating, score, fav_count, is_deleted ON post",
+    "post_update": "AFTER UPDATE OF id, rating, score, fav_count, is_deleted, file_size, up_score, "
+                   "down_score, image_width, image_height, pixiv_id, has_children, parent_id, "
+                   "source, is_banned, file_ext, created_at ON post",
     "tag_update": "AFTER UPDATE OF type ON tag",
     "rel_insert": "AFTER INSERT ON posttagrelation",
     "rel_delete": "AFTER DELETE ON posttagrelation",
@@ -71,6 +96,7 @@ class Bits:
     min_popularity: int
     tags: frozenset[int]
     itemsize: dict[str, int]  # dense column → bytes per value
+    generation: int = 0
     _cache: dict = field(default_factory=dict)
 
     # Masks are *packed* (np.packbits order, span bits, zero padding): and/or/not over 1/8 of
@@ -86,6 +112,18 @@ class Bits:
         key = f"col:{name}"
         if key not in self._cache:
             self._cache[key] = np.frombuffer(self._blob(key), dtype=f"i{self.itemsize[name]}")
+        return self._cache[key]
+
+    def has(self, name: str) -> bool:
+        """A dense column of that name exists (the date column only where created_at fits)."""
+        return name in self.itemsize
+
+    def vocab(self, name: str) -> list[str]:
+        """The values a coded column's codes 1, 2, ... stand for."""
+        key = f"vocab:{name}"
+        if key not in self._cache:
+            text = bytes(self._blob(key)).decode()
+            self._cache[key] = text.split("\n") if text else []
         return self._cache[key]
 
     def pack(self, mask: np.ndarray) -> np.ndarray:
@@ -129,18 +167,51 @@ class Bits:
         return self.conn.execute(f"SELECT data FROM {BITS_TABLE} WHERE name = ?", (key,)).fetchone()[0]
 
 
+# The last index opened per connection (arrays read once, kept across queries): (conn, Bits).
+# A connection cannot be weakly referenced, so only the last few are kept.
+_OPEN: list[tuple[sqlite3.Connection, Bits]] = []
+_OPEN_MAX = 2
+
+
 def open_bits(conn: sqlite3.Connection) -> Bits | None:
-    """The index when it exists and is current, else None (the caller uses the array engine)."""
+    """The index when it exists and is current, else None (the caller uses the array engine).
+    The same connection gets the same Bits (its arrays already read) while the index's
+    generation is unchanged; any write retires it (valid = 0), a rebuild changes generation."""
     try:
         state = dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
     except sqlite3.OperationalError:  # not migrated: no such table
         return None
     if state.get("valid") != 1 or state.get("layout") != LAYOUT or not state.get("span"):
         return None
+    generation = state.get("generation", 0)
+    for at, (held, bits) in enumerate(_OPEN):
+        if held is conn:
+            if bits.generation == generation and bits.base == state["base"] and bits.span == state["span"]:
+                return bits
+            del _OPEN[at]
+            break
     tags = frozenset(r[0] for r in conn.execute(
         f"SELECT CAST(substr(name, 5) AS INTEGER) FROM {BITS_TABLE} WHERE name LIKE 'tag:%'"))
-    itemsize = {name: state[f"itemsize:{name}"] for name in DENSE}
-    return Bits(conn, state["base"], state["span"], state["min_popularity"], tags, itemsize)
+    itemsize = {name: state[f"itemsize:{name}"] for name in DENSE if f"itemsize:{name}" in state}
+    bits = Bits(conn, state["base"], state["span"], state["min_popularity"], tags, itemsize, generation)
+    _OPEN.insert(0, (conn, bits))
+    del _OPEN[_OPEN_MAX:]
+    return bits
+
+
+def date_bound(text: str) -> int | None:
+    """A date: bound (`2020-01-01` or `2020-01-01T10:20:30.123`) as the date column's integer,
+    zero-padded; None for any other shape (the caller reads the column instead). Every stored
+    created_at is longer than 23 characters (checked at build), so for a bound B and a post's
+    value S: S >= B and S > B both hold exactly when code(S) >= code(B), and S < B, S <= B
+    when code(S) < code(B); S == B never."""
+    if len(text) not in (10, _DATE_LEN) or any(
+            text[i] != c for i, c in _DATE_SEPARATORS.items() if i < len(text)):
+        return None
+    digits = "".join(ch for i, ch in enumerate(text) if i not in _DATE_SEPARATORS)
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    return int(digits.ljust(17, "0"))
 
 
 def install(db: DanbooruDB) -> None:
@@ -185,18 +256,36 @@ def _build(conn: sqlite3.Connection) -> None:
     base, span = (0, 0) if hi is None else (lo, hi - lo + 1)
     min_popularity = max(span // BITMAP_SHARE, 1)
     conn.execute(f"DELETE FROM {BITS_TABLE}")
-    rows = conn.execute(
-        "SELECT group_concat(id), " + ", ".join(
-            f"group_concat(coalesce({c}, 0))" for c in DENSE_POST.values()) + " FROM post").fetchone()
-    ids = _ints(rows[0]) - base
+    exts = [r[0] for r in conn.execute("SELECT DISTINCT file_ext FROM post WHERE file_ext IS NOT NULL "
+                                       "ORDER BY 1")]
+    ext_case = "CASE file_ext " + " ".join("WHEN ? THEN ?" for _ in exts) + " ELSE 0 END" if exts else "0"
+    ext_args = [v for i, e in enumerate(exts) for v in (e, i + 1)]
+    _put(conn, "vocab:filetype", "\n".join(exts).encode())
     exists = np.zeros(span, dtype=bool)
-    exists[ids] = True
+    columns = {name: np.zeros(span, dtype=np.int64) for name in (*DENSE_POST, "filetype", "date")}
+    dates_ok = True
+    select = ("SELECT group_concat(id), " + ", ".join(
+        f"group_concat(coalesce({c}, 0))" for c in DENSE_POST.values())
+        + f", group_concat({ext_case}), group_concat(substr(created_at, 1, {_DATE_LEN}), ''), "
+        "min(length(created_at)), count(*) FROM post WHERE id >= ? AND id < ?")
+    for lo in range(base, base + span, _BUILD_CHUNK):
+        row = conn.execute(select, [*ext_args, lo, lo + _BUILD_CHUNK]).fetchone()
+        if not row[-1]:
+            continue
+        ids = _ints(row[0]) - base
+        exists[ids] = True
+        for name, text in zip((*DENSE_POST, "filetype"), row[1:-3]):
+            columns[name][ids] = _ints(text)
+        codes = _date_codes(row[-3], row[-1]) if dates_ok and (row[-2] or 0) > _DATE_LEN else None
+        if codes is None:
+            dates_ok = False
+        else:
+            columns["date"][ids] = codes
+    if not dates_ok:
+        del columns["date"]
     _put(conn, "exists", np.packbits(exists).tobytes())
-    state = {"base": base, "span": span, "min_popularity": min_popularity, "layout": LAYOUT}
-    columns = {}
-    for name, text in zip(DENSE_POST, rows[1:]):
-        columns[name] = np.zeros(span, dtype=np.int64)
-        columns[name][ids] = _ints(text)
+    state = {"base": base, "span": span, "min_popularity": min_popularity, "layout": LAYOUT,
+             "generation": int.from_bytes(os.urandom(6), "big")}
     columns.update(_tag_counts(conn, base, span))
     for name, dense in columns.items():
         dtype = next(t for t in _NARROW if not dense.size or (
@@ -214,6 +303,21 @@ def _build(conn: sqlite3.Connection) -> None:
         _put(conn, f"tag:{tag_id}", np.packbits(mask).tobytes())
     state["valid"] = 1
     conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES (?, ?)", state.items())
+
+
+def _date_codes(text: str | None, n: int) -> np.ndarray | None:
+    """The date column's integers of `n` created_at prefixes (23 characters each, in one
+    string), or None when one of them has another shape."""
+    if not text or len(text) != n * _DATE_LEN or not text.isascii():
+        return None
+    chars = np.frombuffer(text.encode(), dtype=np.uint8).reshape(n, _DATE_LEN)
+    for at, sep in _DATE_SEPARATORS.items():
+        if (chars[:, at] != ord(sep)).any():
+            return None
+    digits = chars[:, [i for i in range(_DATE_LEN) if i not in _DATE_SEPARATORS]].astype(np.int64) - ord("0")
+    if ((digits < 0) | (digits > 9)).any():
+        return None
+    return digits @ (10 ** np.arange(16, -1, -1, dtype=np.int64))
 
 
 def _tag_counts(conn: sqlite3.Connection, base: int, span: int) -> dict[str, np.ndarray]:
