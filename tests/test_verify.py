@@ -81,3 +81,76 @@ def test_missing_shard_and_stray_shard_are_caught(copy):
 def test_not_a_dataset_is_a_clean_error(tmp_path):
     res = CliRunner().invoke(app, ["verify", str(tmp_path)])
     assert res.exit_code == 1 and "no index.json" in res.output
+
+
+def _rewrite_member_indexes(out: Path, change) -> int:
+    """Apply `change(index)` to every shard's NAME-000000.json (sorted keys, compact, as built);
+    returns how many image entries carried webshart fields before."""
+    import json
+
+    annotated = 0
+    for path in sorted(out.glob("*.json")):
+        if path.name in ("index.json", "stats.json"):
+            continue
+        index = json.loads(path.read_bytes())
+        annotated += sum("width" in entry for entry in index["files"].values())
+        change(index)
+        path.write_bytes(json.dumps(index, sort_keys=True, separators=(",", ":")).encode())
+    return annotated
+
+
+def _strip_webshart(index: dict) -> None:
+    index.pop("includes_image_geometry", None)
+    for entry in index["files"].values():
+        for key in ("width", "height", "aspect", "caption"):
+            entry.pop(key, None)
+
+
+def test_a_build_from_before_the_webshart_fields_verifies_clean(copy):
+    annotated = _rewrite_member_indexes(copy, _strip_webshart)
+    assert annotated == pl.read_parquet(copy / "manifest.parquet").height  # there was something to strip
+    report = verify_dataset(copy)
+    assert report.ok, report.problems
+    res = CliRunner().invoke(app, ["verify", str(copy)])
+    assert res.exit_code == 0 and "OK" in res.output
+
+
+def test_a_wrong_webshart_width_is_caught(copy):
+    _, image = _first_image(copy)
+    width = pl.read_parquet(copy / "manifest.parquet").row(0, named=True)["width"]
+
+    def widen(index: dict) -> None:
+        if image in index["files"]:
+            index["files"][image]["width"] = width + 8
+
+    _rewrite_member_indexes(copy, widen)
+    problems = verify_dataset(copy).problems
+    assert problems == [p for p in problems if image in p] and len(problems) == 1, problems
+    assert f"width {width + 8} (manifest: {width})" in problems[0]
+    res = CliRunner().invoke(app, ["verify", str(copy)])
+    assert res.exit_code == 1 and "MISMATCH" in res.output
+
+
+def test_old_build_with_a_wrong_hfutils_offset_is_still_caught(copy):
+    _, image = _first_image(copy)
+
+    def shift(index: dict) -> None:
+        _strip_webshart(index)
+        if image in index["files"]:
+            index["files"][image]["offset"] += 512
+
+    _rewrite_member_indexes(copy, shift)
+    problems = verify_dataset(copy).problems
+    assert any(f"offset of {image} do not match the tar" in p for p in problems), problems
+
+
+def test_a_caption_in_the_index_that_differs_from_the_manifest_is_caught(copy):
+    _, image = _first_image(copy)
+
+    def recaption(index: dict) -> None:
+        if image in index["files"]:
+            index["files"][image]["caption"] += " extra"
+
+    _rewrite_member_indexes(copy, recaption)
+    problems = verify_dataset(copy).problems
+    assert len(problems) == 1 and f"{image} caption" in problems[0], problems

@@ -356,10 +356,68 @@ def shard_file_problems(out: Path, entry: dict[str, Any], rows) -> list[str]:
     except (OSError, ValueError):
         problems.append(f"{name}: member index {member_index_path(tar).name} is missing or unreadable")
     else:
-        if recorded != actual:
-            problems.append(f"{name}: member index {member_index_path(tar).name} does not match the tar")
+        problems += member_index_problems(name, member_index_path(tar).name, recorded, actual, rows)
     problems += _offset_problems(name, actual["files"], rows)
     return problems
+
+
+_HFUTILS_KEYS = ("filesize", "hash", "hash_lfs")
+_MEMBER_KEYS = ("offset", "size", "sha256")
+WEBSHART_FIELDS = ("width", "height", "aspect", "caption")
+
+
+def member_index_problems(name: str, index_name: str, recorded: Any, actual: dict[str, Any], rows) -> list[str]:
+    """Does the recorded member index fit the tar (`actual`, from `tar_member_index`)?
+
+    The hfutils part (`filesize`, `hash`, `hash_lfs`, and every member's `offset`, `size`,
+    `sha256`, no member more or less) must be equal. webshart's fields came later: a build made
+    before them has none and is fine; where an entry has one, it must equal what the manifest
+    row of that image gives (`width`, `height`, `aspect` = round(w / h, 6), `caption` without the
+    keep separator), and `includes_image_geometry` must be there exactly when some entry has a
+    width. Keys neither form knows are not checked (a later kdata may add some)."""
+    bad = f"{name}: member index {index_name}"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("files"), dict):
+        return [f"{bad} is not an hfutils index (no 'files')"]
+    problems = [f"{bad} says {key} {recorded.get(key)!r}, the tar gives {actual[key]!r}"
+                for key in _HFUTILS_KEYS if recorded.get(key) != actual[key]]
+    files, found = recorded["files"], actual["files"]
+    for member in sorted(files.keys() - found.keys()):
+        problems.append(f"{bad} lists {member}, which the tar does not hold")
+    for member in sorted(found.keys() - files.keys()):
+        problems.append(f"{bad} does not list {member}")
+    for member in sorted(files.keys() & found.keys()):
+        entry = files[member] if isinstance(files[member], dict) else {}
+        differ = [k for k in _MEMBER_KEYS if entry.get(k) != found[member][k]]
+        if differ:
+            problems.append(f"{bad}: {'/'.join(differ)} of {member} do not match the tar")
+    expected = {row["image"]: manifest_fields(row) for row in rows.iter_rows(named=True)
+                if row.get("width") is not None and row.get("height") is not None}
+    geometry = False
+    for member, entry in sorted(files.items()):
+        present = [k for k in WEBSHART_FIELDS if isinstance(entry, dict) and k in entry]
+        geometry = geometry or "width" in present
+        if not present:
+            continue
+        want = expected.get(member)
+        if want is None:
+            problems.append(f"{bad}: {member} has webshart fields but no manifest row with a size")
+            continue
+        differ = [k for k in present if entry[k] != want[k]]
+        if differ:
+            shown = ", ".join(f"{k} {entry[k]!r} (manifest: {want[k]!r})" for k in differ)
+            problems.append(f"{bad}: {member} {shown}")
+    flag = recorded.get("includes_image_geometry")
+    if flag not in (None, True) or (flag is True) != geometry:
+        problems.append(f"{bad}: includes_image_geometry is {flag!r} but "
+                        f"{'some' if geometry else 'no'} entry has a width")
+    return problems
+
+
+def manifest_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """webshart's fields of an image as its manifest row gives them (`sample_fields` from the row)."""
+    width, height = int(row["width"]), int(row["height"])
+    caption = (row.get("caption") or "").replace(KEEP_SEPARATOR, "").strip()
+    return {"width": width, "height": height, "aspect": round(width / height, 6), "caption": caption}
 
 
 def _offset_problems(name: str, files: dict[str, dict[str, Any]], rows) -> list[str]:

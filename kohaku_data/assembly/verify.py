@@ -2,7 +2,9 @@
 match its index and manifest?
 
 Checks: every shard of index.json exists with its size, sha256 and md5sum, and its member index
-(`NAME-000000.json`) and the manifest's member offsets match the tar; every manifest row's image
+(`NAME-000000.json`) and the manifest's member offsets match the tar (the index's hfutils keys
+strictly; webshart's width/height/aspect/caption, where present, against the manifest: a build
+made before those fields verifies clean); every manifest row's image
 member is in its shard with that sha256, with its `.txt` (equal to the manifest caption) and
 `.json`; no extra members or samples; per-shard counts agree; no shard files outside the index.
 """
@@ -69,7 +71,8 @@ def _read_tables(out: storage.Target) -> tuple[dict, pl.DataFrame]:
         raise VerifyError(f"{out} has no {missing}: is it a dataset built by `kdata build`?") from None
     present = pl.read_parquet_schema(io.BytesIO(data))
     offsets = [c for c in OFFSET_COLUMNS if c in present]  # an older build has none: reported per shard
-    columns = ["key", "shard", "image", "sha256", "caption", *offsets]
+    sizes = [c for c in ("width", "height") if c in present]  # what webshart's fields are checked against
+    columns = ["key", "shard", "image", "sha256", "caption", *sizes, *offsets]
     return index, pl.read_parquet(io.BytesIO(data), columns=columns)
 
 
