@@ -58,6 +58,11 @@ QUERIES = [
     "long_hair -(smile or open_mouth) favcount:>=5",
 ]
 PAGES = ["long_hair order:score", "1girl solo -comic order:favcount", "*_hair rating:g order:score"]
+# Issue 20: the metatags added with Danbooru's full set, counted (and one paged in id order)
+METATAG_COUNTS = ["filesize:>1mb", "upvotes:>5", "has:source", "pixiv_id:>50000000", "is:parent",
+                  "parent:any", "age:<10y", "is:sfw is:png", "source:https://*pixiv*",
+                  "1girl filesize:>1mb -has:source", "date:2020-01-01..2021-12-31 rating:g"]
+METATAG_PAGES = ["gentags:<10 1girl", "is:parent solo", "source:https://*pixiv* long_hair"]
 PAGE = 20
 REPEATS = 5
 
@@ -175,6 +180,49 @@ def bench_pages(migrated: DanbooruDB) -> list[dict]:
     return rows
 
 
+def sql_count_raw(db: DanbooruDB, text: str) -> int:
+    """Plain SQL COUNT(*) with the query's WHERE on `post` (no peewee alias: the tag-count
+    metatags' correlated subqueries name `post`)."""
+    where, params = query_mod.tree_sql(query_mod.make_plan(db, text).tree)
+    return db.connection().execute(f"SELECT count(*) FROM post WHERE {where}", params).fetchone()[0]
+
+
+def sql_page_raw(db: DanbooruDB, text: str, limit: int) -> list[int]:
+    where, params = query_mod.tree_sql(query_mod.make_plan(db, text).tree)
+    return [r[0] for r in db.connection().execute(
+        f"SELECT id FROM post WHERE {where} ORDER BY id LIMIT ?", [*params, limit])]
+
+
+def bench_metatags(plain: DanbooruDB, migrated: DanbooruDB) -> list[dict]:
+    """Issue 20: counts of the new metatags on the migrated copy against the plain SQL COUNT
+    on the published file and on the migrated copy (its indexes), and the engine without the
+    bitmap index (what these counts cost before layout 4: SQL with a row read per post for the
+    hidden-deleted check); pages of 20 in id order against SQL's LIMIT."""
+    rows = []
+    no_bits = lambda fn: without("open_bits", lambda conn: None, without("_bits_for", lambda c, p: None, fn))  # noqa: E731
+    for text in METATAG_COUNTS:
+        fast_s, n = timed(lambda: count_posts(migrated, text))
+        nobits_s, n2 = timed(no_bits(lambda: count_posts(migrated, text)), repeats=3)
+        mig_s, n3 = timed(lambda: sql_count_raw(migrated, text), repeats=3)
+        base_s, n4 = timed(lambda: sql_count_raw(plain, text), repeats=3)
+        assert n == n2 == n3 == n4, f"counts disagree on {text!r}"
+        rows.append({"query": text, "matches": n, "count_s": fast_s, "no_bitmap_s": nobits_s,
+                     "baseline_sql_count_migrated_s": mig_s, "baseline_sql_count_s": base_s,
+                     "speedup_vs_sql_migrated": mig_s / fast_s, "speedup_vs_baseline": base_s / fast_s})
+        print(f"count {text!r}: {n:,} | {ms(fast_s)} vs plain SQL COUNT {ms(base_s)} x{base_s / fast_s:6.1f}, "
+              f"on the migrated copy {ms(mig_s)} x{mig_s / fast_s:6.1f} | without bitmaps {ms(nobits_s)}")
+    for text in METATAG_PAGES:
+        page_s, page = timed(lambda: query_ids(migrated, text, limit=PAGE + 1))
+        nobits_s, page2 = timed(no_bits(lambda: query_ids(migrated, text, limit=PAGE + 1)), repeats=3)
+        sql_s, page3 = timed(lambda: sql_page_raw(migrated, text, PAGE + 1), repeats=3)
+        assert page == page2 == page3, f"pages disagree on {text!r}"
+        rows.append({"query": text, "limit": PAGE + 1, "page_s": page_s, "no_bitmap_s": nobits_s,
+                     "baseline_sql_limit_s": sql_s, "speedup_vs_sql": sql_s / page_s})
+        print(f"page {text!r} of {PAGE}: {ms(page_s)} vs plain SQL LIMIT {ms(sql_s)} x{sql_s / page_s:6.1f} "
+              f"| without bitmaps {ms(nobits_s)}")
+    return rows
+
+
 def bench_process(db_path: Path) -> dict:
     """Whole-process times (median of 5): what the user waits for."""
     python = sys.executable
@@ -210,6 +258,7 @@ def main() -> None:
     parser.add_argument("--no-migrate", action="store_true",
                         help="use --migrated as it is (someone else's cached file)")
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--only-metatags", action="store_true", help="only issue 20's metatag rows")
     args = parser.parse_args()
     REPEATS = args.repeats
     if args.plain and args.migrated:
@@ -221,6 +270,11 @@ def main() -> None:
     with DanbooruDB.open(plain_path, readonly=True) as plain, \
             DanbooruDB.open(migrated_path, readonly=True) as migrated:
         posts = migrated.connection().execute("SELECT count(*) FROM post").fetchone()[0]
+        metatags = bench_metatags(plain, migrated)
+        if args.only_metatags:
+            write_results("query-metatags", {"posts": posts, "repeats": REPEATS, "metatags": metatags,
+                                             "plain_db": str(plain_path), "migrated_db": str(migrated_path)})
+            return
         results = bench_results(plain, migrated, QUERIES[:args.queries])
         pages = bench_pages(migrated)
     process = bench_process(migrated_path)
@@ -231,7 +285,7 @@ def main() -> None:
     write_results("query", {
         "posts": posts, "repeats": REPEATS, "target": TARGET, "target_limit_s": 0.3,
         "page_limit_s": 0.1, "plain_db": str(plain_path), "migrated_db": str(migrated_path),
-        "rows": results, "pages": pages, "process": process,
+        "rows": results, "pages": pages, "process": process, "metatags": metatags,
         "note": "times are medians in one run; the baselines ran in the same run on the same "
                 "files; the machine may be shared, so compare ratios",
     })

@@ -65,6 +65,9 @@ def db(tmp_path_factory):
 def test_layout_4_has_the_dense_columns(db) -> None:
     bits = open_bits(db.connection())
     assert bits is not None
+    # every date: form is a compare over the date column, never a read of created_at
+    for text in ("date:2020-01-01..2021-12-31", "year:2019", "date:2021-03-04", "age:<5y"):
+        assert query_mod._bits_meta(bits, query_mod.make_plan(db, text).tree.children[0].expr) is not None, text
     for name in ("filesize", "upvotes", "downvotes", "width", "height", "pixiv_id", "flags",
                  "filetype", "date"):
         assert bits.has(name), name
@@ -114,6 +117,8 @@ def test_counts_never_read_post_rows(db) -> None:
 def test_date_bound_shapes() -> None:
     assert date_bound("2020-01-02") == 20200102000000000
     assert date_bound("2020-01-02T03:04:05.678") == 20200102030405678
+    assert date_bound("2020-01-02~") == 20200103000000000  # past the whole day
+    assert date_bound("2020-01-02T03:04:05.678~") == 20200102030405679
     assert date_bound("2020-1-2") is None and date_bound("2020-01-02 03:04:05.678") is None
 
 

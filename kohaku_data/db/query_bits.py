@@ -204,7 +204,11 @@ def date_bound(text: str) -> int | None:
     zero-padded; None for any other shape (the caller reads the column instead). Every stored
     created_at is longer than 23 characters (checked at build), so for a bound B and a post's
     value S: S >= B and S > B both hold exactly when code(S) >= code(B), and S < B, S <= B
-    when code(S) < code(B); S == B never."""
+    when code(S) < code(B); S == B never. `B~` (query_parse's end of a day) is past every value
+    that starts with B: code(B) + 1 in B's last digit."""
+    if text.endswith("~"):
+        code = date_bound(text[:-1])
+        return None if code is None else code + 10 ** (17 - (8 if len(text) == 11 else 17))
     if len(text) not in (10, _DATE_LEN) or any(
             text[i] != c for i, c in _DATE_SEPARATORS.items() if i < len(text)):
         return None
