@@ -54,6 +54,39 @@ def child(path: Path, db_path: Path, rerun: bool) -> None:
     }))
 
 
+def floor_child(src: Path, dst: Path) -> None:
+    """sqlite's own cost of the rows the import wrote: tables copied in C (INSERT ... SELECT in
+    the import's row order) with the import's pragmas, triggers and deferred indexes (rebuilt),
+    plus the summary refresh every import ends with; CPU seconds, one core."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    from kohaku_data.db import DanbooruDB, post_tags
+    from kohaku_data.db import summary as db_summary
+    from kohaku_data.db.importer import IMPORT_CACHE_KIB
+    from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
+    from kohaku_data.keepers import SUMMARY_KEEPERS
+
+    db = DanbooruDB.create(dst)
+    migrate(db)
+    conn = db.connection()
+    conn.execute(f"PRAGMA cache_size = {-IMPORT_CACHE_KIB}")
+    conn.execute(f"ATTACH DATABASE '{src}' AS src")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    with db_summary.suspended(db):
+        defer_indexes(db)
+        post_tags.retire(db, drop_triggers=True)
+        with db.database.atomic():
+            for table in ("tag", "post", "posttagrelation"):
+                conn.execute(f"INSERT INTO main.{table} SELECT * FROM src.{table} ORDER BY id")
+        restore_deferred_indexes(db)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    cpu1 = time.process_time()
+    db_summary.refresh(db, SUMMARY_KEEPERS)
+    refresh = time.process_time() - cpu1
+    db.close()
+    print(json.dumps({"sqlite_cpu_s": cpu, "sqlite_wall_s": wall, "refresh_cpu_s": refresh}))
+
+
 def run_child(path: Path, db_path: Path, rerun: bool = False, code: Path = ROOT) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), str(db_path)] + (["--rerun"] if rerun else [])
     env = dict(os.environ, PYTHONPATH=str(code))
@@ -106,6 +139,11 @@ def main() -> None:
                 print(f"  round {r + 1} {name:15} {n / res['wall_s']:>10,.0f} posts/s wall, "
                       f"{n / res['cpu_s']:>10,.0f}/CPU-s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
         same = _same_rows(tmp / "jsonl0.db", tmp / "parquet0.db")
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--floor", str(tmp / "parquet0.db"),
+                              str(tmp / "floor.db")], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        floor = json.loads(out.strip().splitlines()[-1])
+        print(f"  floor: sqlite alone {floor['sqlite_cpu_s']:.2f} CPU-s + summary refresh "
+              f"{floor['refresh_cpu_s']:.2f} CPU-s", flush=True)
         rerun = run_child(parquet, tmp / "parquet0.db", rerun=True)
         assert rerun["unchanged"] == n, rerun
         # Incremental: every post again with a newer updated_at and one tag changed, over the
@@ -139,6 +177,9 @@ def main() -> None:
         "jsonl_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["jsonl"])),
         "parquet_rerun_posts_per_s": round(n / rerun["wall_s"]),
         "same_rows_as_jsonl": same, "same_rows_after_updates": same_updates,
+        "floor_sqlite_cpu_s": round(floor["sqlite_cpu_s"], 2), "floor_refresh_cpu_s": round(floor["refresh_cpu_s"], 2),
+        "floor_posts_per_cpu_s": round(n / (floor["sqlite_cpu_s"] + floor["refresh_cpu_s"])),
+        "parquet_cpu_s": round(best("parquet", "cpu_s"), 2), "jsonl_cpu_s": round(best("jsonl", "cpu_s"), 2),
         "update_parquet_posts_per_cpu_s": round(n / best("update_parquet", "cpu_s")),
         "update_jsonl_posts_per_cpu_s": round(n / best("update_jsonl", "cpu_s")),
         "update_parquet_posts_per_s": round(n / best("update_parquet", "wall_s")),
@@ -183,7 +224,9 @@ def _same_rows(a: Path, b: Path) -> bool:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    if len(sys.argv) > 1 and sys.argv[1] == "--floor":
+        floor_child(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), Path(sys.argv[3]), rerun="--rerun" in sys.argv)
     else:
         main()
