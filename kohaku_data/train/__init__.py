@@ -11,6 +11,9 @@
             ...
             checkpoint["data"] = loader.state_dict()  # resume: loader.load_state_dict(...)
 
+Several builds: `KdataMix([(ds_a, 3.0), (ds_b, 1.0)], batch_size=4, ...)` and
+`KdataCurriculum([(0, mix_a), (10_000, mix_b)])` (mix.py); `KdataLoader(mix)` takes their sampler.
+
 Importing this package loads neither the build machinery nor torch; torch is needed only for
 decode="torch", the collate and the loader.
 """
@@ -19,11 +22,13 @@ from kohaku_data.train.collate import BucketCollate
 from kohaku_data.train.dataset import KdataDataset, split_caption
 from kohaku_data.train.errors import ReaderError, SamplerError
 from kohaku_data.train.loader import KdataLoader
+from kohaku_data.train.mix import KdataCurriculum, KdataMix
 from kohaku_data.train.plan import EpochPlan, EpochReport, Layout, plan_epoch
 from kohaku_data.train.sampler import BucketBatchSampler, PadIndex
 from kohaku_data.train.shard_cache import Prefetcher, ShardCache
 
 __all__ = [
-    "BucketBatchSampler", "BucketCollate", "EpochPlan", "EpochReport", "KdataDataset", "KdataLoader",
+    "BucketBatchSampler", "BucketCollate", "EpochPlan", "EpochReport", "KdataCurriculum", "KdataDataset",
+    "KdataLoader", "KdataMix",
     "Layout", "PadIndex", "Prefetcher", "ReaderError", "SamplerError", "ShardCache", "plan_epoch", "split_caption",
 ]

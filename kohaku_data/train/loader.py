@@ -5,6 +5,11 @@ A DataLoader with workers asks its batch sampler for batches ahead of the loop (
 so the sampler's own count runs ahead of training; this wrapper counts what it hands over, so
 `state_dict()` taken after step k resumes at step k+1 for any `num_workers`. (torchdata's
 `StatefulDataLoader` does the same bookkeeping itself; pass it the sampler directly.)
+
+When the dataset reads through a `ShardCache` (KdataDataset(..., cache=...)), each iteration
+runs a `Prefetcher` on the sampler's shard schedule from where it starts, fed by the count of
+batches received (`prefetch`: None = whenever there is a cache, False = never, True = require a
+cache). The DataLoader's workers then mostly find their shards fetched already.
 """
 
 from __future__ import annotations
@@ -12,17 +17,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import logging
+
 from kohaku_data.train.collate import BucketCollate
-from kohaku_data.train.sampler import BucketBatchSampler
+from kohaku_data.train.errors import ReaderError
+from kohaku_data.train.shard_cache import Prefetcher, ShardCache
+
+log = logging.getLogger("kohaku_data.train")
 
 
 class KdataLoader:
     """`DataLoader(dataset, batch_sampler=sampler, collate_fn=BucketCollate(), **kwargs)` plus
-    `set_epoch`, `state_dict` and `load_state_dict` (the sampler's state, counted exactly)."""
+    `set_epoch`, `state_dict` and `load_state_dict` (the sampler's state, counted exactly).
 
-    def __init__(self, dataset: Any, sampler: BucketBatchSampler, collate_fn: Any = None, **kwargs: Any) -> None:
+    `sampler`: a BucketBatchSampler, or None for a dataset that brings its own (`KdataMix`,
+    `KdataCurriculum`: their `.sampler`). `prefetch`: see the module docstring."""
+
+    def __init__(self, dataset: Any, sampler: Any = None, collate_fn: Any = None, *,
+                 prefetch: bool | None = None, **kwargs: Any) -> None:
         from torch.utils.data import DataLoader
 
+        if sampler is None:
+            sampler = getattr(dataset, "sampler", None)
+            if sampler is None:
+                raise ReaderError("KdataLoader needs a sampler: pass BucketBatchSampler(dataset, ...) "
+                                  "(a KdataMix or KdataCurriculum brings its own).")
+        cache = getattr(dataset, "shards", None)
+        self.cache = cache if isinstance(cache, ShardCache) and hasattr(sampler, "shard_schedule") else None
+        if prefetch and self.cache is None:
+            raise ReaderError("prefetch=True needs a dataset that reads through a ShardCache "
+                              "(KdataDataset(url, cache=ShardCache(...))) and a BucketBatchSampler.")
+        self.prefetch = self.cache is not None and prefetch is not False
+        self.prefetcher: Prefetcher | None = None  # the one of the iteration in progress
         self.sampler = sampler
         self.loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn or BucketCollate(), **kwargs)
         self._epoch: int | None = None  # the epoch of the iteration in progress (or last finished)
@@ -37,9 +63,22 @@ class KdataLoader:
     def __iter__(self) -> Iterator[Any]:
         # Read where the sampler will start before the DataLoader creates its iterator.
         self._epoch, self._done = self.sampler.epoch, self.sampler.start_position()
-        for batch in self.loader:
-            self._done += 1
-            yield batch
+        if self.prefetch:
+            schedule = self.sampler.shard_schedule(self._done)
+            self.prefetcher = Prefetcher(self.cache, schedule, lambda: self._done).start()
+        try:
+            for batch in self.loader:
+                self._done += 1
+                yield batch
+        finally:
+            self._stop_prefetch()
+
+    def _stop_prefetch(self) -> None:
+        prefetcher, self.prefetcher = self.prefetcher, None
+        if prefetcher is not None:
+            prefetcher.stop()
+            if prefetcher.error is not None:  # the workers fetched on their own: slower, not wrong
+                log.warning("shard prefetch stopped early: %r", prefetcher.error)
 
     def state_dict(self) -> dict[str, Any]:
         if self._epoch == self.sampler.epoch:
