@@ -26,9 +26,14 @@ Variants are columns only when the recipe adds variants (`wants_variants`) or th
 Token counts are exact: a pre-token never spans whitespace (CLIP's cleaning and pattern are
 local between spaces), so a text's count is the sum over pieces that each end in whitespace.
 With a separator ending in a space, kohaku, ordered and xml (`drop`) variants are made in the
-numeric pass from the layout's elements (`Pieces`: per element a strings row and an affix
-kind — separator, `<group>`, `</group>`, artist prefix, or nothing at the end of a post), and
-counted as a per-post sum of per-(row, kind) counts, each counted once per job and kept on the
+numeric pass from the layout's elements. The page's caption elements are cut once into runs,
+one per (post, caption group) — groups are contiguous in output order — and each run's texts
+joined once (`caption_runs`); an ordered or xml variant is then the post's group texts in its
+order (`runs_text`: one `concat_str` over the group columns, no per-element strings). Counts
+are per-(strings row, slot) counts (`Pieces`: slot = the affix a row gets — separator,
+`<group>`, `</group>`, artist prefix, nothing at the end of a post — found from the run
+bounds, no sort), summed per post by a bincount; each (row, slot) is counted once per job
+(its texts split as columns, each distinct piece through the BPE once) and kept on the
 prepared tag table. Other variants (text, mixed, attached bands, curated captions, kept empty
 xml groups, other separators) are made from the group lists and counted per space-separated
 piece (`TokenCounter.column`). tests/test_caption_variants.py holds both ways equal.
@@ -66,6 +71,8 @@ class TokenCounter:
     pieces: dict[str, int] = field(default_factory=dict)
     piece_hits: int = 0
     piece_lookups: int = 0
+    row_lookups: int = 0  # per-(strings row, slot) counts looked up (piece_tokens) …
+    row_counted: int = 0  # … and counted, the rest were on the prepared table's cache
 
     def count(self, text: str) -> int:
         return sum(self._piece(p) for p in text.split(" "))
@@ -92,7 +99,9 @@ class TokenCounter:
 
     def stats(self) -> dict[str, float]:
         out = {"pieces_cached": len(self.pieces), "piece_lookups": self.piece_lookups,
-               "piece_hit_rate": self.piece_hits / self.piece_lookups if self.piece_lookups else 0.0}
+               "piece_hit_rate": self.piece_hits / self.piece_lookups if self.piece_lookups else 0.0,
+               "row_lookups": self.row_lookups,
+               "row_hit_rate": 1 - self.row_counted / self.row_lookups if self.row_lookups else 0.0}
         words = getattr(self.tokenizer, "stats", None)
         return {**out, **({f"bpe_{k}": v for k, v in words().items()} if words else {})}
 
@@ -159,70 +168,131 @@ def _cached_row_groups(tags: PreparedTags) -> np.ndarray:
     return tags.cache["row_groups"]
 
 
-def _variant_order(el: Elements, variant: CaptionVariant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(post index, plain strings row, caption group, position in the variant's order) of the
-    elements this variant shows, in its order (stable: in-group order as in today's caption)."""
+@dataclass(frozen=True)
+class Runs:
+    """A page's caption elements (no raw names, no keep separator; the separator-prefixed
+    copies as their plain row) in output order, where each post's caption groups are runs
+    one after the other. Shared by every numeric variant of the page: a variant's text is its
+    groups' run texts in its order, its token slots come from the run bounds (no sort)."""
+
+    pi: np.ndarray  # per element: post index
+    row: np.ndarray  # per element: plain strings row
+    group: np.ndarray  # per element: caption group
+    run: np.ndarray  # per element: its run
+    run_pi: np.ndarray  # per run: post index
+    run_group: np.ndarray  # per run: caption group
+    first: np.ndarray  # per run: index of its first element
+    last: np.ndarray  # per run: index of its last element
+    texts: pl.Series  # per run: its texts joined by the recipe's separator
+    posts: int
+    columns: dict[tuple[int, str], pl.Series] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _joined(run: np.ndarray, texts: pl.Series, separator: str) -> pl.Series:
+    """`texts` (in run order, `run` sorted) joined per run by `separator`."""
+    frame = pl.DataFrame({"_r": run, "_t": texts}).with_columns(pl.col("_r").set_sorted())
+    # collected as lists, then joined: half the cost of str.join as the aggregation
+    return frame.group_by("_r", maintain_order=True).agg("_t").select(pl.col("_t").list.join(separator)).to_series()
+
+
+def caption_runs(el: Elements, config: CaptionConfig) -> Runs:
     tags = el.tags
-    position = np.full(16, -1, dtype=np.int64)
-    for at, name in enumerate(variant.groups()):
-        if name in GROUP_CODES:
-            position[GROUP_CODES[name]] = at
-    groups = _cached_row_groups(tags)[el.row].astype(np.int64)
-    pos = np.where(groups >= 0, position[groups], -1)
-    keep = (pos >= 0) & (groups != G_MARK)
+    groups = _cached_row_groups(tags)[el.row]
+    keep = (groups >= 0) & (groups != G_MARK)
     start, height = tags.caption_start, tags.prefixed_offset
     row = el.row[keep]
     row = np.where(row >= start + height, row - height, row)
-    pi, groups, pos = el.pi[keep], groups[keep], pos[keep]
-    order = np.argsort(pi * 16 + pos, kind="stable")
-    return pi[order], row[order], groups[order], pos[order]
+    pi, group = el.pi[keep], groups[keep].astype(np.int64)
+    key = pi * 16 + group
+    if len(key) > 1 and (key[1:] < key[:-1]).any():  # groups not contiguous: order them, stable in-group
+        order = np.argsort(key, kind="stable")
+        pi, row, group, key = pi[order], row[order], group[order], key[order]
+    new = np.ones(len(key), dtype=bool)
+    new[1:] = key[1:] != key[:-1]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(key)) - 1
+    run = np.cumsum(new) - 1
+    texts = _joined(run, tags.strings.gather(row), config.separator)
+    return Runs(pi, row, group, run, pi[first], group[first], first, last, texts, el.posts)
 
 
-def _ordered_pieces(el: Elements, variant: CaptionVariant, config: CaptionConfig) -> Pieces:
-    pi, row, groups, _ = _variant_order(el, variant)
-    last = _post_ends(pi).astype(np.int64)
-    base = el.tags.caption_start
+def _group_column(runs: Runs, code: int, prefix: str, tags: PreparedTags, config: CaptionConfig) -> pl.Series:
+    """Each post's text of one group (`prefix` before every tag), null where the post has none."""
+    key = (code, prefix)
+    if key not in runs.columns:
+        at = np.flatnonzero(runs.run_group == code)
+        if prefix:
+            members = np.flatnonzero(runs.group == code)
+            texts = _joined(runs.run[members], prefix + tags.strings.gather(runs.row[members]), config.separator)
+        else:
+            texts = runs.texts.gather(at)
+        index = np.full(runs.posts, -1, dtype=np.int64)
+        index[runs.run_pi[at]] = np.arange(len(at))
+        s = pl.Series(index)
+        runs.columns[key] = texts.gather(pl.select(pl.when(s >= 0).then(s)).to_series())
+    return runs.columns[key]
+
+
+def _shown_groups(variant: CaptionVariant) -> list[tuple[str, int]]:
+    return [(name, GROUP_CODES[name]) for name in variant.groups() if name in GROUP_CODES]
+
+
+def runs_text(runs: Runs, variant: CaptionVariant, tags: PreparedTags, config: CaptionConfig) -> pl.Series:
+    """The ordered or xml (empty groups dropped) text of each post, from the run texts."""
+    parts, xml = [], variant.kind == "xml"
+    for name, code in _shown_groups(variant):
+        col = pl.lit(_group_column(runs, code, variant.artist_prefix if name == "artist" else "", tags, config))
+        parts.append(pl.lit(f"<{name}>") + col + pl.lit(f"</{name}>") if xml else col)
+    if not parts:
+        return pl.Series([""] * runs.posts, dtype=pl.String)
+    joined = pl.concat_str(parts, separator=" " if xml else config.separator, ignore_nulls=True)
+    return pl.select(joined.fill_null("")).to_series()
+
+
+def _runs_pieces(runs: Runs, variant: CaptionVariant, config: CaptionConfig, base: int) -> Pieces:
+    """The variant's pieces from the run bounds: a post's last piece ends its last shown group
+    in this variant's order; xml slot bits first in group (1), last in group (2), last of post (4)."""
+    position = np.full(16, -1, dtype=np.int64)
+    for at, (_, code) in enumerate(_shown_groups(variant)):
+        position[code] = at
+    pos = position[runs.run_group]
+    shown = np.flatnonzero(pos >= 0)
+    # the last shown run of each post: the highest position among its runs (runs sorted by post)
+    order = runs.run_pi[shown] * 16 + pos[shown]
+    last_run = np.zeros(len(pos), dtype=bool)
+    if len(shown):
+        starts = np.flatnonzero(np.append(True, runs.run_pi[shown][1:] != runs.run_pi[shown][:-1]))
+        top = np.maximum.reduceat(order, starts)
+        last_run[shown] = order == np.repeat(top, np.diff(np.append(starts, len(shown))))
+    if len(shown) == len(pos):
+        at = np.arange(len(runs.pi))
+    else:
+        at = np.flatnonzero(pos[runs.run] >= 0)
+    run = runs.run[at]
+    last_in_group = at == runs.last[run]
+    end = (last_in_group & last_run[run]).astype(np.int64)
+    pi, row = runs.pi[at], runs.row[at]
+    if variant.kind == "xml":
+        slot = (at == runs.first[run]) + 2 * last_in_group + 4 * end
+        before, after = [], []
+        for name, _ in _shown_groups(variant):
+            pre = variant.artist_prefix if name == "artist" else ""
+            for bits in range(8):
+                closing, last = bits & 2, bits & 4
+                before.append((f"<{name}>" if bits & 1 else "") + pre)
+                after.append((f"</{name}>" if closing else "") + ("" if last else " " if closing else config.separator))
+        return Pieces(pi, row, pos[run] * 8 + slot, slot, tuple(before), tuple(after), 8, base)
     if not variant.artist_prefix:
-        return Pieces(pi, row, last, last, ("", ""), (config.separator, ""), 2, base)
-    artist = (groups == G_ARTIST).astype(np.int64)
+        return Pieces(pi, row, end, end, ("", ""), (config.separator, ""), 2, base)
+    artist = (runs.group[at] == G_ARTIST).astype(np.int64)
     pre = variant.artist_prefix
-    return Pieces(pi, row, artist * 2 + last, last, ("", "", pre, pre), (config.separator, "") * 2, 2, base)
-
-
-def _xml_pieces(el: Elements, variant: CaptionVariant, config: CaptionConfig) -> Pieces:
-    """`<g>a, b</g> <h>c</h>`: slot bits first in group (1), last in group (2), last of post (4)."""
-    pi, row, groups, pos = _variant_order(el, variant)
-    run = pi * 16 + pos
-    first = np.ones(len(run), dtype=bool)
-    first[1:] = run[1:] != run[:-1]
-    last_group = _post_ends(run)
-    slot = first + 2 * last_group + 4 * _post_ends(pi)
-    before, after = [], []
-    for name in variant.groups():
-        pre = variant.artist_prefix if name == "artist" else ""
-        for bits in range(8):
-            closing, end = bits & 2, bits & 4
-            before.append((f"<{name}>" if bits & 1 else "") + pre)
-            after.append((f"</{name}>" if closing else "") + ("" if end else " " if closing else config.separator))
-    return Pieces(pi, row, pos * 8 + slot, slot, tuple(before), tuple(after), 8, el.tags.caption_start)
-
-
-def piece_texts(p: Pieces, tags: PreparedTags, posts: int) -> pl.Series:
-    """Each post's text (\"\" for a post without pieces)."""
-    text = (pl.Series(p.before, dtype=pl.String).gather(p.affix) + tags.strings.gather(p.row)
-            + pl.Series(p.after, dtype=pl.String).gather(p.affix))
-    joined = pl.DataFrame({"_pi": p.pi, "_t": text}).with_columns(pl.col("_pi").set_sorted()).group_by(
-        "_pi", maintain_order=True).agg(pl.col("_t").str.join(""))
-    if joined.height == posts:
-        return joined["_t"]
-    full = pl.DataFrame({"_pi": np.arange(posts, dtype=p.pi.dtype)}).join(joined, on="_pi", how="left",
-                                                                         maintain_order="left")
-    return full["_t"].fill_null("")
+    return Pieces(pi, row, artist * 2 + end, end, ("", "", pre, pre), (config.separator, "") * 2, 2, base)
 
 
 def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: int) -> np.ndarray:
     """Tokens of each post's text: the sum of its pieces' counts (exact when every piece but a
-    post's last ends in whitespace). Each (row, slot) is counted once per job, on `tags.cache`."""
+    post's last ends in whitespace). Each (row, slot) is counted once per job, on `tags.cache`;
+    the texts of the ones not yet counted are made and split as columns (`TokenCounter.column`)."""
     key = ("tokens", counter.tokenizer.name, p.before, p.after, p.base)
     cache = tags.cache.get(key)
     if cache is None:
@@ -230,28 +300,31 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
     r = p.row - p.base
     got = cache[r, p.slot]
     miss = got < 0
+    counter.row_lookups += len(got)
     if miss.any():
-        code, at = np.unique(r[miss] * p.slots + p.slot[miss], return_index=True)
-        texts = tags.strings.gather(code // p.slots + p.base).to_list()
-        affixes = p.affix[miss][at].tolist()
-        cache[code // p.slots, code % p.slots] = [
-            counter.count(p.before[a] + t + p.after[a]) for a, t in zip(affixes, texts)]
+        # the distinct (row, slot) missing, without a sort: each is marked on the cache with one
+        # of its elements (-2 - element), then read back in row order (counted just below)
+        wanted = r[miss] * p.slots + p.slot[miss]
+        flat = cache.reshape(-1)
+        flat[wanted] = -2 - np.arange(len(wanted), dtype=np.int32)
+        code = np.flatnonzero(flat <= -2)
+        affix = p.affix[miss][-2 - flat[code]]
+        texts = (pl.Series(p.before, dtype=pl.String).gather(affix) + tags.strings.gather(code // p.slots + p.base)
+                 + pl.Series(p.after, dtype=pl.String).gather(affix))
+        cache[code // p.slots, code % p.slots] = counter.column(texts)
+        counter.row_counted += len(code)
         got = cache[r, p.slot]
     return np.bincount(p.pi, weights=got, minlength=posts).astype(np.int32)
 
 
-def _numeric_pieces(frame: pl.DataFrame, el: Elements, v: CaptionVariant, config: CaptionConfig) -> Pieces | None:
-    """This variant's pieces, or None when it is made from the group lists and strings."""
+def _numeric(frame: pl.DataFrame, v: CaptionVariant, config: CaptionConfig) -> bool:
+    """Whether this variant is made in the numeric pass (else from the group lists and strings)."""
     if not config.separator.endswith(" "):  # pieces would not end in whitespace
-        return None
+        return False
     attached = "attached" in v.groups() and any(c.startswith("attached_") for c in frame.columns)
     if v.kind == "kohaku":
-        return None if "tag_caption" in frame.columns else _kohaku_pieces(el, config)
-    if v.kind == "ordered" and not attached:
-        return _ordered_pieces(el, v, config)
-    if v.kind == "xml" and not attached and v.empty_groups == "drop":
-        return _xml_pieces(el, v, config)
-    return None
+        return "tag_caption" not in frame.columns
+    return (v.kind == "ordered" or (v.kind == "xml" and v.empty_groups == "drop")) and not attached
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,12 +476,13 @@ def add_variants(frame: pl.DataFrame, el: Elements, config: CaptionConfig, count
     """`variant_<name>` and `tokens_<name>` of every variant; `caption` becomes the `.txt`
     variant when it is not `kohaku`."""
     variants = config.variants.all()
-    pieces = {v.name: _numeric_pieces(frame, el, v, config) for v in variants}
-    grouped = any(pieces[v.name] is None and v.kind not in ("text", "kohaku") for v in variants) or any(v.max_tokens for v in variants)
+    numeric = {v.name: _numeric(frame, v, config) for v in variants}
+    grouped = any(not numeric[v.name] and v.kind not in ("text", "kohaku") for v in variants) or any(v.max_tokens for v in variants)
     if grouped:
         frame = frame.hstack(group_lists(el.pi, el.row, el.tags, el.posts))
+    runs = caption_runs(el, config) if any(numeric[v.name] and v.kind != "kohaku" for v in variants) else None
     for v in variants:
-        frame = frame.with_columns(_variant_column(frame, el, v, pieces[v.name], config, counter))
+        frame = frame.with_columns(_variant_column(frame, el, runs, v, numeric[v.name], config, counter))
         if v.max_tokens:
             frame = _apply_budget(frame, v.name, v, config, counter)
     if config.variants.txt != "kohaku" or any(v.name == "kohaku" and v.max_tokens for v in variants):
@@ -416,21 +490,20 @@ def add_variants(frame: pl.DataFrame, el: Elements, config: CaptionConfig, count
     return frame.drop([c for c in frame.columns if c.startswith("g_")])
 
 
-def _variant_column(frame: pl.DataFrame, el: Elements, v: CaptionVariant, pieces: Pieces | None,
+def _variant_column(frame: pl.DataFrame, el: Elements, runs: Runs | None, v: CaptionVariant, numeric: bool,
                     config: CaptionConfig, counter: TokenCounter) -> list[pl.Series]:
     """The variant's text and token count."""
-    if pieces is None:
+    if not numeric:
         expr = _kept_marker(frame, v, config) if v.kind == "kohaku" and v.max_tokens else variant_expr(frame, v, config)
         text = frame.select(expr.alias("_v")).to_series()
         tokens = counter.column(text)
+    elif v.kind == "kohaku":
+        text = frame.select(_kept_marker(frame, v, config)).to_series() if v.max_tokens else frame["caption"]
+        tokens = piece_tokens(_kohaku_pieces(el, config), el.tags, counter, el.posts)
     else:
-        if v.kind != "kohaku":
-            text = piece_texts(pieces, el.tags, el.posts)
-        elif v.max_tokens:
-            text = frame.select(_kept_marker(frame, v, config)).to_series()
-        else:
-            text = frame["caption"]
-        tokens = piece_tokens(pieces, el.tags, counter, el.posts)
+        assert runs is not None
+        text = runs_text(runs, v, el.tags, config)
+        tokens = piece_tokens(_runs_pieces(runs, v, config, el.tags.caption_start), el.tags, counter, el.posts)
     return [text.alias(f"variant_{v.name}"), pl.Series(f"tokens_{v.name}", tokens, dtype=pl.Int32)]
 
 
@@ -454,6 +527,7 @@ def variant_names(config: CaptionConfig) -> tuple[str, ...]:
 
 
 __all__ = [
-    "BudgetError", "Elements", "Pieces", "TokenCounter", "add_variants", "counter_for", "piece_texts", "piece_tokens",
+    "BudgetError", "Elements", "Pieces", "Runs", "TokenCounter", "add_variants", "caption_runs", "counter_for",
+    "piece_tokens", "runs_text",
     "variant_expr", "variant_names", "wants_variants",
 ]
