@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -190,6 +191,75 @@ def read_entry(entry: SourceEntry) -> bytes:
     if len(data) != entry.size:
         raise SourceError(f"{entry.name}: expected {entry.size} bytes, read {len(data)} (file changed or cut short)")
     return data
+
+
+# Runs of members read with one request (`read_entries`): members of one tar at most RUN_GAP
+# bytes apart (a tar header is 512 bytes) and a run spanning at most RUN_MAX bytes, so a task
+# holds at most one run's bytes at a time and at most RUN_GAP bytes a member are read in vain.
+RUN_GAP = 64 << 10
+RUN_MAX = 64 << 20
+
+
+def member_runs(entries: Sequence[SourceEntry], *, max_gap: int | None = None,
+                max_bytes: int | None = None) -> list[list[int]]:
+    """Positions in `entries` grouped into runs that one ranged read covers: tar members of one
+    file, in offset order, each within `max_gap` bytes of the previous one's end, the run
+    spanning at most `max_bytes`. Plain files, empty members and members that fit no run are
+    runs of one. Runs come in the order of their first entry. Defaults: RUN_GAP, RUN_MAX."""
+    max_gap = RUN_GAP if max_gap is None else max_gap
+    max_bytes = RUN_MAX if max_bytes is None else max_bytes
+    order = sorted((i for i, e in enumerate(entries) if e.member is not None and e.size > 0),
+                   key=lambda i: (entries[i].path, entries[i].offset or 0))
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for i in order:
+        entry = entries[i]
+        if run:
+            first, last = entries[run[0]], entries[run[-1]]
+            start, end = first.offset or 0, (last.offset or 0) + last.size
+            offset = entry.offset or 0
+            if (entry.path == last.path and end <= offset <= end + max_gap
+                    and offset + entry.size - start <= max_bytes):
+                run.append(i)
+                continue
+            runs.append(run)
+        run = [i]
+    if run:
+        runs.append(run)
+    runs = [r for r in runs if len(r) > 1]
+    grouped = {i for r in runs for i in r}
+    runs += [[i] for i in range(len(entries)) if i not in grouped]
+    return sorted(runs, key=min)
+
+
+def read_entries(entries: Sequence[SourceEntry], *, max_gap: int | None = None,
+                 max_bytes: int | None = None) -> Iterator[tuple[int, bytes | SourceError]]:
+    """(position, bytes) of every entry — or the SourceError that `read_entry` would raise —
+    run by run (`member_runs`): adjacent members of a tar cost one ranged request. A run whose
+    read fails or comes back short is read again member by member, so each entry gets exactly
+    the bytes or the error it would get alone."""
+    for run in member_runs(entries, max_gap=max_gap, max_bytes=max_bytes):
+        block = None
+        if len(run) > 1:
+            first, last = entries[run[0]], entries[run[-1]]
+            start = first.offset or 0
+            length = (last.offset or 0) + last.size - start
+            try:
+                block = storage.read_range(first.path, start, length)
+            except (OSError, storage.StorageError):
+                block = None
+            if block is not None and len(block) != length:
+                block = None
+        for i in run:
+            entry = entries[i]
+            if block is not None:
+                at = (entry.offset or 0) - (entries[run[0]].offset or 0)
+                yield i, block[at:at + entry.size]
+                continue
+            try:
+                yield i, read_entry(entry)
+            except SourceError as exc:
+                yield i, exc
 
 
 # -- scanning --------------------------------------------------------------------------------

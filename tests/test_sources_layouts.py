@@ -348,3 +348,101 @@ def test_cli_build_with_src_index_and_clean_errors(tmp_path):
     assert not list((tmp_path / "o2").glob("*.tar")) if (tmp_path / "o2").exists() else True
     done = run_kdata("recipe", "check", recipe, "--db", inputs.db, "--src", tmp_path / "d", "--src-index", tmp_path / "i")
     assert done.returncode == 0 and "files to process: 11" in done.stdout, done.stdout + done.stderr
+
+
+# -- runs of adjacent members: one ranged request for several members ------------------------------
+def test_member_runs_group_adjacent_members_within_bounds():
+    def member(key, path, offset, size, member="m"):
+        return sources.SourceEntry(key, f"{path}:{key}", "png", size, path, member, offset)
+
+    entries = [
+        member(1, "a.tar", 1024, 100),          # 0
+        member(2, "a.tar", 1636, 100),          # 1: a header (512) after 0
+        member(3, "b.tar", 1536, 100),          # 2: another tar
+        member(4, "a.tar", 1636 + 100 + 70_000, 100),  # 3: a gap over 64 KiB
+        member(5, "a.tar", 2248, 0),            # 4: empty: needs no request
+        sources.SourceEntry(6, "6.png", "png", 50, "6.png"),  # 5: a plain file
+        member(7, "b.tar", 512, 100),           # 6: before 2 in b.tar, task order aside
+    ]
+    runs = sources.member_runs(entries)
+    assert sorted(map(sorted, runs)) == [[0, 1], [2, 6], [3], [4], [5]]
+    assert runs[0] == [0, 1] and [6, 2] in runs, "runs are in offset order, ordered by their first entry"
+    assert sorted(map(sorted, sources.member_runs(entries, max_gap=400))) == [[0], [1], [2], [3], [4], [5], [6]]
+    assert [0, 1] not in sources.member_runs(entries, max_bytes=711), "a run spans at most max_bytes"
+    assert [0, 1] in sources.member_runs(entries, max_bytes=712)
+
+
+def test_read_entries_equals_read_entry_also_on_a_cut_short_tar(tmp_path, remote, request):
+    members = [(f"{k}.png", bytes([k]) * (1000 + k)) for k in range(1, 9)]
+    write_tar(tmp_path / "d" / "a.tar", members)
+    src = upload(remote, tmp_path / "d", f"/{request.node.name}/d")
+    entries = open_source(src).entries()
+    remote.forget()
+    got = dict(sources.read_entries(entries))
+    assert [got[i] for i in range(len(entries))] == [data for _, data in members]
+    assert len(remote.reads) == 1, "eight adjacent members: one request"
+    assert remote.reads[0][2] - remote.reads[0][1] == entries[-1].offset + entries[-1].size - entries[0].offset
+    # cut short after the 6th member: the run's read is short, so each member is read alone and
+    # gets what read_entry gives it (bytes, or the same error)
+    path = f"/{request.node.name}/d/a.tar"
+    remote.pipe_file(path, remote.cat_file(path)[:entries[5].offset + entries[5].size])
+    got = dict(sources.read_entries(entries))
+    for i, entry in enumerate(entries):
+        try:
+            alone = read_entry(entry)
+        except sources.SourceError as exc:
+            alone = str(exc)
+        assert (str(got[i]) if isinstance(got[i], sources.SourceError) else got[i]) == alone
+    assert isinstance(got[7], sources.SourceError) and "cut short" in str(got[7])
+    assert got[0] == members[0][1]
+
+
+def deepghs_from_inputs(inputs, root: Path) -> None:
+    """The build-test images as deepghs tars (`images/000{id % 2}.tar`, members in id order, index
+    beside): a query over an id range selects runs of adjacent members."""
+    groups: dict[str, list[tuple[str, bytes]]] = {}
+    for path in sorted(inputs.src.rglob("*.*"), key=lambda p: int(p.name.split(".")[0])):
+        key = int(path.name.split(".")[0])
+        groups.setdefault(f"images/{key % 2:04d}.tar", []).append((path.name, path.read_bytes()))
+    for rel, members in groups.items():
+        write_tar(root / rel, members)
+        write_index(root / rel, root / (rel[:-4] + ".json"))
+
+
+def test_selective_build_reads_adjacent_members_in_runs(tmp_path, remote, request, monkeypatch):
+    from kohaku_data.assembly import pipeline
+    from test_build_support import build, folder_bytes, make_inputs, small_recipe
+
+    inputs = make_inputs(tmp_path / "inputs")
+    deepghs_from_inputs(inputs, tmp_path / "d")
+    low, high = inputs.ids[4], inputs.ids[30]
+    recipe = small_recipe(query=f"id:{low}..{high}")
+    local_src = str(tmp_path / "d")
+    build(type(inputs)(inputs.db, local_src, inputs.ids, inputs.hard), tmp_path / "local", recipe)
+    url = upload(remote, tmp_path / "d", f"/{request.node.name}/d")
+    # 2 tasks for the whole plan (a plan of 512+ items gets tasks of 2..64 items by itself)
+    monkeypatch.setattr(pipeline, "_TASKS_PER_PLAN", 2)
+    figures = {}
+    for name, run_max in (("member by member", 0), ("runs", sources.RUN_MAX)):
+        monkeypatch.setattr(sources, "RUN_MAX", run_max)
+        remote.forget()
+        build(type(inputs)(inputs.db, url, inputs.ids, inputs.hard), tmp_path / name, recipe)
+        assert folder_bytes(tmp_path / name) == folder_bytes(tmp_path / "local"), name
+        ranged = [(p, s, e) for p, s, e in remote.reads if s is not None and p.endswith(".tar")]
+        figures[name] = (len(ranged), sum(e - s for _, s, e in ranged), ranged)
+    base = f"/{request.node.name}/d/"
+    tar_members = {(base + e.name.split(":")[0], e.offset, e.offset + e.size): e.key
+                   for e in open_source(local_src).entries()}
+    one_by_one, runs = figures["member by member"], figures["runs"]
+    selected = [tar_members[r] for r in one_by_one[2]]  # a KeyError: a read that is no whole member
+    assert len(set(selected)) == len(selected) > 15 and all(low <= k <= high for k in selected)
+    members = one_by_one[2]
+    assert runs[0] < len(members) // 4, (runs[0], len(members))
+    covered = [m for m in members if any(p == m[0] and s <= m[1] and m[2] <= e for p, s, e in runs[2])]
+    assert covered == members, "every selected member lies in a run"
+    assert all(any(p == q and s <= a and b <= e for q, a, b in members) for p, s, e in runs[2]), \
+        "a run starts and ends at selected members"
+    gaps = len(members) - runs[0]
+    assert 0 <= runs[1] - one_by_one[1] <= gaps * sources.RUN_GAP, "at most RUN_GAP read in vain between members"
+    print(f"\nselective build, {len(members)} members: {one_by_one[0]} requests / {one_by_one[1]} bytes "
+          f"member by member, {runs[0]} requests / {runs[1]} bytes in runs")

@@ -9,6 +9,13 @@ object beside the output:
         4-byte big-endian length, JSON header {"items": [{"header", "offset", "size"}, …]},
         then the stored images of the ok items, concatenated (offsets count from the header's end)
 
+A recipe with `[image] levels` stages each level as a task object of its own, in the folder of
+that level's image config alone (`ImageConfig.level_configs`: the folder a build with that
+bucket would use; the main bucket's folder does not depend on the levels). So a level added to
+a recipe reuses the staged objects of the levels it already had and computes only the new one
+(still from one decode of each original); each level's object is exactly the one a
+single-level build of it would stage.
+
 One object per task, not per image: on object storage each write is a request, and a task's
 images are made together anyway. The folder name is a hash of the image settings, and each
 item's header records its input (name, size), so a resumed build reuses exactly the task
@@ -31,7 +38,7 @@ from kohaku_data.curation.captions import curated_fields
 from kohaku_data.images.artifacts import FIELDS as ARTIFACT_FIELDS, json_value
 from kohaku_data.config import ImageConfig
 from kohaku_data.errors import KdataError
-from kohaku_data.sources import read_entry
+from kohaku_data.sources import SourceError, read_entries
 
 _LEN = struct.Struct(">I")
 _PEEK = 64 << 10  # first read of a staged object: its header (~0.5 KB an item) in one request
@@ -63,6 +70,7 @@ class StagedInfo:
 
     header: dict[str, Any]
     image: ImageRef | None = None
+    levels: tuple[tuple[str, "StagedInfo"], ...] = ()  # (level name, its staged result), recipe order
 
     @property
     def ok(self) -> bool:
@@ -85,6 +93,7 @@ class Staged:
     header: dict[str, Any]
     data: bytes | None = None
     size: int | None = None  # the image's size when `data` is not loaded (on the driver)
+    levels: tuple[tuple[str, "Staged"], ...] = ()  # `[image] levels`: (name, that level's result)
 
     @property
     def ok(self) -> bool:
@@ -96,9 +105,18 @@ class Staged:
 
 
 def staging_dir(root: storage.Target, image: ImageConfig, check_md5: bool) -> storage.Target:
-    """Content address of the image settings: another image config never reuses these results."""
-    text = json.dumps([image.model_dump(mode="json"), check_md5], sort_keys=True)
+    """Content address of the image settings: another image config never reuses these results.
+    The main bucket's results do not depend on `levels` (left out: a recipe without levels keeps
+    the folder it had before levels existed)."""
+    dumped = image.model_dump(mode="json")
+    dumped.pop("levels", None)
+    text = json.dumps([dumped, check_md5], sort_keys=True)
     return storage.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+def level_staging(staging: storage.Target, level: ImageConfig, check_md5: bool) -> storage.Target:
+    """The staging folder of one level: beside the main one, addressed by the level's own config."""
+    return staging_dir(storage.parent_of(staging), level, check_md5)
 
 
 def task_object(staging: storage.Target, items: tuple[PlanItem, ...]) -> storage.Target:
@@ -110,11 +128,32 @@ def run_image_task(task: ImageTask) -> TaskResult:
     """Reuse the task's staged object when every item still holds, else process every item and
     commit the object once (create-only)."""
     path = task_object(task.staging, task.items)
+    if task.image.levels:
+        return _run_ladder(task, path)
     infos = staged_infos(path, task.items)
     if infos is not None:
         return TaskResult(task.index, 0, len(infos), infos, str(path))
-    data = pack_staged([_process(item, task.image, task.check_md5) for item in task.items])
+    data = pack_staged(_process_all(task))
     return TaskResult(task.index, len(task.items), 0, commit_staged(path, task.items, data), str(path))
+
+
+def _run_ladder(task: ImageTask, path: storage.Target) -> TaskResult:
+    """Main bucket + `levels`: each level's object reused when staged, the missing ones made
+    together, from one read and one decode of each original."""
+    configs = [("", task.image.model_copy(update={"levels": ()})), *task.image.level_configs()]
+    paths = [path] + [task_object(level_staging(task.staging, cfg, task.check_md5), task.items)
+                      for _, cfg in configs[1:]]
+    found = [staged_infos(p, task.items) for p in paths]
+    missing = [i for i, infos in enumerate(found) if infos is None]
+    if missing:
+        made = _process_all(task, [configs[i][1] for i in missing])
+        for j, i in enumerate(missing):
+            found[i] = commit_staged(paths[i], task.items, pack_staged([per_item[j] for per_item in made]))
+    names = [name for name, _ in configs[1:]]
+    infos = tuple(StagedInfo(main.header, main.image, tuple(zip(names, (level[n] for level in found[1:])))))
+                  for n, main in enumerate(found[0]))
+    done = len(task.items) if missing else 0
+    return TaskResult(task.index, done, len(task.items) - done, infos, str(path))
 
 
 def pack_staged(results: list[Staged]) -> bytes:
@@ -151,22 +190,41 @@ def _input(item: PlanItem) -> dict[str, Any]:
     return {"name": item.entry.name, "size": item.entry.size}
 
 
-def _process(item: PlanItem, image: ImageConfig, check_md5: bool) -> Staged:
-    from kohaku_data.images import process_image
-    from kohaku_data.sources import SourceError
+def _process_all(task: ImageTask, levels: list[ImageConfig] | None = None) -> list:
+    """Every item's result, in task order. The members are read run by run (`read_entries`:
+    adjacent members of a tar in one ranged request, at most one run's bytes held at a time).
+    With `levels` (image configs of one ladder), a list per item: one result per level."""
+    results: list = [None] * len(task.items)
+    for i, data in read_entries([item.entry for item in task.items]):
+        if levels is None:
+            results[i] = _process(task.items[i], task.image, task.check_md5, data)
+        else:
+            results[i] = _process_levels(task.items[i], levels, task.check_md5, data)
+    return results  # every position is filled
+
+
+def _process(item: PlanItem, image: ImageConfig, check_md5: bool, data: bytes | SourceError) -> Staged:
+    return _process_levels(item, [image], check_md5, data)[0]
+
+
+def _process_levels(item: PlanItem, images: list[ImageConfig], check_md5: bool,
+                    data: bytes | SourceError) -> list[Staged]:
+    """One staged result per image config (the levels of a ladder), from one decode."""
+    from kohaku_data.images.stage import process_levels
 
     base = {"key": item.key, "input": _input(item)}
-    try:
-        data = read_entry(item.entry)
-    except SourceError as exc:
-        return Staged({**base, "status": "rejected", "reason": "unreadable_source", "detail": str(exc)})
+    if isinstance(data, SourceError):
+        return [Staged({**base, "status": "rejected", "reason": "unreadable_source", "detail": str(data)})] * len(images)
     md5_checked = check_md5 and item.md5 is not None and len(data) == item.file_size
     if md5_checked:
         actual = hashlib.md5(data).hexdigest()
         if actual != item.md5.lower():
             detail = f"md5 of the file is {actual}, the post says {item.md5}"
-            return Staged({**base, "status": "rejected", "reason": "md5_mismatch", "detail": detail})
-    result = process_image(data, image, name=item.entry.name)
+            return [Staged({**base, "status": "rejected", "reason": "md5_mismatch", "detail": detail})] * len(images)
+    return [_staged(base, result, md5_checked) for result in process_levels(data, images, name=item.entry.name)]
+
+
+def _staged(base: dict[str, Any], result: Any, md5_checked: bool) -> Staged:
     if result.status != "ok":
         return Staged({**base, "status": "rejected", "reason": result.reason, "detail": result.detail or ""})
     header = {
