@@ -1,6 +1,9 @@
 """Every command of issue 10's table at full Danbooru2023 size, run as a user runs it.
 
     .venv/bin/python benchmarks/bench_scale.py [--posts 7800000] [--build-only] [--no-hakubooru]
+        [--rows caption,small,query,info,serve,metatags]   (--posts 12000000: ids to ~15M, the
+        snapshot's unknown-flag blocks included; hakubooru's rate is always measured on a
+        20k-post slice of the same file, so the caption row is feasible at any size)
     make bench ONLY=scale            (never part of `make test`; a plain `make bench` skips it)
 
 - The DB: `kdata sample OUT --posts N --no-images` (the real tags plus the synthetic long tail:
@@ -358,7 +361,10 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="make the cached DBs and stop")
     parser.add_argument("--no-hakubooru", action="store_true")
     parser.add_argument("--quick", action="store_true", help="(from make bench QUICK=1) same as --posts 300000")
+    parser.add_argument("--rows", default="caption,small,query,info,serve,metatags",
+                        help="which rows to run (comma list; small = the two 200k caption DBs)")
     args = parser.parse_args()
+    want = set(args.rows.split(","))
     posts = 300_000 if args.quick and args.posts == 7_800_000 else args.posts
     cores = os.cpu_count() or 1
     results: dict = {"posts": posts, "cpu_count": cores, "rows": {}}
@@ -368,7 +374,7 @@ def main() -> None:
     migrated, mig = migrated_db(published)
     results["rows"]["db migrate"] = mig
     smalls = {}  # label -> (migrated DB, build record): the sample's own tag table, and a 1M-row one
-    for label, tail in (("200k", None), ("200k 1M tags", SMALL_TAIL)):
+    for label, tail in (("200k", None), ("200k 1M tags", SMALL_TAIL)) if "small" in want else ():
         small, small_built = build_db(SMALL_POSTS, tail)
         smalls[label] = (migrated_db(small)[0], small_built)
     results["small_dbs"] = {label: built for label, (_, built) in smalls.items()}
@@ -376,31 +382,78 @@ def main() -> None:
         write_results("scale", results)
         return
     python = None if args.no_hakubooru else ensure_hakubooru()
-    hb = hakubooru_rate(python, migrated, 20_000)
+    hb = hakubooru_rate(python, migrated, 20_000) if "caption" in want else None
     hb_small = {label: hakubooru_rate(python, db, 10_000) for label, (db, _) in smalls.items()}
     results["baselines"] = {"hakubooru": hb, "hakubooru_small": hb_small}
     tmp = CACHE / "scale-captions.parquet"
     rows = results["rows"]
-    rows["caption"] = caption_row(migrated, posts, tmp, hb, 1)
-    if cores > 1:
+    if "caption" in want:
+        rows["caption"] = caption_row(migrated, posts, tmp, hb, 1)
+    if "caption" in want and cores > 1:
         rows[f"caption workers={cores}"] = caption_row(migrated, posts, tmp, hb, cores)
     for label, (db, _) in smalls.items():
         rows[f"caption {label}"] = caption_row(db, SMALL_POSTS, tmp, hb_small[label], 1, repeats=SMALL_REPEATS)
         if cores > 1:
             rows[f"caption {label} workers={cores}"] = caption_row(db, SMALL_POSTS, tmp, hb_small[label], cores)
     results["floors_200k"] = {label: floor_rows(db, tmp) for label, (db, _) in smalls.items()}
+    if "metatags" in want:
+        results["metatags"] = metatag_rows(migrated)
+    if "query" in want:
+        _query_row(rows, migrated)
+    if "info" in want:
+        _info_rows(rows, migrated)
+    if "serve" in want:
+        served = serve_rows(migrated)
+        rows["/stats"] = {**served["stats"], "baseline": sql_time(migrated, STATS_SQL, "stats counts as plain SQL")}
+        rows["/posts"] = {**served["posts"], "baseline": sql_time(migrated, POSTS_SQL, "/posts as plain SQL")}
+    _print_table(results)
+    write_results("scale", results)
+
+
+def _query_row(rows: dict, migrated: Path) -> None:
     rows["query --count"] = run_median([*KDATA, "query", QUERY, "--count", "--db", str(migrated)],
                                        "kdata query --count", repeats=3)
     rows["query --count"]["baseline"] = sql_time(migrated, QUERY_SQL, "query as plain SQL")
+
+
+def _info_rows(rows: dict, migrated: Path) -> None:
     rows["db info"] = run([*KDATA, "db", "info", "--db", str(migrated)], "kdata db info")
     rows["db info"]["baseline"] = sql_time(migrated, STATS_SQL, "counts as plain SQL")
     rows["caption stats"] = run([*KDATA, "caption", "stats", "--db", str(migrated)], "kdata caption stats")
     rows["caption stats"]["baseline"] = sql_time(migrated, CAPTION_STATS_SQL, "rating/year groups as plain SQL")
-    served = serve_rows(migrated)
-    rows["/stats"] = {**served["stats"], "baseline": sql_time(migrated, STATS_SQL, "stats counts as plain SQL")}
-    rows["/posts"] = {**served["posts"], "baseline": sql_time(migrated, POSTS_SQL, "/posts as plain SQL")}
-    _print_table(results)
-    write_results("scale", results)
+
+
+# Issue 20: counts of the metatags added with Danbooru's full set, in-process (first call of a
+# fresh handle, then warm), beside the plain SQL COUNT of the same WHERE on the same file.
+METATAGS = ["filesize:>1mb", "upvotes:>5", "has:source", "pixiv_id:>50000000", "is:parent",
+            "parent:any", "age:<10y", "is:sfw is:png", "source:https://i.pximg.net/*",
+            "source:https://*pixiv*"]
+
+
+def metatag_rows(db: Path) -> dict:
+    sys.path.insert(0, str(ROOT.parent))
+    from kohaku_data.db import DanbooruDB
+    from kohaku_data.db.query import count_posts
+    from kohaku_data.db.query_plan import make_plan, tree_sql
+    out = {}
+    with DanbooruDB.open(db, readonly=True) as handle:
+        for text in METATAGS:
+            t0 = time.perf_counter()
+            n = count_posts(handle, text)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            count_posts(handle, text)
+            warm = time.perf_counter() - t0
+            where, params = tree_sql(make_plan(handle, text).tree)
+            t0 = time.perf_counter()
+            m = handle.connection().execute(f"SELECT count(*) FROM post WHERE {where}", params).fetchone()[0]
+            base = time.perf_counter() - t0
+            assert n == m, (text, n, m)
+            out[text] = {"matches": n, "first_s": first, "warm_s": warm, "baseline_sql_count_s": base,
+                         "speedup_warm": base / warm, "speedup_first": base / first}
+            print(f"  count {text!r}: {n:,} first {first * 1000:.1f} ms, warm {warm * 1000:.1f} ms | plain SQL "
+                  f"COUNT {base:.2f}s (x{base / warm:,.0f} warm, x{base / first:,.0f} first)", flush=True)
+    return out
 
 
 def _print_table(results: dict) -> None:

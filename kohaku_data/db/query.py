@@ -537,7 +537,7 @@ def _bits_eval(bits: Bits, node) -> np.ndarray:
     for child in (c.child for c in node.children if isinstance(c, Not)):
         mask = mask & ~_bits_eval(bits, child)
     for leaf in late:
-        if bits.count(mask) > _PROBE_MAX:  # many candidates: the leaf alone, from its index
+        if bits.count(mask) > min(_PROBE_MAX, bits.span // 64):  # many: the leaf alone, from its index
             mask = mask & bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, None, None))
         else:
             mask = bits.ids_mask(_sql_leaf_ids(bits.conn, leaf, bits.to_ids(mask), None))
