@@ -235,3 +235,61 @@ def test_missing_source_stops_start_up(tmp_path) -> None:
                           "--src", str(tmp_path / "nope"), "--port", str(free_port())],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode != 0 and "image source" in out.stderr and "does not exist" in out.stderr
+
+
+def test_thumbnail_from_a_tar_whose_index_is_in_another_folder(tmp_path) -> None:
+    """`kdata serve --src D --src-index I --src F --src-index -`: each source with its own index
+    root. The tar's first header is damaged, so only its index in I can say where the member is
+    (without I it is a corrupt tar and the post has no picture); nothing is written into D or I."""
+    from test_serve import ServerProcess
+    from test_sources_layouts import write_index, write_tar
+
+    red = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(red, format="PNG")
+    tar = tmp_path / "d" / "original" / "data-0006.tar"
+    write_tar(tar, [("./1006.png", red.getvalue()), ("./2006.png", red.getvalue())])
+    write_index(tar, tmp_path / "i" / "original" / "data-0006.json")
+    damaged = bytearray(tar.read_bytes())
+    damaged[148:156] = b"9999999\0"  # the checksum of the tar's first header
+    tar.write_bytes(bytes(damaged))
+    (tmp_path / "f").mkdir()
+    Image.new("RGB", (100, 100), (0, 0, 200)).save(tmp_path / "f" / "3006.png")
+    def files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for d in "dif" for p in sorted((tmp_path / d).rglob("*")) if p.is_file()}
+
+    before = files()
+    db = make_db(tmp_path / "danbooru.db", make_posts(3, seed=4))
+    (tmp_path / "datasets").mkdir()
+
+    def serve(*extra: str) -> tuple[list[int], str]:
+        server = ServerProcess(db, tmp_path / "datasets", cwd=tmp_path, extra=extra)
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                answers = [thumb(client, post) for post in (1006, 2006, 3006)]
+            assert all(a.status_code != 200 or Image.open(io.BytesIO(a.content)).format == "WEBP" for a in answers)
+            server.log.seek(0)
+            return [a.status_code for a in answers], server.log.read()
+        finally:
+            server.stop()
+
+    codes, log = serve("--src", str(tmp_path / "d"), "--src-index", str(tmp_path / "i"),
+                       "--src", str(tmp_path / "f"), "--src-index", "-")
+    assert codes == [200, 200, 200], log
+    assert f"indexes in {tmp_path / 'i'}" in log
+    codes, _ = serve("--src", str(tmp_path / "d"), "--src", str(tmp_path / "f"))
+    assert codes == [404, 404, 200], "without its index the damaged tar is refused: no picture"
+    assert files() == before, "nothing written into the source or the index folder"
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--src", "D", "--src", "F", "--src-index", "I"), "1 --src-index for 2 --src"),
+    (("--src", "D", "--src-index", "NOPE"), "index folder"),
+])
+def test_src_index_mistakes_are_one_sentence(tmp_path, args, words) -> None:
+    for name in ("D", "F", "I"):
+        (tmp_path / name).mkdir()
+    db = make_db(tmp_path / "danbooru.db", make_posts(3, seed=4))
+    args = [str(tmp_path / a) if a.isupper() else a for a in args]
+    out = subprocess.run([sys.executable, "-c", "from kohaku_data.cli import app; app()", "serve", "--db", str(db),
+                          *args, "--port", str(free_port())], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode != 0 and words in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -69,6 +69,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option("--threads", min=1, help="Threads answering requests.")] = 40,
     src: Annotated[list[str] | None, typer.Option("--src", help="Image source for thumbnails of any post, as for kdata build --src (folder, tars, URL); repeatable, first wins. Without it only posts in a built dataset get pictures.")] = None,
+    src_index: Annotated[list[str] | None, typer.Option("--src-index", help="Where the .json indexes of the tars of each --src live (as for kdata build --src-index), given once per --src in the same order; '-' for a source whose indexes are beside its tars. E.g. --src hf://datasets/nyanko7/danbooru2023 --src-index hf://datasets/deepghs/danbooru2023_index --src ./local --src-index -")] = None,
     thumb_cache_mb: Annotated[int, typer.Option("--thumb-cache-mb", min=1, help="Memory for cached thumbnails (least recently used dropped).")] = 256,
 ) -> None:
     """Serve the DB (read-only) and built datasets over HTTP, with a browse page at /."""
@@ -80,16 +81,30 @@ def serve(
 
     with clean_errors():
         conf = load_settings(db=db, datasets=datasets)
+        roots = _paired_sources(src or [], src_index or [])
         sock = _listen(host, port)  # before anything is said or loaded: a busy port is the first thing to know
         port = sock.getsockname()[1]  # --port 0: the one the system chose
         app = create_app(conf.require_db(), conf.datasets, pipelines_dir=pipelines, threads=workers,
-                         sources=src, thumbs=ThumbConfig(cache_bytes=thumb_cache_mb << 20))
+                         sources=roots, thumbs=ThumbConfig(cache_bytes=thumb_cache_mb << 20))
         _warn_if_not_migrated(app.state.kdata.db)
         say(app.state.kdata.catalog.describe(), stderr=True)
-        if src:
-            say(f"indexing image sources {', '.join(src)} in the background (thumbnails wait for it)", stderr=True)
+        if roots:
+            shown = [f"{r} (indexes in {r.index_root})" if getattr(r, "index_root", None) else r for r in roots]
+            say(f"indexing image sources {', '.join(shown)} in the background (thumbnails wait for it)", stderr=True)
         say(f"serving {conf.require_db()} on http://{host}:{port}/ (API docs at /docs)", stderr=True)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+
+
+def _paired_sources(src: list[str], src_index: list[str]) -> list[str]:
+    """`--src` values with their `--src-index` (one per --src, in order; '-': beside the tars)."""
+    from kohaku_data.errors import KdataError
+    from kohaku_data.sources import source_root
+
+    if src_index and len(src_index) != len(src):
+        raise KdataError(f"{len(src_index)} --src-index for {len(src)} --src: give one --src-index per --src, "
+                         "in the same order ('-' for a source whose indexes are beside its tars)")
+    return [source_root(root, None if index in (None, "-") else index)
+            for root, index in zip(src, src_index or [None] * len(src))]
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -232,7 +232,8 @@ def placeholder(status: int, state: str, reason: str) -> Thumb:
 
 class SourceSet:
     """The image sources of `kdata serve --src` (folders, tars, URLs; `sources.open_source`),
-    indexed in a thread started here so the server answers at once; lookups wait for it."""
+    indexed in a thread started here so the server answers at once; lookups wait for it. A root
+    that is a `sources.SourceRoot` brings its index root (`--src-index`) along."""
 
     def __init__(self, roots: list[str]) -> None:
         from kohaku_data import storage
@@ -242,6 +243,10 @@ class SourceSet:
         for root in self.roots:  # a typo should stop start-up, not show placeholders later
             if not storage.exists(root):
                 raise SourceError(f"image source {root} does not exist: pass a folder of <id>.<ext> files or tars, or a URL")
+            index_root = getattr(root, "index_root", None)  # a `sources.SourceRoot` (--src-index)
+            if index_root is not None and not storage.exists(index_root):
+                raise SourceError(f"index folder {index_root} of image source {root} does not exist: pass the folder "
+                                  "(or URL) that holds its tars' .json indexes at the same relative paths")
         self._sources: list = []
         self._error: str | None = None
         self._ready = threading.Event()
