@@ -255,3 +255,52 @@ def test_default_captions_have_no_variant_columns(built):
         asked = caption_posts(db, inputs.ids, plain, th, variants=True)
         assert [c for c in asked.columns if c.startswith(("variant_", "tokens_"))] == ["variant_kohaku", "tokens_kohaku"]
         assert caption_posts(db, [], plain, th, variants=True).columns == asked.columns
+
+
+@pytest.mark.parametrize("changes", [{}, {"keep_separator": None, "tag_order": "shuffle"}])
+def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, changes):
+    """The prepared tag summary stores each caption row's CLIP counts (text + separator, text
+    alone): they equal the full tokenizer, and a run on them counts no tag (every count of the
+    kohaku and plain ordered variants comes from the summary), its totals still exact."""
+    import numpy as np
+
+    from kohaku_data.captions import summaries
+    from kohaku_data.captions.frame import TagSource, parse_page
+    from kohaku_data.captions.layout import prepare_tags
+    from kohaku_data.captions.parallel import caption_page
+    from kohaku_data.db import summary
+    from kohaku_data.db.pages import PageFetcher, open_reader
+    from kohaku_data.keepers import SUMMARY_KEEPERS
+    from kohaku_data.sample import write_sample
+
+    config = CaptionConfig(variants={"add": [{"name": "noob", "kind": "ordered", "order": "noobai"}]}, **changes)
+    monkeypatch.setattr(summaries, "STORE_PREPARED_TAGS_FROM", 0)  # as for a 1M-row tag table
+    monkeypatch.setattr(summaries, "standard_configs", lambda: [config])
+    write_sample(tmp_path, posts=300, seed=3, images=0, migrate=True)
+    path = tmp_path / "danbooru.db"
+    tok = ClipTokenizer()
+    with DanbooruDB.open(path) as db:
+        summary.refresh(db, SUMMARY_KEEPERS)
+        th = compute_thresholds(db, config)
+        conn = open_reader(path)
+        try:
+            stored = summaries.stored_prepared_tags(conn, config)
+            counts = stored.cache[stored.token_counts_key("clip", config.separator)]
+            counted = np.flatnonzero(counts[:, 0] >= 0)
+            assert len(counted) > 100 and (counts[counted, 1] >= 0).all()
+            texts = stored.strings.gather(counted + stored.caption_start).to_list()
+            assert counts[counted, 0].tolist() == [tok.count(t + config.separator) for t in texts]
+            assert counts[counted, 1].tolist() == [tok.count(t) for t in texts]
+            source = TagSource(conn, True, lambda t: prepare_tags(t, config), lambda: summaries.stored_prepared_tags(conn, config))
+            frames = []
+            with PageFetcher(db.path, None, 100, with_rids=config.needs_relation_ids) as pages:
+                for raw in pages:
+                    if raw.count:
+                        frames.append(caption_page(*parse_page(raw), source, config, th, True))
+        finally:
+            conn.close()
+    counter = source.job_cache["tokens:clip"]
+    assert counter.row_lookups > 1000 and counter.row_counted == 0
+    frame = pl.concat(frames)
+    for name in ("kohaku", "noob"):
+        assert frame[f"tokens_{name}"].to_list() == [tok.count(t) for t in frame[f"variant_{name}"].to_list()], name

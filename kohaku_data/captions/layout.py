@@ -117,6 +117,12 @@ CAPTION_CODE = len(TAG_COLUMNS)  # `codes` value of caption texts; raw names car
 _HIDDEN = (1 << 62) - 1
 
 
+def token_cache_key(tokenizer: str, before: tuple[str, ...], after: tuple[str, ...], base: int) -> tuple:
+    """Key on `PreparedTags.cache` of per-(strings row - base, slot) token counts of the texts
+    `before[affix] + row text + after[affix]` (captions/variants.py `Pieces`)."""
+    return ("tokens", tokenizer, before, after, base)
+
+
 @dataclass(frozen=True)
 class PreparedTags:
     """A tag table prepared for captions, and every string a caption frame can hold.
@@ -140,6 +146,12 @@ class PreparedTags:
     # per-job helpers derived from this table, filled as first needed (token counts per row:
     # captions/variants.py); content only, never compared
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def token_counts_key(self, tokenizer: str, separator: str) -> tuple:
+        """Key on `cache` of the per-(caption row, slot) token counts of kohaku and plain ordered
+        pieces — slot 0: the text + `separator`, 1: the text alone — as captions/variants.py's
+        `piece_tokens` files them (the prepared tag summary stores them for `clip`)."""
+        return token_cache_key(tokenizer, ("", ""), (separator, ""), self.caption_start)
 
     @property
     def caption_start(self) -> int:

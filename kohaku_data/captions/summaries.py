@@ -70,7 +70,8 @@ STORE_PREPARED_TAGS_FROM = 20_000
 # Summary kinds earlier versions stored and nothing reads any more (`tag_columns`: the per-tag
 # columns, prepared again on every read).
 RETIRED_KINDS = ("tag_columns",)
-_PREPARED_FORMAT = 1
+_PREPARED_FORMAT = 2  # 2: with the CLIP token counts of the kohaku pieces of the used tags
+TOKENIZER = "clip"  # the tokenizer whose counts are stored (the bundled, default one)
 
 
 def stored_prepared_tags(conn: sqlite3.Connection, config: CaptionConfig) -> Any | None:
@@ -79,19 +80,27 @@ def stored_prepared_tags(conn: sqlite3.Connection, config: CaptionConfig) -> Any
     return decode_prepared_tags(blob) if isinstance(blob, bytes) else None
 
 
-def encode_prepared_tags(tags: Any) -> bytes:
-    """A PreparedTags as bytes: a length-prefixed JSON header (the small fields), then two IPC
-    files, the per-tag arrays and the strings table. Reading it back is decompression and array
-    copies only (~0.1 s for Danbooru's ~1M tags, against ~0.35 s to prepare the table)."""
+def encode_prepared_tags(tags: Any, separator: str | None = None) -> bytes:
+    """A PreparedTags as bytes: a length-prefixed JSON header (the small fields), then IPC
+    files: the per-tag arrays, the strings table and, given the recipe's `separator` and the
+    counts on `tags.cache`, the CLIP token counts per caption row of the text + separator and of
+    the text alone (captions/variants.py: a run then counts no tag it finds there). Reading it
+    back is decompression and array copies only (~0.1 s for Danbooru's ~1M tags, against
+    ~0.35 s to prepare the table)."""
     per_tag = pl.DataFrame({
         "tag_id": tags.tag_index.keys, "raw_row": tags.rank_pairs[:, 0], "caption_row": tags.rank_pairs[:, 1],
         "group": tags.group,
     })
     parts = [_ipc(per_tag), _ipc(pl.DataFrame({"text": tags.strings, "code": tags.codes}))]
+    counts = tags.cache.get(tags.token_counts_key(TOKENIZER, separator)) if separator is not None else None
+    if counts is not None:  # -1: not counted (a run counts it when it shows up)
+        parts.append(_ipc(pl.DataFrame({"with_separator": counts[:, 0], "alone": counts[:, 1]},
+                                       schema={"with_separator": pl.Int16, "alone": pl.Int16})))
     header = json.dumps({
         "format": _PREPARED_FORMAT, "sizes": [len(p) for p in parts], "rest": list(tags.rest),
         "prefixed_offset": tags.prefixed_offset,
         "extra_rows": {str(group): rows for group, rows in tags.extra_rows.items()},
+        "token_separator": separator if counts is not None else None,
     }).encode()
     return struct.pack("<I", len(header)) + header + b"".join(parts)
 
@@ -112,8 +121,8 @@ def decode_prepared_tags(blob: bytes) -> Any | None:
     for length in header["sizes"]:
         frames.append(pl.read_ipc(io.BytesIO(blob[at:at + length])))
         at += length
-    per_tag, per_string = frames
-    return PreparedTags(
+    per_tag, per_string = frames[:2]
+    tags = PreparedTags(
         tag_index=KeyIndex(per_tag["tag_id"].to_numpy()),
         rank_pairs=np.stack([per_tag["raw_row"].to_numpy(), per_tag["caption_row"].to_numpy()], axis=1),
         group=per_tag["group"].to_numpy(),
@@ -123,6 +132,12 @@ def decode_prepared_tags(blob: bytes) -> Any | None:
         rest=tuple(header["rest"]),
         prefixed_offset=int(header["prefixed_offset"]),
     )
+    if header.get("token_separator") is not None:
+        counts = frames[2]
+        key = tags.token_counts_key(TOKENIZER, header["token_separator"])
+        tags.cache[key] = np.stack([counts["with_separator"].to_numpy(), counts["alone"].to_numpy()],
+                                   axis=1).astype(np.int32)
+    return tags
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -137,7 +152,32 @@ def _store_prepared_tags(db: DanbooruDB, tags: pl.DataFrame, config: CaptionConf
     if tags.height < STORE_PREPARED_TAGS_FROM:
         return []
     name = prepared_tags_name(config)
-    return [name] if summary.store(db, name, encode_prepared_tags(prepare_tags(tags, config))) else []
+    prepared = prepare_tags(tags, config)
+    separator = _count_used_rows(prepared, tags, config)
+    return [name] if summary.store(db, name, encode_prepared_tags(prepared, separator)) else []
+
+
+def _count_used_rows(prepared: Any, tags: pl.DataFrame, config: CaptionConfig) -> str | None:
+    """Count the kohaku pieces of every caption row of a tag with posts (popularity > 0) and
+    of the added rows (year, rating, quality, keep separator), both as written and prefixed by
+    the keep separator; the separator they were counted with (None: not counted, the recipe's
+    separator does not end in whitespace, so variants count captions as strings)."""
+    import numpy as np
+
+    from kohaku_data.captions.tokens import load_tokenizer
+    from kohaku_data.captions.variants import TokenCounter, count_caption_rows
+
+    if not config.separator.endswith(" "):
+        return None
+    found, at = prepared.tag_index.find(tags.filter(pl.col("popularity") > 0)["tag_id"].to_numpy())
+    rows = prepared.rank_pairs[at[found], 1]
+    rows = rows[rows < len(prepared.strings)]  # shown tags only
+    extra = np.array([r for texts in prepared.extra_rows.values() for r in texts.values()], dtype=np.int64)
+    rows = np.concatenate([rows, extra])
+    if config.keep_separator is not None:
+        rows = np.concatenate([rows, rows + prepared.prefixed_offset])
+    count_caption_rows(prepared, rows, config, TokenCounter(load_tokenizer(TOKENIZER)))
+    return config.separator
 
 
 def standard_configs() -> list[CaptionConfig]:

@@ -48,7 +48,7 @@ import numpy as np
 import polars as pl
 
 from kohaku_data.captions.layout import (
-    CAPTION_CODE, G_ARTIST, G_MARK, GROUP_CODES, PreparedTags, group_lists, row_groups, shuffle_keys,
+    CAPTION_CODE, G_ARTIST, G_MARK, GROUP_CODES, PreparedTags, group_lists, row_groups, shuffle_keys, token_cache_key,
 )
 from kohaku_data.captions.tokens import Tokenizer, load_tokenizer
 from kohaku_data.config import CaptionConfig, CaptionVariant
@@ -293,7 +293,7 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
     """Tokens of each post's text: the sum of its pieces' counts (exact when every piece but a
     post's last ends in whitespace). Each (row, slot) is counted once per job, on `tags.cache`;
     the texts of the ones not yet counted are made and split as columns (`TokenCounter.column`)."""
-    key = ("tokens", counter.tokenizer.name, p.before, p.after, p.base)
+    key = token_cache_key(counter.tokenizer.name, p.before, p.after, p.base)
     cache = tags.cache.get(key)
     if cache is None:
         cache = tags.cache.setdefault(key, np.full((len(tags.strings) - p.base, p.slots), -1, dtype=np.int32))
@@ -315,6 +315,16 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
         counter.row_counted += len(code)
         got = cache[r, p.slot]
     return np.bincount(p.pi, weights=got, minlength=posts).astype(np.int32)
+
+
+def count_caption_rows(tags: PreparedTags, rows: np.ndarray, config: CaptionConfig, counter: "TokenCounter") -> None:
+    """Fill the kohaku (and plain ordered) per-(row, slot) counts of caption `rows` (strings
+    rows) on `tags.cache`: what the prepared tag summary stores, so a run counts nothing."""
+    rows = np.unique(rows)
+    slot = np.tile(np.arange(2, dtype=np.int64), len(rows))
+    pieces = Pieces(np.zeros(len(slot), dtype=np.int64), np.repeat(rows, 2), slot, slot, ("", ""),
+                    (config.separator, ""), 2, tags.caption_start)
+    piece_tokens(pieces, tags, counter, 1)
 
 
 def _numeric(frame: pl.DataFrame, v: CaptionVariant, config: CaptionConfig) -> bool:
@@ -527,7 +537,8 @@ def variant_names(config: CaptionConfig) -> tuple[str, ...]:
 
 
 __all__ = [
-    "BudgetError", "Elements", "Pieces", "Runs", "TokenCounter", "add_variants", "caption_runs", "counter_for",
+    "BudgetError", "Elements", "Pieces", "Runs", "TokenCounter", "add_variants", "caption_runs", "count_caption_rows",
+    "counter_for",
     "piece_tokens", "runs_text",
     "variant_expr", "variant_names", "wants_variants",
 ]
