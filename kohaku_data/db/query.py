@@ -23,7 +23,10 @@ Three engines give the same answers:
   An `or` is the union of its parts; a wildcard or an `or` of plain tags is one union read.
 - on a migrated file, a query whose every part is big (at least the posts of a tag that has a
   bitmap) runs on the bitmap index of migration 0009 instead (`query_bits.py`): packed masks
-  over the id span, and/or/not in numpy, dense rating/score/fav_count columns for metatags.
+  over the id span, and/or/not in numpy, dense columns for the metatags (rating, score, fav
+  count, file size, votes, size, pixiv id, file type, creation time, tag counts, is:/has: flags;
+  others such as source: or md5: are one read of their own index), so the hidden-deleted check
+  and a metatag count never read a post row.
   `1girl solo -comic rating:g,s score:>10` on 1M posts: ~10 ms instead of ~400 ms. A query
   with a rare part stays on arrays (read the few ids, probe the rest).
 
