@@ -58,8 +58,8 @@ def preview(recipe: Recipe, db: DanbooruDB | None, source=None) -> Preview:
 
 
 def _selected(db: DanbooruDB, recipe: Recipe) -> int:
-    if not recipe.query.strip():
-        return int(db.connection().execute("SELECT count(*) FROM post").fetchone()[0])
+    if not recipe.query.strip():  # every live post, as make_plan and `kdata query ""` select
+        return int(db.connection().execute("SELECT count(*) FROM post WHERE is_deleted IS NOT 1").fetchone()[0])
     from kohaku_data.assembly.plan import _query_stream
 
     return len(set(_query_stream(db, recipe.query)))
