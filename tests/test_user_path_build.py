@@ -5,8 +5,6 @@ images, `kdata` run in a subprocess."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import os
 import signal
 import sqlite3
