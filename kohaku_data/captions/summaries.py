@@ -146,26 +146,26 @@ def _ipc(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _store_prepared_tags(db: DanbooruDB, tags: pl.DataFrame, config: CaptionConfig) -> list[str]:
+def _store_prepared_tags(db: DanbooruDB, tags: pl.DataFrame, config: CaptionConfig, job: dict) -> list[str]:
     from kohaku_data.captions.layout import prepare_tags
 
     if tags.height < STORE_PREPARED_TAGS_FROM:
         return []
     name = prepared_tags_name(config)
     prepared = prepare_tags(tags, config)
-    separator = _count_used_rows(prepared, tags, config)
+    separator = _count_used_rows(prepared, tags, config, job)
     return [name] if summary.store(db, name, encode_prepared_tags(prepared, separator)) else []
 
 
-def _count_used_rows(prepared: Any, tags: pl.DataFrame, config: CaptionConfig) -> str | None:
+def _count_used_rows(prepared: Any, tags: pl.DataFrame, config: CaptionConfig, job: dict) -> str | None:
     """Count the kohaku pieces of every caption row of a tag with posts (popularity > 0) and
     of the added rows (year, rating, quality, keep separator), both as written and prefixed by
     the keep separator; the separator they were counted with (None: not counted, the recipe's
-    separator does not end in whitespace, so variants count captions as strings)."""
+    separator does not end in whitespace, so variants count captions as strings). `job`: the
+    refresh's counter cache, one counter for every config (their texts are mostly the same)."""
     import numpy as np
 
-    from kohaku_data.captions.tokens import load_tokenizer
-    from kohaku_data.captions.variants import TokenCounter, count_caption_rows
+    from kohaku_data.captions.variants import count_caption_rows, counter_for
 
     if not config.separator.endswith(" "):
         return None
@@ -176,7 +176,7 @@ def _count_used_rows(prepared: Any, tags: pl.DataFrame, config: CaptionConfig) -
     rows = np.concatenate([rows, extra])
     if config.keep_separator is not None:
         rows = np.concatenate([rows, rows + prepared.prefixed_offset])
-    count_caption_rows(prepared, rows, config, TokenCounter(load_tokenizer(TOKENIZER)))
+    count_caption_rows(prepared, rows, config, counter_for(job, TOKENIZER))
     return config.separator
 
 
@@ -204,8 +204,9 @@ def refresh_caption_summaries(db: DanbooruDB) -> list[str]:
     names: list[str] = []
     frames: dict[str, pl.DataFrame] = {}
     tags = read_tag_table(db.connection())
+    job: dict = {}
     for config in standard_configs():
-        names += _store_prepared_tags(db, tags, config)
+        names += _store_prepared_tags(db, tags, config, job)
         metric = config.quality_metric
         if metric not in frames:
             frames[metric] = read_metrics(db, metric)
