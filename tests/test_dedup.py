@@ -91,6 +91,9 @@ def _dedup_inputs(root: Path) -> tuple[Path, Path, list[int], dict[str, tuple[in
     src = root / "raw"
     src.mkdir()
     conn = sqlite3.connect(db_path)
+    # Every post live: a deleted one would leave the selection (as Danbooru's search hides it)
+    # and this fixture is about which copy dedup keeps.
+    conn.execute("UPDATE post SET is_deleted = 0")
     ids = [r[0] for r in conn.execute("SELECT id FROM post ORDER BY id")]
     pictures = {k: anime_picture(np.random.default_rng(100 + n), 420, 500, texture=True) for n, k in enumerate(ids[:8])}
     files = {k: (_png(im), "png") for k, im in pictures.items()}
