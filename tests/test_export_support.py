@@ -25,7 +25,9 @@ def sparse_recipe(**kw) -> Recipe:
 def make_sparse_inputs(root: Path, n_posts: int = 24) -> Inputs:
     inputs = make_inputs(root, n_posts=n_posts)
     with sqlite3.connect(inputs.db) as conn:
-        first = [i for i in inputs.ids if i not in inputs.hard.values()][:SPARSE_FIRST]
+        live = {pid for (pid,) in conn.execute("SELECT id FROM post WHERE is_deleted IS NOT 1")}
+        # The first samples of the build: live posts (a deleted one is not selected) with a good file.
+        first = [i for i in inputs.ids if i not in inputs.hard.values() and i in live][:SPARSE_FIRST]
         marks = ",".join("?" * len(first))
         conn.execute(f"DELETE FROM posttagrelation WHERE post_id IN ({marks}) "
                      "AND tag_id IN (SELECT id FROM tag WHERE type != 0)", first)
