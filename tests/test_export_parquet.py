@@ -86,8 +86,10 @@ def test_hf_export_matches_the_frame_polars_writes(tmp_path):
             images = [read(o, n) for o, n in zip(part["image_offset"], part["image_size"])]
             metas = [json.loads(read(o, n)) for o, n in zip(part["json_offset"], part["json_size"])]
         image = pl.DataFrame({"bytes": pl.Series(images, dtype=pl.Binary), "path": part["image"]})
+        variants = {name: [m["captions"][name.removeprefix("caption_")] for m in metas]
+                    for name in schema if name.startswith("caption_")}  # one column per stored variant
         frames.append(pl.DataFrame({"key": part["key"], "image": image.to_struct("image"), "caption": part["caption"],
-                                    "json": pl.Series(metas, dtype=schema["json"])}, schema=schema))
+                                    **variants, "json": pl.Series(metas, dtype=schema["json"])}, schema=schema))
     files = sorted((tmp_path / "hf" / "data").glob("*.parquet"))
     assert len(files) == len(frames)
     for path, frame in zip(files, frames):
