@@ -161,7 +161,15 @@ BUCKET_PRESETS: dict[str, BucketPreset] = {
     "sdxl-1024": BucketPreset(name="sdxl-1024", min_area=1024 * 1024 - 64 * 64 * 8, max_area=1024 * 1024),
     "sd15-512": BucketPreset(name="sd15-512", min_area=256 * 256, max_area=512 * 512, min_side=256, max_side=1024),
     "demo-256": BucketPreset(name="demo-256", min_area=192 * 256, max_area=256 * 320, min_side=128, max_side=512),
+    # resolution ladder levels (`[image] levels`): ~256² and ~512² areas, aspect buckets as above
+    "square-256": BucketPreset(name="square-256", step=32, min_area=224 * 256, max_area=256 * 256,
+                               min_side=128, max_side=512),
+    "square-512": BucketPreset(name="square-512", min_area=448 * 512, max_area=512 * 512,
+                               min_side=256, max_side=1024),
 }
+# A level's name becomes part of its member name (`<id>.<level>.webp`): no dots, not a member suffix.
+_LEVEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+_RESERVED_LEVEL_NAMES = frozenset({"webp", "png", "txt", "json", "jpg", "jpeg"})
 
 
 class CodecPreset(_Strict):
@@ -195,7 +203,38 @@ class ImageConfig(_Strict):
     # An upscaled source (kohaku_data/images/artifacts: measured factor) is bucketed at its
     # effective resolution (size / factor): a 2x upscale of a 600 px drawing is not a 1200 px one
     effective_resolution: bool = False
-    hash_omit_default: ClassVar[frozenset[str]] = frozenset({"effective_resolution"})
+    # Resolution ladder: more image members per sample, each a bucket preset (name or inline
+    # table) resized once from the same decoded original with every other setting above; the
+    # main `bucket` stays `<id>.webp`, a level is `<id>.<level name>.webp` (docs/shards-and-exports.md)
+    levels: tuple[str | BucketPreset, ...] = ()
+    hash_omit_default: ClassVar[frozenset[str]] = frozenset({"effective_resolution", "levels"})
+
+    @field_validator("levels")
+    @classmethod
+    def _known_levels(cls, value):
+        import re
+
+        names = []
+        for level in value:
+            if isinstance(level, str) and level not in BUCKET_PRESETS:
+                raise choice_error("bucket preset", level, BUCKET_PRESETS)
+            name = level if isinstance(level, str) else level.name
+            if not re.match(_LEVEL_NAME, name) or name in _RESERVED_LEVEL_NAMES:
+                raise ValueError(f"level name {name!r} must be lowercase letters, digits, - or _ (no dots), "
+                                 "and not a member suffix")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError("levels must have distinct names")
+        return value
+
+    def level_names(self) -> tuple[str, ...]:
+        """The extra levels' names, in recipe order (each member is `<id>.<name>.<ext>`)."""
+        return tuple(level if isinstance(level, str) else level.name for level in self.levels)
+
+    def level_configs(self) -> tuple[tuple[str, "ImageConfig"], ...]:
+        """(name, the image config of that level alone): this config with its bucket and no levels."""
+        return tuple((name, self.model_copy(update={"bucket": level, "levels": ()}))
+                     for name, level in zip(self.level_names(), self.levels))
 
     @field_validator("bucket")
     @classmethod

@@ -117,6 +117,8 @@ def _overview(facts: CardFacts) -> str:
                   f"{stats.get('image_bytes', 0):,} of them image bytes"),
         ("rejects", f"{int(rejects['n'].sum()):,}" + (f" ({reject_text})" if reject_text else "")),
         ("images", f"bucket preset {code(_get(recipe, 'image.bucket'))}, codec {code(_get(recipe, 'image.codec'))}"),
+        *((f"level {code(name)}", ", ".join(f"{b} {n:,}" for b, n in counts.select("bucket", "n").iter_rows()))
+          for name, counts in facts.level_buckets.items()),  # `[image] levels`: samples per bucket
         ("built with", f"kdata {esc(lock.get('kdata_version', '?'))}"
                        + "".join(f", {esc(k)} {esc(v)}" for k, v in sorted(tool.items()) if v)),
     ]

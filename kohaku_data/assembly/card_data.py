@@ -45,6 +45,7 @@ class CardFacts:
     rejects: pl.DataFrame  # reason, n, examples (list of "key: detail")
     date_range: tuple[str | None, str | None]
     artifacts: dict[str, Any] = field(default_factory=dict)  # artifact_facts; {} for an older manifest
+    level_buckets: dict[str, pl.DataFrame] = field(default_factory=dict)  # `[image] levels`: name -> bucket_counts
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -73,6 +74,7 @@ def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
         rejects=reject_summary(rejects, REJECT_EXAMPLES),
         date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
         artifacts=artifact_facts(folder / MANIFEST_NAME, rejects, lock.get("recipe", {}).get("artifacts") or {}),
+        level_buckets=level_bucket_counts(folder / MANIFEST_NAME),
     )
 
 
@@ -84,6 +86,15 @@ def read_manifest(folder: Path) -> pl.DataFrame:
     frame = pl.read_parquet(path, columns=[c for c in CARD_COLUMNS if c in present])
     created = pl.col("created_at")
     return frame.with_columns(date=pl.when(created.str.contains(r"^\d{4}-\d{2}-\d{2}")).then(created.str.slice(0, 10)))
+
+
+def level_bucket_counts(path: Path) -> dict[str, pl.DataFrame]:
+    """Each extra level's `bucket_counts` (its `bucket@<level>` column), in manifest order."""
+    levels = [c for c in pl.read_parquet_schema(path) if c.startswith("bucket@")]
+    if not levels:
+        return {}
+    frame = pl.read_parquet(path, columns=levels)
+    return {c.split("@", 1)[1]: bucket_counts(frame.select(pl.col(c).alias("bucket"))) for c in levels}
 
 
 def bucket_counts(manifest: pl.DataFrame) -> pl.DataFrame:

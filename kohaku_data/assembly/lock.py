@@ -70,11 +70,20 @@ def db_sources(db: DanbooruDB) -> list[dict[str, Any]]:
     return [{k: s[k] for k in ("name", "size", "sha256", "format")} for s in sources(db)]
 
 
+def _recipe_dump(recipe: Recipe) -> dict[str, Any]:
+    """The full recipe, less `image.levels` when there are none (a build without levels keeps the
+    lock, and the card's recipe table, it had before levels existed)."""
+    dumped = recipe.model_dump(mode="json")
+    if not recipe.image.levels:
+        dumped["image"].pop("levels", None)
+    return dumped
+
+
 def lock_dict(recipe: Recipe, db_print: str, thresholds: dict[str, Any], inputs_sha256: str,
               sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "kdata_version": __version__,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": _recipe_dump(recipe),
         "recipe_sha256": recipe.sha256(),
         "db_fingerprint": db_print,
         "db_sources": sources or [],

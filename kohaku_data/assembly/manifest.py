@@ -78,7 +78,43 @@ def manifest_row(staged: Staged, caption: dict[str, Any], shard: str, placement:
         **token_columns(caption),
         **{name: (h.get("artifacts") or {}).get(name) for name in ARTIFACT_FIELDS},
         "artifact_tags": caption.get("artifact_tags") or [],
+        **{k: v for name, level in staged.levels for k, v in level_columns(name, level, placement).items()},
     }
+
+
+# `[image] levels`: per extra level, these columns suffixed `@<level>` (after every other column,
+# only in a build with levels): the level's member, bucket, crop and where its data lies.
+LEVEL_SCHEMA: dict[str, pl.DataType] = {
+    "image": pl.String, "format": pl.String, "width": pl.Int32, "height": pl.Int32, "bucket": pl.String,
+    "crop_left": pl.Int32, "crop_top": pl.Int32, "crop_right": pl.Int32, "crop_bottom": pl.Int32,
+    "image_bytes": pl.Int64, "sha256": pl.String, "image_offset": pl.Int64, "image_size": pl.Int64,
+}
+
+
+def level_columns(name: str, staged: Staged, placement: Placement) -> dict[str, Any]:
+    h = staged.header
+    member = f"{h['key']}.{name}.{h['format']}"
+    offset, size = placement[member]
+    left, top, right, bottom = h["crop_box"]
+    values = {"image": member, "format": h["format"], "width": h["width"], "height": h["height"],
+              "bucket": f"{h['bucket'][0]}x{h['bucket'][1]}", "crop_left": left, "crop_top": top,
+              "crop_right": right, "crop_bottom": bottom, "image_bytes": staged.image_bytes,
+              "sha256": h["sha256"], "image_offset": offset, "image_size": size}
+    return {f"{k}@{name}": v for k, v in values.items()}
+
+
+def manifest_schema(levels: tuple[str, ...] | list[str] = ()) -> dict[str, pl.DataType]:
+    """MANIFEST_SCHEMA, plus each level's columns (`bucket@square-256`, …) when there are levels."""
+    return {**MANIFEST_SCHEMA, **{f"{k}@{name}": t for name in levels for k, t in LEVEL_SCHEMA.items()}}
+
+
+def manifest_levels(columns: list[str] | dict) -> list[str]:
+    """The extra levels a manifest's columns carry, in their order."""
+    return [c.split("@", 1)[1] for c in columns if c.startswith("bucket@")]
+
+
+def _row_levels(rows: list[dict]) -> list[str]:
+    return manifest_levels(list(rows[0])) if rows else []
 
 
 def token_columns(caption: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +145,8 @@ class Parts:
                json_docs: list[str] | None = None) -> None:
         """`json_docs`: the shard's `.json` members in order, when the caller makes its card from
         the parts (a build: its shards may lie on object storage, never read back)."""
-        manifest, rejected = pl.DataFrame(rows, schema=MANIFEST_SCHEMA), pl.DataFrame(rejects, schema=REJECT_SCHEMA)
+        manifest = pl.DataFrame(rows, schema=manifest_schema(_row_levels(rows)))
+        rejected = pl.DataFrame(rejects, schema=REJECT_SCHEMA)
         storage.commit_bytes(self._path(index, ".manifest.parquet"), parquet_bytes(manifest))
         storage.commit_bytes(self._path(index, ".rejects.parquet"), parquet_bytes(rejected))
         if json_docs is not None:
@@ -162,6 +199,9 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
 # -- final files -----------------------------------------------------------------------------
 def merge_parquet(parts: list[Path], schema: dict[str, pl.DataType], path: Path) -> None:
     """Concatenate parts in order into one file (streamed: memory stays flat)."""
+    if parts and schema is MANIFEST_SCHEMA:  # a build with levels: their columns too (any non-empty part)
+        found = [manifest_levels(list(pl.read_parquet_schema(p))) for p in parts]
+        schema = manifest_schema(next((lv for lv in found if lv), []))
     with replacing(path) as tmp:
         if parts:
             pl.scan_parquet(parts, schema=schema).sink_parquet(tmp, **_PARQUET)

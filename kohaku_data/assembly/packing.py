@@ -35,6 +35,11 @@ from kohaku_data.curation import artifacts as artifact_rules
 Member = tuple[str, "bytes | ImageRef"]
 
 
+def level_member(key: int, level: str, fmt: str) -> str:
+    """The member name of a sample's image at an extra resolution level."""
+    return f"{key}.{level}.{fmt}"
+
+
 @dataclass(frozen=True)
 class ShardJob:
     """One shard to write: plain data, picklable, no DB (a task for any executor)."""
@@ -151,6 +156,9 @@ class ShardLayout:
             self._reject(item, "post_missing", "the post left the DB during the build")
         elif (rejected := artifact_rules.verdict(staged.header.get("artifacts") or {}, self.recipe.artifacts)):
             self._reject(item, *rejected)  # recipe rules on the source's artifact measures
+        elif (failed := next((lv for lv in staged.levels if not lv[1].ok), None)) is not None:
+            name, level = failed  # every level or none: a sample has all of its members
+            self._reject(item, level.header["reason"], f"level {name}: {level.header.get('detail', '')}")
         else:
             closed = self._add(staged, self._tagged(staged, caption))
         self._keys.append(item.key)
@@ -173,8 +181,12 @@ class ShardLayout:
         self._rejects.append({"key": item.key, "source": item.entry.name, "reason": reason, "detail": detail})
 
     def _add(self, info: StagedInfo, caption: dict[str, Any]) -> LaidOut | None:
-        staged = Staged(info.header, None, info.image.size)
+        levels = tuple((name, Staged(lv.header, None, lv.image.size)) for name, lv in info.levels)
+        staged = Staged(info.header, None, info.image.size, levels)
         members = tuple((name, info.image if data is None else data) for name, data in sample_members(staged, caption))
+        # `[image] levels`: `<id>.<level>.<ext>` after the json, in recipe order (docs/shards-and-exports.md)
+        members += tuple((level_member(info.header["key"], name, lv.header["format"]), lv.image)
+                         for name, lv in info.levels)
         size = sum(member_bytes(m.size if isinstance(m, ImageRef) else len(m)) for _, m in members)
         closed = self._close() if self._members and self._full(size) else None
         self._members.append(members)

@@ -239,6 +239,8 @@ def annotate_sample(files: dict[str, dict[str, Any]], members: dict[str, bytes])
     """Add `sample_fields` to the image entry of one sample whose members are `members`
     (name -> bytes); a sample without exactly one image, a .txt and a .json is left as it is."""
     images = [n for n in members if not n.endswith(_SIDECARS)]
+    if len(images) > 1:  # `[image] levels`: the main image `<id>.<ext>`, not `<id>.<level>.<ext>`
+        images = [n for n in images if n.count(".") == 1]
     if len(images) != 1:
         return
     stem = images[0].rsplit(".", 1)[0]

@@ -150,7 +150,7 @@ def _run_ladder(task: ImageTask, path: storage.Target) -> TaskResult:
         for j, i in enumerate(missing):
             found[i] = commit_staged(paths[i], task.items, pack_staged([per_item[j] for per_item in made]))
     names = [name for name, _ in configs[1:]]
-    infos = tuple(StagedInfo(main.header, main.image, tuple(zip(names, (level[n] for level in found[1:])))))
+    infos = tuple(StagedInfo(main.header, main.image, tuple(zip(names, (level[n] for level in found[1:]))))
                   for n, main in enumerate(found[0]))
     done = len(task.items) if missing else 0
     return TaskResult(task.index, done, len(task.items) - done, infos, str(path))

@@ -72,7 +72,8 @@ def _read_tables(out: storage.Target) -> tuple[dict, pl.DataFrame]:
     present = pl.read_parquet_schema(io.BytesIO(data))
     offsets = [c for c in OFFSET_COLUMNS if c in present]  # an older build has none: reported per shard
     sizes = [c for c in ("width", "height") if c in present]  # what webshart's fields are checked against
-    columns = ["key", "shard", "image", "sha256", "caption", *sizes, *offsets]
+    levels = [c for c in present if c.split("@", 1)[0] in ("image", "sha256") and "@" in c]  # [image] levels
+    columns = ["key", "shard", "image", "sha256", "caption", *sizes, *offsets, *levels]
     return index, pl.read_parquet(io.BytesIO(data), columns=columns)
 
 
@@ -99,6 +100,10 @@ def _check_members(path: Path, rows: pl.DataFrame, report: VerifyReport) -> None
     expected = {row["image"]: row for row in rows.iter_rows(named=True)}
     by_key = {str(row["key"]): row for row in expected.values()}
     wanted = set(expected) | {f"{r['key']}.{ext}" for r in expected.values() for ext in ("txt", "json")}
+    # `[image] levels`: each level's member, checked against its own sha256 column
+    levels = [c.split("@", 1)[1] for c in rows.columns if c.startswith("image@")]
+    level_sha = {r[f"image@{lv}"]: r[f"sha256@{lv}"] for r in expected.values() for lv in levels}
+    wanted |= set(level_sha)
     seen: set[str] = set()
     try:
         with tarfile.open(path, "r:") as tar:
@@ -108,6 +113,10 @@ def _check_members(path: Path, rows: pl.DataFrame, report: VerifyReport) -> None
                     report.problems.append(f"{path.name}: extra member {member.name}")
                     continue
                 data = tar.extractfile(member).read() if member.isreg() else b""
+                if member.name in level_sha:
+                    if hashlib.sha256(data).hexdigest() != level_sha[member.name]:
+                        report.problems.append(f"{path.name}: {member.name} sha256 differs from the manifest")
+                    continue
                 _check_member(path.name, member.name, data, expected, by_key, report)
     except (tarfile.TarError, OSError) as exc:
         report.problems.append(f"{path.name}: unreadable tar ({exc})")

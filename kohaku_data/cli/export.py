@@ -20,6 +20,8 @@ def export(
     fraction: Annotated[float | None, typer.Option("--fraction", help="Only a deterministic share of the samples, in (0, 1].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --fraction split.")] = 0,
     link_from: Annotated[Path | None, typer.Option("--link-from", help="An earlier export whose identical images are hard-linked.")] = None,
+    level: Annotated[str | None, typer.Option("--level", help="Export the images of one of the recipe's "
+                                              "[image] levels (e.g. square-512) instead of the main ones.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace another export in OUT.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
@@ -35,7 +37,8 @@ def export(
             with DanbooruDB.open(settings(db=db).require_db(), readonly=True) as handle:
                 keys = query_ids(handle, query)
         result = export_dataset(dataset, out, fmt, keys=keys, query=query, fraction=fraction, seed=seed,
-                                link_from=link_from, force=force, progress=is_tty() and not no_progress)
+                                link_from=link_from, force=force, progress=is_tty() and not no_progress,
+                               level=level)
         typer.echo(f"{result.out}: {result.samples} samples as {result.format} "
                    f"({result.written} files written, {result.linked} linked, {result.skipped} already there; "
                    f"{result.bytes / 1e6:.1f} MB of images)")

@@ -40,9 +40,10 @@ __all__ = ["FORMATS", "ExportError", "ExportResult", "export_dataset"]
 def export_dataset(
     dataset: Path, out: Path, fmt: str, *, keys: Sequence[int] | None = None, query: str | None = None,
     fraction: float | None = None, seed: int = 0, link_from: Path | None = None, force: bool = False,
-    progress: bool = False,
+    progress: bool = False, level: str | None = None,
 ) -> ExportResult:
-    """Write the `fmt` export of the built `dataset` (or of its subset) into `out`."""
+    """Write the `fmt` export of the built `dataset` (or of its subset) into `out`; `level`: the
+    images of one of its `[image] levels` instead of the main ones (`source.at_level`)."""
     from kohaku_data.export import hf, kohya, kohya_ft
     from kohaku_data.export.select import select_rows
 
@@ -58,6 +59,11 @@ def export_dataset(
         raise ExportError(f"the selection (query / fraction) matches no sample of {dataset}; widen it")
     selection = {"query": query, "keys_sha256": _keys_sha256(rows), "fraction": fraction,
                  "seed": seed if fraction is not None else None}
+    if level is not None:
+        from kohaku_data.export.source import at_level
+
+        built, rows = at_level(built, rows, level)
+        selection["level"] = level  # only then: an export without levels records what it did before
     state = begin_export(out, built, fmt, selection, rows, force)
     result = writers[fmt](built, rows, out, link_from=None if link_from is None else Path(link_from),
                           progress=progress)

@@ -27,6 +27,7 @@ class Built:
     manifest: pl.DataFrame
     recipe: Recipe
     lock_sha256: str  # identifies the build: an export records which one it holds
+    level: str | None = None  # `--level`: one of the recipe's `[image] levels` (see `at_level`)
 
 
 @dataclass
@@ -52,6 +53,27 @@ def open_built(path: Path) -> Built:
         raise ExportError(f"{path} was built by an older kdata (its manifest has no member offsets); rebuild it")
     return Built(path, json.loads((path / INDEX_NAME).read_text()), manifest,
                  Recipe.model_validate(lock["recipe"]), hashlib.sha256(lock_bytes).hexdigest())
+
+
+LEVEL_COLUMNS = ("format", "width", "height", "bucket", "crop_left", "crop_top", "crop_right", "crop_bottom",
+                 "image_bytes", "sha256", "image_offset", "image_size")
+
+
+def at_level(built: Built, rows: pl.DataFrame, level: str) -> tuple[Built, pl.DataFrame]:
+    """The dataset and rows as the exporters see them at one of its `[image] levels`: that
+    level's image member, sizes, bucket and offsets in the main columns (the file keeps its
+    export name `<key>.<ext>`, beside `<key>.txt`), and the level's bucket preset as the recipe's."""
+    names = built.recipe.image.level_names()
+    if level not in names or f"bucket@{level}" not in rows.columns:
+        raise ExportError(f"--level {level}: {built.path} has no such level (its levels: "
+                          f"{', '.join(names) or 'none, only the main image'}); pick one of them")
+    rows = rows.with_columns(
+        *(pl.col(f"{c}@{level}").alias(c) for c in LEVEL_COLUMNS),
+        image=pl.col("key").cast(pl.String) + "." + pl.col(f"format@{level}"),
+    )
+    preset = dict(built.recipe.image.level_configs())[level].bucket
+    recipe = built.recipe.model_copy(update={"image": built.recipe.image.model_copy(update={"bucket": preset})})
+    return Built(built.path, built.index, built.manifest, recipe, built.lock_sha256, level), rows
 
 
 def read_member(tar: Any, offset: int, size: int) -> bytes:

@@ -40,7 +40,7 @@ from kohaku_data.images.encode import encode, verify
 from kohaku_data.images.errors import Rejected
 from kohaku_data.images.normalise import normalise
 
-__all__ = ["REJECT_REASONS", "ImageResult", "bucket_resolutions", "choose_bucket", "process_image"]
+__all__ = ["REJECT_REASONS", "ImageResult", "bucket_resolutions", "choose_bucket", "process_image", "process_levels"]
 
 REJECT_REASONS = (
     "empty_file", "unidentified", "truncated", "decompression_bomb", "animated_skipped", "decode_error",
@@ -85,6 +85,37 @@ def process_image(data: bytes, config: ImageConfig, *, name: str = "") -> ImageR
         return ImageResult("rejected", "internal_error", _label(name, f"{type(exc).__name__}: {exc}"), **source)
 
 
+def process_levels(data: bytes, configs: list[ImageConfig], *, name: str = "") -> list[ImageResult]:
+    """`process_image` for several image configs that differ only in their bucket (a resolution
+    ladder: `ImageConfig.level_configs`), from ONE decode and normalise: each result is exactly
+    what `process_image(data, config)` gives for its config (one LANCZOS pass from the
+    normalised original, encoded, verified). A failure before the resize rejects every level."""
+    if len(configs) == 1:
+        return [process_image(data, configs[0], name=name)]
+    source: dict = {}
+    try:
+        im = _decoded(data, configs[0], source)
+    except Rejected as rej:
+        return [ImageResult("rejected", rej.reason, _label(name, rej.detail), **source)] * len(configs)
+    except MemoryError:
+        return [ImageResult("rejected", "decode_error", _label(name, "out of memory"), **source)] * len(configs)
+    except Exception as exc:
+        return [ImageResult("rejected", "internal_error", _label(name, f"{type(exc).__name__}: {exc}"),
+                            **source)] * len(configs)
+    results = []
+    for config in configs:
+        try:
+            results.append(_finish(im, config, source))
+        except Rejected as rej:
+            results.append(ImageResult("rejected", rej.reason, _label(name, rej.detail), **source))
+        except MemoryError:
+            results.append(ImageResult("rejected", "decode_error", _label(name, "out of memory"), **source))
+        except Exception as exc:
+            results.append(ImageResult("rejected", "internal_error", _label(name, f"{type(exc).__name__}: {exc}"),
+                                       **source))
+    return results
+
+
 def internal_error_trace(data: bytes, config: ImageConfig) -> str:
     """The traceback behind an `internal_error` result, from running the stage again unguarded
     (it is deterministic): what a bug report needs, kept out of the rejects' one-line detail.
@@ -105,13 +136,21 @@ def _label(name: str, detail: str) -> str:
 
 
 def _process(data: bytes, config: ImageConfig, source: dict) -> ImageResult:
+    return _finish(_decoded(data, config, source), config, source)
+
+
+def _decoded(data: bytes, config: ImageConfig, source: dict) -> Image.Image:
+    """Decode and normalise (the part every level shares); fills `source`."""
     im = decode(data, max_pixels=config.max_pixels, animated=config.animated)
     source.update(source_format=im.format, source_mode=im.mode, source_size=im.size)
     source.update(artifacts=measure_artifacts(im, data))  # on the original, before any change
-    im = normalise(im, alpha=config.alpha, background=config.background)
+    return normalise(im, alpha=config.alpha, background=config.background)
+
+
+def _finish(im: Image.Image, config: ImageConfig, source: dict) -> ImageResult:
+    """Bucket, resize once, encode, verify one level from the normalised original `im`."""
     plan = _plan(im.size, config, source["artifacts"].get("upscale_factor"))
     out = _opaque_as_rgb(resize.apply(im, plan, reducing_gap=config.reducing_gap, linear_light=config.linear_light))
-    del im  # free the full-size original before encoding
     fmt, stored = encode(out, config.codec_preset())
     verify(stored, out)
     return ImageResult(

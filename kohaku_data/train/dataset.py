@@ -35,6 +35,10 @@ OFFSET_COLUMNS = tuple(f"{m}_{part}" for m in MEMBERS for part in ("offset", "si
 INDEX_COLUMNS = ("key", "shard", "bucket", "width", "height", "crop_left", "crop_top",
                  "source_width", "source_height", *OFFSET_COLUMNS)
 KEEP_SEPARATOR = "|||"
+# `[image] levels`: a build's extra resolution levels have these columns suffixed `@<level>`;
+# `level=` reads them in place of the main image's (the manifest's other columns are shared)
+LEVEL_COLUMNS = ("image", "format", "width", "height", "bucket", "crop_left", "crop_top", "crop_right",
+                 "crop_bottom", "image_bytes", "sha256", "image_offset", "image_size")
 _SPAN_SLACK = 4 * 1024  # headers and padding between adjacent members: 3 x (512 + <512) bytes
 
 
@@ -49,7 +53,7 @@ class KdataDataset:
 
     def __init__(self, location: str, decode: Decode = "pil", *, mode: str | None = "RGB",
                  keep_separator: str | None = KEEP_SEPARATOR, caption_policy: Any = None,
-                 cache: Any = None, payload: Payload = "image") -> None:
+                 cache: Any = None, payload: Payload = "image", level: str | None = None) -> None:
         if decode not in DECODES:
             raise ReaderError(f"decode={decode!r} is not one of {', '.join(DECODES)}: pick one of them.")
         if payload not in ("image", "latents"):
@@ -57,6 +61,9 @@ class KdataDataset:
         if decode == "torch":
             _require_torch()
         self.location, self.decode, self.mode, self.keep_separator = str(location), decode, mode, keep_separator
+        # `level`: one of the build's `[image] levels` (its member, bucket, crop, target size);
+        # None: the main image. The sampler then buckets by that level's buckets.
+        self.level = level
         # train/captions.CaptionPolicy: `caption` drawn per (seed, epoch, key); the stored one stays in
         # `stored_caption`. The epoch comes with the sampler's index, else `self.epoch`.
         self.caption_policy, self.epoch = caption_policy, 0
@@ -89,15 +96,25 @@ class KdataDataset:
         if not self.files.exists(MANIFEST):
             raise ReaderError(f"{self.location} has no {MANIFEST}: point KdataDataset at the folder "
                               f"`kdata build` wrote (shards, manifest.parquet, index.json).")
-        missing = [c for c in INDEX_COLUMNS if c not in self._schema()]
+        schema = self._schema()
+        if self.level is not None and f"bucket@{self.level}" not in schema:
+            have = [c.split("@", 1)[1] for c in schema if c.startswith("bucket@")]
+            raise ReaderError(f"level={self.level!r} is not a level of {self.location} (its levels: "
+                              f"{', '.join(have) or 'none, only the main image'}): pick one of them or None.")
+        missing = [c for c in INDEX_COLUMNS if c not in schema]
         if missing:
             raise ReaderError(f"{MANIFEST} lacks {', '.join(missing)}: the dataset was built before "
                               f"member offsets were recorded; rebuild it with this kdata version.")
-        frame = self._read_manifest(list(INDEX_COLUMNS))
+        frame = self._read_manifest([self._name(c) for c in INDEX_COLUMNS])
+        frame = frame.rename({self._name(c): c for c in INDEX_COLUMNS if self._name(c) != c})
         nulls = [c for c in OFFSET_COLUMNS if frame[c].null_count()]
         if nulls:
             raise ReaderError(f"{MANIFEST} has samples without {nulls[0]}: rebuild the dataset.")
         return frame
+
+    def _name(self, column: str) -> str:
+        """The manifest column holding `column` at this dataset's level."""
+        return f"{column}@{self.level}" if self.level is not None and column in LEVEL_COLUMNS else column
 
     def _schema(self) -> dict[str, pl.DataType]:
         path = self.files.local_path(MANIFEST)
@@ -125,11 +142,12 @@ class KdataDataset:
         """One manifest column, without loading the whole manifest when it is an index column."""
         if name in self._index.columns:
             return self._index[name]
+        stored = self._name(name)
         if self._manifest is not None:
-            return self._manifest[name]
-        if name not in self._schema():
-            raise ReaderError(f"{MANIFEST} has no column {name!r}: name one of its columns.")
-        return self._read_manifest([name])[name]
+            return self._manifest[stored].alias(name)
+        if stored not in self._schema():
+            raise ReaderError(f"{MANIFEST} has no column {stored!r}: name one of its columns.")
+        return self._read_manifest([stored])[stored].alias(name)
 
     def __len__(self) -> int:
         return self._index.height
