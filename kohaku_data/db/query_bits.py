@@ -132,9 +132,14 @@ class Bits:
 
     def ids_mask(self, ids: np.ndarray) -> np.ndarray:
         """Packed mask with `ids` set (ids outside the span are not posts)."""
-        mask = np.zeros(self.span, dtype=bool)
         at = ids - self.base
-        mask[at[(at >= 0) & (at < self.span)]] = True
+        at = at[(at >= 0) & (at < self.span)]
+        if at.size * 64 < self.span:  # few ids (md5:, a rare source:): set their bits directly
+            packed = self.full(False)
+            np.bitwise_or.at(packed, at >> 3, (0x80 >> (at & 7)).astype(np.uint8))
+            return packed
+        mask = np.zeros(self.span, dtype=bool)
+        mask[at] = True
         return np.packbits(mask)
 
     def posts_among(self, ids: np.ndarray) -> np.ndarray:
