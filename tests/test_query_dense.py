@@ -149,3 +149,28 @@ def test_writes_to_the_new_columns_retire_the_index(db) -> None:
         assert query_bits.refresh_if_stale(db)
         for text in ("filesize:<10", "source:x", "pixiv_id:none", "date:<2002-01-01", "filetype:zip"):
             assert count_posts(db, text) == len(plain(db, text)), (column, text)
+
+
+def test_sample_has_the_snapshot_unknown_blocks(tmp_path: Path, monkeypatch) -> None:
+    """kdata sample's posts in the unknown-flag id blocks: not deleted, no uploader, not banned,
+    listed in kdata_post_unknown of a migrated file, and never hidden as deleted by a query."""
+    from kohaku_data.sample import metadata
+    monkeypatch.setattr(metadata, "UNKNOWN_BLOCKS", ((100, 400), (900, 950)))
+    path = tmp_path / "u.db"
+    handle = DanbooruDB.create(path)
+    run_migrations(handle, MIGRATIONS)
+    handle.close()
+    write_sample_db(path, posts=1500, seed=2)
+    conn = sqlite3.connect(path)
+    inside = "(id >= 100 AND id < 400) OR (id >= 900 AND id < 950)"
+    n, deleted, uploaders, banned = conn.execute(
+        f"SELECT count(*), sum(is_deleted), sum(uploader_id), sum(is_banned) FROM post WHERE {inside}").fetchone()
+    assert n > 250 and deleted == uploaders == banned == 0
+    assert conn.execute(f"SELECT count(*) FROM post WHERE NOT ({inside}) AND is_deleted = 1").fetchone()[0] > 0
+    listed = conn.execute("SELECT post_id, fields FROM kdata_post_unknown ORDER BY post_id").fetchall()
+    assert [p for p, _ in listed] == [r[0] for r in conn.execute(f"SELECT id FROM post WHERE {inside} ORDER BY id")]
+    assert {f for _, f in listed} == {"is_deleted,uploader_id,is_banned"}
+    conn.close()
+    handle = DanbooruDB.open(path)
+    assert count_posts(handle, "id:100..399") == len([p for p, _ in listed if p < 400])
+    handle.close()
