@@ -18,6 +18,9 @@ $(BIN)/python:
 # (shard and parquet bytes depend on Pillow/libwebp/polars versions; dataset.lock records them).
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# open_clip's own tokenizer is the reference of tests/test_caption_tokens.py; its package
+	# requires torchvision and timm, which nothing here uses: install it alone.
+	$(BIN)/pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
 venv: $(VENV)/.installed
