@@ -264,7 +264,7 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
     kohaku and plain ordered variants comes from the summary), its totals still exact."""
     import numpy as np
 
-    from kohaku_data.captions import summaries
+    from kohaku_data.captions import iter_captions, summaries
     from kohaku_data.captions.frame import TagSource, parse_page
     from kohaku_data.captions.layout import prepare_tags
     from kohaku_data.captions.parallel import caption_page
@@ -299,8 +299,15 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
                         frames.append(caption_page(*parse_page(raw), source, config, th, True))
         finally:
             conn.close()
+        # pages captioned two at a time in threads sharing the table and its per-job counts
+        # (another config: no stored table, every count made in this run)
+        threaded = pl.concat(list(iter_captions(db, CaptionConfig(variants=NUMERIC, **changes), th, chunk_size=16,
+                                                variants=True)))
     counter = source.job_cache["tokens:clip"]
     assert counter.row_lookups > 1000 and counter.row_counted == 0
     frame = pl.concat(frames)
     for name in ("kohaku", "noob"):
         assert frame[f"tokens_{name}"].to_list() == [tok.count(t) for t in frame[f"variant_{name}"].to_list()], name
+    assert threaded.height == frame.height
+    for name in ("kohaku", "noob", "anima", "xml", "plain"):
+        assert threaded[f"tokens_{name}"].to_list() == [tok.count(t) for t in threaded[f"variant_{name}"].to_list()], name

@@ -302,13 +302,10 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
     miss = got < 0
     counter.row_lookups += len(got)
     if miss.any():
-        # the distinct (row, slot) missing, without a sort: each is marked on the cache with one
-        # of its elements (-2 - element), then read back in row order (counted just below)
-        wanted = r[miss] * p.slots + p.slot[miss]
-        flat = cache.reshape(-1)
-        flat[wanted] = -2 - np.arange(len(wanted), dtype=np.int32)
-        code = np.flatnonzero(flat <= -2)
-        affix = p.affix[miss][-2 - flat[code]]
+        # the distinct (row, slot) missing and their affix (a function of them): a hash unique,
+        # not a sort. The cache only ever gets final counts: caption threads share the table.
+        wanted = pl.DataFrame({"code": r[miss] * p.slots + p.slot[miss], "affix": p.affix[miss]}).unique()
+        code, affix = wanted["code"].to_numpy(), wanted["affix"].to_numpy()
         texts = (pl.Series(p.before, dtype=pl.String).gather(affix) + tags.strings.gather(code // p.slots + p.base)
                  + pl.Series(p.after, dtype=pl.String).gather(affix))
         cache[code // p.slots, code % p.slots] = counter.column(texts)
