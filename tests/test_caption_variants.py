@@ -73,6 +73,13 @@ def test_every_sample_stores_every_variant_with_exact_tokens(built):
         meta = json.loads(samples[key]["json"])
         assert tokens == meta["caption_tokens"]["noob"]
         assert per == [meta["caption_tokens"][n] for n in ("kohaku", "noob", "anima", "xml")]
+    # a tokens column per variant (Int32, recipe order), equal to the json's counts
+    assert [c for c in manifest.columns if c.startswith("tokens_")] == [
+        "tokens_kohaku", "tokens_noob", "tokens_anima", "tokens_xml"]
+    assert {manifest.schema[c] for c in manifest.columns if c.startswith("tokens_")} == {pl.Int32}
+    for row in manifest.iter_rows(named=True):
+        meta = json.loads(samples[row["key"]]["json"])
+        assert {n: row[f"tokens_{n}"] for n in meta["caption_tokens"]} == meta["caption_tokens"]
     card = (out / "README.md").read_text()
     assert "name: 'anima'" in card and "name: 'caption_tokens'" in card
 
@@ -311,3 +318,37 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
     assert threaded.height == frame.height
     for name in ("kohaku", "noob", "anima", "xml", "plain"):
         assert threaded[f"tokens_{name}"].to_list() == [tok.count(t) for t in threaded[f"variant_{name}"].to_list()], name
+
+
+def _card_token_rows(card: str) -> dict[str, list[str]]:
+    section = card.split("\n## Caption tokens\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    return {r[0].strip().split("`")[1]: [c.strip() for c in r[1:]] for r in rows}
+
+
+def test_card_shows_token_distribution_per_variant(built):
+    """The card's token section: per variant its median, p95, max and the share past 75/150/225,
+    equal to the samples' own json counts; the figure marks the windows (drawn, decodes)."""
+    _, out = built
+    card = (out / "README.md").read_text()
+    rows = _card_token_rows(card)
+    assert list(rows) == ["kohaku", "noob", "anima", "xml"]
+    counts: dict[str, list[int]] = {n: [] for n in rows}
+    for members in _samples(out).values():
+        for n, c in json.loads(members["json"])["caption_tokens"].items():
+            counts[n].append(c)
+    for name, cells in rows.items():
+        values = pl.Series(counts[name])
+        n = values.len()
+        assert cells[0] == f"{n:,}"
+        assert cells[1] == f"{values.quantile(0.5, 'linear'):g}" and cells[3] == f"{values.max():,}"
+        for cell, w in zip(cells[4:], (75, 150, 225)):
+            past = int((values > w).sum())
+            assert cell == f"{100 * past / n:.1f}% ({past:,})", (name, w)
+    assert any(int((pl.Series(v) > 75).sum()) for v in counts.values())  # the shares are not all trivially 0
+    assert "`noob` (`.txt`)" in card and "![Caption tokens](card/tokens.png)" in card
+    from PIL import Image
+
+    with Image.open(out / "card" / "tokens.png") as im:
+        assert im.height > 4 * 150  # one panel per variant
+        im.load()

@@ -55,6 +55,19 @@ def test_readme_has_the_hf_header_and_every_section(built):
         assert f"| {tag} | {edge} |" in body
 
 
+def test_build_without_variants_shows_kohaku_tokens_only(built):
+    _, out = built
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert not [c for c in manifest.columns if c.startswith("tokens_")]  # no per-variant columns added
+    body = (out / "README.md").read_text()
+    section = body.split("\n## Caption tokens\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1 and rows[0].startswith("| `kohaku` (`.txt`) | ")
+    tokens = manifest["tokens"]
+    past = int((tokens > 75).sum())
+    assert rows[0].split(" | ")[5] == f"{100 * past / tokens.len():.1f}% ({past:,})"
+
+
 def test_rejects_table_counts_every_reason_with_examples(built):
     _, out = built
     body = (out / "README.md").read_text()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kohaku_data.assembly.card_data import CardFacts, card_facts
+from kohaku_data.assembly.card_data import TOKEN_WINDOWS, CardFacts, card_facts, token_summary
 from kohaku_data.assembly.card_plots import render_plots
 from kohaku_data.assembly.lock import write_atomic
 from kohaku_data.captions.thresholds import RATING_NAMES
@@ -32,6 +32,8 @@ PICTURES = {
     "shares.png": ("Quality, year and rating", "The share of each quality, year and rating tag in the captions."),
     "year_quality.png": ("Quality per year", "The quality mix of each year's posts: does one era dominate a band?"),
     "tags.png": ("Top tags", "The most frequent artists, characters, copyrights, general and meta tags."),
+    "tokens.png": ("Caption tokens", "CLIP tokens per caption of each stored variant; the dashed lines are "
+                   "sd-scripts' 75 / 150 / 225-token windows (the table under Caption tokens gives the shares)."),
     "scores.png": ("Score and favourites", "Distributions of the posts' score and fav_count (the quality metrics)."),
     "rejects.png": ("Rejects", "Inputs left out of the dataset, by reason (examples in the table below)."),
     "artifacts.png": ("Source artifacts", "What the kept sources already carried: JPEG quality, upscale "
@@ -66,7 +68,7 @@ def write_card(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
 def card_markdown(facts: CardFacts, pictures: list[str]) -> str:
     parts = [
         _yaml_header(facts.index, facts.recipe), _title(facts), _overview(facts), _thresholds(facts),
-        _pictures(pictures), _rejects(facts), _artifacts(facts), _files(facts), _loading(facts), _recipe_table(facts),
+        _tokens(facts), _pictures(pictures), _rejects(facts), _artifacts(facts), _files(facts), _loading(facts), _recipe_table(facts),
     ]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
@@ -196,6 +198,27 @@ def _year_table(caption: dict[str, Any], t: dict[str, Any]) -> list[str]:
         rows.append((esc(tag), start, f"before {end}" if end else "today"))
     return [f"**Year** (mode {code(caption.get('year_mode', '?'))}; a post gets the first tag whose start "
             "its written date is on or after):", "", *_table(["tag", "from", "until"], rows), ""]
+
+
+def _tokens(facts: CardFacts) -> str:
+    """The token-length distribution of each caption variant and the share past each window."""
+    lines = ["## Caption tokens", ""]
+    if not facts.tokens:
+        return "\n".join(lines + ["This manifest holds no caption token counts (a build before they were counted).", ""])
+    txt = (facts.recipe.get("caption", {}).get("variants") or {}).get("txt", "kohaku")
+    rows = []
+    for name, values in facts.tokens.items():
+        t = token_summary(values)
+        n = max(1, t["captions"])
+        rows.append((code(name) + (" (`.txt`)" if name == txt else ""), f"{t['captions']:,}", f"{t['median']:g}",
+                     f"{t['p95']:g}", f"{t['max']:,}",
+                     *(f"{100 * t['past'][w] / n:.1f}% ({t['past'][w]:,})" for w in TOKEN_WINDOWS)))
+    lines += ["CLIP tokens of every stored caption variant (exact: the bundled open_clip BPE, tokens between "
+              "the start and end tokens), from `manifest.parquet` (`tokens_<variant>`, else `variant_tokens`; "
+              "each `.json` has them as `caption_tokens`). sd-scripts' text encoder sees 75 tokens, 150 or 225 with "
+              "`max_token_length`: a caption past the window it is trained with loses its end.", ""]
+    lines += _table(["variant", "captions", "median", "p95", "max", *(f"past {w}" for w in TOKEN_WINDOWS)], rows)
+    return "\n".join(lines + [""])
 
 
 def _pictures(pictures: list[str]) -> str:

@@ -46,6 +46,7 @@ class CardFacts:
     date_range: tuple[str | None, str | None]
     artifacts: dict[str, Any] = field(default_factory=dict)  # artifact_facts; {} for an older manifest
     level_buckets: dict[str, pl.DataFrame] = field(default_factory=dict)  # `[image] levels`: name -> bucket_counts
+    tokens: dict[str, pl.Series] = field(default_factory=dict)  # caption variant -> CLIP tokens per sample
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
         date_range=(dates.min(), dates.max()) if dates.len() else (None, None),
         artifacts=artifact_facts(folder / MANIFEST_NAME, rejects, lock.get("recipe", {}).get("artifacts") or {}),
         level_buckets=level_bucket_counts(folder / MANIFEST_NAME),
+        tokens=token_counts(folder / MANIFEST_NAME, lock.get("recipe", {})),
     )
 
 
@@ -95,6 +97,39 @@ def level_bucket_counts(path: Path) -> dict[str, pl.DataFrame]:
         return {}
     frame = pl.read_parquet(path, columns=levels)
     return {c.split("@", 1)[1]: bucket_counts(frame.select(pl.col(c).alias("bucket"))) for c in levels}
+
+
+# sd-scripts' caption windows: 75 tokens, 150 / 225 with max_token_length (between start and end tokens)
+TOKEN_WINDOWS = (75, 150, 225)
+
+
+def token_counts(path: Path, recipe: dict[str, Any]) -> dict[str, pl.Series]:
+    """CLIP tokens per sample of each caption variant, from the manifest alone: its
+    `tokens_<variant>` columns, else (a build without added variants, or one from before those
+    columns) `variant_tokens` by the recipe's variant names; {} for a manifest without counts."""
+    from kohaku_data.assembly.manifest import manifest_variants
+    from kohaku_data.assembly.sample_schema import variants_of
+
+    present = list(pl.read_parquet_schema(path))
+    names = manifest_variants(present)
+    if names:
+        frame = pl.read_parquet(path, columns=[f"tokens_{n}" for n in names])
+        return {n: frame[f"tokens_{n}"].drop_nulls().cast(pl.Int64).alias(n) for n in names}
+    if "variant_tokens" not in present:
+        return {}
+    lists = pl.read_parquet(path, columns=["variant_tokens"])["variant_tokens"]
+    names = list(variants_of(recipe))
+    if lists.len() and lists.list.len().max() != len(names):
+        return {}  # counts that do not match the recipe's variants: show none rather than mislabel
+    return {n: lists.list.get(i, null_on_oob=True).drop_nulls().cast(pl.Int64).alias(n) for i, n in enumerate(names)}
+
+
+def token_summary(values: pl.Series) -> dict[str, Any]:
+    """Captions, median, p95 (linear), max and, per window, how many captions are past it."""
+    n = values.len()
+    return {"captions": n, "median": float(values.quantile(0.5, "linear") or 0) if n else 0.0,
+            "p95": float(values.quantile(0.95, "linear") or 0) if n else 0.0, "max": int(values.max() or 0) if n else 0,
+            "past": {w: int((values > w).sum()) for w in TOKEN_WINDOWS}}
 
 
 def bucket_counts(manifest: pl.DataFrame) -> pl.DataFrame:

@@ -40,7 +40,8 @@ def render_plots(facts: CardFacts) -> dict[str, bytes]:
 
     plots: dict[str, Callable] = {
         "buckets.png": _buckets, "shares.png": _shares, "year_quality.png": _year_quality,
-        "tags.png": _tags, "scores.png": _scores, "rejects.png": _rejects, "artifacts.png": _artifacts,
+        "tags.png": _tags, "tokens.png": _tokens, "scores.png": _scores, "rejects.png": _rejects,
+        "artifacts.png": _artifacts,
     }
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # inside the context: restored afterwards
@@ -188,6 +189,35 @@ def _tags(facts: CardFacts):
         ax.tick_params(axis="y", labelsize=8)
     axes.flat[-1].set_axis_off()
     fig.suptitle("Most frequent tags per category (share: of all samples)", x=0.01, ha="left", color=MUTED, fontsize=9)
+    return fig
+
+
+def _tokens(facts: CardFacts):
+    """One histogram per caption variant (bins of 5 tokens), the 75 / 150 / 225 windows marked."""
+    from kohaku_data.assembly.card_data import TOKEN_WINDOWS, token_summary
+
+    names = list(facts.tokens)
+    fig, axes = _figure(max(2.0, 0.5 + 1.7 * len(names)), max(1, len(names)), 1)
+    if not names:
+        _empty(axes[0, 0], "Caption tokens", "no token counts in this manifest")
+        return fig
+    top = max([int(v.max() or 0) for v in facts.tokens.values() if v.len()] + [TOKEN_WINDOWS[-1]])
+    edges = np.arange(0, top + 10, 5)
+    for ax, name in zip(axes[:, 0], names):
+        values = facts.tokens[name].to_numpy()
+        t = token_summary(facts.tokens[name])
+        ax.hist(values, bins=edges, color=BAR)
+        for w in TOKEN_WINDOWS:
+            ax.axvline(w, color="#c44e52", linestyle="--", linewidth=1)
+        ax.set_xlim(0, edges[-1])
+        ax.set_title(_clip(name), loc="left")
+        n = max(1, t["captions"])
+        past = " · ".join(f"past {w}: {100 * t['past'][w] / n:.1f}%" for w in TOKEN_WINDOWS)
+        ax.set_title(f"median {t['median']:g} · p95 {t['p95']:g} · max {t['max']:,} · {past}",
+                     loc="right", fontsize=8, color=MUTED, fontweight="normal")
+        ax.set_ylabel("captions")
+        _integer_axis(ax.yaxis)
+    axes[-1, 0].set_xlabel("CLIP tokens (between the start and end tokens); dashed: 75 / 150 / 225")
     return fig
 
 

@@ -33,6 +33,13 @@ EXAMPLES = 5
 IMAGE_COLUMNS = ("sha256", "image_bytes", "format", "width", "height", "bucket",
                  "crop_left", "crop_top", "crop_right", "crop_bottom")
 CAPTION_COLUMNS = ("caption", "tokens", "variant_tokens")  # token counts follow the caption text
+
+
+def caption_columns(columns) -> tuple[str, ...]:
+    """CAPTION_COLUMNS and the per-variant token counts (`tokens_<variant>`) among `columns`."""
+    return CAPTION_COLUMNS + tuple(c for c in columns if c.startswith("tokens_"))
+
+
 # Where a sample sits (shard, member name, byte offsets and sizes inside the tar) is not what it
 # is: a longer caption moves every later member. Reported apart, never a "changed sample".
 PLACEMENT_COLUMNS = ("shard", "image", *OFFSET_COLUMNS)
@@ -54,8 +61,8 @@ def diff_datasets(a: str | Path, b: str | Path) -> dict[str, Any]:
     report = {
         "a": str(a), "b": str(b),
         "samples": samples, "columns": columns,
-        "images": _group(columns, IMAGE_COLUMNS), "captions": _group(columns, CAPTION_COLUMNS),
-        "metadata": _group(columns, tuple(c for c in columns if c not in IMAGE_COLUMNS + CAPTION_COLUMNS
+        "images": _group(columns, IMAGE_COLUMNS), "captions": _group(columns, caption_columns(columns)),
+        "metadata": _group(columns, tuple(c for c in columns if c not in IMAGE_COLUMNS + caption_columns(columns)
                                           + PLACEMENT_COLUMNS)),
         "placement": _group(columns, PLACEMENT_COLUMNS),
         "lock": lock_changes, "shards": shards,

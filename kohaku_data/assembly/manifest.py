@@ -103,9 +103,24 @@ def level_columns(name: str, staged: Staged, placement: Placement) -> dict[str, 
     return {f"{k}@{name}": v for k, v in values.items()}
 
 
-def manifest_schema(levels: tuple[str, ...] | list[str] = ()) -> dict[str, pl.DataType]:
-    """MANIFEST_SCHEMA, plus each level's columns (`bucket@square-256`, …) when there are levels."""
-    return {**MANIFEST_SCHEMA, **{f"{k}@{name}": t for name in levels for k, t in LEVEL_SCHEMA.items()}}
+def manifest_schema(levels: tuple[str, ...] | list[str] = (),
+                    variants: tuple[str, ...] | list[str] = ()) -> dict[str, pl.DataType]:
+    """MANIFEST_SCHEMA, plus each level's columns (`bucket@square-256`, …) when there are levels,
+    then `tokens_<variant>` per caption variant when the recipe adds variants."""
+    return {**MANIFEST_SCHEMA, **{f"{k}@{name}": t for name in levels for k, t in LEVEL_SCHEMA.items()},
+            **{f"{VARIANT_TOKENS}{name}": pl.Int32 for name in variants}}
+
+
+# `tokens_<variant>`: one Int32 column per caption variant (kohaku first, then the recipe's `add`
+# order), only in a build whose recipe adds variants: a build without them keeps its bytes (its
+# `tokens` is the kohaku count). `variant_tokens` (the same counts as one list) stays for readers
+# of earlier builds.
+VARIANT_TOKENS = "tokens_"
+
+
+def manifest_variants(columns: list[str] | dict) -> list[str]:
+    """The caption variants whose `tokens_<variant>` columns a manifest's columns carry, in order."""
+    return [c[len(VARIANT_TOKENS):] for c in columns if c.startswith(VARIANT_TOKENS)]
 
 
 def manifest_levels(columns: list[str] | dict) -> list[str]:
@@ -117,12 +132,18 @@ def _row_levels(rows: list[dict]) -> list[str]:
     return manifest_levels(list(rows[0])) if rows else []
 
 
+def _row_variants(rows: list[dict]) -> list[str]:
+    return manifest_variants(list(rows[0])) if rows else []
+
+
 def token_columns(caption: dict[str, Any]) -> dict[str, Any]:
-    """`tokens` (of the .txt: the variant whose text it is) and `variant_tokens` of a caption row."""
+    """`tokens` (of the .txt: the variant whose text it is) and `variant_tokens` of a caption row;
+    `tokens_<variant>` per variant too when there is more than the kohaku one."""
     names = [k[len("variant_"):] for k in caption if k.startswith("variant_")]
     counts = [caption.get(f"tokens_{n}") for n in names]
     txt = next((c for n, c in zip(names, counts) if caption[f"variant_{n}"] == caption["caption"]), None)
-    return {"tokens": txt, "variant_tokens": counts}
+    per = {f"{VARIANT_TOKENS}{n}": c for n, c in zip(names, counts)} if names != ["kohaku"] and names else {}
+    return {"tokens": txt, "variant_tokens": counts, **per}
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -145,7 +166,7 @@ class Parts:
                json_docs: list[str] | None = None) -> None:
         """`json_docs`: the shard's `.json` members in order, when the caller makes its card from
         the parts (a build: its shards may lie on object storage, never read back)."""
-        manifest = pl.DataFrame(rows, schema=manifest_schema(_row_levels(rows)))
+        manifest = pl.DataFrame(rows, schema=manifest_schema(_row_levels(rows), _row_variants(rows)))
         rejected = pl.DataFrame(rejects, schema=REJECT_SCHEMA)
         storage.commit_bytes(self._path(index, ".manifest.parquet"), parquet_bytes(manifest))
         storage.commit_bytes(self._path(index, ".rejects.parquet"), parquet_bytes(rejected))
@@ -199,9 +220,11 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
 # -- final files -----------------------------------------------------------------------------
 def merge_parquet(parts: list[Path], schema: dict[str, pl.DataType], path: Path) -> None:
     """Concatenate parts in order into one file (streamed: memory stays flat)."""
-    if parts and schema is MANIFEST_SCHEMA:  # a build with levels: their columns too (any non-empty part)
-        found = [manifest_levels(list(pl.read_parquet_schema(p))) for p in parts]
-        schema = manifest_schema(next((lv for lv in found if lv), []))
+    if parts and schema is MANIFEST_SCHEMA:  # a build with levels / variants: their columns too (any non-empty part)
+        columns = [list(pl.read_parquet_schema(p)) for p in parts]
+        found = [manifest_levels(c) for c in columns]
+        variants = next((v for v in map(manifest_variants, columns) if v), [])
+        schema = manifest_schema(next((lv for lv in found if lv), []), variants)
     with replacing(path) as tmp:
         if parts:
             pl.scan_parquet(parts, schema=schema).sink_parquet(tmp, **_PARQUET)
