@@ -19,7 +19,8 @@ Commit rules, per backend — a reader sees the old file or the new one, never a
   (`If-None-Match: *` on S3; a hard link on a disk), so two writers can never both commit it.
 
 Remote calls that fail in a transient way (a 5xx after botocore's own retries, a dropped
-connection) are retried a few times with backoff; a missing bucket or refused credentials is a
+connection) are retried a few times with backoff (KDATA_STORAGE_RETRY_DELAY: the first wait,
+0.5 s by default); a missing bucket or refused credentials is a
 `StorageError` of one sentence.
 """
 
@@ -43,8 +44,11 @@ Target = str | os.PathLike
 T = TypeVar("T")
 
 # Outer retries on top of the client's own (botocore retries a 5xx 4 times): a store that
-# answers errors for a few seconds still ends in a finished build.
+# answers errors for a few seconds still ends in a finished build. The waits between them are
+# 0.5, 1, 2 and 4 s; KDATA_STORAGE_RETRY_DELAY sets the first (each next one doubles, 0 retries
+# at once) — the tests set it short, as one may on a local store.
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+RETRY_DELAY_ENV = "KDATA_STORAGE_RETRY_DELAY"
 _LIST_SKIP = (".",)  # names starting with a dot are kdata's own (staging, locks) or hidden files
 
 
@@ -417,7 +421,7 @@ def _remote(target: Target, action: str, call: Callable[[], T]) -> T:
     """Run one remote call: transient failures retried, the rest made into one sentence.
     FileNotFoundError of a key (not of a bucket) and FileExistsError pass through unchanged:
     callers decide what a missing file means."""
-    for delay in (*_RETRY_DELAYS, None):
+    for delay in (*_retry_delays(), None):
         try:
             return call()
         except FileExistsError:
@@ -435,6 +439,21 @@ def _remote(target: Target, action: str, call: Callable[[], T]) -> T:
                 raise _storage_error(target, action, exc) from exc
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _retry_delays() -> tuple[float, ...]:
+    """The waits before each outer retry: `_RETRY_DELAYS`, or from KDATA_STORAGE_RETRY_DELAY
+    (read at each call, so a process that sets it later still gets it)."""
+    text = os.environ.get(RETRY_DELAY_ENV, "").strip()
+    if not text:
+        return _RETRY_DELAYS
+    try:
+        first = float(text)
+    except ValueError:
+        first = -1.0
+    if not 0 <= first < float("inf"):  # also NaN
+        raise StorageError(f"{RETRY_DELAY_ENV}={text!r} is not a number of seconds (0 or more; unset: 0.5)")
+    return tuple(first * 2**i for i in range(len(_RETRY_DELAYS)))
 
 
 # HTTP clients under fsspec backends raise their own errors for dropped connections and bad

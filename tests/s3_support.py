@@ -10,20 +10,29 @@ Nothing is mocked: s3fs talks HTTP to a real S3 implementation, the way it talks
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import http.client
+import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # AWS_EC2_METADATA_DISABLED: botocore must never look for credentials at the cloud metadata address
 # (off loopback) when a test's credentials are refused or missing.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kdata-test", "AWS_SECRET_ACCESS_KEY": "kdata-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+# The same retries as a user's (botocore's 5 attempts, then kdata's outer ones), with waits of
+# milliseconds instead of seconds: a test that makes the store fail waits on nothing but the work.
+FAST_RETRY_BASE_S = 0.005
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -52,9 +61,41 @@ class S3Server:
         conn.close()
 
 
+@functools.cache
+def _fast_botocore_data() -> str:
+    """A botocore data folder (for AWS_DATA_PATH, which botocore searches before its own) with
+    botocore's own `_retry.json`, only its exponential backoff's base changed from a random
+    0-1 s to FAST_RETRY_BASE_S: which errors are retried and how many times stay botocore's."""
+    import botocore
+
+    retry = json.loads((Path(botocore.__file__).parent / "data" / "_retry.json").read_text())
+
+    def shorten(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "exponential" and "base" in node:
+                node["base"] = FAST_RETRY_BASE_S
+            for value in node.values():
+                shorten(value)
+        elif isinstance(node, list):
+            for value in node:
+                shorten(value)
+
+    shorten(retry)
+    folder = tempfile.mkdtemp(prefix="kdata-test-botocore-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (Path(folder) / "_retry.json").write_text(json.dumps(retry))
+    return folder
+
+
+def fast_retries() -> dict[str, str]:
+    """Environment for short retry waits in kdata (KDATA_STORAGE_RETRY_DELAY) and botocore."""
+    return {"KDATA_STORAGE_RETRY_DELAY": str(FAST_RETRY_BASE_S), "AWS_DATA_PATH": _fast_botocore_data()}
+
+
 def s3_env(endpoint: str, **extra: str) -> dict[str, str]:
-    """The environment a user would set: credentials and fsspec's endpoint setting."""
-    env = {**os.environ, **CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    """The environment a user would set: credentials and fsspec's endpoint setting (and short
+    retry waits)."""
+    env = {**os.environ, **CREDENTIALS, **fast_retries(), "FSSPEC_S3_ENDPOINT_URL": endpoint}
     env.pop("AWS_PROFILE", None)
     env.update(extra)
     return env
@@ -66,7 +107,7 @@ def use_endpoint(monkeypatch, endpoint: str, **extra: str) -> None:
     import fsspec.config
     import s3fs
 
-    for key, value in {**CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint, **extra}.items():
+    for key, value in {**CREDENTIALS, **fast_retries(), "FSSPEC_S3_ENDPOINT_URL": endpoint, **extra}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
     s3fs.S3FileSystem.clear_instance_cache()
@@ -80,7 +121,7 @@ def endpoint_environ(endpoint: str) -> Iterator[None]:
     import fsspec.config
     import s3fs
 
-    values = {**CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    values = {**CREDENTIALS, **fast_retries(), "FSSPEC_S3_ENDPOINT_URL": endpoint}
     saved_env = {key: os.environ.get(key) for key in [*values, "AWS_PROFILE"]}
     saved_conf = fsspec.config.conf.get("s3")
     os.environ.update(values)
