@@ -353,7 +353,7 @@ class CaptionVariant(_Strict):
     empty_groups: Literal["drop", "keep", "half"] = "drop"  # xml: `<g></g>` for empty groups; half: per post
     text_field: str = ""  # text, mixed: the `text_fields` column; "" = the first of them
     mix: Literal["tags_then_text", "text_then_tags"] = "tags_then_text"  # mixed
-    max_tokens: int | None = Field(None, ge=1)  # budget (kohaku, ordered): trims the rest, whole tags
+    max_tokens: int | None = Field(None, ge=1)  # budget: trims the rest, whole tags (text: whole sentences)
 
     def groups(self) -> tuple[str, ...]:
         """The group order, without the groups this variant leaves out."""
@@ -368,8 +368,6 @@ class CaptionVariant(_Strict):
         unknown = [g for g in self.groups() if g not in CAPTION_GROUPS]
         if unknown or len(set(self.groups())) != len(self.groups()):
             raise ValueError(f"variant {self.name}: order needs distinct groups of {', '.join(CAPTION_GROUPS)}")
-        if self.max_tokens is not None and self.kind not in ("kohaku", "ordered"):
-            raise ValueError(f"variant {self.name}: max_tokens applies to kohaku and ordered variants only")
         return self
 
 

@@ -132,8 +132,9 @@ def test_recipe_checks():
         CaptionConfig(variants={"add": [{"name": "a", "kind": "ordered", "order": "sdxl"}]})
     with pytest.raises(ValueError, match="text_field among caption.text_fields"):
         CaptionConfig(variants={"add": [{"name": "t", "kind": "text"}]})
-    with pytest.raises(ValueError, match="max_tokens applies"):
-        CaptionConfig(variants={"add": [{"name": "x", "kind": "xml", "max_tokens": 75}]})
+    for kind in ("xml", "text", "mixed"):  # every kind takes a budget
+        extra = {"text_fields": ["nl"]} if kind != "xml" else {}
+        CaptionConfig(**extra, variants={"add": [{"name": "x", "kind": kind, "max_tokens": 75}]})
     assert isinstance(Recipe.model_validate({"caption": {"variants": VARIANTS}}), Recipe)
     assert issubclass(BudgetError, Exception) and issubclass(ConfigError, Exception)
 
@@ -352,3 +353,72 @@ def test_card_shows_token_distribution_per_variant(built):
     with Image.open(out / "card" / "tokens.png") as im:
         assert im.height > 4 * 150  # one panel per variant
         im.load()
+
+
+SENTENCES = ("A girl stands by the window in the evening light.", "Her hair is long and silver, tied with a red "
+             "ribbon!", "Is that a cat on the sill?", "The room behind her is dark", "and quiet.\nOutside, rain falls "
+             "on the rooftops of an old town.")
+
+
+def test_budgets_for_xml_text_and_mixed(built, tmp_path):
+    """xml drops whole rest tags (kept groups intact), text whole sentences from the end (the
+    first stays), mixed tags first then sentences; every result fits and is counted exactly;
+    a kept part over the budget is refused with the reason."""
+    import re
+    import shutil
+
+    from kohaku_data.captions.variants import sentence_cuts
+    from kohaku_data.curation.attached import attach_column
+    from kohaku_data.curation.captions import curated_thresholds
+
+    inputs, _ = built
+    db_path = tmp_path / "danbooru.db"
+    shutil.copy(inputs.db, db_path)
+    texts = {i: " ".join(SENTENCES[: 1 + k % len(SENTENCES)]) for k, i in enumerate(inputs.ids)}
+    pl.DataFrame({"id": list(texts), "text": list(texts.values())}).write_parquet(tmp_path / "t.parquet")
+    tok = ClipTokenizer()
+    first = tok.count(SENTENCES[0])
+    with DanbooruDB.open(db_path) as db:
+        attach_column(db, tmp_path / "t.parquet", "nl")
+
+        def run(budgets: dict[str, int | None]) -> pl.DataFrame:
+            add = [{"name": "x", "kind": "xml", "order": "animagine4"},  # (half/keep: kept empty groups count too)
+                   {"name": "kx", "kind": "xml", "order": ["count", "character", "copyright", "artist"]},
+                   {"name": "t", "kind": "text"}, {"name": "m", "kind": "mixed", "order": "noobai"},
+                   {"name": "km", "kind": "ordered", "order": ["count", "character", "copyright", "artist"]}]
+            for v in add:
+                if budgets.get(v["name"]):
+                    v["max_tokens"] = budgets[v["name"]]
+            config = CaptionConfig(text_fields=("nl",), text_joiner=" ", variants={"add": add})
+            return caption_posts(db, inputs.ids, config, curated_thresholds(db, config))
+
+        full = run({})
+        kept_m = [tok.count(k + " " + SENTENCES[0]) for k in full["variant_km"]]
+        limits = {"x": max(full["tokens_kx"]) + 3, "t": first + 2, "m": max(kept_m) + 2}
+        for name, limit in limits.items():
+            assert (full[f"tokens_{name}"] > limit).any() and (name != "t" or (full[f"tokens_{name}"] <= limit).any())
+        cut = run(limits)
+        for name in limits:
+            assert cut[f"tokens_{name}"].to_list() == [tok.count(t) for t in cut[f"variant_{name}"]]
+            assert (cut[f"tokens_{name}"] <= limits[name]).all()
+        groups = re.compile(r"<(\w+)>(.*?)</\1>")
+        for before, after, kept in zip(full["variant_x"], cut["variant_x"], full["variant_kx"]):
+            b, a = dict(groups.findall(before)), dict(groups.findall(after))
+            for g in ("count", "character", "copyright", "artist"):
+                assert a.get(g) == b.get(g)  # kept groups never cut
+            for g, tags in a.items():  # rest groups: whole tags, in order
+                assert [t for t in b[g].split(", ") if t in tags.split(", ")] == [t for t in tags.split(", ") if t]
+            assert before == after or tok.count(before) > limits["x"]
+        for before, after in zip(full["variant_t"], cut["variant_t"]):
+            assert after == before or (after in [before[:c] for c in sentence_cuts(before)]
+                                       and tok.count(before) > limits["t"])
+            assert after.startswith(SENTENCES[0])
+        for before, after, kept, text in zip(full["variant_m"], cut["variant_m"], full["variant_km"], full["text_nl"]):
+            tags, _, rest = after.partition(" " + SENTENCES[0])
+            assert after.startswith(kept) and (" " + SENTENCES[0] + rest) == " " + SENTENCES[0] + rest
+            if len(rest) < len(text) - len(SENTENCES[0]):  # a sentence went: every rest tag went first
+                assert tags == kept
+        assert any(len(a) < len(b) for a, b in zip(cut["variant_t"], full["variant_t"]))
+        for name, reason in (("t", "first sentence"), ("x", "artist groups"), ("m", "first sentence")):
+            with pytest.raises(BudgetError, match=rf"kept part alone of \d+ posts \(\d+.*{reason}"):
+                run({name: 2})

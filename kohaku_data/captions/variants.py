@@ -13,12 +13,16 @@ start and end tokens, `captions/tokens.py`), made per caption page from the capt
 - `mixed`: the ordered tags and the text, `tags_then_text` or `text_then_tags`, joined by the
   recipe's `text_joiner` (just the tags, or just the text, when the other is missing).
 
-Budgets (`max_tokens`, kohaku and ordered): a caption over it loses whole tags after the keep
+Budgets (`max_tokens`, every kind): a caption over it loses whole tags after the keep
 separator by `kohaku_data.train.captions.drop_order` — first the meta tags, then the general
 tags, each most frequent first (Danbooru popularity: the least informative go first), then the
 other tags after the separator from the end (attached bands, quality, rating, year) — until it
 fits. The kept part (count tags, characters, series, artists) is never cut: a recipe whose kept
 part alone is over the budget is refused, naming the posts. The reader truncates by the same rule.
+Ordered, xml and mixed variants lose the same tags from their own groups (xml: a group left
+empty follows `empty_groups`, as an empty group does); text loses whole sentences from the end
+(`sentence_cuts`: a sentence ends at . ! ? … before whitespace, or at a line break), never the
+first; mixed loses tags first, then sentences. The first sentence is a text's kept part.
 
 Variants are columns only when the recipe adds variants (`wants_variants`) or the caller asks
 (builds store every sample's token counts); a plain `kdata caption` writes today's columns.
@@ -41,6 +45,7 @@ piece (`TokenCounter.column`). tests/test_caption_variants.py holds both ways eq
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -412,27 +417,67 @@ def variant_expr(frame: pl.DataFrame, variant: CaptionVariant, config: CaptionCo
 # ---------------------------------------------------------------------------------------------
 # Budgets
 # ---------------------------------------------------------------------------------------------
-def _render(groups: dict[str, list[str]], variant: CaptionVariant, config: CaptionConfig) -> str:
-    """One post's variant string from its group lists (the same text as the columnar path)."""
+def _render(groups: dict[str, list[str]], variant: CaptionVariant, config: CaptionConfig, text: str = "",
+            post: int = 0) -> str:
+    """One post's variant string from its group lists and `text` (text, mixed; `post`: its id,
+    for xml's `half` coin): the same text as the columnar path."""
     def listed(names: Sequence[str]) -> list[str]:
         return [t for g in names for t in groups[g]]
 
     if variant.kind == "ordered":
         return config.separator.join(listed(variant.groups()))
+    if variant.kind == "text":
+        return text
+    if variant.kind == "mixed":
+        tags = config.separator.join(listed(variant.groups()))
+        first, second = (tags, text) if variant.mix == "tags_then_text" else (text, tags)
+        return second if first == "" else first if second == "" else first + config.text_joiner + second
+    if variant.kind == "xml":
+        parts = []
+        for at, g in enumerate(variant.groups()):
+            if not groups[g] and not _keeps_empty(variant, post, at):
+                continue
+            parts.append(f"<{g}>{config.separator.join(groups[g])}</{g}>")
+        return " ".join(parts)
     kept, rest = config.separator.join(listed(KEPT_GROUPS)), config.separator.join(listed(REST_GROUPS))
     if config.keep_separator is None:
         return config.separator.join(t for t in (kept, rest) if t)
     return kept + (config.separator if kept else "") + config.keep_separator + rest
 
 
+def _keeps_empty(variant: CaptionVariant, post: int, at: int) -> bool:
+    """Whether xml writes `<g></g>` for the empty group at position `at` of this post (as `_xml`)."""
+    if variant.empty_groups != "half":
+        return variant.empty_groups == "keep"
+    coin = shuffle_keys(0x786D6C, np.array([post], dtype=np.int64), np.array([at], dtype=np.int64)) & np.uint64(1)
+    return bool(coin[0] == 0)
+
+
+# a sentence ends at . ! ? (also ASCII-closing … and CJK 。！？) before whitespace, or at a line break
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s+|\s*\n\s*")
+
+
+def sentence_cuts(text: str) -> list[int]:
+    """Where `text` may be cut to whole sentences, longest first: the ends of its sentences but
+    the last (text[:cut] keeps the sentences before), never before the end of the first."""
+    cuts = [m.start() for m in _SENTENCE_END.finditer(text) if text[:m.start()].strip() and text[m.end():].strip()]
+    return sorted(set(cuts), reverse=True)
+
+
 def _trim_post(groups: dict[str, list[str]], meta: list[str], general: list[str], variant: CaptionVariant,
-               config: CaptionConfig, counter: TokenCounter) -> tuple[str, int] | None:
-    """The trimmed string and its tokens; None when the kept part alone is over the budget."""
+               config: CaptionConfig, counter: TokenCounter, text: str = "", post: int = 0) -> tuple[str, int] | None:
+    """The trimmed string and its tokens; None when the kept part alone is over the budget.
+    Tags first (whole rest tags by `drop_order`), then, for text and mixed, whole sentences of
+    the text from the end (the first sentence stays)."""
     budget = variant.max_tokens or 0
     rest_names = [g for g in REST_GROUPS if variant.kind == "kohaku" or g in variant.groups()]
+    if variant.kind == "text":
+        rest_names = []
     rest = [(g, k) for g in rest_names for k in range(len(groups[g]))]
     order = drop_order([groups[g][k] for g, k in rest], meta, general)
+    cuts = sentence_cuts(text) if variant.kind in ("text", "mixed") else []
     dropped: set[int] = set()
+    shown = text
 
     def current() -> dict[str, list[str]]:
         out = {g: list(v) for g, v in groups.items()}
@@ -441,15 +486,24 @@ def _trim_post(groups: dict[str, list[str]], meta: list[str], general: list[str]
             out[g] = [t for k, t in enumerate(groups[g]) if (g, k) not in gone]
         return out
 
-    text = _render(groups, variant, config)
-    tokens = counter.count(text)
-    for i in order:
+    out = _render(groups, variant, config, shown, post)
+    tokens = counter.count(out)
+    for step in [*(("tag", i) for i in order), *(("text", c) for c in cuts)]:
         if tokens <= budget:
-            return text, tokens
-        dropped.add(i)
-        text = _render(current(), variant, config)
-        tokens = counter.count(text)
-    return (text, tokens) if tokens <= budget else None
+            return out, tokens
+        if step[0] == "tag":
+            dropped.add(step[1])
+        else:
+            shown = text[:step[1]]
+        out = _render(current(), variant, config, shown, post)
+        tokens = counter.count(out)
+    return (out, tokens) if tokens <= budget else None
+
+
+# what a budget never cuts, per kind (named in the refusal)
+_KEPT = {"kohaku": "the count, character, copyright and artist tags", "ordered": "its count, character, copyright "
+         "and artist tags", "xml": "its count, character, copyright and artist groups, nor the empty groups empty_groups keeps", "text": "the text's first sentence",
+         "mixed": "its count, character, copyright and artist tags and the text's first sentence"}
 
 
 def _apply_budget(frame: pl.DataFrame, name: str, variant: CaptionVariant, config: CaptionConfig,
@@ -461,9 +515,11 @@ def _apply_budget(frame: pl.DataFrame, name: str, variant: CaptionVariant, confi
     tokens = frame[f"tokens_{name}"].to_numpy().copy()
     lists = over.select(pl.col("_row"), *(_group(over, g, variant).alias(g) for g in (*KEPT_GROUPS, *REST_GROUPS)))
     cols = {g: lists[g].to_list() for g in (*KEPT_GROUPS, *REST_GROUPS)}
+    text = (over.select(_text(over, variant, config)).to_series().to_list() if variant.kind in ("text", "mixed")
+            else [""] * over.height)
     refused = []
     for j, (row, post, meta, general) in enumerate(over.select("_row", "id", "tags_meta", "tags_general").iter_rows()):
-        trimmed = _trim_post({g: cols[g][j] for g in cols}, meta, general, variant, config, counter)
+        trimmed = _trim_post({g: cols[g][j] for g in cols}, meta, general, variant, config, counter, text[j], post)
         if trimmed is None:
             refused.append(post)
             continue
@@ -471,7 +527,8 @@ def _apply_budget(frame: pl.DataFrame, name: str, variant: CaptionVariant, confi
     if refused:
         shown = ", ".join(map(str, refused[:20])) + (" …" if len(refused) > 20 else "")
         raise BudgetError(f"variant {name}: the kept part alone of {len(refused)} posts ({shown}) is over "
-                          f"max_tokens = {variant.max_tokens}: raise the budget or select those posts out.")
+                          f"max_tokens = {variant.max_tokens} (a {variant.kind} budget never cuts "
+                          f"{_KEPT[variant.kind]}): raise the budget or select those posts out.")
     return frame.with_columns(pl.Series(f"variant_{name}", texts, dtype=pl.String),
                               pl.Series(f"tokens_{name}", tokens, dtype=pl.Int32))
 
