@@ -293,6 +293,8 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
         conn = open_reader(path)
         try:
             stored = summaries.stored_prepared_tags(conn, config)
+            # the table is the layout's: the same recipe without (or with other) variants reads it
+            assert summaries.stored_prepared_tags(conn, CaptionConfig(**changes)) is not None
             counts = stored.cache[stored.token_counts_key("clip", config.separator)]
             counted = np.flatnonzero(counts[:, 0] >= 0)
             assert len(counted) > 100 and (counts[counted, 1] >= 0).all()

@@ -62,7 +62,9 @@ def cached_caption_stats(db: DanbooruDB, config: CaptionConfig, thresholds: Thre
 
 
 def prepared_tags_name(config: CaptionConfig) -> str:
-    return summary.config_key("prepared_tags", config)
+    """The prepared tag table depends on the caption layout, not on the variants a recipe adds:
+    a recipe that only adds variants reads the table (and token counts) of its layout."""
+    return summary.config_key("prepared_tags", config.model_dump(mode="json", exclude={"variants"}))
 
 
 # Below this many tags, preparing the table is about as quick as reading it back.
