@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -63,11 +64,32 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in folder_bytes(folder).items()}
 
 
-@pytest.fixture
-def inputs(tmp_path: Path):
-    made = make_inputs(tmp_path / "in")
-    (tmp_path / "t.toml").write_text(RECIPE)
-    return made
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """The module's shared folder: inputs and recipe (only ever read by the commands), clean build."""
+    root = tmp_path_factory.mktemp("write-errors")
+    (root / "t.toml").write_text(RECIPE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inputs(work: Path):
+    return make_inputs(work / "in")
+
+
+@pytest.fixture(scope="module")
+def recipe(work: Path) -> Path:
+    return work / "t.toml"
+
+
+@pytest.fixture(scope="module")
+def clean_build(work: Path, inputs, recipe: Path) -> Path:
+    """A build of the inputs with room: the bytes a refused-then-resumed build must end with
+    (made once for the module: the same inputs and recipe give the same bytes)."""
+    out = work / "clean"
+    clean = kdata(*build_args(inputs, out, recipe), cwd=work)
+    assert clean.returncode == 0, clean.stderr
+    return out
 
 
 def build_args(inputs, out: Path, recipe: Path) -> list[str]:
@@ -75,11 +97,8 @@ def build_args(inputs, out: Path, recipe: Path) -> list[str]:
             "--workers", "2", "--no-progress"]
 
 
-def test_build_at_a_file_size_limit_resumes_to_the_clean_bytes(tmp_path: Path, inputs) -> None:
-    recipe = tmp_path / "t.toml"
-    clean = kdata(*build_args(inputs, tmp_path / "clean", recipe), cwd=tmp_path)
-    assert clean.returncode == 0, clean.stderr
-
+def test_build_at_a_file_size_limit_resumes_to_the_clean_bytes(tmp_path: Path, inputs, recipe: Path,
+                                                               clean_build: Path) -> None:
     out = tmp_path / "out"
     failed = kdata(*build_args(inputs, out, recipe), cwd=tmp_path, fsize=150_000)  # below one shard
     assert_clear_write_error(failed, "the file-size limit was reached")
@@ -91,7 +110,7 @@ def test_build_at_a_file_size_limit_resumes_to_the_clean_bytes(tmp_path: Path, i
     resumed = kdata(*build_args(inputs, out, recipe), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "reused" in resumed.stdout and " 0 reused" not in resumed.stdout  # staged images were kept
-    assert file_hashes(out) == file_hashes(tmp_path / "clean")
+    assert file_hashes(out) == file_hashes(clean_build)
 
 
 @pytest.fixture
@@ -112,9 +131,8 @@ def remount(mount: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)
 
 
-def test_build_on_a_full_disk_resumes_once_there_is_room(tmp_path: Path, inputs, small_disk: Path) -> None:
-    recipe = tmp_path / "t.toml"
-    assert kdata(*build_args(inputs, tmp_path / "clean", recipe), cwd=tmp_path).returncode == 0
+def test_build_on_a_full_disk_resumes_once_there_is_room(tmp_path: Path, inputs, recipe: Path, clean_build: Path,
+                                                         small_disk: Path) -> None:
     out = small_disk / "out"
     failed = kdata(*build_args(inputs, out, recipe), cwd=tmp_path)
     assert_clear_write_error(failed, "the disk is full")
@@ -122,12 +140,12 @@ def test_build_on_a_full_disk_resumes_once_there_is_room(tmp_path: Path, inputs,
 
     remount(small_disk, "size=64m")
     assert kdata(*build_args(inputs, out, recipe), cwd=tmp_path).returncode == 0
-    assert file_hashes(out) == file_hashes(tmp_path / "clean")
+    assert file_hashes(out) == file_hashes(clean_build)
 
 
-def test_build_on_a_read_only_disk_says_so(tmp_path: Path, inputs, small_disk: Path) -> None:
+def test_build_on_a_read_only_disk_says_so(tmp_path: Path, inputs, recipe: Path, small_disk: Path) -> None:
     remount(small_disk, "ro")
-    failed = kdata(*build_args(inputs, small_disk / "out", tmp_path / "t.toml"), cwd=tmp_path)
+    failed = kdata(*build_args(inputs, small_disk / "out", recipe), cwd=tmp_path)
     assert_clear_write_error(failed, "the file system is read-only")
     assert "fix the permissions" in failed.stderr
 
@@ -177,16 +195,18 @@ def test_caption_at_a_file_size_limit_leaves_no_partial_file(tmp_path: Path) -> 
 
 
 def test_sample_at_a_file_size_limit_reruns_to_the_same_bytes(tmp_path: Path) -> None:
-    assert kdata("sample", "clean", "--posts", "3000", "--no-images", cwd=tmp_path).returncode == 0
-    failed = kdata("sample", "s", "--posts", "3000", "--no-images", cwd=tmp_path, fsize=100_000)
+    # 1,000 posts: a 1.5 MB DB, far past the limit
+    assert kdata("sample", "clean", "--posts", "1000", "--no-images", cwd=tmp_path).returncode == 0
+    failed = kdata("sample", "s", "--posts", "1000", "--no-images", cwd=tmp_path, fsize=100_000)
     assert_clear_write_error(failed, "file-size limit")
     assert not (tmp_path / "s" / "danbooru.db").exists()  # nothing that blocks the rerun
-    assert kdata("sample", "s", "--posts", "3000", "--no-images", cwd=tmp_path).returncode == 0
+    assert kdata("sample", "s", "--posts", "1000", "--no-images", cwd=tmp_path).returncode == 0
     assert (tmp_path / "s" / "danbooru.db").read_bytes() == (tmp_path / "clean" / "danbooru.db").read_bytes()
 
 
 def test_migrate_at_a_file_size_limit_stays_at_the_last_version(tmp_path: Path) -> None:
-    assert kdata("sample", "s", "--posts", "10000", "--no-images", cwd=tmp_path).returncode == 0
+    # 3,000 posts (a 4.4 MB DB): the limit still stops the same migration as with 10,000 (at version 2)
+    assert kdata("sample", "s", "--posts", "3000", "--no-images", cwd=tmp_path).returncode == 0
     db = tmp_path / "s" / "danbooru.db"
     failed = kdata("db", "migrate", "--db", str(db), cwd=tmp_path, fsize=1_000_000)  # below its WAL
     assert_clear_write_error(failed, "file-size limit")
@@ -194,7 +214,7 @@ def test_migrate_at_a_file_size_limit_stays_at_the_last_version(tmp_path: Path) 
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert kdata("db", "migrate", "--db", str(db), cwd=tmp_path).returncode == 0
     info = json.loads(kdata("db", "info", "--db", str(db), "--json", cwd=tmp_path).stdout)
-    assert info["posts"] == 10000
+    assert info["posts"] == 3000
 
 
 def test_images_at_a_file_size_limit_resumes_to_the_same_files(tmp_path: Path, inputs) -> None:
@@ -253,9 +273,9 @@ def tree_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_export_at_a_file_size_limit_resumes_to_the_clean_files(tmp_path: Path, inputs) -> None:
+def test_export_at_a_file_size_limit_resumes_to_the_clean_files(tmp_path: Path, clean_build: Path) -> None:
     dataset = tmp_path / "ds"
-    assert kdata(*build_args(inputs, dataset, tmp_path / "t.toml"), cwd=tmp_path).returncode == 0
+    shutil.copytree(clean_build, dataset)  # this test's own copy of a finished build
     export = ["export", str(dataset), "--format", "kohya", "--no-progress"]
     assert kdata(*export[:2], "clean", *export[2:], cwd=tmp_path).returncode == 0
     failed = kdata(*export[:2], "out", *export[2:], cwd=tmp_path, fsize=20_000)  # below one image
