@@ -109,3 +109,49 @@ def test_drop_order_and_rng():
     assert drop_order(["long hair", "highres", "solo", "safe", "masterpiece"], ["highres"], ["solo", "long_hair"]) \
         == [1, 2, 0, 4, 3]
     assert rng_for(1, 2, 3).random() == rng_for(1, 2, 3).random() != rng_for(1, 3, 3).random()
+
+
+def test_ordered_variant_augmented_within_its_groups(dataset_dir):
+    """An ordered variant named in `ordered`: meta/general tags dropped and shuffled, each only
+    among its own group's places; the kept tags and the group order never change; replayable."""
+    import json
+
+    from kohaku_data.train.captions import ordered_variants
+
+    lock = json.loads((dataset_dir / "dataset.lock").read_text())
+    ordered = ordered_variants(lock["recipe"])
+    assert ordered == {"noob": ""}
+    ds = KdataDataset(str(dataset_dir), decode="bytes")
+    plain = CaptionPolicy(seed=2, variants={"noob": 1.0}, shuffle=False, ordered=ordered)
+    policy = CaptionPolicy(seed=2, variants={"noob": 1.0}, tag_dropout=0.3, group_dropout={"meta": 0.5},
+                           ordered=ordered)
+    budget = CaptionPolicy(seed=2, variants={"noob": 1.0}, ordered=ordered, shuffle=False, max_tokens=8,
+                           count=lambda t: len(t.split(", ")))
+    moved = dropped = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        stored = item["captions"]["noob"].split(", ")
+        kept = split_tags(item["captions"]["kohaku"])[0]
+        assert plain(item, 0) == item["captions"]["noob"]  # nothing asked: as stored
+        group = {t: ("meta" if t.replace(" ", "_") in item["tags"]["meta"] else
+                     "general" if t.replace(" ", "_") in item["tags"]["general"] and t not in kept else t)
+                 for t in stored}  # fixed tags are their own group
+
+        def labels(tags):
+            return [group[t] for t in tags]
+
+        for epoch in range(4):
+            out = policy(item, epoch).split(", ")
+            assert out == policy(item, epoch).split(", ")  # replayable
+            assert out[:len(kept)] == stored[:len(kept)] == kept  # noobai starts with the kept part, untouched
+            # group order kept: the labels of the output are those of the stored caption, minus the dropped
+            survivors = [t for t in stored if t in out]
+            assert labels(out) == labels(survivors)
+            special = {item["quality"], item["year_tag"], item["rating_tag"]} - {""}
+            assert all(group[t] in ("meta", "general") or t in special for t in stored if t not in out)  # rest only
+            moved += out != survivors
+            dropped += len(out) < len(stored)
+        fit = budget(item, 0).split(", ")
+        assert len(fit) <= max(8, len(kept))
+        assert [t for t in stored if t in fit] == fit and set(kept) <= set(fit)
+    assert moved and dropped

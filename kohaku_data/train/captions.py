@@ -12,10 +12,18 @@ epoch. Per sample, in this order:
 2. for a caption in kdata's layout (`kept, |||rest`): group dropout (`group_dropout`, per rest
    group: `general`, `meta`, `special` = the year/rating/quality/attached words, found by the
    json's tag lists), then tag dropout (each rest tag with probability `tag_dropout`), then a
-   shuffle of the rest (`shuffle`); the kept part is never shuffled, dropped or cut. Other
-   variants (ordered, xml, text, mixed: their order is the point) are used as stored;
+   shuffle of the rest (`shuffle`); the kept part is never shuffled, dropped or cut. For an
+   ordered variant named in `ordered` (`ordered_variants(lock["recipe"])` lists the recipe's,
+   with their artist prefix) the same draws act on its own groups: each tag is placed by the
+   sample's json (the kohaku caption's kept part → kept; `tags.meta` → meta; `tags.general` →
+   general; `quality` / `year_tag` / `rating_tag` / `attached_tags` → special, each its own
+   group), group and tag dropout remove meta/general/special tags, and the shuffle permutes
+   each group's tags among that group's own places only: the fixed group order stays, kept and
+   unplaced tags (e.g. artifact tags) never move. xml, text and mixed variants (and ordered
+   ones not named) are used as stored;
 3. `max_tokens` with a `count` function (e.g. `kohaku_data.captions.tokens.ClipTokenizer().count`):
-   whole rest tags are dropped by `drop_order`, the rule of the build's budgets, until it fits.
+   whole rest tags are dropped by `drop_order`, the rule of the build's budgets, until it fits
+   (an ordered variant: its meta/general/special tags, where they stand).
 
 The result has the separator removed (`kept, rest`), as sd-scripts gives it to the text encoder.
 Pure Python: nothing of the build machinery, no torch.
@@ -31,6 +39,15 @@ from typing import Any
 
 KEEP_SEPARATOR = "|||"
 REST_GROUPS = ("general", "meta", "special")
+# an ordered caption's droppable groups in the build budget's order (variants.REST_GROUPS)
+_FINE_GROUPS = ("general", "meta", "year", "rating", "quality", "attached")
+
+
+def ordered_variants(recipe: Mapping[str, Any]) -> dict[str, str]:
+    """The ordered variants of a recipe as `dataset.lock` records it (`lock["recipe"]`): name →
+    artist prefix, what `CaptionPolicy(ordered=…)` takes."""
+    add = ((recipe.get("caption") or {}).get("variants") or {}).get("add") or []
+    return {v["name"]: v.get("artist_prefix", "") for v in add if v.get("kind") == "ordered"}
 
 
 def raw_name(text: str) -> str:
@@ -99,6 +116,7 @@ class CaptionPolicy:
     count: Callable[[str], int] | None = None
     separator: str = KEEP_SEPARATOR
     joiner: str = ", "
+    ordered: Mapping[str, str] = field(default_factory=dict)  # ordered variant → artist prefix: augmented too
 
     def __post_init__(self) -> None:
         bad = [g for g in self.group_dropout if g not in REST_GROUPS]
@@ -112,7 +130,9 @@ class CaptionPolicy:
     def __call__(self, sample: Mapping[str, Any], epoch: int) -> str:
         """The caption of `sample` (a `KdataDataset` item: `key`, `caption`, the json fields) in `epoch`."""
         rng = rng_for(self.seed, epoch, int(sample["key"]))
-        caption = self._pick(sample, rng)
+        name, caption = self._pick(sample, rng)
+        if name in self.ordered:
+            return self._ordered(caption, sample, self.ordered[name], rng)
         split = split_tags(caption, self.separator, self.joiner)
         if split is None:
             return caption
@@ -124,16 +144,60 @@ class CaptionPolicy:
             rest = fit_rest(kept, rest, drop_order(rest, meta, general), self.max_tokens, self.count, self.joiner)
         return self.joiner.join([*kept, *rest])
 
-    def _pick(self, sample: Mapping[str, Any], rng: random.Random) -> str:
+    def _pick(self, sample: Mapping[str, Any], rng: random.Random) -> tuple[str | None, str]:
+        """(variant name, caption); the `.txt`'s name is the stored variant it equals (None: none)."""
         stored = sample.get("captions") or {}
         names = [n for n in sorted(self.variants) if self.variants[n] > 0]
         if not names:
-            return str(sample["caption"])
+            txt = str(sample["caption"])
+            return next((n for n in sorted(stored) if stored[n] == txt), None), txt
         missing = [n for n in names if n not in stored]
         if missing:
             raise KeyError(f"sample {sample['key']} stores no caption variant {missing[0]!r} (it has {sorted(stored)})")
         weights = [self.variants[n] for n in names]
-        return str(stored[rng.choices(names, weights)[0]])
+        name = rng.choices(names, weights)[0]
+        return name, str(stored[name])
+
+    def _ordered(self, caption: str, sample: Mapping[str, Any], prefix: str, rng: random.Random) -> str:
+        """Group dropout, tag dropout, in-group shuffle and budget on an ordered variant (module doc)."""
+        sep = self.joiner.strip()
+        tags = [t.strip() for t in caption.split(sep) if t.strip()] if sep else caption.split()
+        kohaku = split_tags(str((sample.get("captions") or {}).get("kohaku", "")), self.separator, self.joiner)
+        kept = set(kohaku[0]) if kohaku else set()
+        j = sample.get("tags") or {}
+        meta, general = list(j.get("meta", [])), list(j.get("general", []))
+        named = {"meta": set(meta), "general": set(general)}
+        special = {str(sample.get(k) or ""): k.removesuffix("_tag") for k in ("quality", "year_tag", "rating_tag")}
+        special.update({t: "attached" for t in sample.get("attached_tags") or []})
+        special.pop("", None)
+
+        def group_of(tag: str) -> str | None:
+            bare = tag[len(prefix):] if prefix and tag.startswith(prefix) else tag
+            if tag in kept or bare in kept:
+                return None
+            raw = raw_name(tag)
+            return next((g for g, names in named.items() if raw in names), special.get(tag))
+
+        fine = [group_of(t) for t in tags]
+        coarse = [None if g is None else g if g in named else "special" for g in fine]
+        gone = {g for g in REST_GROUPS if rng.random() < self.group_dropout.get(g, 0.0)}
+        alive = [i for i, g in enumerate(coarse) if g not in gone]
+        if self.tag_dropout:
+            alive = [i for i in alive if coarse[i] is None or rng.random() >= self.tag_dropout]
+        out = {i: tags[i] for i in alive}
+        if self.shuffle:
+            for g in _FINE_GROUPS:
+                places = [i for i in alive if fine[i] == g]
+                moved = [out[i] for i in places]
+                rng.shuffle(moved)
+                out.update(zip(places, moved))
+        if self.max_tokens is not None and self.count is not None:
+            rest = sorted((i for i in out if fine[i] is not None), key=lambda i: (_FINE_GROUPS.index(fine[i]), i))
+            for k in drop_order([out[i] for i in rest], meta, general):
+                if self.count(self.joiner.join(out[i] for i in sorted(out))) <= self.max_tokens:
+                    break
+                del out[rest[k]]
+        return self.joiner.join(out[i] for i in sorted(out))
 
     def _augment(self, rest: list[str], meta: list[str], general: list[str], rng: random.Random) -> list[str]:
         groups = {"meta": set(meta), "general": set(general)}
@@ -151,4 +215,4 @@ class CaptionPolicy:
         return out
 
 
-__all__ = ["CaptionPolicy", "drop_order", "fit_rest", "raw_name", "rng_for", "split_tags"]
+__all__ = ["CaptionPolicy", "drop_order", "fit_rest", "ordered_variants", "raw_name", "rng_for", "split_tags"]
