@@ -311,12 +311,31 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
         # not a sort. The cache only ever gets final counts: caption threads share the table.
         wanted = pl.DataFrame({"code": r[miss] * p.slots + p.slot[miss], "affix": p.affix[miss]}).unique()
         code, affix = wanted["code"].to_numpy(), wanted["affix"].to_numpy()
+        known = _same_texts_counted(p, tags, key, code // p.slots, affix)
+        cache[code // p.slots, code % p.slots] = known
+        code, affix = code[known < 0], affix[known < 0]
         texts = (pl.Series(p.before, dtype=pl.String).gather(affix) + tags.strings.gather(code // p.slots + p.base)
                  + pl.Series(p.after, dtype=pl.String).gather(affix))
         cache[code // p.slots, code % p.slots] = counter.column(texts)
         counter.row_counted += len(code)
         got = cache[r, p.slot]
     return np.bincount(p.pi, weights=got, minlength=posts).astype(np.int32)
+
+
+def _same_texts_counted(p: Pieces, tags: PreparedTags, key: tuple, rows: np.ndarray, affix: np.ndarray) -> np.ndarray:
+    """Counts of (row, affix) texts already on another cache of the same tokenizer and rows
+    whose slot is its affix (kohaku and plain ordered: the summary's), -1 where none: an
+    ordered variant's or xml's middle tags are the kohaku texts (`tag, `) again."""
+    out = np.full(len(rows), -1, dtype=np.int32)
+    for other, counts in list(tags.cache.items()):
+        if not isinstance(other, tuple) or other == key or other[:2] != key[:2] or other[4] != p.base or len(other[2]) != counts.shape[1]:
+            continue
+        slot_of = {(b, a): s for s, (b, a) in enumerate(zip(other[2], other[3]))}
+        for at, (b, a) in enumerate(zip(p.before, p.after)):
+            if (b, a) in slot_of:
+                mine = np.flatnonzero((affix == at) & (out < 0))
+                out[mine] = counts[rows[mine], slot_of[b, a]]
+    return out
 
 
 def count_caption_rows(tags: PreparedTags, rows: np.ndarray, config: CaptionConfig, counter: "TokenCounter") -> None:
