@@ -222,3 +222,38 @@ def test_recipe_hash_and_validation():
         validate_recipe({"image": {"levels": [{**TINY, "name": "a.b"}]}})
     with pytest.raises(RecipeError):
         validate_recipe({"image": {"levels": ["square-256", "square-256"]}})
+
+
+def test_a_level_added_to_a_finished_dataset_reuses_its_members(inputs, ladder, tmp_path, monkeypatch):
+    """Issue 23: a finished build with levels = ["square-256"], rebuilt (--force) with `tiny` added:
+    the main bucket and square-256 come from the old shards, only `tiny` is resized and encoded,
+    and the result is byte for byte the from-scratch build of both levels (`ladder`)."""
+    from kohaku_data.assembly.lock import BuildError
+    from kohaku_data.images import stage
+
+    out = tmp_path / "ds"
+    first = build(inputs, out, ladder_recipe(["square-256"]))
+    assert first.processed > 0 and first.restaged == 0
+    assert not (out / ".staging").exists()  # a finished build keeps no staging
+    with pytest.raises(BuildError, match=r"other \[image\] levels \(square-256\).*--force"):
+        build(inputs, out, ladder_recipe())
+    encoded: list[str] = []  # the preset of every image resized, encoded and verified
+    tried: list[str] = []  # and of every image that reached the bucket step at all
+    real = stage._finish
+
+    def counted(im, config, source):
+        tried.append(config.bucket_preset().name)
+        result = real(im, config, source)
+        encoded.append(config.bucket_preset().name)
+        return result
+
+    monkeypatch.setattr(stage, "_finish", counted)
+    again = build(inputs, out, ladder_recipe(), force=True)
+    m = pl.read_parquet(ladder / "manifest.parquet")
+    assert again.restaged == 2 * m.height  # main + square-256 of every sample, read from the old shards
+    assert encoded.count("tiny") == m.height and set(encoded) == {"tiny"}  # only the new level is made
+    # square-256 of the one too_small post (its main image's rejection hid the level's verdict): the
+    # stage runs it again and rejects it before any resize; the main bucket never runs
+    assert tried.count("square-256") == 1 and "demo-256" not in tried
+    assert folder_bytes(out) == folder_bytes(ladder)
+    assert not (out / ".staging").exists()

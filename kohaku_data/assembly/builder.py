@@ -41,6 +41,7 @@ from kohaku_data.assembly.manifest import (
 from kohaku_data.assembly.packing import ShardLayout
 from kohaku_data.assembly.pipeline import ImageTasks, Pipeline
 from kohaku_data.assembly.plan import REJECT_SCHEMA, BuildPlan, make_plan
+from kohaku_data.assembly.restage import can_restage, levels_only_change, restage
 from kohaku_data.assembly.repair import damaged_shards, index_entries, shard_keys, shard_number, sub_plan
 from kohaku_data.assembly.shards import ShardInfo, member_index_name
 from kohaku_data.assembly.tasks import staging_dir
@@ -64,6 +65,7 @@ class BuildResult:
     buckets: dict[str, int]
     processed: int = 0  # images run through the image stage in this run
     reused: int = 0  # staged results or committed shards reused from an interrupted run
+    restaged: int = 0  # images taken from the finished dataset's shards (a levels-only rebuild: restage.py)
     up_to_date: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     placements: dict[str, int] = field(default_factory=dict)  # where this run's tasks ran → count
@@ -125,6 +127,12 @@ class _Build:
         from kohaku_data.curation.captions import curated_thresholds
 
         previous = read_lock(self.out)
+        if not force and levels_only_change(previous, self.recipe):
+            raise BuildError(
+                f"{storage.display(self.out)} holds a build of this recipe with other [image] levels "
+                f"({', '.join(Recipe.model_validate(previous['recipe']).image.level_names()) or 'none'}); pass "
+                "--force to rebuild it in place (the images of unchanged settings are taken from its shards, "
+                "only new levels are computed), or pick another --out")
         check_same_recipe(self.out, self.recipe, previous, force)
         state = {"recipe_sha256": self.recipe.sha256(),
                  "db_fingerprint": curated_fingerprint(self.db, self.recipe, db_fingerprint(self.db)),
@@ -139,16 +147,23 @@ class _Build:
             raise BuildError(
                 f"{storage.display(self.out)} was built from another DB or other inputs (or did not finish); "
                 "--repair only rewrites shards of an unchanged build: rerun without --repair to rebuild it")
-        self._prepare(state, force)
+        restage_from = previous if force and can_restage(previous, self.recipe, state) else None
+        self._prepare(state, force, keep_outputs=restage_from is not None)
         thresholds = curated_thresholds(self.db, self.recipe.caption)
         plan = make_plan(self.db, source, self.recipe)
         plan, self.dedup_stats = dedup_plan(self.db, plan, self.recipe, self.executor, self._dedup_cache(),
                                             self.progress)  # a no-op unless the recipe's dedup is on
+        restaged = 0
+        if restage_from is not None:  # the old dataset's members for the image tasks, then it goes
+            tasks = ImageTasks(plan, 0, self.recipe.image, self.recipe.check_md5, self.staging)
+            restaged = restage(self.out, restage_from, self.recipe, tasks, self.executor)
+            _remove_outputs(self.out)
         shards, tail, counts = self._process_and_pack(plan, thresholds)
         lock = lock_dict(self.recipe, state["db_fingerprint"], thresholds.to_dict(), state["inputs_sha256"],
                          db_sources(self.db))
         result = self._finish(plan, shards, tail, lock, counts)
         result.error_log = self._log_internal_error(plan, result.rejects)
+        result.restaged = restaged
         return result
 
     def _up_to_date(self, previous: dict | None, state: dict) -> bool:
@@ -217,9 +232,10 @@ class _Build:
         result.repaired = [entry["url"] for entry in damaged]
         return result
 
-    def _prepare(self, state: dict, force: bool) -> None:
+    def _prepare(self, state: dict, force: bool, keep_outputs: bool = False) -> None:
         """Start over where needed: --force wipes everything; other DB or inputs drop the packed
-        shards (captions or contents may differ) but keep staged images (content-addressed)."""
+        shards (captions or contents may differ) but keep staged images (content-addressed).
+        `keep_outputs`: the finished dataset stays until it is restaged (`restage.py`)."""
         old = _read_json(self.state_path)
         if old is not None and old.get("recipe_sha256") != state["recipe_sha256"] and not force:
             raise BuildError(
@@ -227,7 +243,8 @@ class _Build:
                 "or pass --force to replace it"
             )
         if force:
-            _remove_outputs(self.out)
+            if not keep_outputs:
+                _remove_outputs(self.out)
             self._clear_staging()
         elif old != state:
             storage.remove_tree(self.parts.folder)
