@@ -94,14 +94,14 @@ def test_source_in_a_bucket_is_the_local_source_and_members_are_ranged_reads(inp
     assert ranges == wanted, "every member is one ranged GET, never the whole tar"
 
 
-def test_build_from_a_bucket_gives_the_local_bytes(inputs, endpoint, tmp_path):
+def test_build_from_a_bucket_gives_the_local_bytes(inputs, local_build, endpoint, tmp_path):
     url = f"s3://{_bucket()}/raw"
     _upload(inputs.src, url)
-    local = build(inputs, tmp_path / "local", workers=1)
+    local, local_dir = local_build
     remote_inputs = Inputs(inputs.db, url, inputs.ids, inputs.hard)
     remote = build(remote_inputs, tmp_path / "remote", workers=1)
     assert (remote.samples, remote.shards) == (local.samples, local.shards)
-    assert folder_bytes(tmp_path / "remote") == folder_bytes(tmp_path / "local")
+    assert folder_bytes(tmp_path / "remote") == folder_bytes(local_dir)
 
 
 def test_500s_and_a_stalling_store_are_retried_to_the_same_bytes(inputs, local_dataset, endpoint, tmp_path):
@@ -139,10 +139,28 @@ def test_bad_credentials_are_one_sentence_from_the_cli(s3, inputs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_dataset(inputs, tmp_path_factory) -> Path:
+def local_build(inputs, tmp_path_factory):
+    """The inputs built on a disk, once for the module: (its BuildResult, its folder)."""
     out = tmp_path_factory.mktemp("ds") / "t-1"
-    build(inputs, out, workers=1)
-    return out
+    return build(inputs, out, workers=1), out
+
+
+@pytest.fixture(scope="module")
+def local_dataset(local_build) -> Path:
+    return local_build[1]
+
+
+def test_retry_waits_are_a_setting(monkeypatch):
+    monkeypatch.delenv(storage.RETRY_DELAY_ENV, raising=False)
+    assert storage._retry_delays() == (0.5, 1.0, 2.0, 4.0)
+    monkeypatch.setenv(storage.RETRY_DELAY_ENV, "0.01")
+    assert storage._retry_delays() == (0.01, 0.02, 0.04, 0.08)
+    monkeypatch.setenv(storage.RETRY_DELAY_ENV, "0")
+    assert storage._retry_delays() == (0, 0, 0, 0)
+    for bad in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv(storage.RETRY_DELAY_ENV, bad)
+        with pytest.raises(storage.StorageError, match="KDATA_STORAGE_RETRY_DELAY=.* is not a number of seconds"):
+            storage._retry_delays()
 
 
 def test_verify_reads_a_dataset_in_a_bucket(local_dataset, endpoint, s3, tmp_path):
