@@ -429,3 +429,13 @@ def test_cli_leading_dash_flags_and_help(mixed, tmp_path: Path) -> None:
     assert out.returncode == 1 and "with 'or'" in out.stderr and "Traceback" not in out.stderr
     help_text = cli("--help").stdout
     assert "--count" in help_text and "<bool>" not in help_text and "--allow-unknown" in help_text
+
+
+@pytest.mark.parametrize("text", ["tagcount:>1", "gentags:1", "1girl gentags:<3 order:tagcount", "chartags:0",
+                                  "status:any order:score", "-comic parent:none"])
+def test_select_posts_agrees_with_query_ids_on_every_metatag_kind(mixed, text) -> None:
+    """select_posts filters the table by its own name (peewee aliases it): the tag-count
+    metatags' subqueries name `post`, and raised "no such column: post.id" before."""
+    from kohaku_data.db.query import select_posts
+
+    assert [p.id for p in select_posts(mixed, text)] == query_ids(mixed, text)

@@ -126,7 +126,9 @@ def select_posts(db: DanbooruDB, text: str, strict: bool = True) -> ModelSelect:
     if plan.query.limit is not None or plan.query.sample is not None:
         raise QueryError("limit: and random: are not supported by select_posts; use query_ids")
     where, params = tree_sql(plan.tree)
-    select = db.Post.select()
+    # Aliased as its own name: peewee would call the table `t1`, and the metatags' subqueries
+    # (tag counts, parents) name `post`.
+    select = db.Post.alias("post").select()
     if where != "1":
         select = select.where(SQL(where, params))
     order = plan.query.order
