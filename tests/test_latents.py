@@ -212,3 +212,95 @@ def test_kohya_export_writes_sd_scripts_latent_caches_with_the_true_original_siz
     again = tmp_path / "again"
     export_dataset(ds, again, "kohya")
     assert all(p.read_bytes() == (again / "images" / p.name).read_bytes() for p in (out / "images").glob("*.npz"))
+
+
+# -- `[image] levels`: a latent set per level ------------------------------------------------------
+LO = {"name": "lo", "step": 16, "min_area": 24 * 32, "max_area": 32 * 32, "min_side": 16, "max_side": 64}
+MID = {"name": "mid", "step": 16, "min_area": 40 * 48, "max_area": 48 * 48, "min_side": 32, "max_side": 96}
+
+
+@pytest.fixture(scope="module")
+def ladder(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latent-ladder") / "ds"
+    build(inputs, out, small_recipe(image={"bucket": TINY_BUCKETS, "levels": [LO, MID]}, shard_max_bytes=60_000),
+          workers=1)
+    return out
+
+
+def _member_at(folder: Path, row: dict) -> bytes:
+    with open(folder / row["shard"], "rb") as f:
+        f.seek(row["offset"])
+        return f.read(row["size"])
+
+
+def test_each_level_gets_its_own_set_the_vaes_encode_of_that_levels_stored_pixels(ladder, tiny_vae, tmp_path):
+    import json
+
+    ds = _copy(ladder, tmp_path / "ds")
+    readme = (ds / "README.md").read_text()
+    result = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(tiny_vae), "--level", "all", "--device", "cpu",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    vae = diffusers.AutoencoderKL.from_pretrained(tiny_vae).eval()
+    manifest = pl.read_parquet(ds / "manifest.parquet").sort("key")
+    for level in (None, "lo", "mid"):
+        at, folder = ("", ds / "latents") if level is None else (f"@{level}", ds / "latents" / level)
+        lock = json.loads((folder / "latents.lock").read_text())
+        assert lock["vae"]["sha256"] == vae_sha256(tiny_vae) and lock["samples"] == manifest.height
+        latents = pl.read_parquet(folder / "manifest.parquet").sort("key")
+        assert latents["key"].to_list() == manifest["key"].to_list()
+        assert latents["image_sha256"].to_list() == manifest[f"sha256{at}"].to_list()
+        reader = KdataDataset(str(ds), payload="latents", level=level)
+        worst = 0.0
+        for i, (row, lat) in enumerate(zip(manifest.iter_rows(named=True), latents.iter_rows(named=True))):
+            stored = {"shard": row["shard"], "image_offset": row[f"image_offset{at}"], "image_size": row[f"image_size{at}"]}
+            pixels = torch.from_numpy(_stored_pixels(ds, stored)).permute(2, 0, 1)[None].float() / 127.5 - 1
+            with torch.no_grad():
+                ref = vae.encode(pixels).latent_dist.mean[0]
+            mean = parse_member(_member_at(folder, lat))["mean"]
+            assert mean.shape == (4, row[f"height{at}"] // 2, row[f"width{at}"] // 2)  # tiny VAE: stride 2
+            worst = max(worst, (mean.float() - ref).abs().max().item())
+            item = reader[i]
+            assert item["key"] == row["key"] and torch.equal(item["latents"]["mean"], mean)
+            assert item["target_size"] == (row[f"height{at}"], row[f"width{at}"])
+        assert worst < 2e-3, (level, worst)
+    assert {p.name for p in (ds / "latents").iterdir() if p.is_dir()} == {".parts", "lo", "mid"}
+    assert CliRunner().invoke(app, ["verify", str(ds)]).exit_code == 0
+
+    # the card: a `## Latents` section (one row a set) before `## Files`, nothing else changed; again: same bytes
+    card = (ds / "README.md").read_text()
+    section = card[card.index("## Latents"):card.index("## Files")]
+    assert section.count(f"`{vae_sha256(tiny_vae)}`") == 3 and "level `lo`" in section and "level `mid`" in section
+    assert card.replace(section, "") == readme
+    from kohaku_data.latents.card import refresh_card
+
+    assert refresh_card(ds) is False
+    from kohaku_data.assembly.card import write_card
+
+    write_card(ds, json.loads((ds / "dataset.lock").read_text()))  # what a rebuild's card writer says
+    again = (ds / "README.md").read_text()
+    assert again[again.index("## Latents"):again.index("## Files")] == section
+
+    shard = sorted((ds / "latents" / "lo").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[1024] ^= 1
+    shard.write_bytes(bytes(data))
+    broken = CliRunner().invoke(app, ["verify", str(ds)])
+    assert broken.exit_code == 1 and f"latents/lo/{shard.name}" in broken.output and "latents/mid" not in broken.output
+
+
+def test_one_level_alone_leaves_the_main_set_alone_and_an_unknown_level_is_one_sentence(ladder, tiny_vae, tmp_path):
+    ds = _copy(ladder, tmp_path / "ds")
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    main = _latent_files(ds)
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(2), level="mid")
+    assert _latent_files(ds) == main and not (ds / "latents" / "lo").exists()
+    with pytest.raises(ReaderError, match="--level lo"):
+        KdataDataset(str(ds), payload="latents", level="lo")
+    only = _copy(ladder, tmp_path / "only")
+    make_latents(only, _spec(tiny_vae), LocalExecutor(1), level="mid")
+    files = lambda folder: {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}  # noqa: E731
+    assert files(only / "latents" / "mid") == files(ds / "latents" / "mid")  # any worker count, with or without main
+    assert CliRunner().invoke(app, ["verify", str(only)]).exit_code == 0
+    bad = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(tiny_vae), "--level", "nope", "--device", "cpu"])
+    assert bad.exit_code == 1 and "not a level of" in bad.output and "lo, mid" in bad.output

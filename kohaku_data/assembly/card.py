@@ -68,7 +68,8 @@ def write_card(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
 def card_markdown(facts: CardFacts, pictures: list[str]) -> str:
     parts = [
         _yaml_header(facts.index, facts.recipe), _title(facts), _overview(facts), _thresholds(facts),
-        _tokens(facts), _pictures(pictures), _rejects(facts), _artifacts(facts), _files(facts), _loading(facts), _recipe_table(facts),
+        _tokens(facts), _pictures(pictures), _rejects(facts), _artifacts(facts), latents_section(facts.latents),
+        _files(facts), _loading(facts), _recipe_table(facts),
     ]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
@@ -262,6 +263,24 @@ def _artifacts(facts: CardFacts) -> str:
     tagged = ", ".join(f"{code(t)} {c:,}" for t, c in a["tagged"].items()) or "none"
     lines += [f"The recipe's `[artifacts]` rules rejected: {rejected}; added caption tags: {tagged}.", ""]
     return "\n".join(lines)
+
+
+LATENTS_HEADING = "## Latents"
+
+
+def latents_section(sets: list[dict[str, Any]]) -> str:
+    """The dataset's latent sets (card_data.latent_facts), or "" when it has none. `kdata latents`
+    puts the same section into an existing README (latents/card.py), before `## Files`."""
+    if not sets:
+        return ""
+    rows = [("main images" if s["level"] is None else f"level {code(s['level'])}", code(s["folder"]),
+             f"`{s['vae_sha256']}`", esc(s["channels"]), esc(s["dtype"]), esc(", ".join(s["what"])),
+             f"{s['samples']:,}" + ("" if s["current"] else " (stale: made from other pixels; run `kdata latents` again)"))
+            for s in sets]
+    return "\n".join([LATENTS_HEADING, "", "VAE latents of the stored images (`kdata latents`, unscaled; "
+                      "`KdataDataset(path, payload=\"latents\", level=...)` reads them; `latents.lock` in each "
+                      "folder records how they were made):", "",
+                      *_table(["images", "folder", "VAE sha256", "channels", "dtype", "stored", "samples"], rows), ""])
 
 
 def _files(facts: CardFacts) -> str:

@@ -47,6 +47,7 @@ class CardFacts:
     artifacts: dict[str, Any] = field(default_factory=dict)  # artifact_facts; {} for an older manifest
     level_buckets: dict[str, pl.DataFrame] = field(default_factory=dict)  # `[image] levels`: name -> bucket_counts
     tokens: dict[str, pl.Series] = field(default_factory=dict)  # caption variant -> CLIP tokens per sample
+    latents: list[dict[str, Any]] = field(default_factory=list)  # latent_facts: the finished latent sets
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -77,7 +78,33 @@ def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
         artifacts=artifact_facts(folder / MANIFEST_NAME, rejects, lock.get("recipe", {}).get("artifacts") or {}),
         level_buckets=level_bucket_counts(folder / MANIFEST_NAME),
         tokens=token_counts(folder / MANIFEST_NAME, lock.get("recipe", {})),
+        latents=latent_facts(folder),
     )
+
+
+def latent_facts(folder: Path) -> list[dict[str, Any]]:
+    """Each finished latent set (`kdata latents`; main images first, then the levels in manifest
+    order): level (None: main), folder, VAE sha256, dtype, what is stored, samples, and whether
+    it was made from the images the dataset holds now (image sha256 of every sample)."""
+    from kohaku_data.train.latents import LATENT_LOCK, latent_dir
+
+    path = folder / MANIFEST_NAME
+    levels = [c.split("@", 1)[1] for c in pl.read_parquet_schema(path) if c.startswith("bucket@")]
+    found = []
+    for level in [None, *levels]:
+        where = latent_dir(level)
+        if not (folder / where / LATENT_LOCK).is_file():
+            continue
+        lock = _read_json(folder / where / LATENT_LOCK)
+        sha = "sha256" if level is None else f"sha256@{level}"
+        images = pl.read_parquet(path, columns=["key", sha]).rename({sha: "want"})
+        made = pl.read_parquet(folder / where / MANIFEST_NAME, columns=["key", "image_sha256"])
+        joined = images.join(made, on="key", how="left")
+        current = joined.filter(pl.col("image_sha256").is_null() | (pl.col("image_sha256") != pl.col("want"))).height == 0
+        found.append({"level": level, "folder": f"{where}/", "vae_sha256": lock.get("vae", {}).get("sha256"),
+                      "channels": lock.get("vae", {}).get("latent_channels"), "dtype": lock.get("dtype"),
+                      "what": lock.get("what", []), "samples": lock.get("samples", 0), "current": current})
+    return found
 
 
 def read_manifest(folder: Path) -> pl.DataFrame:

@@ -13,6 +13,7 @@ from kohaku_data.cli.common import WorkersOption, clean_errors, is_tty
 def latents(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder made by `kdata build`.")],
     vae: Annotated[Path, typer.Option("--vae", help="A diffusers AutoencoderKL folder, or one .safetensors file (SDXL VAE unless --vae-config).")],
+    level: Annotated[str | None, typer.Option("--level", help="An `[image] levels` level of the build, or all (the main images and every level); default: the main images. A level's set goes to DATASET/latents/LEVEL/.")] = None,
     vae_config: Annotated[Path | None, typer.Option("--vae-config", help="config.json for a single-file VAE other than SDXL's (e.g. Flux's, SD3's: 16 channels).")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="fp16 or bf16 (computed in fp32, then cast).")] = "fp16",
     std: Annotated[bool, typer.Option("--std", help="Store the latent distribution's std beside its mean.")] = False,
@@ -24,11 +25,16 @@ def latents(
     workers: WorkersOption = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
-    """Encode every stored image with a local VAE into latent shards in DATASET/latents/ (resumable)."""
+    """Encode every stored image with a local VAE into latent shards in DATASET/latents/ (resumable).
+
+    With --level, that level's images into DATASET/latents/LEVEL/ (--level all: every set). The
+    dataset card (README.md) then lists the dataset's latent sets."""
     with clean_errors(kept="The latent shards already written are kept", target=str(dataset / "latents")):
         from kohaku_data.assembly.executors import make_executor
         from kohaku_data.errors import KdataError
         from kohaku_data.latents import LatentSpec, make_latents, resolve_device, vae_sha256
+        from kohaku_data.latents.build import dataset_levels
+        from kohaku_data.latents.card import refresh_card
 
         if dtype not in ("fp16", "bf16") or device not in ("auto", "cpu", "cuda"):
             raise KdataError(f"--dtype {dtype} / --device {device}: use --dtype fp16|bf16 and --device auto|cpu|cuda.")
@@ -38,9 +44,13 @@ def latents(
             run.num_gpus = 1.0  # every latent task asks Ray for a GPU
         spec = LatentSpec(str(vae.resolve()), vae_sha256(vae), str(vae_config.resolve()) if vae_config else None,
                           dtype, std, kind, batch_size, threads)
-        result = make_latents(dataset, spec, run, progress=is_tty() and not no_progress)
-        typer.echo(f"{result.folder}: {result.samples} latents in {result.shards} shards on {', '.join(result.devices)} "
-                   f"({result.encoded} encoded, {result.reused} reused, {result.kept_shards} shards kept)")
+        levels = [None, *dataset_levels(dataset)] if level == "all" else [level]
+        for one in levels:
+            result = make_latents(dataset, spec, run, level=one, progress=is_tty() and not no_progress)
+            typer.echo(f"{result.folder}: {result.samples} latents in {result.shards} shards on "
+                       f"{', '.join(result.devices)} ({result.encoded} encoded, {result.reused} reused, "
+                       f"{result.kept_shards} shards kept)")
+        refresh_card(dataset)
 
 
 def _kind(name: str) -> Literal["local", "ray"]:

@@ -2,6 +2,10 @@
 build's executors; `latents/manifest.parquet`, `index.json` and `latents.lock` (last) from the
 tasks' part records.
 
+Levels: `level=NAME` encodes that `[image] levels` level's stored images (manifest columns
+`image_offset@NAME`, `sha256@NAME`, …) into `DATASET/latents/NAME/`, a set laid out as the main
+one (its own manifest, index, lock and part records); None is the main image.
+
 Resume: a shard whose part record was made with this spec for these very images (sha256 list)
 and whose tar still has the recorded sha256 is kept; other shards are made again, reusing the
 member of every sample whose image is unchanged (a recipe change to captions only rewrites the
@@ -26,7 +30,8 @@ from kohaku_data.errors import KdataError
 from kohaku_data.latents.tasks import (
     PARTS, LatentDone, LatentSpec, LatentTask, SampleRef, latent_versions, part_path, run_latent_task)
 from kohaku_data.progress import progress_bar
-from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
+from kohaku_data.assembly.manifest import manifest_levels
+from kohaku_data.train.latents import LATENT_LOCK, latent_dir
 
 LATENT_SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Int64, "shard": pl.String, "member": pl.String, "offset": pl.Int64, "size": pl.Int64,
@@ -55,10 +60,12 @@ def latent_shard_name(image_shard: str) -> str:
     return f"{stem}-latents-{number}.tar"
 
 
-def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, progress: bool = False) -> LatentResult:
-    """Encode every sample of a built dataset into `dataset/latents/` (see the module docstring)."""
-    index, manifest = _dataset_tables(dataset)
-    folder = dataset / LATENT_DIR
+def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, level: str | None = None,
+                 progress: bool = False) -> LatentResult:
+    """Encode every sample of a built dataset (its `level`'s images; None: the main ones) into
+    `dataset/latents/` (a level: `dataset/latents/<level>/`; see the module docstring)."""
+    index, manifest = _dataset_tables(dataset, level)
+    folder = dataset / latent_dir(level)
     (folder / PARTS).mkdir(parents=True, exist_ok=True)
     (folder / LATENT_LOCK).unlink(missing_ok=True)  # present again only once complete
     earlier = _earlier_members(folder, spec)
@@ -75,7 +82,7 @@ def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, progres
         else:
             tasks.append(LatentTask(number, str(dataset / entry["url"]), str(folder), url, refs, spec))
     ours = latent_versions()
-    with progress_bar("latents", manifest.height, progress) as bar:
+    with progress_bar("latents" if level is None else f"latents {level}", manifest.height, progress) as bar:
         bar.advance(sum(len(d["rows"]) for d in done.values()))
         for finished in map_unordered(executor, run_latent_task, tasks):
             if finished.versions != ours:
@@ -84,17 +91,28 @@ def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, progres
             done[finished.url] = finished
             result.encoded, result.reused = result.encoded + finished.encoded, result.reused + finished.reused
             bar.advance(len(finished.rows))
-    _finish(folder, index, spec, [done[latent_shard_name(e["url"])] for e in index["shardlist"]], result)
+    parts = [done[latent_shard_name(e["url"])] for e in index["shardlist"]]
+    _finish(folder, index if level is None else {**index, "name": f"{index['name']}-{level}"}, spec, parts, result)
     return result
 
 
-def _dataset_tables(dataset: Path) -> tuple[dict[str, Any], pl.DataFrame]:
+def dataset_levels(dataset: Path) -> list[str]:
+    """The `[image] levels` of a built dataset, in recipe order (the manifest's `bucket@<level>` columns)."""
+    return manifest_levels(list(pl.read_parquet_schema(dataset / MANIFEST_NAME)))
+
+
+def _dataset_tables(dataset: Path, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
     if not (dataset / LOCK_NAME).is_file():
         raise LatentError(f"{dataset} is not a finished kdata build (no {LOCK_NAME}): build it first, "
                           "or finish the build by running it again.")
     index = json.loads((dataset / INDEX_NAME).read_bytes())
-    columns = ["key", "shard", "bucket", "image_offset", "image_size", "sha256"]
-    return index, pl.read_parquet(dataset / MANIFEST_NAME, columns=columns).sort("key")
+    if level is not None and level not in (levels := dataset_levels(dataset)):
+        raise LatentError(f"--level {level} is not a level of {dataset} (its levels: "
+                          f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
+    at = "" if level is None else f"@{level}"
+    columns = ["bucket", "image_offset", "image_size", "sha256"]
+    frame = pl.read_parquet(dataset / MANIFEST_NAME, columns=["key", "shard", *(c + at for c in columns)])
+    return index, frame.rename({c + at: c for c in columns if at}).sort("key")
 
 
 def _sample_refs(rows: pl.DataFrame, earlier: dict[str, tuple[str, int, int, str]]) -> tuple[SampleRef, ...]:

@@ -3,7 +3,9 @@
 Checks: every latent shard of `latents/index.json` exists with its size and sha256, its member
 index and the latent manifest's offsets agree with the tar, every member has its recorded
 sha256 and parses as a latent, and every sample of the dataset has a latent of its current image
-(image sha256) — a set made before a rebuild that changed pixels is reported stale.
+(image sha256) — a set made before a rebuild that changed pixels is reported stale. The set of
+each `[image] levels` level (`DATASET/latents/<level>/`) is checked the same way against that
+level's images.
 """
 
 from __future__ import annotations
@@ -16,39 +18,58 @@ import polars as pl
 
 from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
 from kohaku_data.assembly.shards import file_sha256, read_member_index
-from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK, parse_member
+from kohaku_data.assembly.manifest import manifest_levels
+from kohaku_data.latents.tasks import PARTS
+from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK, latent_dir, parse_member
 
 
 def has_latents(dataset: Path) -> bool:
     return (dataset / LATENT_DIR).is_dir()
 
 
+def latent_sets(dataset: Path) -> list[str | None]:
+    """The levels (None: the main images) that have a latent set, finished or begun."""
+    levels = manifest_levels(list(pl.read_parquet_schema(dataset / MANIFEST_NAME)))
+    return [level for level in [None, *levels]
+            if any((dataset / latent_dir(level) / name).exists() for name in (LATENT_LOCK, PARTS))]
+
+
 def verify_latents(dataset: Path) -> list[str]:
-    """Problems of the latent set, one sentence each (empty: all good)."""
-    folder = dataset / LATENT_DIR
-    if not (folder / LATENT_LOCK).is_file():
+    """Problems of every latent set (main and per level), one sentence each (empty: all good)."""
+    sets = latent_sets(dataset)
+    if not sets:
         return [f"{LATENT_DIR}/: no {LATENT_LOCK} (unfinished): run kdata latents again to finish it"]
+    return [problem for level in sets for problem in _set_problems(dataset, level)]
+
+
+def _set_problems(dataset: Path, level: str | None) -> list[str]:
+    where = latent_dir(level)
+    folder = dataset / where
+    again = "run kdata latents" + (f" --level {level}" if level is not None else "")
+    if not (folder / LATENT_LOCK).is_file():
+        return [f"{where}/: no {LATENT_LOCK} (unfinished): {again} again to finish it"]
     index = json.loads((folder / INDEX_NAME).read_bytes())
     rows = pl.read_parquet(folder / MANIFEST_NAME)
     problems = []
     for entry in index["shardlist"]:
-        problems += _shard_problems(folder, entry, rows.filter(pl.col("shard") == entry["url"]))
-    images = pl.read_parquet(dataset / MANIFEST_NAME, columns=["key", "sha256"])
+        problems += _shard_problems(folder, where, entry, rows.filter(pl.col("shard") == entry["url"]))
+    sha = "sha256" if level is None else f"sha256@{level}"
+    images = pl.read_parquet(dataset / MANIFEST_NAME, columns=["key", sha]).rename({sha: "sha256"} if level else {})
     joined = images.join(rows.select("key", "image_sha256"), on="key", how="left")
     stale = joined.filter(pl.col("image_sha256").is_null() | (pl.col("image_sha256") != pl.col("sha256")))
     if stale.height:
-        problems.append(f"{LATENT_DIR}/: {stale.height} samples have no latent of their current image "
-                        f"(first key {stale['key'][0]}): run kdata latents again")
+        problems.append(f"{where}/: {stale.height} samples have no latent of their current image "
+                        f"(first key {stale['key'][0]}): {again} again")
     return problems
 
 
-def _shard_problems(folder: Path, entry: dict, rows: pl.DataFrame) -> list[str]:
-    name = f"{LATENT_DIR}/{entry['url']}"
+def _shard_problems(folder: Path, where: str, entry: dict, rows: pl.DataFrame) -> list[str]:
+    name = f"{where}/{entry['url']}"
     tar = folder / entry["url"]
     if not tar.is_file():
         return [f"{name}: missing"]
     if tar.stat().st_size != entry["filesize"] or file_sha256(tar) != entry["sha256"]:
-        return [f"{name}: size or sha256 differs from {LATENT_DIR}/index.json (the file changed)"]
+        return [f"{name}: size or sha256 differs from {where}/index.json (the file changed)"]
     files = read_member_index(tar)["files"]
     problems = []
     if len(files) != rows.height:

@@ -89,7 +89,8 @@ class KdataDataset:
             from kohaku_data.train.latents import LatentIndex
 
             _require_torch()
-            self.latents = LatentIndex(self.files, self.location, self._index["key"], self.column("sha256"))
+            self.latents = LatentIndex(self.files, self.location, self._index["key"], self.column("sha256"),
+                                       self.level)
 
     # -- manifest ----------------------------------------------------------------------------------
     def _read_index(self) -> pl.DataFrame:

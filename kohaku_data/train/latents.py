@@ -1,6 +1,7 @@
 """Latent members (`kdata latents`): their bytes, and the reader's index of them.
 
-A latent set lies in `DATASET/latents/` (see docs/latents.md): shards `NAME-latents-000000.tar`
+A latent set lies in `DATASET/latents/` (see docs/latents.md; the set of an `[image] levels` level
+in `DATASET/latents/<level>/`, laid out the same): shards `NAME-latents-000000.tar`
 whose members `<key>.latent.safetensors` each hold one sample's `mean` (and, by setting, `std`)
 as a (C, h, w) tensor in safetensors' own format, plus `manifest.parquet` (key, shard, offset,
 size, image_sha256, …), `index.json` and `latents.lock` (written last: the set is complete).
@@ -27,6 +28,11 @@ LATENT_SUFFIX = "latent.safetensors"
 LATENT_INDEX_COLUMNS = ("key", "shard", "offset", "size", "image_sha256")
 _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 _HEAD = struct.Struct("<Q")
+
+
+def latent_dir(level: str | None = None) -> str:
+    """The dataset-relative folder of the latent set of `level` (None: the main images)."""
+    return LATENT_DIR if level is None else f"{LATENT_DIR}/{level}"
 
 
 def member_name(key: int) -> str:
@@ -71,26 +77,28 @@ class LatentIndex:
     """Where each sample's latent member lies, aligned with the dataset's sample order; refuses a
     latent set that is incomplete or made from other pixels than the dataset's images now hold."""
 
-    def __init__(self, files: Any, location: str, keys: pl.Series, image_sha256: pl.Series) -> None:
-        lock = f"{LATENT_DIR}/{LATENT_LOCK}"
+    def __init__(self, files: Any, location: str, keys: pl.Series, image_sha256: pl.Series,
+                 level: str | None = None) -> None:
+        folder = latent_dir(level)
+        lock = f"{folder}/{LATENT_LOCK}"
+        again = f"kdata latents {location} --vae PATH" + (f" --level {level}" if level is not None else "")
         if not files.exists(lock):
-            raise ReaderError(f"{location} has no complete latent set ({lock} is missing): "
-                              f"run `kdata latents {location} --vae PATH` first.")
+            raise ReaderError(f"{location} has no complete latent set ({lock} is missing): run `{again}` first.")
         with files.open(lock) as f:
             self.lock = json.loads(f.read())
-        path = files.local_path(f"{LATENT_DIR}/manifest.parquet")
+        path = files.local_path(f"{folder}/manifest.parquet")
         if path is not None:
             frame = pl.read_parquet(path, columns=list(LATENT_INDEX_COLUMNS))
         else:
-            with files.open(f"{LATENT_DIR}/manifest.parquet") as f:
+            with files.open(f"{folder}/manifest.parquet") as f:
                 frame = pl.read_parquet(f, columns=list(LATENT_INDEX_COLUMNS))
         want = pl.DataFrame({"key": keys, "want_sha256": image_sha256})
         joined = want.join(frame, on="key", how="left", maintain_order="left")
         bad = joined.filter(pl.col("image_sha256").is_null() | (pl.col("image_sha256") != pl.col("want_sha256")))
         if bad.height:
             raise ReaderError(f"{bad.height} samples of {location} have no latents of their current image "
-                              f"(first key {bad['key'][0]}): run `kdata latents {location} --vae PATH` again.")
-        self.shards = [f"{LATENT_DIR}/{s}" for s in joined["shard"].to_list()]
+                              f"(first key {bad['key'][0]}): run `{again}` again.")
+        self.shards = [f"{folder}/{s}" for s in joined["shard"].to_list()]
         self.offsets = joined["offset"].to_numpy()
         self.sizes = joined["size"].to_numpy()
 
