@@ -201,3 +201,27 @@ def test_cache_refuses_a_limit_below_one_shard(built, tmp_path):
 def test_window_needs_the_shard_column_only_when_set():
     frame = pl.DataFrame({"key": [1, 2, 3, 4], "bucket": ["a", "a", "b", "b"]})
     assert len(BucketBatchSampler(frame, 2)) == 2
+
+
+def test_loader_prefetches_through_the_cache_with_workers(built, remote, tmp_path):
+    """KdataLoader runs the Prefetcher itself: an epoch over S3 with 2 workers reads each shard
+    about once (<= 2 GETs per shard), gives the local batches, and the prefetcher drops shards
+    the loop has finished with (without it, every shard would stay in the cache)."""
+    from kohaku_data.train import KdataLoader
+
+    url, proxy = remote
+    local = KdataDataset(built, decode="numpy")
+    expected = [[int(local._cols["key"][i]) for i in b] for b in BucketBatchSampler(local, 2, seed=4, window=2)]
+    cache = ShardCache(url, tmp_path / "cache", limit_bytes=20 << 20)
+    ds = KdataDataset(url, decode="numpy", cache=cache)
+    loader = KdataLoader(ds, BucketBatchSampler(ds, 2, seed=4, window=2), num_workers=2)
+    assert loader.prefetch
+    proxy.log.clear()
+    keys = [batch["key"].tolist() for batch in loader]
+    assert keys == expected
+    gets = _tar_gets(proxy)
+    assert set(gets) == set(ds._shard_names) and sum(gets.values()) <= 2 * len(ds._shard_names), gets
+    assert loader.prefetcher is None  # stopped with the epoch
+    assert len(cache.cached()) < len(ds._shard_names)  # finished shards were dropped
+    with pytest.raises(ReaderError, match="ShardCache"):
+        KdataLoader(local, BucketBatchSampler(local, 2), prefetch=True)

@@ -63,11 +63,12 @@ class KdataLoader:
     def __iter__(self) -> Iterator[Any]:
         # Read where the sampler will start before the DataLoader creates its iterator.
         self._epoch, self._done = self.sampler.epoch, self.sampler.start_position()
+        batches = iter(self.loader)  # workers are forked here: before the prefetch thread starts
         if self.prefetch:
             schedule = self.sampler.shard_schedule(self._done)
             self.prefetcher = Prefetcher(self.cache, schedule, lambda: self._done).start()
         try:
-            for batch in self.loader:
+            for batch in batches:
                 self._done += 1
                 yield batch
         finally:
