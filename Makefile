@@ -28,7 +28,7 @@ venv: $(VENV)/.installed
 # The Ray tests start a real two-node cluster and do not mix with pytest-xdist: own invocation.
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore-glob='tests/test_ray*.py'
-	$(BIN)/python -m pytest -p no:xdist tests/test_ray_build.py
+	$(BIN)/python -m pytest -p no:xdist $(wildcard tests/test_ray*.py)
 
 # The wheel in a fresh venv, every command run outside the checkout (CI runs it too).
 wheel-smoke:
