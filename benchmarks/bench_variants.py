@@ -15,6 +15,9 @@ in this order:
   (`piece_tokens` over the pages' elements, strings already built), cold (fresh per-job cache:
   every distinct tag through the BPE) and warm (the same pages again), with the cache hit rates.
 
+`--refresh DB` instead times the caption summary refresh of a migrated DB: this tree (kohaku
+counts + xml/`@` forms), `--variants-tree`, and this tree storing no counts, interleaved.
+
 Prints the best of each, the cost per extra variant as a share of `base`, the token counting
 rate (posts / CPU seconds of tokens - base: captions per core-second, cold per-job cache
 included); wall and CPU seconds of every run; writes benchmarks/results/variants.json.
@@ -92,6 +95,16 @@ def _child_main(kind: str, path: Path) -> None:
     from kohaku_data.config import CaptionConfig
     from kohaku_data.db import DanbooruDB
 
+    if kind.startswith("refresh"):
+        from kohaku_data.captions import summaries
+
+        if kind == "refresh_nocount":  # the same refresh storing no token counts
+            summaries._count_used_rows = lambda *a, **k: None
+        with DanbooruDB.open(path) as db:
+            start, cpu = time.perf_counter(), time.process_time()
+            summaries.refresh_caption_summaries(db)
+            print(json.dumps({"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}))
+        return
     with DanbooruDB.open(path, readonly=True) as db:
         if kind == "count":
             print(json.dumps(_count(db)))
@@ -138,6 +151,27 @@ def _count(db) -> dict:
     return out
 
 
+def _refresh_main(args) -> None:
+    """Caption summary refresh of a migrated DB (e.g. `kdata sample --tail-tags 1000000`, then
+    `kdata db migrate`): the refresh as this tree stores it (kohaku counts + xml/`@` forms), as
+    --variants-tree does, and this tree's without any counts; each a process of its own,
+    interleaved, this tree's last (the DB keeps its summaries)."""
+    runs = [("nocount", ROOT, "refresh_nocount"), *((("before", args.variants_tree, "refresh"),) if args.variants_tree else ()),
+            ("now", ROOT, "refresh")]
+    times: dict[str, list] = {name: [] for name, _, _ in runs}
+    for _ in range(args.rounds):
+        for name, tree, kind in runs:
+            got = _child(tree, args.refresh.resolve(), kind)
+            times[name].append((got["wall"], got["cpu"]))
+            print(name, got, file=sys.stderr)
+    result = {"db": str(args.refresh), "rounds": args.rounds, "seconds_wall_cpu": times,
+              "best_cpu_s": {k: min(c for _, c in v) for k, v in times.items()}}
+    out = ROOT / "benchmarks" / "results" / "variants-refresh.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
 def _children_cpu() -> float:
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
     return use.ru_utime + use.ru_stime
@@ -152,9 +186,15 @@ def main() -> None:
     parser.add_argument("--variants-tree", type=Path, default=None, help="tree of earlier variant code to compare")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-db", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--refresh", type=Path, default=None,
+                        help="a migrated DB: time the caption summary refresh (refresh_caption_summaries) "
+                             "with this tree, --variants-tree, and this tree storing no counts, interleaved")
     args = parser.parse_args()
     if args.child:
         _child_main(args.child, args.child_db)
+        return
+    if args.refresh:
+        _refresh_main(args)
         return
     trees = {"now": ROOT, **({"before": args.variants_tree} if args.variants_tree else {})}
     kinds = ("base", "tokens", "extra3")

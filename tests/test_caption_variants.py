@@ -281,7 +281,10 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
     from kohaku_data.keepers import SUMMARY_KEEPERS
     from kohaku_data.sample import write_sample
 
-    config = CaptionConfig(variants={"add": [{"name": "noob", "kind": "ordered", "order": "noobai"}]}, **changes)
+    # the bench's three extra variants: anima's `@` artists and xml's group tags are stored too
+    config = CaptionConfig(variants={"add": [{"name": "noob", "kind": "ordered", "order": "noobai"},
+                                             {"name": "anima", "kind": "ordered", "order": "anima", "artist_prefix": "@"},
+                                             {"name": "xml", "kind": "xml", "order": "animagine4"}]}, **changes)
     monkeypatch.setattr(summaries, "STORE_PREPARED_TAGS_FROM", 0)  # as for a 1M-row tag table
     monkeypatch.setattr(summaries, "standard_configs", lambda: [config])
     write_sample(tmp_path, posts=300, seed=3, images=0, migrate=True)
@@ -301,6 +304,23 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
             texts = stored.strings.gather(counted + stored.caption_start).to_list()
             assert counts[counted, 0].tolist() == [tok.count(t + config.separator) for t in texts]
             assert counts[counted, 1].tolist() == [tok.count(t) for t in texts]
+            # the xml / `@` forms of every plain counted row, each as the full tokenizer counts it
+            from kohaku_data.captions.layout import row_groups
+            from kohaku_data.captions.variants import _form_texts
+
+            separator, forms = stored.cache[stored.token_forms_key("clip")]
+            assert separator == config.separator
+            groups = row_groups(stored)
+            checked = 0
+            for r in counted[counted < stored.prefixed_offset].tolist():
+                for column, form in enumerate(_form_texts(int(groups[r + stored.caption_start]), separator)):
+                    if form is not None:
+                        text = stored.strings[r + stored.caption_start]
+                        assert forms[r, column] == tok.count(form[0] + text + form[1]), (text, form)
+                        checked += 1
+                    else:
+                        assert forms[r, column] == -1
+            assert checked > 500
             source = TagSource(conn, True, lambda t: prepare_tags(t, config), lambda: summaries.stored_prepared_tags(conn, config))
             frames = []
             with PageFetcher(db.path, None, 100, with_rids=config.needs_relation_ids) as pages:
@@ -316,7 +336,7 @@ def test_stored_token_counts_are_exact_and_spare_the_run(tmp_path, monkeypatch, 
     counter = source.job_cache["tokens:clip"]
     assert counter.row_lookups > 1000 and counter.row_counted == 0
     frame = pl.concat(frames)
-    for name in ("kohaku", "noob"):
+    for name in ("kohaku", "noob", "anima", "xml"):
         assert frame[f"tokens_{name}"].to_list() == [tok.count(t) for t in frame[f"variant_{name}"].to_list()], name
     assert threaded.height == frame.height
     for name in ("kohaku", "noob", "anima", "xml", "plain"):

@@ -153,6 +153,12 @@ class PreparedTags:
         `piece_tokens` files them (the prepared tag summary stores them for `clip`)."""
         return token_cache_key(tokenizer, ("", ""), (separator, ""), self.caption_start)
 
+    def token_forms_key(self, tokenizer: str) -> tuple:
+        """Key on `cache` of `(separator, counts)`: per caption row (- caption_start), the token
+        counts of the other texts standard variants make of it (captions/variants.py
+        `ROW_FORMS`: its group's xml tags around it, the `@` artist prefix); -1: not counted."""
+        return ("token_forms", tokenizer, self.caption_start)
+
     @property
     def caption_start(self) -> int:
         return len(self.tag_index.keys)

@@ -72,7 +72,8 @@ STORE_PREPARED_TAGS_FROM = 20_000
 # Summary kinds earlier versions stored and nothing reads any more (`tag_columns`: the per-tag
 # columns, prepared again on every read).
 RETIRED_KINDS = ("tag_columns",)
-_PREPARED_FORMAT = 2  # 2: with the CLIP token counts of the kohaku pieces of the used tags
+_PREPARED_FORMAT = 2  # 2: with the CLIP token counts of the kohaku pieces of the used tags (and,
+# as a later part format 2 readers skip, the counts of their xml/`@` forms: variants.ROW_FORMS)
 TOKENIZER = "clip"  # the tokenizer whose counts are stored (the bundled, default one)
 
 
@@ -98,11 +99,18 @@ def encode_prepared_tags(tags: Any, separator: str | None = None) -> bytes:
     if counts is not None:  # -1: not counted (a run counts it when it shows up)
         parts.append(_ipc(pl.DataFrame({"with_separator": counts[:, 0], "alone": counts[:, 1]},
                                        schema={"with_separator": pl.Int16, "alone": pl.Int16})))
+    # the rows' other forms (xml group tags, `@` artists: variants.ROW_FORMS), same separator
+    stored_forms = tags.cache.get(tags.token_forms_key(TOKENIZER)) if counts is not None else None
+    forms = stored_forms[1] if stored_forms is not None and stored_forms[0] == separator else None
+    if forms is not None:
+        parts.append(_ipc(pl.DataFrame({f"f{i}": forms[:, i] for i in range(forms.shape[1])},
+                                       schema={f"f{i}": pl.Int16 for i in range(forms.shape[1])})))
     header = json.dumps({
         "format": _PREPARED_FORMAT, "sizes": [len(p) for p in parts], "rest": list(tags.rest),
         "prefixed_offset": tags.prefixed_offset,
         "extra_rows": {str(group): rows for group, rows in tags.extra_rows.items()},
         "token_separator": separator if counts is not None else None,
+        "token_forms": forms is not None,  # a later part; a reader without forms ignores it
     }).encode()
     return struct.pack("<I", len(header)) + header + b"".join(parts)
 
@@ -139,6 +147,9 @@ def decode_prepared_tags(blob: bytes) -> Any | None:
         key = tags.token_counts_key(TOKENIZER, header["token_separator"])
         tags.cache[key] = np.stack([counts["with_separator"].to_numpy(), counts["alone"].to_numpy()],
                                    axis=1).astype(np.int32)
+        if header.get("token_forms") and len(frames) > 3:
+            tags.cache[tags.token_forms_key(TOKENIZER)] = (header["token_separator"],
+                                                          frames[3].to_numpy().astype(np.int32))
     return tags
 
 

@@ -324,7 +324,8 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
 
 def _same_texts_counted(p: Pieces, tags: PreparedTags, key: tuple, rows: np.ndarray, affix: np.ndarray) -> np.ndarray:
     """Counts of (row, affix) texts already on another cache of the same tokenizer and rows
-    whose slot is its affix (kohaku and plain ordered: the summary's), -1 where none: an
+    whose slot is its affix (kohaku and plain ordered: the summary's), or among the row's
+    stored forms (`ROW_FORMS`: xml's group tags, the `@` artist prefix), -1 where none: an
     ordered variant's or xml's middle tags are the kohaku texts (`tag, `) again."""
     out = np.full(len(rows), -1, dtype=np.int32)
     for other, counts in list(tags.cache.items()):
@@ -335,17 +336,68 @@ def _same_texts_counted(p: Pieces, tags: PreparedTags, key: tuple, rows: np.ndar
             if (b, a) in slot_of:
                 mine = np.flatnonzero((affix == at) & (out < 0))
                 out[mine] = counts[rows[mine], slot_of[b, a]]
+    stored = tags.cache.get(tags.token_forms_key(key[1])) if p.base == tags.caption_start else None
+    if stored is not None and (out < 0).any():
+        separator, forms = stored
+        groups = _cached_row_groups(tags)[rows + p.base]
+        for at, (b, a) in enumerate(zip(p.before, p.after)):
+            mine = np.flatnonzero((affix == at) & (out < 0))
+            if not len(mine):
+                continue
+            for g in np.unique(groups[mine]).tolist():
+                column = _form_column(int(g), b, a, separator)
+                if column is not None:
+                    sel = mine[groups[mine] == g]
+                    out[sel] = forms[rows[sel], column]
     return out
 
 
+# Per caption row, the texts (before + row text + after) that standard variants make of it
+# beyond kohaku's two (text + separator, text alone), stored with the prepared tag summary so
+# that a run on a refreshed DB tokenizes nothing: xml's (its own group's) open/close tags at a
+# group's first/last tag, and anima's `@` before an artist. {open}/{close}: `<group>`/`</group>`
+# of the row's caption group, {sep}: the recipe's separator.
+ROW_FORMS = (("{open}", "{sep}"), ("", "{close} "), ("{open}", "{close} "), ("", "{close}"), ("{open}", "{close}"),
+             ("@", "{sep}"), ("@", ""))
+_ARTIST_ONLY = frozenset({5, 6})  # forms only an artist row takes
+_GROUP_NAMES = {code: name for name, code in GROUP_CODES.items()}
+
+
+def _form_texts(code: int, separator: str) -> list[tuple[str, str] | None]:
+    """ROW_FORMS for a row of caption group `code` (None: a form the group never takes)."""
+    name = _GROUP_NAMES.get(code)
+    if name is None:
+        return [None] * len(ROW_FORMS)
+    fill = {"open": f"<{name}>", "close": f"</{name}>", "sep": separator}
+    return [None if (i in _ARTIST_ONLY and code != G_ARTIST) else (b.format(**fill), a.format(**fill))
+            for i, (b, a) in enumerate(ROW_FORMS)]
+
+
+def _form_column(code: int, before: str, after: str, separator: str) -> int | None:
+    forms = _form_texts(code, separator)
+    return forms.index((before, after)) if (before, after) in forms else None
+
+
 def count_caption_rows(tags: PreparedTags, rows: np.ndarray, config: CaptionConfig, counter: "TokenCounter") -> None:
-    """Fill the kohaku (and plain ordered) per-(row, slot) counts of caption `rows` (strings
-    rows) on `tags.cache`: what the prepared tag summary stores, so a run counts nothing."""
+    """Fill the per-row counts of caption `rows` (strings rows) that the prepared tag summary
+    stores, so that a run counts nothing: kohaku's (and plain ordered) per-(row, slot) counts,
+    and, for the plain rows, their `ROW_FORMS` (xml tags, `@` artists) as `token_forms_key`."""
     rows = np.unique(rows)
     slot = np.tile(np.arange(2, dtype=np.int64), len(rows))
     pieces = Pieces(np.zeros(len(slot), dtype=np.int64), np.repeat(rows, 2), slot, slot, ("", ""),
                     (config.separator, ""), 2, tags.caption_start)
     piece_tokens(pieces, tags, counter, 1)
+    base = tags.caption_start
+    forms = np.full((len(tags.strings) - base, len(ROW_FORMS)), -1, dtype=np.int32)
+    plain = rows[rows < base + tags.prefixed_offset]
+    groups = _cached_row_groups(tags)[plain]
+    for code in np.unique(groups).tolist():
+        mine = plain[groups == code]
+        for column, form in enumerate(_form_texts(int(code), config.separator)):
+            if form is not None and len(mine):
+                texts = form[0] + tags.strings.gather(mine) + form[1]
+                forms[mine - base, column] = counter.column(texts)
+    tags.cache[tags.token_forms_key(counter.tokenizer.name)] = (config.separator, forms)
 
 
 def _numeric(frame: pl.DataFrame, v: CaptionVariant, config: CaptionConfig) -> bool:
