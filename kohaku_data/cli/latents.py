@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,6 +37,9 @@ def latents(
         from kohaku_data.latents.build import dataset_levels
         from kohaku_data.latents.card import refresh_card
 
+        if re.match(r"^[a-z][a-z0-9+.-]*:/", str(dataset)):  # s3://… (typer's Path keeps one slash)
+            raise KdataError(f"{dataset}: kdata latents needs a local dataset folder (object storage is not "
+                             "supported yet): copy or mount it here, make the latents, then upload its latents/.")
         if dtype not in ("fp16", "bf16") or device not in ("auto", "cpu", "cuda"):
             raise KdataError(f"--dtype {dtype} / --device {device}: use --dtype fp16|bf16 and --device auto|cpu|cuda.")
         run = make_executor(_kind(executor), workers=workers or 1, ray_address=ray_address)

@@ -98,7 +98,8 @@ def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, level: 
 
 def dataset_levels(dataset: Path) -> list[str]:
     """The `[image] levels` of a built dataset, in recipe order (the manifest's `bucket@<level>` columns)."""
-    return manifest_levels(list(pl.read_parquet_schema(dataset / MANIFEST_NAME)))
+    path = dataset / MANIFEST_NAME
+    return manifest_levels(list(pl.read_parquet_schema(path))) if path.is_file() else []  # unbuilt: make_latents says so
 
 
 def _dataset_tables(dataset: Path, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
