@@ -129,7 +129,7 @@ def test_mix_of_two_builds_resumes_at_the_exact_next_batch(builds, workers):
 
     full, _ = _run(make(), range(3))
     assert len(full) == 36 and {d for _, d, _, _ in full} == {0, 1}
-    keys = {0: set(pl.read_parquet(a / "manifest.parquet")["key"]), 1: set(pl.read_parquet(b / "manifest.parquet")["key"])}
+    keys = {d: set(pl.read_parquet(path / "manifest.parquet")["key"]) for d, path in enumerate((a, b))}
     assert all(set(k) <= keys[d] for _, d, _, k in full)
     for cut in (5, 12, 19):  # mid-epoch, at an epoch's end, mid-epoch of the next
         head, state = _run(make(), range(3), stop_after=cut)
