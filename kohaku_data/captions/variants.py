@@ -326,29 +326,31 @@ def _same_texts_counted(p: Pieces, tags: PreparedTags, key: tuple, rows: np.ndar
     """Counts of (row, affix) texts already on another cache of the same tokenizer and rows
     whose slot is its affix (kohaku and plain ordered: the summary's), or among the row's
     stored forms (`ROW_FORMS`: xml's group tags, the `@` artist prefix), -1 where none: an
-    ordered variant's or xml's middle tags are the kohaku texts (`tag, `) again."""
+    ordered variant's or xml's middle tags are the kohaku texts (`tag, `) again. Vectorized
+    by an (affix → other slot) and an (affix, group → form) table, made once per job."""
     out = np.full(len(rows), -1, dtype=np.int32)
     for other, counts in list(tags.cache.items()):
         if not isinstance(other, tuple) or other == key or other[:2] != key[:2] or other[4] != p.base or len(other[2]) != counts.shape[1]:
             continue
         slot_of = {(b, a): s for s, (b, a) in enumerate(zip(other[2], other[3]))}
-        for at, (b, a) in enumerate(zip(p.before, p.after)):
-            if (b, a) in slot_of:
-                mine = np.flatnonzero((affix == at) & (out < 0))
-                out[mine] = counts[rows[mine], slot_of[b, a]]
+        slot = np.array([slot_of.get(pair, -1) for pair in zip(p.before, p.after)], dtype=np.int64)[affix]
+        mine = np.flatnonzero((slot >= 0) & (out < 0))
+        out[mine] = counts[rows[mine], slot[mine]]
     stored = tags.cache.get(tags.token_forms_key(key[1])) if p.base == tags.caption_start else None
     if stored is not None and (out < 0).any():
         separator, forms = stored
-        groups = _cached_row_groups(tags)[rows + p.base]
-        for at, (b, a) in enumerate(zip(p.before, p.after)):
-            mine = np.flatnonzero((affix == at) & (out < 0))
-            if not len(mine):
-                continue
-            for g in np.unique(groups[mine]).tolist():
-                column = _form_column(int(g), b, a, separator)
-                if column is not None:
-                    sel = mine[groups[mine] == g]
-                    out[sel] = forms[rows[sel], column]
+        table_key = ("form_columns", key, separator)
+        columns = tags.cache.get(table_key)
+        if columns is None:  # per (affix, caption group): the stored form column, -1 none
+            columns = np.full((len(p.before), 16), -1, dtype=np.int64)
+            for at, (b, a) in enumerate(zip(p.before, p.after)):
+                for code in _GROUP_NAMES:
+                    columns[at, code] = _form_column(code, b, a, separator)
+            columns = tags.cache.setdefault(table_key, columns)
+        groups = _cached_row_groups(tags)[rows + p.base].astype(np.int64)
+        column = np.where(groups >= 0, columns[affix, groups & 15], -1)
+        mine = np.flatnonzero((column >= 0) & (out < 0))
+        out[mine] = forms[rows[mine], column[mine]]
     return out
 
 
@@ -373,9 +375,9 @@ def _form_texts(code: int, separator: str) -> list[tuple[str, str] | None]:
             for i, (b, a) in enumerate(ROW_FORMS)]
 
 
-def _form_column(code: int, before: str, after: str, separator: str) -> int | None:
+def _form_column(code: int, before: str, after: str, separator: str) -> int:
     forms = _form_texts(code, separator)
-    return forms.index((before, after)) if (before, after) in forms else None
+    return forms.index((before, after)) if (before, after) in forms else -1
 
 
 def count_caption_rows(tags: PreparedTags, rows: np.ndarray, config: CaptionConfig, counter: "TokenCounter") -> None:
