@@ -307,18 +307,26 @@ def piece_tokens(p: Pieces, tags: PreparedTags, counter: "TokenCounter", posts: 
     miss = got < 0
     counter.row_lookups += len(got)
     if miss.any():
-        # the distinct (row, slot) missing and their affix (a function of them): a hash unique,
-        # not a sort. The cache only ever gets final counts: caption threads share the table.
-        wanted = pl.DataFrame({"code": r[miss] * p.slots + p.slot[miss], "affix": p.affix[miss]}).unique()
-        code, affix = wanted["code"].to_numpy(), wanted["affix"].to_numpy()
-        known = _same_texts_counted(p, tags, key, code // p.slots, affix)
-        cache[code // p.slots, code % p.slots] = known
-        code, affix = code[known < 0], affix[known < 0]
-        texts = (pl.Series(p.before, dtype=pl.String).gather(affix) + tags.strings.gather(code // p.slots + p.base)
-                 + pl.Series(p.after, dtype=pl.String).gather(affix))
-        cache[code // p.slots, code % p.slots] = counter.column(texts)
-        counter.row_counted += len(code)
-        got = cache[r, p.slot]
+        # The cache only ever gets final counts: caption threads share the table. Counts known
+        # elsewhere (another cache of these rows, the stored forms) go straight in, per element
+        # (no unique: on a refreshed DB that is every miss) ...
+        at = np.flatnonzero(miss)
+        rows, slots, affix = r[at], p.slot[at], p.affix[at]
+        known = _same_texts_counted(p, tags, key, rows, affix)
+        found = known >= 0
+        cache[rows[found], slots[found]] = known[found]
+        got[at] = known
+        if not found.all():
+            # ... the rest: the distinct (row, slot) and their affix (a function of them), a
+            # hash unique, not a sort; their texts counted as a column
+            left = at[~found]
+            wanted = pl.DataFrame({"code": r[left] * p.slots + p.slot[left], "affix": p.affix[left]}).unique()
+            code, affix = wanted["code"].to_numpy(), wanted["affix"].to_numpy()
+            texts = (pl.Series(p.before, dtype=pl.String).gather(affix) + tags.strings.gather(code // p.slots + p.base)
+                     + pl.Series(p.after, dtype=pl.String).gather(affix))
+            cache[code // p.slots, code % p.slots] = counter.column(texts)
+            counter.row_counted += len(code)
+            got[left] = cache[r[left], p.slot[left]]
     return np.bincount(p.pi, weights=got, minlength=posts).astype(np.int32)
 
 
