@@ -306,3 +306,36 @@ def test_one_level_alone_leaves_the_main_set_alone_and_an_unknown_level_is_one_s
     assert CliRunner().invoke(app, ["verify", str(only)]).exit_code == 0
     bad = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(tiny_vae), "--level", "nope", "--device", "cpu"])
     assert bad.exit_code == 1 and "not a level of" in bad.output and "lo, mid" in bad.output
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_from_latents_resumes_at_the_exact_next_batch(dataset, tiny_vae, tmp_path, workers):
+    """The latent reader keeps the image reader's plan: a loader stopped after 3 batches and
+    resumed from its state gives the uninterrupted epoch's batches, latents bit for bit."""
+    from kohaku_data.train import BucketBatchSampler, KdataLoader
+
+    ds_path = _copy(dataset, tmp_path / "ds")
+    make_latents(ds_path, _spec(tiny_vae), LocalExecutor(1))
+    reader = KdataDataset(str(ds_path), payload="latents")
+
+    def loader():
+        return KdataLoader(reader, BucketBatchSampler(reader, 1, seed=3, remainder="carry"), num_workers=workers)
+
+    whole = loader()
+    whole.set_epoch(1)
+    expected = [([str(k) for k in b["key"]], b["latents"].clone()) for b in whole]
+    assert len(expected) > 3
+    interrupted = loader()
+    interrupted.set_epoch(1)
+    head = []
+    for batch in interrupted:
+        head.append(([str(k) for k in batch["key"]], batch["latents"].clone()))
+        if len(head) == 3:
+            state = interrupted.state_dict()
+            break
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    got = head + [([str(k) for k in b["key"]], b["latents"].clone()) for b in resumed]
+    assert [k for k, _ in got] == [k for k, _ in expected]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, expected))
