@@ -173,35 +173,62 @@ def trainer_modules():
                            train_util=train_util)
 
 
-def char_level_clip_tokenizers(folder: Path, model_ids: tuple[str, ...]) -> Path:
-    """A `--tokenizer_cache_dir` holding CLIP tokenizer files for `model_ids` with a
-    character-level vocabulary (CLIP's byte alphabet, no merges). The hub is out of reach here
-    and the tokens do not matter to these checks: sd-scripts' own `SdxlTokenizeStrategy` loads
-    them with transformers' real `CLIPTokenizer`, so the trainer's text path runs unchanged."""
-    import json
+# How each CLIP tokenizer ships on the hub (tokenizer_config.json): SDXL's first is OpenAI's,
+# its second LAION's bigG, whose pad token is "!" (id 0; sd-scripts sets pad_token_id = 0 anyway).
+_CLIP_SPECIALS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                  "model_max_length": 77, "do_lower_case": True}
+_CLIP_PAD = {"openai/clip-vit-large-patch14": "<|endoftext|>", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "!"}
+
+
+def clip_vocabulary() -> tuple[list[str], list[str]]:
+    """CLIP's vocabulary and merges from kdata's bundled `bpe_simple_vocab_16e6.txt.gz`, exactly as
+    CLIP's SimpleTokenizer builds them: the byte alphabet (GPT-2's byte → unicode table, in its
+    order), the same with `</w>`, one token per merge (lines 1 … 48,894), the two special tokens."""
+    import gzip
+    import importlib.resources
 
     from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
+    from kohaku_data.captions.tokens import VOCAB_FILE
+
+    data = importlib.resources.files("kohaku_data.resources").joinpath(VOCAB_FILE).read_bytes()
+    merges = gzip.decompress(data).decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
     chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == len(set(vocab)) == 49408  # CLIP's vocab_size
+    return vocab, merges
+
+
+def clip_tokenizers(folder: Path, model_ids: tuple[str, ...]) -> Path:
+    """A `--tokenizer_cache_dir` holding the real CLIP tokenizer files for `model_ids` (SDXL's two
+    text encoders share CLIP's BPE), written from the bundled vocabulary as the hub ships them:
+    `vocab.json`, `merges.txt` (`#version: 0.2` then the merges) and `tokenizer_config.json`. The
+    hub is out of reach here; sd-scripts' own `SdxlTokenizeStrategy` loads them with transformers'
+    `CLIPTokenizer`, so the trainer's text path runs unchanged on CLIP's real tokens."""
+    import json
+
+    vocab, merges = clip_vocabulary()
     for model_id in model_ids:
         path = folder / model_id.replace("/", "_")
         path.mkdir(parents=True)
-        (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-        (path / "merges.txt").write_text("#version: 0.2\n")
-        (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))  # as CLIP's
+        (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+        (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        config = {**_CLIP_SPECIALS, "pad_token": _CLIP_PAD.get(model_id, "<|endoftext|>")}
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
 
 
-def sd_scripts_dataset_group(sd, toml_path: Path, tmp_path: Path):
-    """What `sdxl_train_network.py --dataset_config TOML` builds before training, step for step
-    (train_network.NetworkTrainer.train): the trainer's own argument parser with no dataset
-    option, its tokenize and latents-caching strategies, the blueprint, the dataset group."""
+def sd_scripts_dataset_group(sd, toml_path: Path, tmp_path: Path, *options: str):
+    """What `sdxl_train_network.py --dataset_config TOML [OPTIONS]` builds before training, step
+    for step (train_network.NetworkTrainer.train): the trainer's own argument parser with no
+    dataset option, its tokenize and latents-caching strategies, the blueprint, the dataset group."""
     from library import strategy_sdxl
 
     trainer = sd.trainer.SdxlNetworkTrainer()
-    cache = char_level_clip_tokenizers(tmp_path / "tokenizers", (strategy_sdxl.TOKENIZER1_PATH, strategy_sdxl.TOKENIZER2_PATH))
-    args = sd.trainer.setup_parser().parse_args(["--dataset_config", str(toml_path), "--tokenizer_cache_dir", str(cache)])
+    cache = clip_tokenizers(tmp_path / "tokenizers", (strategy_sdxl.TOKENIZER1_PATH, strategy_sdxl.TOKENIZER2_PATH))
+    args = sd.trainer.setup_parser().parse_args(
+        ["--dataset_config", str(toml_path), "--tokenizer_cache_dir", str(cache), *options])
     sd.train_util.verify_training_args(args)
     sd.train_util.prepare_dataset_args(args, True)
     base = sd.strategy_base
@@ -224,6 +251,35 @@ def _kept_first(text: str, caption: str) -> None:
     tags = [t.strip() for t in caption.replace("|||", ",").split(",") if t.strip()]
     assert "|||" not in text and text.split(", ")[:len(kept)] == kept
     assert sorted(text.split(", ")) == sorted(tags)
+
+
+def bigg_tokens(ours, text: str) -> list[str]:
+    """What transformers' `CLIPTokenizer` with LAION bigG's config (SDXL's second tokenizer) makes
+    of `text`: its pad token `!` is a special token, so the text is split at every `!` first and
+    each `!` is one token (id 0; huggingface/diffusers#4153), the pieces CLIP's BPE. CLIP itself
+    (and the first tokenizer, and kdata's counts) merges `!` with what follows it: `live!,` is
+    `live</w> !,</w>` there, `live</w> ! ,</w>` here."""
+    pieces = text.split("!")
+    return [t for i, piece in enumerate(pieces) for t in ([] if i == 0 else ["!"]) + ours.tokens(piece)]
+
+
+def _kept_in_first_window(strategy, input_ids: list, text: str, caption: str) -> None:
+    """sd-scripts' token ids of one example (`input_ids_list`: SDXL's two CLIP tokenizers) for its
+    text: the first 75-token window (after BOS) holds the text's tokens (CLIP's, as kdata makes
+    them, for the first tokenizer; bigG's `!` split for the second), and so the kept tags first."""
+    from kohaku_data.captions.tokens import ClipTokenizer
+
+    ours = ClipTokenizer()
+    kept = ", ".join(t.strip() for t in caption.split("|||")[0].split(",") if t.strip())
+    expected = (ours.tokens(text), bigg_tokens(ours, text))
+    for tokenizer, ids, symbols in zip((strategy.tokenizer1, strategy.tokenizer2), input_ids, expected):
+        window = (ids if ids.ndim == 1 else ids[0]).tolist()  # (77,), or (windows, 77) with --max_token_length
+        # the kept tags with the comma after them: `atsuki),` is one pre-token, `atsuki)` another
+        want = tokenizer(kept + ("," if text != kept else ""), add_special_tokens=False).input_ids
+        full = tokenizer(text, add_special_tokens=False).input_ids
+        assert full == tokenizer.convert_tokens_to_ids(symbols) and window[0] == tokenizer.bos_token_id
+        assert window[1:1 + min(len(full), 75)] == full[:75]
+        assert len(want) <= 75 and window[1:1 + len(want)] == want, (kept, text)
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "kohya-ft"])
@@ -254,6 +310,7 @@ def test_sd_scripts_trainer_loads_every_image_unresized_with_the_keep_separator(
     group.set_current_epoch(1)
     collator = sd.train_util.collator_class(Value("i", 1), Value("i", 0), group)
     loader = torch.utils.data.DataLoader(group, batch_size=1, shuffle=True, collate_fn=collator, num_workers=0)
+    tokenize = sd.strategy_base.TokenizeStrategy.get_strategy()
     seen = []
     for example in loader:
         for i, key in enumerate(example["image_keys"]):
@@ -266,5 +323,141 @@ def test_sd_scripts_trainer_loads_every_image_unresized_with_the_keep_separator(
             assert example["original_sizes_hw"][i].tolist() == example["target_sizes_hw"][i].tolist() == [h, w]
             assert example["crop_top_lefts"][i].tolist() == [0, 0]
             _kept_first(example["captions"][i], info.caption)
+            _kept_in_first_window(tokenize, [ids[i] for ids in example["input_ids_list"]], example["captions"][i],
+                                  info.caption)
+            seen.append(key)
+    assert sorted(seen) == sorted(infos)
+
+
+def test_the_clip_tokenizer_given_to_sd_scripts_tokenizes_as_kdatas_clip_bpe(built, tmp_path):
+    """The tokenizer files `clip_tokenizers` writes, loaded by transformers' `CLIPTokenizer` (as
+    sd-scripts loads them), give CLIP's published ids and, for every exported caption and a few
+    harder ones, the same BPE tokens as kdata's own CLIP tokenizer (captions/tokens.py)."""
+    pytest.importorskip("transformers")
+    from transformers import CLIPTokenizer
+
+    from kohaku_data.captions.tokens import ClipTokenizer
+
+    model_ids = tuple(_CLIP_PAD)
+    folder = clip_tokenizers(tmp_path, model_ids)
+    ours = ClipTokenizer()
+    export_dataset(built, tmp_path / "k", "kohya")
+    captions = [p.read_text() for p in sorted((tmp_path / "k" / "images").glob("*.txt"))]
+    assert captions
+    hard = ["1girl, hatsune miku (cosplay), :d, ^_^, it's 2girls' day, rating:general, #FF00AA, 10+ others",
+            "Pokémon, ÉCOLE, naïve façade, 東方, ★★★, ~~~, a  b\tc, score_9, <lora:x:0.8>, (mask:1.2)",
+            "!, !!, !!!, wow!, !?, love live! school idol project, ..."]
+    texts = captions + hard
+    assert any(t.count("!") for t in captions)  # the sparse build has `love live!`
+    openai, bigg = (CLIPTokenizer.from_pretrained(folder / m.replace("/", "_")) for m in model_ids)
+    for hf in (openai, bigg):
+        assert hf("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP's own ids
+        assert hf.vocab_size == 49408 and hf.model_max_length == 77
+    assert bigg.pad_token_id == 0 and openai.pad_token_id == 49407
+    for text in texts:
+        assert openai.tokenize(text) == ours.tokens(text), text
+        assert len(openai(text, add_special_tokens=False).input_ids) == ours.count(text), text
+        assert bigg.tokenize(text) == bigg_tokens(ours, text), text
+    longer = [t for t in texts if len(bigg.tokenize(t)) > ours.count(t)]
+    assert longer and all("!" in t for t in longer)  # e.g. `live!,`: one CLIP token, two for bigG
+
+
+# -- sd-scripts' latent caching on an export of a dataset with a `kdata latents` set ---------------
+
+# The SDXL VAE's architecture (4 latent channels, 8x down: sd-scripts reads the target size as the
+# latent size times 8) with few channels, so a CPU encodes the build in seconds.
+TINY_SDXL_VAE = {"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4}
+
+
+@pytest.fixture(scope="module")
+def with_latents(built, tmp_path_factory) -> Path:
+    """A copy of the build with a latent set made by `kdata latents` with a random-weight
+    SDXL-architecture VAE saved locally (a diffusers folder)."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from typer.testing import CliRunner
+
+    from kohaku_data.cli import app
+    from kohaku_data.latents import SDXL_VAE_CONFIG
+
+    root = tmp_path_factory.mktemp("latents")
+    ds = root / "ds"
+    shutil.copytree(built, ds)
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(**{**SDXL_VAE_CONFIG, **TINY_SDXL_VAE}).save_pretrained(root / "vae")
+    result = CliRunner().invoke(app, ["latents", str(ds), "--vae", str(root / "vae"), "--device", "cpu",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return ds
+
+
+def test_sd_scripts_latent_caching_takes_every_exported_cache_with_the_true_original_size(
+        trainer_modules, with_latents, tmp_path, monkeypatch):
+    """`sdxl_train_network --cache_latents --cache_latents_to_disk` on a kohya export of a dataset
+    with latents: sd-scripts' own SDXL caching strategy finds every exported npz where it looks
+    and expects it (so it encodes nothing: the VAE given here fails if called), loads kdata's
+    latents as float32, the source's size as `original_size` (not the stored file's) and kdata's
+    crop; one epoch through the trainer's DataLoader conditions SDXL on exactly those."""
+    import numpy as np
+    import polars as pl
+    import torch
+    from multiprocessing import Value
+
+    from kohaku_data.train import KdataDataset
+
+    sd = trainer_modules
+    out = tmp_path / "out"
+    export_dataset(with_latents, out, "kohya")
+    npzs = {p: p.read_bytes() for p in (out / "images").glob("*.npz")}
+    monkeypatch.chdir("/")
+    group, validation, args = sd_scripts_dataset_group(sd, out / "dataset.toml", tmp_path, "--cache_latents",
+                                                       "--cache_latents_to_disk")
+    (dataset,) = group.datasets
+    strategy = sd.strategy_base.LatentsCachingStrategy.get_strategy()
+    assert type(strategy).__name__ == "SdSdxlLatentsCachingStrategy" and strategy.cache_to_disk
+    assert group.is_latent_cacheable()
+
+    class NoVae:  # sd-scripts encodes only what it finds no cache for
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def encode(self, *args):
+            raise AssertionError("sd-scripts encoded an image that has an exported latent cache")
+
+    accelerator = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"),
+                                  wait_for_everyone=lambda: None)
+    group.new_cache_latents(NoVae(), accelerator)  # as train_network.py does with --cache_latents
+    assert {p: p.read_bytes() for p in (out / "images").glob("*.npz")} == npzs  # nothing rewritten, nothing added
+
+    manifest = {row["image"]: row for row in pl.read_parquet(with_latents / "manifest.parquet").iter_rows(named=True)}
+    reader = KdataDataset(str(with_latents), payload="latents")
+    mean = {reader[i]["key"]: reader[i]["latents"]["mean"].float().numpy() for i in range(len(reader))}
+    infos = dataset.image_data
+    assert len(infos) == len(manifest) == len(npzs) > 0
+    for info in infos.values():
+        row = manifest[Path(info.absolute_path).name]
+        w, h = row["width"], row["height"]
+        assert Path(info.latents_npz) == out / "images" / f"{row['key']}_{w:04d}x{h:04d}_sdxl.npz"
+        assert strategy.is_disk_cached_latents_expected(info.bucket_reso, info.latents_npz, False, False)
+        latents, original, crop, flipped, alpha = strategy.load_latents_from_disk(info.latents_npz, info.bucket_reso)
+        assert original == [row["source_width"], row["source_height"]] != [w, h]
+        assert crop == [row["crop_left"], row["crop_top"], row["crop_right"], row["crop_bottom"]]
+        assert latents.dtype == np.float32 and latents.shape == (4, h // 8, w // 8)
+        assert np.array_equal(latents, mean[row["key"]]) and flipped is None and alpha is None
+
+    dataset.debug_dataset = True
+    group.set_current_epoch(1)
+    collator = sd.train_util.collator_class(Value("i", 1), Value("i", 0), group)
+    loader = torch.utils.data.DataLoader(group, batch_size=1, shuffle=True, collate_fn=collator, num_workers=0)
+    seen = []
+    for example in loader:
+        assert example["images"] is None
+        for i, key in enumerate(example["image_keys"]):
+            row = manifest[Path(infos[key].absolute_path).name]
+            assert np.array_equal(example["latents"][i].numpy(), mean[row["key"]])
+            assert example["original_sizes_hw"][i].tolist() == [row["source_height"], row["source_width"]]
+            assert example["crop_top_lefts"][i].tolist() == [row["crop_top"], row["crop_left"]]
+            assert example["target_sizes_hw"][i].tolist() == [row["height"], row["width"]]
             seen.append(key)
     assert sorted(seen) == sorted(infos)
