@@ -169,7 +169,8 @@ def test_verify_catches_a_wrong_member_index_md5sum_or_offset(built, tmp_path):
     manifest.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.col("json_offset") + 1)
                           .otherwise(pl.col("json_offset")).alias("json_offset")).write_parquet(copy / "manifest.parquet")
     problems = verify_dataset(copy).problems
-    assert any(f"{first.with_suffix('.json').name} does not match the tar" in p for p in problems)
+    assert any(f"member index {first.with_suffix('.json').name}: offset of {name} do not match the tar" in p
+               for p in problems)
     assert any(index["shardlist"][1]["url"] in p and "md5sum differs" in p for p in problems)
     assert any("manifest offset/size" in p and f"{manifest['key'][0]}.json" in p for p in problems)
 
