@@ -38,7 +38,9 @@ are per-(strings row, slot) counts (`Pieces`: slot = the affix a row gets — se
 `<group>`, `</group>`, artist prefix, nothing at the end of a post — found from the run
 bounds, no sort), summed per post by a bincount; each (row, slot) is counted once per job
 (its texts split as columns, each distinct piece through the BPE once) and kept on the
-prepared tag table. Other variants (text, mixed, attached bands, curated captions, kept empty
+prepared tag table; a (row, affix) whose text is counted elsewhere takes that count — the
+kohaku slots, or the row's `ROW_FORMS` (xml group tags, `@` artists) that a refreshed DB's
+prepared tag summary stores, so a run on it tokenizes nothing for those variants either. Other variants (text, mixed, attached bands, curated captions, kept empty
 xml groups, other separators) are made from the group lists and counted per space-separated
 piece (`TokenCounter.column`). tests/test_caption_variants.py holds both ways equal.
 """
