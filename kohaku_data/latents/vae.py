@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kohaku_data.assembly.shards import file_sha256
 from kohaku_data.errors import KdataError
 
 # diffusers' config of the SDXL VAE (stabilityai/sdxl-vae config.json, minus the bookkeeping keys).
@@ -33,19 +34,11 @@ class VaeError(KdataError):
 def vae_sha256(path: Path) -> str:
     """sha256 of the file, or of a folder's sorted (relative path, file sha256) list."""
     if path.is_file():
-        return _file_sha256(path)
+        return file_sha256(path)
     if not path.is_dir():
         raise VaeError(f"the VAE {path} does not exist: give a diffusers AutoencoderKL folder or a .safetensors file.")
-    listing = [[str(p.relative_to(path)), _file_sha256(p)] for p in sorted(path.rglob("*")) if p.is_file()]
+    listing = [[str(p.relative_to(path)), file_sha256(p)] for p in sorted(path.rglob("*")) if p.is_file()]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def vae_config(path: Path, config_path: Path | None = None) -> dict[str, Any]:
