@@ -271,7 +271,9 @@ def _artifacts(facts: CardFacts):
             _empty(ax, title, "none")
             continue
         ax.bar(np.arange(len(labels)), counts, color=BAR)
-        ax.set_xticks(np.arange(len(labels)), labels)
+        # Seven quality bins do not fit side by side at this width: the labels slant.
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=30 if len(labels) > 5 else 0,
+                      ha="right" if len(labels) > 5 else "center")
         ax.set_title(title, loc="left")
         ax.grid(axis="x", visible=False)
         _integer_axis(ax.yaxis)
@@ -289,7 +291,9 @@ def _artifacts(facts: CardFacts):
     if not any(c for _, c in acted):
         _empty(axes[1, 1], "Recipe rules", "no [artifacts] rule acted")
     else:
-        _hbars(axes[1, 1], [label for label, _ in acted], [c for _, c in acted], "#c44e52")
+        # Shares of the images the rules saw (samples kept + rejected by them), not of the actions.
+        _hbars(axes[1, 1], [label for label, _ in acted], [c for _, c in acted], "#c44e52",
+               total=max(1, a["samples"] + sum(a["rejected"].values())))
         axes[1, 1].set_title("Recipe rules", loc="left")
     return fig
 
