@@ -49,7 +49,7 @@ demo: venv $(DEMO)/danbooru.db
 	@echo "demo done: shards, manifest.parquet and index.json are in $(DEMO)/shards/ (DB: $(DEMO)/danbooru.db)"
 	@echo "next:"
 	@echo "  look at the card:  $(DEMO)/shards/README.md (plots in $(DEMO)/shards/card/)"
-	@echo "  browse it:         $(KDATA) serve --db $(DEMO)/danbooru.db --datasets $(DEMO)  (then open http://127.0.0.1:8000/)"
+	@echo "  browse it:         $(KDATA) serve --db $(DEMO)/danbooru.db --datasets $(DEMO) --src $(DEMO)/raw  (then open http://127.0.0.1:8000/)"
 	@echo "  export it:         $(KDATA) export $(DEMO)/shards $(DEMO)/kohya --format kohya  (or kohya-ft, hf)"
 	@echo "  a recipe of yours: cp pipelines/demo.toml my.toml; $(KDATA) recipe check my.toml --db $(DEMO)/danbooru.db --src $(DEMO)/raw"
 
