@@ -32,7 +32,10 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=1024)
     parser.add_argument("--small", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="make bench QUICK=1: a 256 px image instead of 1024")
     args = parser.parse_args()
+    if args.quick:
+        args.big = min(args.big, 256)
     torch.manual_seed(0)
     vae = AutoencoderKL(**SDXL_VAE_CONFIG).eval()
     for threads in sorted({1, torch.get_num_threads()}):

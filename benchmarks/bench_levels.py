@@ -63,7 +63,10 @@ def main() -> None:
     ap.add_argument("--posts", type=int, default=60)
     ap.add_argument("--side", type=int, default=1600)
     ap.add_argument("--bucket", default="kohaku-xl")
+    ap.add_argument("--quick", action="store_true", help="make bench QUICK=1: 12 posts of 1024 px")
     args = ap.parse_args()
+    if args.quick:
+        args.posts, args.side = min(args.posts, 12), min(args.side, 1024)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         db, src = make_inputs(root, args.posts, args.side)

@@ -128,7 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--per-sample", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="make bench QUICK=1: 600 images, 60 per-sample reads")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.per_sample = min(args.images, 600), min(args.per_sample, 60)
     from s3_support import FaultProxy, S3Server, endpoint_environ
 
     local = built_dataset(args.images)

@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--refresh", type=Path, default=None,
                         help="a migrated DB: time the caption summary refresh (refresh_caption_summaries) "
                              "with this tree, --variants-tree, and this tree storing no counts, interleaved")
+    parser.add_argument("--quick", action="store_true", help="make bench QUICK=1: 50k posts, 1 round")
     args = parser.parse_args()
+    if args.quick:
+        args.posts, args.rounds = min(args.posts, 50_000), 1
     if args.child:
         _child_main(args.child, args.child_db)
         return
