@@ -174,3 +174,39 @@ def test_sample_has_the_snapshot_unknown_blocks(tmp_path: Path, monkeypatch) -> 
     handle = DanbooruDB.open(path)
     assert count_posts(handle, "id:100..399") == len([p for p, _ in listed if p < 400])
     handle.close()
+
+
+SOURCE_QUERIES = ["source:https://*pixiv*", "source:HTTPS://WWW.PIXIV*", "source:*twitter*",
+                  "source:https://x.com/*", "source:*pix*", "source:*ab*", "source:h*p*",
+                  "source:*100%_x*", "source:*a_b*", "source:*c\\d*", "source:*émile*",
+                  "-source:*pixiv*", "source:*pixiv* source:*twitter*", "1girl source:*pixiv.net*"]
+
+
+def test_source_trigrams_match_the_index_path(db, monkeypatch) -> None:
+    """Migration 0015: source: through the trigram table gives exactly what 0014's path gives
+    (odd values: literal %, _, backslash, non-ASCII case), also after writes to post."""
+    from kohaku_data.db import query_plan
+    conn = db.connection()
+    assert db.has_table(query_plan.SOURCE_FTS)
+    where, _ = query_plan._source_sql("https://*pixiv*", fts=True)
+    assert query_plan.SOURCE_FTS in where
+    assert query_plan.SOURCE_FTS not in query_plan._source_sql("*ab*", fts=True)[0]
+
+    def check() -> None:
+        for text in SOURCE_QUERIES:
+            got = (query_ids(db, text), count_posts(db, text))
+            with monkeypatch.context() as m:
+                m.setattr(query_plan, "SOURCE_FTS", "kdata_no_such_table")  # 0014's path
+                expected = plain(db, text)
+            assert got == (expected, len(expected)), text
+
+    with db.database.atomic():
+        conn.execute("UPDATE post SET source = 'https://x/100%_x/ÉMILE/c\\d' WHERE id % 101 = 0")
+        conn.execute("UPDATE post SET source = 'http://a_b.pixiv.NET/' WHERE id % 103 = 0")
+    check()
+    with db.database.atomic():
+        conn.execute("UPDATE post SET source = 'https://TWITTER.com/pixiv' WHERE id % 107 = 0")
+        conn.execute("DELETE FROM post WHERE id % 109 = 0")
+    check()
+    assert conn.execute(f"INSERT INTO {query_plan.SOURCE_FTS}({query_plan.SOURCE_FTS}, rank) "
+                        "VALUES ('integrity-check', 1)") is not None

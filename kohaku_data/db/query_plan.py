@@ -15,6 +15,8 @@ All user text reaches SQLite as bound parameters; only fixed column names are fo
 from __future__ import annotations
 
 import difflib
+import re
+import sqlite3
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +131,41 @@ class Plan:
         return self.query.has_tags
 
 
+# Migration 0015: an FTS5 table with the trigram tokenizer over post.source (external content,
+# kept current by the triggers below), so `source:https://*pixiv*` reads the few sources
+# holding its trigrams instead of the whole `https://` range of the NOCASE index.
+SOURCE_FTS = "kdata_source_fts"
+_TRIGRAM = 3
+_SOURCE_FTS_TRIGGERS = {
+    "insert": ("AFTER INSERT ON post",
+               f"INSERT INTO {SOURCE_FTS}(rowid, source) VALUES (new.id, new.source);"),
+    "delete": ("AFTER DELETE ON post",
+               f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
+               "VALUES ('delete', old.id, old.source);"),
+    "update": ("AFTER UPDATE OF id, source ON post",
+               f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
+               "VALUES ('delete', old.id, old.source); "
+               f"INSERT INTO {SOURCE_FTS}(rowid, source) VALUES (new.id, new.source);"),
+}
+
+
+def install_source_fts(conn: sqlite3.Connection) -> bool:
+    """Create (or rebuild) the trigram table and its triggers; False where this SQLite lacks
+    FTS5's trigram tokenizer (3.34+), leaving the file as it was (source: keeps the index)."""
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.kdata_trigram_probe USING fts5(x, tokenize='trigram')")
+        conn.execute("DROP TABLE temp.kdata_trigram_probe")
+    except sqlite3.OperationalError:
+        return False
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {SOURCE_FTS} USING fts5(source, "
+                 "content='post', content_rowid='id', tokenize='trigram', detail='none')")
+    for name, (event, body) in _SOURCE_FTS_TRIGGERS.items():
+        conn.execute(f"DROP TRIGGER IF EXISTS {SOURCE_FTS}_{name}")
+        conn.execute(f"CREATE TRIGGER {SOURCE_FTS}_{name} {event} BEGIN {body} END")
+    conn.execute(f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}) VALUES ('rebuild')")
+    return True
+
+
 def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
     """`text` bound to `db`. `strict`: a name that is neither a tag nor an alias is an error
     with a did-you-mean (else it matches no post, as on Danbooru)."""
@@ -138,7 +175,8 @@ def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
     posts = 0 if hi is None else hi - lo + 1
     tags = _resolve(db, query.tag_names, strict)
     wildcards = {n.pattern: _expand(db, n.pattern) for n in walk(query.tree) if isinstance(n, Wildcard)}
-    tree = _bind(query.tree, tags, wildcards, posts)
+    fts = db.has_table(SOURCE_FTS)  # migration 0015: source: patterns through trigrams
+    tree = _bind(query.tree, tags, wildcards, posts, fts)
     if not query.show_deleted:  # Danbooru hides deleted posts unless the query asks for them
         parts = list(tree.children) if isinstance(tree, And) else [tree]
         tree = _group(And, [*parts, Not(_meta_leaf(HIDE_DELETED, posts))], posts)
@@ -146,7 +184,8 @@ def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
 
 
 # -- binding ----------------------------------------------------------------------------------
-def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]], posts: int):
+def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]], posts: int,
+          fts: bool = False):
     if isinstance(node, TagTerm):
         return TagLeaf((tags[node.name],))
     if isinstance(node, Wildcard):
@@ -155,14 +194,14 @@ def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]
         if node.negated and node.name == "is" and node.values == HIDE_DELETED.values:
             # the complement of a small indexed set (partial index of migration 0013)
             return Not(_meta_leaf(HIDE_DELETED, posts))
-        return _meta_leaf(node, posts)
+        return _meta_leaf(node, posts, fts)
     if isinstance(node, Not):
-        child = _bind(node.child, tags, wildcards, posts)
+        child = _bind(node.child, tags, wildcards, posts, fts)
         if isinstance(child, SqlLeaf):
             return SqlLeaf(f"NOT ({child.where})", child.params, max(posts - child.estimate, 0),
                            expr=Not(child.expr))
         return Not(child)
-    children = [_bind(c, tags, wildcards, posts) for c in node.children]
+    children = [_bind(c, tags, wildcards, posts, fts) for c in node.children]
     return _group(type(node), children, posts)
 
 
@@ -195,13 +234,13 @@ def _group(kind, children: list, posts: int):
     return kind(tuple(children))
 
 
-def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
+def _meta_leaf(f: MetaFilter, posts: int, fts: bool = False) -> SqlLeaf:
     share = _META_SHARE
     if f.name == "is":
         where, params = " OR ".join(f"({PREDICATES[v]})" for v in f.values), ()
         share = min(1.0, sum(_PREDICATE_SHARE.get(v, _META_SHARE) for v in f.values))
     elif f.name == "source":
-        parts = [_source_sql(v) for v in f.values]
+        parts = [_source_sql(v, fts) for v in f.values]
         where = " OR ".join(f"({sql})" for sql, _ in parts)
         params = tuple(p for _, args in parts for p in args)
     elif f.name == "parent":  # parent:N: post N and its children
@@ -237,18 +276,35 @@ def _meta_leaf(f: MetaFilter, posts: int) -> SqlLeaf:
     return SqlLeaf(where, params, estimate, bounded, f)
 
 
-def _source_sql(value: str) -> tuple[str, list]:
+def _source_sql(value: str, fts: bool = False) -> tuple[str, list]:
     """source:TEXT as SQL: the LIKE, plus (when TEXT starts with a literal) the range of the
     case-insensitive index of migration 0014 that holds every match, so SQLite reads that
     range of the index (no row reads) instead of every post. LIKE folds ASCII case only, as
-    NOCASE does, so the range is exact."""
+    NOCASE does, so the range is exact.
+
+    With the trigram table of migration 0015 (`fts`) and a literal run of >= 3 characters,
+    the candidates are the posts whose source the FTS5 LIKE finds from its trigrams
+    (`https://*pixiv*`: the few with `pix`/`ixi`/`xiv`, not the whole `https://` range), each
+    re-checked by today's LIKE on its row: the FTS5 pattern is a superset (the tokenizer
+    folds Unicode case, a literal `%`/`_` becomes `_`: FTS5 takes no ESCAPE), so the result
+    is exactly today's."""
     like = "source LIKE ? ESCAPE '\\'"
+    if fts and _longest_literal(value) >= _TRIGRAM:
+        loose = value.replace("%", "_").replace("*", "%") + "%"
+        return (f"id IN (SELECT rowid FROM {SOURCE_FTS} WHERE source LIKE ?) AND {like}",
+                [loose, _like_prefix(value)])
     prefix = value.split("*", 1)[0]
     if not prefix or ord(prefix[-1]) >= 0xD7FF:  # no next character (surrogates) past it
         return like, [_like_prefix(value)]
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     return (f"source COLLATE NOCASE >= ? AND source COLLATE NOCASE < ? AND {like}",
             [prefix, upper, _like_prefix(value)])
+
+
+def _longest_literal(value: str) -> int:
+    """The longest run of characters a trigram can match (`*` is any run; a literal `%` or
+    `_` becomes FTS5's `_`, which no trigram holds)."""
+    return max(len(run) for run in re.split(r"[*%_]", value))
 
 
 def _like_prefix(value: str) -> str:
