@@ -208,5 +208,11 @@ def test_source_trigrams_match_the_index_path(db, monkeypatch) -> None:
         conn.execute("UPDATE post SET source = 'https://TWITTER.com/pixiv' WHERE id % 107 = 0")
         conn.execute("DELETE FROM post WHERE id % 109 = 0")
     check()
+    with db.database.atomic():  # the importers' update path: INSERT OR REPLACE of whole rows
+        conn.execute("CREATE TEMP TABLE changed AS SELECT * FROM post WHERE id % 113 = 0")
+        conn.execute("UPDATE changed SET source = 'https://www.PIXIV.net/replaced'")
+        conn.execute("INSERT OR REPLACE INTO post SELECT * FROM changed")
+        conn.execute("UPDATE post SET source = 'https://later.example/' WHERE id % 113 = 0")
+    check()
     assert conn.execute(f"INSERT INTO {query_plan.SOURCE_FTS}({query_plan.SOURCE_FTS}, rank) "
                         "VALUES ('integrity-check', 1)") is not None

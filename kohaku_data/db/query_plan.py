@@ -137,6 +137,12 @@ class Plan:
 SOURCE_FTS = "kdata_source_fts"
 _TRIGRAM = 3
 _SOURCE_FTS_TRIGGERS = {
+    # INSERT OR REPLACE (the importers' update path) deletes the old row without firing delete
+    # triggers (recursive_triggers is off): take its entry out first, with the values indexed,
+    # or the external-content table keeps a stale entry and later reads it as corrupt.
+    "replace": ("BEFORE INSERT ON post WHEN EXISTS (SELECT 1 FROM post WHERE id = new.id)",
+                f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
+                "SELECT 'delete', id, source FROM post WHERE id = new.id;"),
     "insert": ("AFTER INSERT ON post",
                f"INSERT INTO {SOURCE_FTS}(rowid, source) VALUES (new.id, new.source);"),
     "delete": ("AFTER DELETE ON post",
