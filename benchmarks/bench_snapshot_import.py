@@ -1,6 +1,10 @@
 """Benchmark: parquet snapshot import vs the JSONL import of the same records, same run, one core.
 
     .venv/bin/python benchmarks/bench_snapshot_import.py [--quick] [--posts N] [--rounds R]
+    .venv/bin/python benchmarks/bench_snapshot_import.py --posts N --write-parquet OUT.parquet
+
+`--write-parquet` only writes the N-post danbooru2026-shaped file (for timing `kdata db import`
+on it as a user runs it, e.g. under `/usr/bin/time -v` for peak RSS at millions of rows) and exits.
 
 Generates N API posts (bench_import's generator: ~30 tags each by popularity from the top-20k
 list), writes them as JSONL and as a danbooru2026-shaped parquet file (flat API columns, row
@@ -108,8 +112,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="also run the JSONL import with this commit's code (git archive), same rounds")
+    parser.add_argument("--write-parquet", type=Path, default=None, metavar="OUT",
+                        help="only write the N-post snapshot-shaped parquet file to OUT and exit")
     args = parser.parse_args()
     n = args.posts or (50_000 if args.quick else 500_000)
+    if args.write_parquet:
+        from benchmarks.bench_import import generate
+
+        with tempfile.TemporaryDirectory(dir=args.write_parquet.parent) as tmp:
+            t0 = time.perf_counter()
+            generate(Path(tmp) / "posts.jsonl", n)
+            to_parquet(Path(tmp) / "posts.jsonl", args.write_parquet)
+        print(f"{n:,} posts -> {args.write_parquet} ({args.write_parquet.stat().st_size / 1e6:,.0f} MB) "
+              f"in {time.perf_counter() - t0:.0f} s")
+        return
     rounds = args.rounds or (1 if args.quick else 2)
     from benchmarks.bench_import import generate
 
