@@ -196,6 +196,18 @@ class FaultProxy:
             return fail, delay
 
 
+@contextlib.contextmanager
+def server_and_proxy() -> Iterator[tuple[S3Server, "FaultProxy"]]:
+    """moto's server and a fault proxy in front of it, both stopped at the end (a module fixture)."""
+    server = S3Server.start()
+    proxy = FaultProxy.start(server.url)
+    try:
+        yield server, proxy
+    finally:
+        proxy.stop()
+        server.stop()
+
+
 def _connect(url: str) -> http.client.HTTPConnection:
     parts = urlsplit(url)
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)

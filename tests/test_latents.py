@@ -23,12 +23,11 @@ from kohaku_data.latents import SDXL_VAE_CONFIG, LatentSpec, make_latents, vae_s
 from kohaku_data.latents import tasks as latent_tasks  # noqa: E402
 from kohaku_data.train import BucketCollate, KdataDataset, ReaderError  # noqa: E402
 from kohaku_data.train.latents import parse_member  # noqa: E402
+from latents_support import save_tiny_vae  # noqa: E402
 from test_build_support import build, make_inputs, small_recipe  # noqa: E402
 
 # 64x64-ish buckets: the real SDXL VAE encodes them in well under a second each on a CPU.
 TINY_BUCKETS = {"name": "tiny-64", "step": 32, "min_area": 48 * 64, "max_area": 64 * 96, "min_side": 32, "max_side": 128}
-TINY_VAE = {**SDXL_VAE_CONFIG, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
-            "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4}
 
 
 def _recipe(**kw):
@@ -63,10 +62,7 @@ def sdxl_vae(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> Path:
     """A small AutoencoderKL as a diffusers folder (save_pretrained), for byte-level tests."""
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny") / "vae"
-    diffusers.AutoencoderKL(**TINY_VAE).save_pretrained(folder)
-    return folder
+    return save_tiny_vae(tmp_path_factory.mktemp("tiny") / "vae")
 
 
 def _spec(vae: Path, **kw) -> LatentSpec:

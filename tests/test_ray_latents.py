@@ -20,14 +20,12 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from kohaku_data.cli import app  # noqa: E402
-from kohaku_data.latents import SDXL_VAE_CONFIG  # noqa: E402
 from ray_support import node_args  # noqa: E402
+from latents_support import save_tiny_vae  # noqa: E402
 from test_build_support import build, make_inputs, small_recipe  # noqa: E402
 
 TINY_BUCKETS = {"name": "tiny-64", "step": 32, "min_area": 48 * 64, "max_area": 64 * 96, "min_side": 32, "max_side": 128}
 LO = {"name": "lo", "step": 16, "min_area": 24 * 32, "max_area": 32 * 32, "min_side": 16, "max_side": 64}
-TINY_VAE = {**SDXL_VAE_CONFIG, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
-            "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4}
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +52,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> Path:
-    import diffusers
-    import torch
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny") / "vae"
-    diffusers.AutoencoderKL(**TINY_VAE).save_pretrained(folder)
-    return folder
+    return save_tiny_vae(tmp_path_factory.mktemp("tiny") / "vae")
 
 
 def _latents(ds: Path, vae: Path, *executor: str) -> dict[str, bytes]:

@@ -16,17 +16,14 @@ pytest.importorskip("moto")
 from cli_support import checked, no_traceback  # noqa: E402
 from kohaku_data import storage, tar_index  # noqa: E402
 from kohaku_data.sources import open_source, read_entry  # noqa: E402
-from s3_support import FaultProxy, S3Server, s3_env, use_endpoint  # noqa: E402
+from s3_support import FaultProxy, s3_env, server_and_proxy, use_endpoint  # noqa: E402
 from test_build_support import Inputs, build, folder_bytes, make_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server.start()
-    proxy = FaultProxy.start(server.url)
-    yield server, proxy
-    proxy.stop()
-    server.stop()
+    with server_and_proxy() as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from test_train_support import built_dataset
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
-from s3_support import FaultProxy, S3Server, use_endpoint  # noqa: E402
+from s3_support import FaultProxy, server_and_proxy, use_endpoint  # noqa: E402
 
 
 # -- the window plan (pure) -------------------------------------------------------------------------
@@ -70,11 +70,8 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server.start()
-    proxy = FaultProxy.start(server.url)
-    yield server, proxy
-    proxy.stop()
-    server.stop()
+    with server_and_proxy() as pair:
+        yield pair
 
 
 _buckets = iter(range(1_000_000))
