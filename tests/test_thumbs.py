@@ -53,38 +53,19 @@ def make_sources(folder: Path) -> None:
     Image.new("RGB", (5000, 5000), (10, 120, 10)).save(folder / "7.png")  # 25 MP PNG: over the 20 MP cap
 
 
-class ThumbServer:
+class ThumbServer(ServerProcess):
     """uvicorn over `create_app` with a small ThumbConfig (the CLI exposes only the cache size)."""
 
     SCRIPT = ("import json, sys, uvicorn; from kohaku_data.service.app import create_app; "
               "from kohaku_data.service.thumbs import ThumbConfig; a = json.loads(sys.argv[1]); "
               "app = create_app(a['db'], a['datasets'], sources=a['src'], thumbs=ThumbConfig(**a['thumbs'])); "
               "uvicorn.run(app, host='127.0.0.1', port=a['port'], log_level='warning')")
+    check_log = False  # refused and broken images are this server's everyday input
 
     def __init__(self, root: Path, **args) -> None:
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(root / "thumb-serve.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, json.dumps({**args, "port": port})],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=root)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                httpx.get(f"{self.url}/openapi.json", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        self.log.seek(0)
-        raise RuntimeError(f"server did not start:\n{self.log.read()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self._start([sys.executable, "-c", self.SCRIPT, json.dumps({**args, "port": port})], root, port,
+                    "thumb-serve.log", "server")
 
 
 @pytest.fixture(scope="module")
