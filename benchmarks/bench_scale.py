@@ -379,7 +379,7 @@ def main() -> None:
         smalls[label] = (migrated_db(small)[0], small_built)
     results["small_dbs"] = {label: built for label, (_, built) in smalls.items()}
     if args.build_only:
-        write_results("scale", results)
+        write_results("scale" if posts == 7_800_000 else f"scale-{posts}", results)
         return
     python = None if args.no_hakubooru else ensure_hakubooru()
     hb = hakubooru_rate(python, migrated, 20_000) if "caption" in want else None
@@ -407,7 +407,8 @@ def main() -> None:
         rows["/stats"] = {**served["stats"], "baseline": sql_time(migrated, STATS_SQL, "stats counts as plain SQL")}
         rows["/posts"] = {**served["posts"], "baseline": sql_time(migrated, POSTS_SQL, "/posts as plain SQL")}
     _print_table(results)
-    write_results("scale", results)
+    # 7.8M (Danbooru2023's size) is the table of record; other sizes keep their own file.
+    write_results("scale" if posts == 7_800_000 else f"scale-{posts}", results)
 
 
 def _query_row(rows: dict, migrated: Path) -> None:

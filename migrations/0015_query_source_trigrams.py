@@ -9,8 +9,8 @@ no FTS5 trigram tokenizer (before 3.34) the migration adds nothing and source: k
 """
 
 from kohaku_data.db.handle import DanbooruDB
-from kohaku_data.db.query_plan import install_source_fts
+from kohaku_data.db import source_trigrams
 
 
 def migrate(db: DanbooruDB) -> None:
-    install_source_fts(db.connection())
+    source_trigrams.install(db.connection())

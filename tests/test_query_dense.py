@@ -185,18 +185,18 @@ SOURCE_QUERIES = ["source:https://*pixiv*", "source:HTTPS://WWW.PIXIV*", "source
 def test_source_trigrams_match_the_index_path(db, monkeypatch) -> None:
     """Migration 0015: source: through the trigram table gives exactly what 0014's path gives
     (odd values: literal %, _, backslash, non-ASCII case), also after writes to post."""
-    from kohaku_data.db import query_plan
+    from kohaku_data.db import query_plan, source_trigrams
     conn = db.connection()
-    assert db.has_table(query_plan.SOURCE_FTS)
+    assert source_trigrams.is_current(db)
     where, _ = query_plan._source_sql("https://*pixiv*", fts=True)
-    assert query_plan.SOURCE_FTS in where
-    assert query_plan.SOURCE_FTS not in query_plan._source_sql("*ab*", fts=True)[0]
+    assert source_trigrams.TABLE in where
+    assert source_trigrams.TABLE not in query_plan._source_sql("*ab*", fts=True)[0]
 
     def check() -> None:
         for text in SOURCE_QUERIES:
             got = (query_ids(db, text), count_posts(db, text))
             with monkeypatch.context() as m:
-                m.setattr(query_plan, "SOURCE_FTS", "kdata_no_such_table")  # 0014's path
+                m.setattr(source_trigrams, "is_current", lambda db: False)  # 0014's path
                 expected = plain(db, text)
             assert got == (expected, len(expected)), text
 
@@ -214,5 +214,5 @@ def test_source_trigrams_match_the_index_path(db, monkeypatch) -> None:
         conn.execute("INSERT OR REPLACE INTO post SELECT * FROM changed")
         conn.execute("UPDATE post SET source = 'https://later.example/' WHERE id % 113 = 0")
     check()
-    assert conn.execute(f"INSERT INTO {query_plan.SOURCE_FTS}({query_plan.SOURCE_FTS}, rank) "
+    assert conn.execute(f"INSERT INTO {source_trigrams.TABLE}({source_trigrams.TABLE}, rank) "
                         "VALUES ('integrity-check', 1)") is not None

@@ -317,6 +317,57 @@ def test_snapshot_over_existing_db_updates_adds_keeps_kdata_tables_and_rerun_is_
     assert dump(tmp_path / "d.db") == before
 
 
+def _source_answers(db: DanbooruDB) -> dict[str, list[int]]:
+    from kohaku_data.db.query import query_ids
+    return {text: query_ids(db, text) for text in ("source:https://*pixiv*", "source:*example.com/new*", "-source:*pix*")}
+
+
+def _like_answers(db: DanbooruDB, monkeypatch) -> dict[str, list[int]]:
+    from kohaku_data.db import source_trigrams
+    with monkeypatch.context() as m:
+        m.setattr(source_trigrams, "is_current", lambda db: False)  # the NOCASE index range, no trigrams
+        return _source_answers(db)
+
+
+def test_bulk_import_rebuilds_the_source_trigrams_and_a_killed_one_falls_back(posts_sample_path, tmp_path,
+                                                                             monkeypatch):
+    """A bulk import drops the trigram triggers and rebuilds the table once at the end (replaced,
+    new and unchanged sources all found); killed before that, source: reads the index range
+    (right, not stale) until the next import puts the triggers back."""
+    from kohaku_data.db import importer, source_trigrams
+    old = make_posts(posts_sample_path, 30)
+    db = DanbooruDB.create(tmp_path / "d.db")
+    import_files(db, [write_jsonl(tmp_path / "old.jsonl", old)], defer=True)
+    assert source_trigrams.is_current(db)
+    new = copy.deepcopy(old) + make_posts(posts_sample_path, 40)[30:]
+    for i, post in enumerate(new[:10] + new[30:]):
+        post["updated_at"] = "2026-01-01T00:00:00.000+00:00"
+        post["source"] = f"https://example.com/new/{i}" if i % 2 else f"https://www.pixiv.net/artworks/{i}"
+    path = danbooru2026(new, tmp_path / "snap.parquet")
+
+    def killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    real = importer._import_recorded
+    monkeypatch.setattr(importer, "_import_recorded", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_files(db, [path], defer=True)
+    monkeypatch.undo()
+    assert not source_trigrams.is_current(db)  # its triggers are gone: never read stale
+    expected = _like_answers(db, monkeypatch)
+    written = {r[0] for r in db.connection().execute(
+        "SELECT id FROM post WHERE source LIKE 'https://example.com/new/%' AND is_deleted = 0")}
+    assert len(written) == 8 and set(expected["source:*example.com/new*"]) == written
+    assert _source_answers(db) == expected
+    import_files(db, [path], defer=True)  # the rerun: every row unchanged, the refresh puts it back
+    assert source_trigrams.is_current(db)
+    assert _source_answers(db) == _like_answers(db, monkeypatch) == expected
+    db.connection().execute(f"INSERT INTO {source_trigrams.TABLE}({source_trigrams.TABLE}, rank) "
+                            "VALUES ('integrity-check', 1)")
+    db.close()
+
+
 # -- tag relations by version, files by content --------------------------------------------------------
 def test_implications_newest_record_wins_whatever_the_file_order(tmp_path):
     records = [  # API order: newest first; the pair was deleted, then approved again

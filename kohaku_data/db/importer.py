@@ -373,7 +373,7 @@ def import_files(
     sha256 and counts in `kdata_import_source` (`provenance.py`). `keepers`: what is kept current
     once the rows are in (db/summary.py; callers above db/ pass kohaku_data.keepers.SUMMARY_KEEPERS).
     """
-    from kohaku_data.db import post_tags
+    from kohaku_data.db import post_tags, source_trigrams
     from kohaku_data.db import summary as db_summary
     from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
 
@@ -391,7 +391,9 @@ def import_files(
     with _bulk_pragmas(db.connection()), db_summary.suspended(db):
         if defer:
             defer_indexes(db)
-            post_tags.retire(db, drop_triggers=True)  # rebuilt once at the end, not noted row by row
+            # Rebuilt once at the end (by the keepers' refresh), not kept current row by row.
+            post_tags.retire(db, drop_triggers=True)
+            source_trigrams.retire(db)
         try:
             with progress_bar("import", total, progress) as bar:
                 for path in paths:

@@ -8,7 +8,7 @@ layer above it and no registry is filled as a side effect of importing something
 
 from __future__ import annotations
 
-from kohaku_data.db import post_tags
+from kohaku_data.db import post_tags, source_trigrams
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.db.info import refresh_info
 from kohaku_data.db.summary import Keeper
@@ -27,5 +27,11 @@ def post_tag_blocks(db: DanbooruDB) -> list[str]:
     return ["post tag blocks"] if post_tags.refresh_if_stale(db) else []
 
 
+def source_trigram_index(db: DanbooruDB) -> list[str]:
+    """The trigram index of post.source (migration 0015), rebuilt after a bulk import dropped
+    its triggers: `source:` stays right without it but reads the index range."""
+    return ["source trigrams"] if source_trigrams.refresh_if_stale(db) else []
+
+
 # Indexes first (they are not summaries, but go stale with the same writes), then the counts.
-DB_KEEPERS: tuple[Keeper, ...] = (query_bitmap_index, post_tag_blocks, refresh_info)
+DB_KEEPERS: tuple[Keeper, ...] = (query_bitmap_index, post_tag_blocks, source_trigram_index, refresh_info)

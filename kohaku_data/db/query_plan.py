@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kohaku_data.db import source_trigrams
 from kohaku_data.db.handle import DanbooruDB
 from kohaku_data.db.query_parse import (
     ALL_METATAGS,
@@ -131,45 +132,7 @@ class Plan:
         return self.query.has_tags
 
 
-# Migration 0015: an FTS5 table with the trigram tokenizer over post.source (external content,
-# kept current by the triggers below), so `source:https://*pixiv*` reads the few sources
-# holding its trigrams instead of the whole `https://` range of the NOCASE index.
-SOURCE_FTS = "kdata_source_fts"
-_TRIGRAM = 3
-_SOURCE_FTS_TRIGGERS = {
-    # INSERT OR REPLACE (the importers' update path) deletes the old row without firing delete
-    # triggers (recursive_triggers is off): take its entry out first, with the values indexed,
-    # or the external-content table keeps a stale entry and later reads it as corrupt.
-    "replace": ("BEFORE INSERT ON post WHEN EXISTS (SELECT 1 FROM post WHERE id = new.id)",
-                f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
-                "SELECT 'delete', id, source FROM post WHERE id = new.id;"),
-    "insert": ("AFTER INSERT ON post",
-               f"INSERT INTO {SOURCE_FTS}(rowid, source) VALUES (new.id, new.source);"),
-    "delete": ("AFTER DELETE ON post",
-               f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
-               "VALUES ('delete', old.id, old.source);"),
-    "update": ("AFTER UPDATE OF id, source ON post",
-               f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}, rowid, source) "
-               "VALUES ('delete', old.id, old.source); "
-               f"INSERT INTO {SOURCE_FTS}(rowid, source) VALUES (new.id, new.source);"),
-}
-
-
-def install_source_fts(conn: sqlite3.Connection) -> bool:
-    """Create (or rebuild) the trigram table and its triggers; False where this SQLite lacks
-    FTS5's trigram tokenizer (3.34+), leaving the file as it was (source: keeps the index)."""
-    try:
-        conn.execute("CREATE VIRTUAL TABLE temp.kdata_trigram_probe USING fts5(x, tokenize='trigram')")
-        conn.execute("DROP TABLE temp.kdata_trigram_probe")
-    except sqlite3.OperationalError:
-        return False
-    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {SOURCE_FTS} USING fts5(source, "
-                 "content='post', content_rowid='id', tokenize='trigram', detail='none')")
-    for name, (event, body) in _SOURCE_FTS_TRIGGERS.items():
-        conn.execute(f"DROP TRIGGER IF EXISTS {SOURCE_FTS}_{name}")
-        conn.execute(f"CREATE TRIGGER {SOURCE_FTS}_{name} {event} BEGIN {body} END")
-    conn.execute(f"INSERT INTO {SOURCE_FTS}({SOURCE_FTS}) VALUES ('rebuild')")
-    return True
+_TRIGRAM = 3  # source: patterns with a literal run this long read the trigram table
 
 
 def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
@@ -181,7 +144,7 @@ def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
     posts = 0 if hi is None else hi - lo + 1
     tags = _resolve(db, query.tag_names, strict)
     wildcards = {n.pattern: _expand(db, n.pattern) for n in walk(query.tree) if isinstance(n, Wildcard)}
-    fts = db.has_table(SOURCE_FTS)  # migration 0015: source: patterns through trigrams
+    fts = source_trigrams.is_current(db)  # migration 0015: source: patterns through trigrams
     tree = _bind(query.tree, tags, wildcards, posts, fts)
     if not query.show_deleted:  # Danbooru hides deleted posts unless the query asks for them
         parts = list(tree.children) if isinstance(tree, And) else [tree]
@@ -297,7 +260,7 @@ def _source_sql(value: str, fts: bool = False) -> tuple[str, list]:
     like = "source LIKE ? ESCAPE '\\'"
     if fts and _longest_literal(value) >= _TRIGRAM:
         loose = value.replace("%", "_").replace("*", "%") + "%"
-        return (f"id IN (SELECT rowid FROM {SOURCE_FTS} WHERE source LIKE ?) AND {like}",
+        return (f"id IN (SELECT rowid FROM {source_trigrams.TABLE} WHERE source LIKE ?) AND {like}",
                 [loose, _like_prefix(value)])
     prefix = value.split("*", 1)[0]
     if not prefix or ord(prefix[-1]) >= 0xD7FF:  # no next character (surrogates) past it
