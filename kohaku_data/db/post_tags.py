@@ -35,8 +35,9 @@ BLOCKS_TABLE = "kdata_post_tags"
 STATE_TABLE = "kdata_post_tags_state"
 DIRTY_TABLE = "kdata_post_tags_dirty"
 # Blocks encoded per read while building (bounds the builder's memory to ~50 MB per million
-# relations of that many blocks).
-_BUILD_GROUP = 64
+# relations of that many blocks: 16 blocks, ~1.6M relations on the sample, ~80 MB; 64 held
+# ~300 MB for no gain in time).
+_BUILD_GROUP = 16
 # Deltas are stored as uint32: larger tag ids (none in Danbooru) are read from SQL.
 _MAX_TAG_ID = (1 << 32) - 1
 _BLOCK_OF = {"insert": ["NEW"], "delete": ["OLD"], "update": ["OLD", "NEW"]}

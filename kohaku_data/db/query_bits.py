@@ -16,6 +16,12 @@ holds, per id in `[base, base + span)`:
   is:/has: predicate (FLAG_BITS): so `filesize:`, `upvotes:`, `pixiv_id:`, `age:`, `is:parent`,
   `has:source`, `is:png` are a compare over a span-long array, not a row read per post.
 
+Building it reads the posts `_BUILD_CHUNK` ids at a time and holds each dense column in the
+narrowest type its values so far need (widened when a chunk's do not fit: the stored type is
+that of the whole int64 column narrowed), written once the posts are read; then the tag counts
+likewise, then one bitmap at a time. So a build holds about the stored size of the columns
+(~26-32 bytes per id of the span, 8 of them the date), not 8 bytes per column per id.
+
 A query over it is a few vectorised boolean operations on span-long arrays; tags without a
 bitmap and metatags without a column (width:, date:, …) are read as usual and set into the
 same arrays. The published tables are not changed: the index lives in kdata tables.
@@ -63,8 +69,11 @@ DENSE = (*DENSE_POST, *DENSE_COUNTS, "filetype", "date")
 # created_at's first 23 characters, the shape the date column encodes (digits elsewhere)
 _DATE_SEPARATORS = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":", 19: "."}
 _DATE_LEN = 23
-# Posts read per step while building (bounded memory at any size).
-_BUILD_CHUNK = 1 << 20
+# Ids read per step while building the post columns (bounded memory at any size: ~80 bytes of
+# group_concat text per post, held by sqlite and again as Python strings).
+_BUILD_CHUNK = 1 << 16
+# Ids read per step while building a tag's bitmap (~8 bytes of text per post of the tag).
+_TAG_CHUNK = 1 << 21
 # Relations read per step while counting tags (~10 bytes of text each).
 _COUNT_CHUNK = 262_144
 _NARROW = (np.int8, np.int16, np.int32, np.int64)
@@ -260,18 +269,41 @@ def refresh_if_stale(db: DanbooruDB) -> bool:
 
 
 def _build(conn: sqlite3.Connection) -> None:
-    """Write every array and set the state, valid last (the caller holds one transaction)."""
+    """Write every array and set the state, valid last (the caller holds one transaction).
+    Each array is written as soon as it is complete and dropped: the post columns, then the tag
+    counts, then the bitmaps, so the peak is the post columns in their narrow types."""
     lo, hi = conn.execute("SELECT (SELECT min(id) FROM post), (SELECT max(id) FROM post)").fetchone()
     base, span = (0, 0) if hi is None else (lo, hi - lo + 1)
     min_popularity = max(span // BITMAP_SHARE, 1)
     conn.execute(f"DELETE FROM {BITS_TABLE}")
     exts = [r[0] for r in conn.execute("SELECT DISTINCT file_ext FROM post WHERE file_ext IS NOT NULL "
                                        "ORDER BY 1")]
+    _put(conn, "vocab:filetype", "\n".join(exts).encode())
+    exists, columns = _post_columns(conn, base, span, exts)
+    _put(conn, "exists", np.packbits(exists))
+    del exists
+    state = {"base": base, "span": span, "min_popularity": min_popularity, "layout": LAYOUT,
+             "generation": int.from_bytes(os.urandom(6), "big")}
+    _put_columns(conn, state, columns)
+    del columns
+    _put_columns(conn, state, _tag_counts(conn, base, span))
+    popular = conn.execute("SELECT id FROM tag WHERE popularity >= ? ORDER BY id",
+                           (min_popularity,)).fetchall()
+    for (tag_id,) in popular:
+        _put(conn, f"tag:{tag_id}", np.packbits(_tag_mask(conn, tag_id, base, span)))
+    state["valid"] = 1
+    conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES (?, ?)", state.items())
+
+
+def _post_columns(conn: sqlite3.Connection, base: int, span: int,
+                  exts: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`exists` and the dense post columns (DENSE_POST, filetype, date where created_at fits),
+    read `_BUILD_CHUNK` ids at a time, each column in the narrowest type its values so far fit
+    (`_fit`: int8 at first)."""
     ext_case = "CASE file_ext " + " ".join("WHEN ? THEN ?" for _ in exts) + " ELSE 0 END" if exts else "0"
     ext_args = [v for i, e in enumerate(exts) for v in (e, i + 1)]
-    _put(conn, "vocab:filetype", "\n".join(exts).encode())
     exists = np.zeros(span, dtype=bool)
-    columns = {name: np.zeros(span, dtype=np.int64) for name in (*DENSE_POST, "filetype", "date")}
+    columns = {name: np.zeros(span, dtype=_NARROW[0]) for name in (*DENSE_POST, "filetype", "date")}
     dates_ok = True
     select = ("SELECT group_concat(id), " + ", ".join(
         f"group_concat(coalesce({c}, 0))" for c in DENSE_POST.values())
@@ -284,34 +316,57 @@ def _build(conn: sqlite3.Connection) -> None:
         ids = _ints(row[0]) - base
         exists[ids] = True
         for name, text in zip((*DENSE_POST, "filetype"), row[1:-3]):
-            columns[name][ids] = _ints(text)
+            _set(columns, name, ids, _ints(text))
         codes = _date_codes(row[-3], row[-1]) if dates_ok and (row[-2] or 0) > _DATE_LEN else None
         if codes is None:
             dates_ok = False
+            columns.pop("date", None)
         else:
-            columns["date"][ids] = codes
-    if not dates_ok:
-        del columns["date"]
-    _put(conn, "exists", np.packbits(exists).tobytes())
-    state = {"base": base, "span": span, "min_popularity": min_popularity, "layout": LAYOUT,
-             "generation": int.from_bytes(os.urandom(6), "big")}
-    columns.update(_tag_counts(conn, base, span))
-    for name, dense in columns.items():
-        dtype = next(t for t in _NARROW if not dense.size or (
-            np.iinfo(t).min <= dense.min() and dense.max() <= np.iinfo(t).max))
-        _put(conn, f"col:{name}", dense.astype(dtype).tobytes())
-        state[f"itemsize:{name}"] = np.dtype(dtype).itemsize
-    popular = conn.execute("SELECT id FROM tag WHERE popularity >= ? ORDER BY id",
-                           (min_popularity,)).fetchall()
-    for (tag_id,) in popular:
-        text = conn.execute("SELECT group_concat(post_id) FROM posttagrelation WHERE tag_id = ?",
-                            (tag_id,)).fetchone()[0]
-        mask = np.zeros(span, dtype=bool)
-        at = _ints(text) - base
-        mask[at[(at >= 0) & (at < span)]] = True
-        _put(conn, f"tag:{tag_id}", np.packbits(mask).tobytes())
-    state["valid"] = 1
-    conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES (?, ?)", state.items())
+            _set(columns, "date", ids, codes)
+    return exists, columns
+
+
+def _narrowest(lo: int, hi: int) -> type:
+    return next(t for t in _NARROW if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+
+
+def _fit(dense: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`dense`, or a wider copy of it when `values` do not fit its type (the types nest, so the
+    narrowest type of values its type cannot hold is wider). Widened only as far as the values
+    need, so a column ends in the narrowest type of all its values: the type the whole int64
+    column narrows to (the zeros of ids that are no post fit every type)."""
+    if not values.size:
+        return dense
+    lo, hi = int(values.min()), int(values.max())
+    info = np.iinfo(dense.dtype)
+    if info.min <= lo and hi <= info.max:
+        return dense
+    return dense.astype(_narrowest(lo, hi))
+
+
+def _set(columns: dict[str, np.ndarray], name: str, at: np.ndarray | slice, values: np.ndarray) -> None:
+    columns[name] = _fit(columns[name], values)
+    columns[name][at] = values
+
+
+def _put_columns(conn: sqlite3.Connection, state: dict, columns: dict[str, np.ndarray]) -> None:
+    """Write dense columns (already in their narrowest type) and note their item sizes; each
+    is dropped from `columns` once written (sqlite copies a blob it is given)."""
+    for name in list(columns):
+        dense = columns.pop(name)
+        _put(conn, f"col:{name}", dense)
+        state[f"itemsize:{name}"] = dense.dtype.itemsize
+
+
+def _tag_mask(conn: sqlite3.Connection, tag_id: int, base: int, span: int) -> np.ndarray:
+    """Bool per id of the span: does the post have the tag? Read `_TAG_CHUNK` ids at a time
+    from the covering index (tag_id, post_id), so a tag on most posts is never one string."""
+    mask = np.zeros(span, dtype=bool)
+    for lo in range(base, base + span, _TAG_CHUNK):
+        text = conn.execute("SELECT group_concat(post_id) FROM posttagrelation WHERE tag_id = ? "
+                            "AND post_id >= ? AND post_id < ?", (tag_id, lo, lo + _TAG_CHUNK)).fetchone()[0]
+        mask[_ints(text) - base] = True
+    return mask
 
 
 def _date_codes(text: str | None, n: int) -> np.ndarray | None:
@@ -330,14 +385,15 @@ def _date_codes(text: str | None, n: int) -> np.ndarray | None:
 
 
 def _tag_counts(conn: sqlite3.Connection, base: int, span: int) -> dict[str, np.ndarray]:
-    """Tags per post, all and per category, over the span: the relations read in post id
-    order from the covering index (post_id, tag_id) a chunk at a time, the tag types from an
-    array indexed by tag id (a join per relation would cost a seek each)."""
+    """Tags per post, all and per category, over the span (each in its narrowest type, as the
+    post columns): the relations read in post id order from the covering index (post_id,
+    tag_id) a chunk at a time, the tag types from an array indexed by tag id (a join per
+    relation would cost a seek each)."""
     max_tag = conn.execute("SELECT max(id) FROM tag").fetchone()[0] or 0
     types = np.full(max_tag + 1, -1, dtype=np.int8)
     row = conn.execute("SELECT group_concat(id), group_concat(type) FROM tag").fetchone()
     types[_ints(row[0])] = _ints(row[1])
-    counts = {name: np.zeros(span, dtype=np.int64) for name in DENSE_COUNTS}
+    counts = {name: np.zeros(span, dtype=_NARROW[0]) for name in DENSE_COUNTS}
     after = -1
     while span:
         row = conn.execute(
@@ -348,25 +404,35 @@ def _tag_counts(conn: sqlite3.Connection, base: int, span: int) -> dict[str, np.
             break
         posts, tags = _ints(row[0]) - base, _ints(row[1])
         keep = (posts >= 0) & (posts < span) & (tags >= 0) & (tags <= max_tag)
-        posts, kinds = posts[keep], types[tags[keep]]
-        for name, kind in DENSE_COUNTS.items():
-            chosen = posts if kind is None else posts[kinds == kind]
-            counts[name] += np.bincount(chosen, minlength=span)
-        # a chunk may end inside its last post: take that post out, read it whole next time
-        last = int(row[2])
-        if row[0].count(",") + 1 < _COUNT_CHUNK:
+        last, full = int(row[2]), len(posts) == _COUNT_CHUNK
+        if full:  # a chunk may end inside its last post: leave that post to the next read
+            if last - 1 == after:
+                raise RuntimeError(f"post {last} has more than {_COUNT_CHUNK} tags")
+            keep &= posts != last - base
+        _add_counts(counts, posts[keep], types[tags[keep]])
+        if not full:
             break
-        if last - 1 == after:
-            raise RuntimeError(f"post {last} has more than {_COUNT_CHUNK} tags")
-        in_last = posts == last - base
-        for name, kind in DENSE_COUNTS.items():
-            drop = in_last if kind is None else in_last & (kinds == kind)
-            counts[name][last - base] -= int(drop.sum())
         after = last - 1
     return counts
 
 
-def _put(conn: sqlite3.Connection, name: str, data: bytes) -> None:
+def _add_counts(counts: dict[str, np.ndarray], posts: np.ndarray, kinds: np.ndarray) -> None:
+    """Add one chunk's relations (span offsets, tag types) to the counts: a bincount over the
+    chunk's own id range added into that slice (a span-long bincount per chunk would cost a
+    span of memory and time each: ~1400 chunks x 6 at 12M posts). Every post's relations are
+    in one chunk, so a slice's sum is its posts' final count."""
+    if not posts.size:
+        return
+    first = int(posts.min())
+    at = slice(first, int(posts.max()) + 1)
+    for name, kind in DENSE_COUNTS.items():
+        chosen = posts if kind is None else posts[kinds == kind]
+        total = counts[name][at] + np.bincount(chosen - first, minlength=at.stop - first)
+        _set(counts, name, at, total)
+
+
+def _put(conn: sqlite3.Connection, name: str, data: bytes | np.ndarray) -> None:
+    """Store a blob; an array is bound as its buffer (no bytes copy of a span-long array)."""
     conn.execute(f"INSERT INTO {BITS_TABLE} (name, data) VALUES (?, ?)", (name, data))
 
 
