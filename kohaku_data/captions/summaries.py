@@ -1,12 +1,14 @@
 """Caption thresholds, caption stats and the prepared tag table as DB summaries
 (kohaku_data/db/summary.py).
 
-Thresholds and stats are whole-DB scans (every post's rating, metric and date); preparing the
-tag table (caption group, display name, popularity rank: sorts of every name, then the strings
-table of layout.PreparedTags) costs ~0.35 s with Danbooru's ~1M tag names, in every caption
-run and every worker. All are stored under a name made from the caption config (and, for
-stats, the thresholds), served while the DB is unchanged. After a write, `refresh_caption_summaries` computes them again for the
-default recipe and the shipped ones, reading the posts once per quality metric.
+Thresholds and stats are whole-DB scans (every post's rating, metric and date, held as a narrow
+frame: ~14 bytes a post, thresholds.read_metrics; the stats derive the tags a slice of posts at
+a time, captions/stats.py); preparing the tag table (caption group, display name, popularity
+rank: sorts of every name, then the strings table of layout.PreparedTags) costs ~0.35 s with
+Danbooru's ~1M tag names, in every caption run and every worker. All are stored under a name
+made from the caption config (and, for stats, the thresholds), served while the DB is
+unchanged. After a write, `refresh_caption_summaries` computes them again for the default
+recipe and the shipped ones, reading the posts once per quality metric.
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ Definitions (the reference implementation and the tests follow them exactly):
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import operator
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -38,6 +40,8 @@ from kohaku_data.db.enums import Rating
 RATING_NAMES: tuple[str, ...] = tuple(r.name.lower() for r in Rating)
 INTERPOLATION = "linear"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}(?:$|[T ])"
+# read_metrics' column of each post's written date (pl.Date; year_min not applied)
+WRITTEN = "written"
 
 
 @dataclass(frozen=True)
@@ -96,24 +100,52 @@ def written_date(created_at: pl.Expr, year_min: int) -> pl.Expr:
     return pl.when(shaped & valid & (text >= f"{year_min:04d}-01-01")).then(text)
 
 
+def written_day(created_at: pl.Expr) -> pl.Expr:
+    """The date written at the start of created_at as a pl.Date (4 bytes, not a string), null
+    when it is no `YYYY-MM-DD` of a real calendar day; year_min is not applied."""
+    text = created_at.str.slice(0, 10)
+    return pl.when(created_at.str.contains(_DATE_RE)).then(text.str.to_date("%Y-%m-%d", strict=False))
+
+
+def compare_date(date: pl.Expr, op: Callable[[Any, Any], Any], bound: str) -> pl.Expr:
+    """`op(date, bound)` for written dates (pl.Date) as their `YYYY-MM-DD` texts compare with
+    the string `bound`: a bound of that shape compares as a date (the same order), any other
+    text (a lock's odd value) against the date's text."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", bound):
+        try:
+            return op(date, pl.lit(datetime.date.fromisoformat(bound)))
+        except ValueError:  # no calendar day (or year 0)
+            pass
+    return op(date.dt.to_string("%Y-%m-%d"), pl.lit(bound))
+
+
 def eligible(date: pl.Expr, cutoff: str | None) -> pl.Expr:
     """Whether a post may get a quality tag (and counts in the thresholds)."""
-    return pl.lit(True) if cutoff is None else (date.is_not_null() & (date <= cutoff))
+    return pl.lit(True) if cutoff is None else (date.is_not_null() & compare_date(date, operator.le, cutoff))
+
+
+def post_date(columns: list[str], year_min: int) -> pl.Expr:
+    """`_date`: the written date (pl.Date), null when broken or before year_min; from the
+    `written` column of a read_metrics frame, else from `created_at`."""
+    day = pl.col(WRITTEN) if WRITTEN in columns else written_day(pl.col("created_at"))
+    return pl.when(compare_date(day, operator.ge, f"{year_min:04d}-01-01")).then(day).alias("_date")
 
 
 def with_dates(frame: pl.DataFrame, config: CaptionConfig) -> pl.DataFrame:
-    """Add `_date` (written date or null) and `_year` (Int32) from `created_at`."""
-    return frame.with_columns(_date=written_date(pl.col("created_at"), config.year_min)).with_columns(
-        _year=pl.col("_date").str.slice(0, 4).cast(pl.Int32)
-    )
+    """Add `_date` (written date or null, pl.Date) and `_year` (Int32) from `created_at` (or a
+    read_metrics frame's `written`)."""
+    return frame.with_columns(post_date(frame.columns, config.year_min)).with_columns(
+        _year=pl.col("_date").dt.year())
 
 
 # ---------------------------------------------------------------------------------------------
 # Computing thresholds
 # ---------------------------------------------------------------------------------------------
-def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.DataFrame:
-    """rating, metric and the first 11 characters of created_at of every post (any order:
-    quantiles and shares do not depend on it), read in id ranges."""
+def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1 << 18) -> pl.DataFrame:
+    """rating (its narrowest integer type), metric (Float64) and `written` (the date written at
+    the start of created_at, pl.Date) of every post (any order: quantiles and shares do not
+    depend on it), read in id ranges: ~14 bytes a post, where the created_at strings took 16
+    more (and a whole-DB frame is held at any size)."""
     from kohaku_data.captions.frame import CaptionReadError, parse_ints
 
     if metric not in ("fav_count", "score"):
@@ -132,57 +164,69 @@ def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1_000_000) -> pl.Data
         if count == 0:
             break
         columns = {
-            "rating": parse_ints(ratings, "post.rating"),
+            "rating": pl.Series(parse_ints(ratings, "post.rating")).shrink_dtype(),
             "metric": parse_ints(metrics, f"post.{metric}").astype("float64"),
             "created_at": pl.Series([dates]).str.split("\x1f").explode().drop_nulls(),  # split in Rust
         }
         if any(len(v) != count for v in columns.values()):
             raise CaptionReadError("post has NULL or malformed values in NOT NULL columns: repair the DB")
-        parts.append(pl.DataFrame(columns))
+        parts.append(pl.DataFrame(columns).select("rating", "metric", written_day(pl.col("created_at")).alias(WRITTEN)))
         last = int(last_id)
         if count < chunk:
             break
     if not parts:
-        return pl.DataFrame(schema={"rating": pl.Int64, "metric": pl.Float64, "created_at": pl.String})
-    return pl.concat(parts)
+        return pl.DataFrame(schema={"rating": pl.Int8, "metric": pl.Float64, WRITTEN: pl.Date})
+    return pl.concat(parts, how="vertical_relaxed")  # a chunk's rating may be wider
 
 
-def _quantile_table(frame: pl.DataFrame, keys: list[str], percentiles: tuple[float, ...]) -> pl.DataFrame:
+def _quantile_table(frame: pl.DataFrame, keys: list[pl.Expr], percentiles: tuple[float, ...]) -> pl.DataFrame:
+    """Count and quantiles of the metric per group; rows whose `rating` key is null are not
+    counted (their group is dropped): a key, not a filtered copy of the whole-DB frame (eager:
+    a lazy group_by holds ~6 more bytes a post)."""
     return frame.group_by(keys).agg(
         pl.len().alias("_n"),
         *[pl.col("metric").quantile(p / 100, interpolation=INTERPOLATION).alias(f"q{i}")
           for i, p in enumerate(percentiles)],
-    )
+    ).drop_nulls("rating")
 
 
 def thresholds_from_frame(frame: pl.DataFrame, config: CaptionConfig) -> Thresholds:
-    """Thresholds from a frame of (rating, metric, created_at) — the whole DB's posts."""
-    frame = with_dates(frame, config)
+    """Thresholds from a read_metrics frame (rating, metric, written) — the whole DB's posts.
+    A frame with created_at (text) instead of `written` works too. The date is an expression in
+    the group keys, not a column of the frame: computed only where a cutoff, cohorts or year
+    percentiles read it, and dropped before the quantiles."""
+    date = post_date(frame.columns, config.year_min)
     pcts = tuple(float(p) for p in config.quality_percentiles)
-    counted = frame.filter(eligible(pl.col("_date"), config.quality_cutoff_date) & pl.col("rating").is_between(0, 3))
+    counted = eligible(date, config.quality_cutoff_date) & pl.col("rating").is_between(0, 3)
     by_rating, by_cohort, counts = {}, {}, {}
-    for row in _quantile_table(counted, ["rating"], pcts).iter_rows(named=True):
+    for row in _quantile_table(frame, [pl.when(counted).then(pl.col("rating")).alias("rating")],
+                               pcts).iter_rows(named=True):
         name = RATING_NAMES[row["rating"]]
         by_rating[name] = tuple(float(row[f"q{i}"]) for i in range(len(pcts)))
         counts[name] = int(row["_n"])
     if config.quality_cohort == "rating_year":
-        cohorts = _quantile_table(counted.filter(pl.col("_year").is_not_null()), ["rating", "_year"], pcts)
+        year = date.dt.year()
+        keys = [pl.when(counted & year.is_not_null()).then(pl.col("rating")).alias("rating"), year.alias("_year")]
+        cohorts = _quantile_table(frame, keys, pcts)
         for row in cohorts.filter(pl.col("_n") >= config.cohort_min_posts).iter_rows(named=True):
             key = f"{RATING_NAMES[row['rating']]}:{row['_year']}"
             by_cohort[key] = tuple(float(row[f"q{i}"]) for i in range(len(pcts)))
             counts[key] = int(row["_n"])
     return Thresholds(
         metric=config.quality_metric, percentiles=pcts, by_rating=by_rating, by_cohort=by_cohort,
-        year_edges=_year_edges(frame["_date"], config), cutoff_date=config.quality_cutoff_date,
+        year_edges=_year_edges(frame, date, config), cutoff_date=config.quality_cutoff_date,
         counts=counts,
     )
 
 
-def _year_edges(dates: pl.Series, config: CaptionConfig) -> tuple[str, ...]:
+def _year_edges(frame: pl.DataFrame, date: pl.Expr, config: CaptionConfig) -> tuple[str, ...]:
     floor = f"{config.year_min:04d}-01-01"
-    days = dates.drop_nulls().str.to_date("%Y-%m-%d").cast(pl.Int32)
-    if config.year_mode == "bins" or days.len() == 0:
-        return tuple(f"{y:04d}-01-01" for y in config.year_bins) + (floor,)
+    bins = tuple(f"{y:04d}-01-01" for y in config.year_bins) + (floor,)
+    if config.year_mode == "bins":
+        return bins
+    days = frame.select(date.drop_nulls().cast(pl.Int32)).to_series()
+    if days.len() == 0:
+        return bins
     epoch = datetime.date(1970, 1, 1)
     edges = []
     for p in config.year_percentiles:
@@ -241,7 +285,7 @@ def add_year_tag(frame: pl.DataFrame, config: CaptionConfig, thresholds: Thresho
     if len(edges) != len(config.year_tags):
         raise ValueError("thresholds.year_edges and config.year_tags do not match (recompute the thresholds)")
     date = pl.col("_date")
-    index = pl.sum_horizontal([(date < e).cast(pl.Int32) for e in edges])
+    index = pl.sum_horizontal([compare_date(date, operator.lt, e).cast(pl.Int32) for e in edges])
     tags = dict(enumerate(config.year_tags))
     return frame.with_columns(
         year_tag=pl.when(date.is_not_null() & (index < len(edges)))
