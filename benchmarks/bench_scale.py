@@ -168,7 +168,9 @@ def build_db(posts: int, tail: int | None = None) -> tuple[Path, dict]:
     """OUT/danbooru.db made by `kdata sample`, cached with the measurement of making it."""
     folder = CACHE / (f"scale-{posts}" + (f"-tail{tail}" if tail is not None else ""))
     db, meta = folder / "sample" / "danbooru.db", folder / "build.json"
-    if db.exists() and meta.exists():
+    if meta.exists() and (db.exists() or (folder / "migrated.db").exists()):
+        # Only migrated.db is measured: the published copy may be deleted once it exists (at
+        # 12M posts the two take ~45 GB while migrating).
         return db, json.loads(meta.read_text())
     shutil.rmtree(folder / "sample", ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)

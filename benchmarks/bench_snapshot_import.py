@@ -64,9 +64,9 @@ def floor_child(src: Path, dst: Path) -> None:
     plus the summary refresh every import ends with; CPU seconds, one core."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from kohaku_data.db import DanbooruDB, post_tags
+    from kohaku_data.db import DanbooruDB
     from kohaku_data.db import summary as db_summary
-    from kohaku_data.db.importer import IMPORT_CACHE_KIB
+    from kohaku_data.db.importer import IMPORT_CACHE_KIB, retire_row_triggers
     from kohaku_data.db.migrate import defer_indexes, migrate, restore_deferred_indexes
     from kohaku_data.keepers import SUMMARY_KEEPERS
 
@@ -78,7 +78,7 @@ def floor_child(src: Path, dst: Path) -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with db_summary.suspended(db):
         defer_indexes(db)
-        post_tags.retire(db, drop_triggers=True)
+        retire_row_triggers(db)
         with db.database.atomic():
             for table in ("tag", "post", "posttagrelation"):
                 conn.execute(f"INSERT INTO main.{table} SELECT * FROM src.{table} ORDER BY id")

@@ -329,16 +329,25 @@ def _like_answers(db: DanbooruDB, monkeypatch) -> dict[str, list[int]]:
         return _source_answers(db)
 
 
+def _query_bits_triggers(db: DanbooruDB) -> int:
+    return db.connection().execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'kdata_query_bits_%'").fetchone()[0]
+
+
 def test_bulk_import_rebuilds_the_source_trigrams_and_a_killed_one_falls_back(posts_sample_path, tmp_path,
                                                                              monkeypatch):
-    """A bulk import drops the trigram triggers and rebuilds the table once at the end (replaced,
-    new and unchanged sources all found); killed before that, source: reads the index range
-    (right, not stale) until the next import puts the triggers back."""
+    """A bulk import drops the trigram and bitmap-index triggers and rebuilds both once at the
+    end (replaced, new and unchanged sources all found); killed before that, source: reads the
+    index range and queries the tables (right, not stale) until the next import puts the
+    triggers back."""
     from kohaku_data.db import importer, source_trigrams
+    from kohaku_data.db.query_bits import open_bits
     old = make_posts(posts_sample_path, 30)
     db = DanbooruDB.create(tmp_path / "d.db")
     import_files(db, [write_jsonl(tmp_path / "old.jsonl", old)], defer=True)
     assert source_trigrams.is_current(db)
+    triggers = _query_bits_triggers(db)
+    assert triggers and open_bits(db.connection()) is not None
     new = copy.deepcopy(old) + make_posts(posts_sample_path, 40)[30:]
     for i, post in enumerate(new[:10] + new[30:]):
         post["updated_at"] = "2026-01-01T00:00:00.000+00:00"
@@ -355,6 +364,7 @@ def test_bulk_import_rebuilds_the_source_trigrams_and_a_killed_one_falls_back(po
         import_files(db, [path], defer=True)
     monkeypatch.undo()
     assert not source_trigrams.is_current(db)  # its triggers are gone: never read stale
+    assert _query_bits_triggers(db) == 0 and open_bits(db.connection()) is None
     expected = _like_answers(db, monkeypatch)
     written = {r[0] for r in db.connection().execute(
         "SELECT id FROM post WHERE source LIKE 'https://example.com/new/%' AND is_deleted = 0")}
@@ -362,6 +372,7 @@ def test_bulk_import_rebuilds_the_source_trigrams_and_a_killed_one_falls_back(po
     assert _source_answers(db) == expected
     import_files(db, [path], defer=True)  # the rerun: every row unchanged, the refresh puts it back
     assert source_trigrams.is_current(db)
+    assert _query_bits_triggers(db) == triggers and open_bits(db.connection()) is not None
     assert _source_answers(db) == _like_answers(db, monkeypatch) == expected
     db.connection().execute(f"INSERT INTO {source_trigrams.TABLE}({source_trigrams.TABLE}, rank) "
                             "VALUES ('integrity-check', 1)")

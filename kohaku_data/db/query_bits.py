@@ -252,9 +252,23 @@ def install_triggers(conn: sqlite3.Connection) -> None:
             f"BEGIN UPDATE {STATE_TABLE} SET value = 0 WHERE key = 'valid'; END")
 
 
+def retire(db: DanbooruDB) -> None:
+    """Before a bulk write: mark the index stale and drop its triggers, in one transaction.
+    Even unfired, each trigger's guard is a lookup per written row (~0.2 µs a relation, a
+    third of a bulk relation insert); `refresh_if_stale` puts them back as it rebuilds. No-op
+    on a file without migration 0009."""
+    if not db.has_table(STATE_TABLE):
+        return
+    conn = db.connection()
+    with db.database.atomic():
+        conn.execute(f"INSERT OR REPLACE INTO {STATE_TABLE} (key, value) VALUES ('valid', 0)")
+        for name in _TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS kdata_query_bits_{name}")
+
+
 def refresh_if_stale(db: DanbooruDB) -> bool:
-    """Rebuild the index after writes (import, sync); True when it was rebuilt. A file without
-    migration 0009 is left alone."""
+    """Rebuild the index after writes (import, sync), with its triggers (a bulk import dropped
+    them: `retire`); True when it was rebuilt. A file without migration 0009 is left alone."""
     conn = db.connection()
     try:
         row = conn.execute(f"SELECT value FROM {STATE_TABLE} WHERE key = 'valid'").fetchone()
@@ -264,6 +278,7 @@ def refresh_if_stale(db: DanbooruDB) -> bool:
     if row is not None and row[0] == 1 and layout is not None and layout[0] == LAYOUT:
         return False
     with db.database.atomic():
+        install_triggers(conn)
         _build(conn)
     return True
 
