@@ -27,10 +27,12 @@ from __future__ import annotations
 import datetime
 import operator
 import re
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from kohaku_data.config import CaptionConfig
@@ -145,38 +147,74 @@ def read_metrics(db: DanbooruDB, metric: str, chunk: int = 1 << 18) -> pl.DataFr
     """rating (its narrowest integer type), metric (Float64) and `written` (the date written at
     the start of created_at, pl.Date) of every post (any order: quantiles and shares do not
     depend on it), read in id ranges: ~14 bytes a post, where the created_at strings took 16
-    more (and a whole-DB frame is held at any size)."""
-    from kohaku_data.captions.frame import CaptionReadError, parse_ints
-
+    more (and a whole-DB frame is held at any size). Each column is one chunk: a group_by over
+    many chunks copies the whole column first."""
     if metric not in ("fav_count", "score"):
         raise ValueError(f"unknown quality metric {metric!r}")
     conn = db.connection()
-    parts, last = [], -(1 << 62)
+    ratings: list[np.ndarray] = []
+    metrics: list[np.ndarray] = []
+    dates: list[pl.Series] = []
+    last = -(1 << 62)
     while True:
-        # Keyset pages keep memory to the reduced columns, never the raw rows of the whole table;
-        # each column comes back as one string (see frame.py: far cheaper than a row per post).
-        count, last_id, ratings, metrics, dates = conn.execute(
-            "SELECT count(*), max(id), group_concat(rating), group_concat(metric), "
-            "group_concat(created_at, char(31)) FROM (SELECT id, rating, "
-            f"{metric} AS metric, substr(created_at, 1, 11) AS created_at "
-            "FROM post WHERE id > ? ORDER BY id LIMIT ?)", [last, chunk],
-        ).fetchone()
-        if count == 0:
+        page = _metrics_page(conn, metric, last, chunk)
+        if page is None:
             break
-        columns = {
-            "rating": pl.Series(parse_ints(ratings, "post.rating")).shrink_dtype(),
-            "metric": parse_ints(metrics, f"post.{metric}").astype("float64"),
-            "created_at": pl.Series([dates]).str.split("\x1f").explode().drop_nulls(),  # split in Rust
-        }
-        if any(len(v) != count for v in columns.values()):
-            raise CaptionReadError("post has NULL or malformed values in NOT NULL columns: repair the DB")
-        parts.append(pl.DataFrame(columns).select("rating", "metric", written_day(pl.col("created_at")).alias(WRITTEN)))
-        last = int(last_id)
-        if count < chunk:
+        for parts, values in zip((ratings, metrics, dates), page[1:]):
+            parts.append(values)
+        last = page[0]
+        if len(metrics[-1]) < chunk:
             break
-    if not parts:
+    if not metrics:
         return pl.DataFrame(schema={"rating": pl.Int8, "metric": pl.Float64, WRITTEN: pl.Date})
-    return pl.concat(parts, how="vertical_relaxed")  # a chunk's rating may be wider
+    # one column at a time, its pages dropped once joined: a column's copy at once, not the frame's
+    frame = pl.DataFrame({"rating": _joined(ratings)})
+    frame = frame.with_columns(metric=_joined(metrics))
+    return frame.with_columns(pl.concat(_taken(dates), rechunk=True).alias(WRITTEN))
+
+
+def _metrics_page(conn: sqlite3.Connection, metric: str, after: int,
+                  chunk: int) -> tuple[int, np.ndarray, np.ndarray, pl.Series] | None:
+    """(last id, ratings, metrics, written dates) of the next `chunk` posts by id after `after`;
+    None past the last post."""
+    from kohaku_data.captions.frame import CaptionReadError, parse_ints
+
+    # Keyset pages keep memory to the reduced columns, never the raw rows of the whole table;
+    # each column comes back as one string (see frame.py: far cheaper than a row per post).
+    count, last_id, ratings, metrics, dates = conn.execute(
+        "SELECT count(*), max(id), group_concat(rating), group_concat(metric), "
+        "group_concat(created_at, char(31)) FROM (SELECT id, rating, "
+        f"{metric} AS metric, substr(created_at, 1, 11) AS created_at "
+        "FROM post WHERE id > ? ORDER BY id LIMIT ?)", [after, chunk],
+    ).fetchone()
+    if count == 0:
+        return None
+    rating = parse_ints(ratings, "post.rating")
+    values = parse_ints(metrics, f"post.{metric}").astype("float64")
+    texts = pl.Series([dates]).str.split("\x1f").explode().drop_nulls()  # split in Rust
+    if any(len(v) != count for v in (rating, values, texts)):
+        raise CaptionReadError("post has NULL or malformed values in NOT NULL columns: repair the DB")
+    written = texts.to_frame("created_at").select(written_day(pl.col("created_at"))).to_series()
+    return int(last_id), rating.astype(_narrowest_int(rating)), values, written
+
+
+def _narrowest_int(values: np.ndarray) -> type:
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    return next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+
+
+def _taken(parts: list) -> list:
+    """The items of `parts`, which is left empty (its items are freed once the caller drops them)."""
+    out = parts[:]
+    parts.clear()
+    return out
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The pages of a column as one array, in the widest of their types; `parts` is emptied."""
+    pages = _taken(parts)
+    return np.concatenate(pages, dtype=np.result_type(*pages))
 
 
 def _quantile_table(frame: pl.DataFrame, keys: list[pl.Expr], percentiles: tuple[float, ...]) -> pl.DataFrame:
