@@ -211,24 +211,35 @@ def standard_configs() -> list[CaptionConfig]:
 
 def refresh_caption_summaries(db: DanbooruDB) -> list[str]:
     """Store thresholds, caption stats and (big tables) the prepared tags of `standard_configs()`;
-    one posts read per metric, one tag table read."""
+    one posts read per metric, one tag table read. The posts' frames are dropped before the tag
+    tables are prepared: the two whole-DB phases never hold memory at once."""
     from kohaku_data.captions.frame import read_tag_table
-    from kohaku_data.captions.stats import stats_from_frame
 
     summary.forget(db, RETIRED_KINDS)
-    names: list[str] = []
-    frames: dict[str, pl.DataFrame] = {}
+    configs = standard_configs()
+    stored = _store_thresholds_and_stats(db, configs)
     tags = read_tag_table(db.connection())
     job: dict = {}
-    for config in standard_configs():
-        names += _store_prepared_tags(db, tags, config, job)
+    names: list[str] = []
+    for config, done in zip(configs, stored):
+        names += _store_prepared_tags(db, tags, config, job) + done
+    return names
+
+
+def _store_thresholds_and_stats(db: DanbooruDB, configs: list[CaptionConfig]) -> list[list[str]]:
+    """Store the thresholds and caption stats of each config; the names stored, per config."""
+    from kohaku_data.captions.stats import stats_from_frame
+
+    frames: dict[str, pl.DataFrame] = {}
+    stored = []
+    for config in configs:
         metric = config.quality_metric
         if metric not in frames:
             frames[metric] = read_metrics(db, metric)
         thresholds = thresholds_from_frame(frames[metric], config)
         stats = stats_from_frame(frames[metric], config, thresholds)
-        if summary.store(db, thresholds_name(config), thresholds.to_dict()):
-            names.append(thresholds_name(config))
+        names = [thresholds_name(config)] if summary.store(db, thresholds_name(config), thresholds.to_dict()) else []
         if summary.store(db, stats_name(config, thresholds), stats):
             names.append(stats_name(config, thresholds))
-    return names
+        stored.append(names)
+    return stored
