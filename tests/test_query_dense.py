@@ -188,9 +188,17 @@ def test_source_trigrams_match_the_index_path(db, monkeypatch) -> None:
     from kohaku_data.db import query_plan, source_trigrams
     conn = db.connection()
     assert source_trigrams.is_current(db)
-    where, _ = query_plan._source_sql("https://*pixiv*", fts=True)
-    assert source_trigrams.TABLE in where
-    assert source_trigrams.TABLE not in query_plan._source_sql("*ab*", fts=True)[0]
+    posts = 1 << 20  # as if the few pixiv sources were few among many posts
+    where, params = query_plan._source_sql("https://*pixiv*", conn, posts)
+    assert source_trigrams.TABLE in where and params[0] == "%pixiv%"  # not the common start's trigrams
+    assert source_trigrams.TABLE not in query_plan._source_sql("*ab*", conn, posts)[0]
+    # only a start: its index range, however wide; a narrow start: the range, whatever follows
+    assert source_trigrams.TABLE not in query_plan._source_sql("https://www.pixiv.net/*", conn, posts)[0]
+    assert source_trigrams.TABLE not in query_plan._source_sql("HTTPS://WWW.PIXIV.net/x*pixiv*", conn, posts)[0]
+    # a run most of the file's posts hold: the scan (most of the sample's sources are https://…)
+    total = conn.execute("SELECT count(*) FROM post").fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM post WHERE source LIKE '%https:%'").fetchone()[0] > total / 2
+    assert source_trigrams.TABLE not in query_plan._source_sql("*https:*", conn, total)[0]
 
     def check() -> None:
         for text in SOURCE_QUERIES:

@@ -144,8 +144,9 @@ def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
     posts = 0 if hi is None else hi - lo + 1
     tags = _resolve(db, query.tag_names, strict)
     wildcards = {n.pattern: _expand(db, n.pattern) for n in walk(query.tree) if isinstance(n, Wildcard)}
-    fts = source_trigrams.is_current(db)  # migration 0015: source: patterns through trigrams
-    tree = _bind(query.tree, tags, wildcards, posts, fts)
+    # migration 0015: source: patterns may read the trigram table (probed on this connection)
+    trigrams = conn if source_trigrams.is_current(db) else None
+    tree = _bind(query.tree, tags, wildcards, posts, trigrams)
     if not query.show_deleted:  # Danbooru hides deleted posts unless the query asks for them
         parts = list(tree.children) if isinstance(tree, And) else [tree]
         tree = _group(And, [*parts, Not(_meta_leaf(HIDE_DELETED, posts))], posts)
@@ -154,7 +155,7 @@ def make_plan(db: DanbooruDB, text: str, strict: bool = True) -> Plan:
 
 # -- binding ----------------------------------------------------------------------------------
 def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]], posts: int,
-          fts: bool = False):
+          trigrams: sqlite3.Connection | None = None):
     if isinstance(node, TagTerm):
         return TagLeaf((tags[node.name],))
     if isinstance(node, Wildcard):
@@ -163,14 +164,14 @@ def _bind(node: Node, tags: dict[str, Tag], wildcards: dict[str, tuple[Tag, ...]
         if node.negated and node.name == "is" and node.values == HIDE_DELETED.values:
             # the complement of a small indexed set (partial index of migration 0013)
             return Not(_meta_leaf(HIDE_DELETED, posts))
-        return _meta_leaf(node, posts, fts)
+        return _meta_leaf(node, posts, trigrams)
     if isinstance(node, Not):
-        child = _bind(node.child, tags, wildcards, posts, fts)
+        child = _bind(node.child, tags, wildcards, posts, trigrams)
         if isinstance(child, SqlLeaf):
             return SqlLeaf(f"NOT ({child.where})", child.params, max(posts - child.estimate, 0),
                            expr=Not(child.expr))
         return Not(child)
-    children = [_bind(c, tags, wildcards, posts, fts) for c in node.children]
+    children = [_bind(c, tags, wildcards, posts, trigrams) for c in node.children]
     return _group(type(node), children, posts)
 
 
@@ -203,13 +204,13 @@ def _group(kind, children: list, posts: int):
     return kind(tuple(children))
 
 
-def _meta_leaf(f: MetaFilter, posts: int, fts: bool = False) -> SqlLeaf:
+def _meta_leaf(f: MetaFilter, posts: int, trigrams: sqlite3.Connection | None = None) -> SqlLeaf:
     share = _META_SHARE
     if f.name == "is":
         where, params = " OR ".join(f"({PREDICATES[v]})" for v in f.values), ()
         share = min(1.0, sum(_PREDICATE_SHARE.get(v, _META_SHARE) for v in f.values))
     elif f.name == "source":
-        parts = [_source_sql(v, fts) for v in f.values]
+        parts = [_source_sql(v, trigrams, posts) for v in f.values]
         where = " OR ".join(f"({sql})" for sql, _ in parts)
         params = tuple(p for _, args in parts for p in args)
     elif f.name == "parent":  # parent:N: post N and its children
@@ -245,35 +246,77 @@ def _meta_leaf(f: MetaFilter, posts: int, fts: bool = False) -> SqlLeaf:
     return SqlLeaf(where, params, estimate, bounded, f)
 
 
-def _source_sql(value: str, fts: bool = False) -> tuple[str, list]:
-    """source:TEXT as SQL: the LIKE, plus (when TEXT starts with a literal) the range of the
-    case-insensitive index of migration 0014 that holds every match, so SQLite reads that
-    range of the index (no row reads) instead of every post. LIKE folds ASCII case only, as
-    NOCASE does, so the range is exact.
+def _source_sql(value: str, trigrams: sqlite3.Connection | None = None, posts: int = 0) -> tuple[str, list]:
+    """source:TEXT as SQL: today's LIKE (a prefix, `*` any run), plus a way to its candidates.
 
-    With the trigram table of migration 0015 (`fts`) and a literal run of >= 3 characters,
-    the candidates are the posts whose source the FTS5 LIKE finds from its trigrams
-    (`https://*pixiv*`: the few with `pix`/`ixi`/`xiv`, not the whole `https://` range), each
-    re-checked by today's LIKE on its row: the FTS5 pattern is a superset (the tokenizer
-    folds Unicode case, a literal `%`/`_` becomes `_`: FTS5 takes no ESCAPE), so the result
-    is exactly today's."""
+    - The range of the case-insensitive index of migration 0014 that holds every match of
+      TEXT's literal start, so SQLite reads that range of the index (no row reads) instead of
+      every post. LIKE folds ASCII case only, as NOCASE does, so the range is exact.
+    - With the trigram table of migration 0015 (`trigrams`: a connection to it) and a literal
+      run of >= 3 characters after that start, when the start's range is not already narrow
+      and the run is in few sources (`_few_hold`): the posts whose source FTS5 finds holding
+      that run (`https://*pixiv*`: the few with `pix`/`ixi`/`xiv`). Only the longest such run
+      goes to FTS5: the trigrams of a common start (`htt`, `ttp`, `://`) are in every post's
+      list, and intersecting them cost 13 s at 12M posts. A pattern that is only a start
+      (`https://i.pximg.net/*`) takes the range.
+    Each candidate is re-checked by the LIKE on its row: the FTS5 run is a superset (its
+    tokenizer folds Unicode case), so the result is exactly the LIKE's."""
     like = "source LIKE ? ESCAPE '\\'"
-    if fts and _longest_literal(value) >= _TRIGRAM:
-        loose = value.replace("%", "_").replace("*", "%") + "%"
-        return (f"id IN (SELECT rowid FROM {source_trigrams.TABLE} WHERE source LIKE ?) AND {like}",
-                [loose, _like_prefix(value)])
     prefix = value.split("*", 1)[0]
-    if not prefix or ord(prefix[-1]) >= 0xD7FF:  # no next character (surrogates) past it
+    run = _longest_inner_literal(value)
+    if (trigrams is not None and len(run) >= _TRIGRAM and not _narrow_range(trigrams, prefix)
+            and _few_hold(trigrams, run, posts)):
+        # `+source`: SQLite would otherwise read the LIKE's start off the NOCASE index (its
+        # LIKE optimisation), the wide range this branch avoids, instead of the candidates.
+        return (f"id IN (SELECT rowid FROM {source_trigrams.TABLE} WHERE source LIKE ?) AND +{like}",
+                [f"%{run}%", _like_prefix(value)])
+    bounds = _prefix_bounds(prefix)
+    if bounds is None:
         return like, [_like_prefix(value)]
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     return (f"source COLLATE NOCASE >= ? AND source COLLATE NOCASE < ? AND {like}",
-            [prefix, upper, _like_prefix(value)])
+            [*bounds, _like_prefix(value)])
 
 
-def _longest_literal(value: str) -> int:
-    """The longest run of characters a trigram can match (`*` is any run; a literal `%` or
-    `_` becomes FTS5's `_`, which no trigram holds)."""
-    return max(len(run) for run in re.split(r"[*%_]", value))
+def _prefix_bounds(prefix: str) -> tuple[str, str] | None:
+    """[prefix, next string) of the NOCASE index, or None when there is none (no prefix, or no
+    next character past its last: surrogates)."""
+    if not prefix or ord(prefix[-1]) >= 0xD7FF:
+        return None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+# A start whose index range holds fewer sources than this is read as a range, whatever else
+# the pattern holds: counting that far is ~1 ms, less than an FTS5 lookup.
+_NARROW_RANGE = 2_000
+
+
+def _narrow_range(conn: sqlite3.Connection, prefix: str) -> bool:
+    bounds = _prefix_bounds(prefix)
+    if bounds is None:
+        return False
+    (n,) = conn.execute("SELECT count(*) FROM (SELECT 1 FROM post WHERE source COLLATE NOCASE >= ? AND "
+                        "source COLLATE NOCASE < ? LIMIT ?)", [*bounds, _NARROW_RANGE]).fetchone()
+    return n < _NARROW_RANGE
+
+
+def _few_hold(conn: sqlite3.Connection, run: str, posts: int) -> bool:
+    """Whether fewer than 1/64 of the posts have a source holding `run` (FTS5 counts up to
+    that many, ~1.6 µs each). Past that, FTS5's long lists and a row read per candidate cost
+    more than the LIKE over every source: `*twitter.com*` at 12M posts (3.6M hold it) took
+    9.2 s through the trigrams, 0.8 s as a scan."""
+    limit = max(posts // 64, _NARROW_RANGE)
+    (n,) = conn.execute(f"SELECT count(*) FROM (SELECT rowid FROM {source_trigrams.TABLE} WHERE source LIKE ? "
+                        "LIMIT ?)", [f"%{run}%", limit]).fetchone()
+    return n < limit
+
+
+def _longest_inner_literal(value: str) -> str:
+    """The longest run of characters after the literal start that a trigram can match (`*` is
+    any run; a literal `%` or `_` matches any character in FTS5, which takes no ESCAPE).
+    The last part is a run too: `*.png` is a prefix match, so `.png` may sit anywhere."""
+    inner = value.split("*")[1:]
+    runs = [run for part in inner for run in re.split(r"[%_]", part)]
+    return max(runs, key=len, default="")
 
 
 def _like_prefix(value: str) -> str:
