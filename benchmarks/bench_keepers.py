@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.baseline import extract_tree  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -165,9 +166,7 @@ def main() -> None:
         base = None
         if args.baseline:
             base = Path(tmp) / "baseline"
-            base.mkdir()
-            subprocess.run(f"git -C {ROOT} archive {args.baseline} kohaku_data | tar -x -C {base}",
-                           shell=True, check=True)
+            extract_tree(args.baseline, base)
             names += [n for n in run_child(["--list"], base) if n not in names]
         now = measure(names, db, ROOT, args.rounds)
         then = measure(names, db, base, args.rounds) if base else {}

@@ -22,7 +22,6 @@ import os
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core, as bench_import
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.baseline import extract_tree  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 
@@ -44,18 +44,29 @@ def child(path: Path, db_path: Path, rerun: bool) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from kohaku_data.db import DanbooruDB
     from kohaku_data.db.importer import import_files
-    from kohaku_data.keepers import SUMMARY_KEEPERS
+    try:
+        from kohaku_data.keepers import SUMMARY_KEEPERS
+        keep = {"keepers": SUMMARY_KEEPERS}
+    except ImportError:  # a baseline from before keepers.py: its import refreshed every summary itself
+        keep = {}
 
     db = DanbooruDB.open(db_path) if rerun else DanbooruDB.create(db_path)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    summary = import_files(db, [path], keepers=SUMMARY_KEEPERS)  # the default batch (10k rows) for both: measured best for both
+    summary = import_files(db, [path], **keep)  # the default batch (10k rows) for both: measured best for both
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     db.close()
     print(json.dumps({
         "wall_s": wall, "cpu_s": cpu, "index_s": summary.index_seconds, "rejected": summary.rejected,
         "inserted": summary.posts.inserted, "unchanged": summary.posts.unchanged, "updated": summary.posts.updated,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mib(),
     }))
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across exec, so a
+    child forked from this benchmark would report the benchmark's own RSS at the fork."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def floor_child(src: Path, dst: Path) -> None:
@@ -141,9 +152,7 @@ def main() -> None:
         kinds = [("jsonl", jsonl, ROOT), ("parquet", parquet, ROOT)]
         if args.baseline:
             base = tmp / "baseline"
-            base.mkdir()
-            subprocess.run(f"git -C {ROOT} archive {args.baseline} kohaku_data | tar -x -C {base}",
-                           shell=True, check=True)
+            extract_tree(args.baseline, base)
             kinds.insert(0, ("jsonl_baseline", jsonl, base))
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in kinds}
         for r in range(rounds):
