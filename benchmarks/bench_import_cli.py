@@ -1,6 +1,7 @@
 """Benchmark: `kdata db import FILE` as a user runs it, each file into a fresh DB, side by side.
 
     .venv/bin/python benchmarks/bench_import_cli.py FILE [FILE ...] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_import_cli.py [--posts N | --quick]   (makes the files: `make bench`)
 
 For the sizes bench_snapshot_import cannot hold (12M posts: a 2.2 GB parquet file, 3.2 GB of
 JSONL.gz, ~28 GB of DB and up to ~15 GB of WAL while indexes are built), e.g. the same posts
@@ -20,6 +21,7 @@ CPU seconds are the steadier figure. Writes benchmarks/results/import_cli.json.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import re
 import resource
@@ -80,6 +82,20 @@ def import_one(path: Path, workdir: Path) -> dict:
             "trace_s_rss_anon": trace[::20], "output_tail": text[-1500:]}
 
 
+def make_files(folder: Path, n: int) -> list[Path]:
+    """The same n posts (bench_import's generator) as a danbooru2026-shaped parquet file and JSONL.gz."""
+    from benchmarks.bench_import import generate
+    from benchmarks.bench_snapshot_import import to_parquet
+
+    jsonl, parquet, packed = folder / "posts.jsonl", folder / "posts.parquet", folder / "posts.jsonl.gz"
+    generate(jsonl, n)
+    to_parquet(jsonl, parquet)
+    with open(jsonl, "rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    jsonl.unlink()
+    return [parquet, packed]
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -87,15 +103,18 @@ def _children_cpu_s() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="*", type=Path, help="files to import (none: make N posts as parquet and JSONL.gz)")
+    parser.add_argument("--posts", type=int, default=200_000, help="posts to make when no files are given")
+    parser.add_argument("--quick", action="store_true", help="50k posts when no files are given")
     parser.add_argument("--workdir", type=Path, default=None, help="where the DBs go (default: a temporary folder)")
     args = parser.parse_args()
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         raise SystemExit(f"no such file: {', '.join(missing)}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        files = args.files or make_files(Path(tmp), 50_000 if args.quick else args.posts)
         runs = []
-        for path in args.files:
+        for path in files:
             run = import_one(path, Path(tmp))
             runs.append(run)
             print(f"  {path.name}: {run['posts']:,} posts, {run['wall_s']:,.0f} s wall, {run['cpu_s']:,.0f} CPU-s "
@@ -103,8 +122,8 @@ def main() -> None:
                   f"anonymous {run['peak_anon_mib']:,} MiB, exit {run['exit']}", flush=True)
     first = runs[0]
     for run in runs[1:]:
-        print(f"  {first['file']} vs {run['file']}: x{run['cpu_s'] / first['cpu_s']:.2f} CPU, "
-              f"x{run['wall_s'] / first['wall_s']:.2f} wall")
+        print(f"  {Path(run['file']).name} took x{run['cpu_s'] / first['cpu_s']:.2f} the CPU and "
+              f"x{run['wall_s'] / first['wall_s']:.2f} the wall time of {Path(first['file']).name}")
     write_results("import_cli", {"runs": runs, "free_disk_gb": round(shutil.disk_usage(args.workdir or tempfile.gettempdir()).free / 1e9),
                                  "cpu_count": os.cpu_count()})
 
