@@ -15,6 +15,7 @@ from kohaku_data.db import DanbooruDB
 from kohaku_data.db import query_bits
 from kohaku_data.db.migrate import migrate as run_migrations
 from kohaku_data.sample.metadata import write_sample_db
+from test_query_dense import migrated_sample
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 # tags added to the last post: more than an int8 count holds
@@ -99,13 +100,29 @@ def test_columns_are_their_int64_column_narrowed(db, monkeypatch) -> None:
 
 
 def test_a_late_date_of_another_shape_drops_the_column(tmp_path: Path, monkeypatch) -> None:
-    path = tmp_path / "late.db"
-    write_sample_db(path, posts=300, seed=2)
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE post SET created_at = '2020-01-01 10:00:00' WHERE id = (SELECT max(id) FROM post)")
-    handle = DanbooruDB.open(path)
-    run_migrations(handle, MIGRATIONS)
+    handle = migrated_sample(tmp_path / "late.db", 300, 2, "UPDATE post SET created_at = '2020-01-01 10:00:00' "
+                             "WHERE id = (SELECT max(id) FROM post)")
     _small_steps(monkeypatch)
     blobs, _ = _build(handle)
     assert "col:date" not in blobs and "col:filesize" in blobs
+    handle.close()
+
+
+@pytest.mark.parametrize("steps", [_one_step, _small_steps])
+def test_relations_of_ids_outside_the_span_are_left_out(tmp_path: Path, monkeypatch, steps) -> None:
+    """Orphan relations (posts that do not exist) before the first post and past the last one,
+    of a tag with a bitmap: the build neither fails nor sets a bit for them."""
+    top = "(SELECT tag_id FROM posttagrelation GROUP BY tag_id ORDER BY count(*) DESC LIMIT 1)"
+    handle = migrated_sample(tmp_path / "orphans.db", 500, 1,
+                             f"INSERT INTO posttagrelation (post_id, tag_id) SELECT max(id) + 7, {top} FROM post",
+                             f"INSERT INTO posttagrelation (post_id, tag_id) SELECT min(id) - 3, {top} FROM post")
+    steps(monkeypatch)
+    blobs, state = _build(handle)
+    conn = handle.connection()
+    (tag_id,) = conn.execute(f"SELECT {top}").fetchone()
+    with_tag = [r[0] for r in conn.execute("SELECT post_id FROM posttagrelation r JOIN post p ON p.id = r.post_id "
+                                           "WHERE tag_id = ?", (tag_id,))]
+    expected = np.zeros(state["span"], dtype=bool)
+    expected[np.array(with_tag) - state["base"]] = True
+    assert blobs[f"tag:{tag_id}"] == np.packbits(expected).tobytes()
     handle.close()

@@ -48,16 +48,24 @@ def plain(db: DanbooruDB, text: str) -> list[int]:
         f"SELECT id FROM post WHERE {where} ORDER BY {order}", params)]
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dense") / "d.db"
-    write_sample_db(path, posts=6000, seed=3)
-    with sqlite3.connect(path) as conn:  # a few odd values the sample never makes
-        conn.execute("UPDATE post SET source = 'HTTPS://WWW.PIXIV.net/x' WHERE id % 97 = 0")
-        conn.execute("UPDATE post SET pixiv_id = 0 WHERE id % 89 = 0")
-        conn.execute("UPDATE post SET pixiv_id = NULL WHERE id % 83 = 0")
+def migrated_sample(path: Path, posts: int, seed: int, *statements: str) -> DanbooruDB:
+    """A `kdata sample` DB with `statements` run on the published file (odd values the sample
+    never makes), then migrated (the bitmap index built over those values)."""
+    write_sample_db(path, posts=posts, seed=seed)
+    with sqlite3.connect(path) as conn:
+        for sql in statements:
+            conn.execute(sql)
     handle = DanbooruDB.open(path)
     run_migrations(handle, MIGRATIONS)
+    return handle
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    handle = migrated_sample(tmp_path_factory.mktemp("dense") / "d.db", 6000, 3,
+                             "UPDATE post SET source = 'HTTPS://WWW.PIXIV.net/x' WHERE id % 97 = 0",
+                             "UPDATE post SET pixiv_id = 0 WHERE id % 89 = 0",
+                             "UPDATE post SET pixiv_id = NULL WHERE id % 83 = 0")
     yield handle
     handle.close()
 
@@ -123,12 +131,8 @@ def test_date_bound_shapes() -> None:
 
 
 def test_date_column_left_out_when_created_at_has_another_shape(tmp_path: Path) -> None:
-    path = tmp_path / "odd.db"
-    write_sample_db(path, posts=300, seed=1)
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE post SET created_at = '2020-01-01 10:00:00' WHERE id = (SELECT min(id) FROM post)")
-    handle = DanbooruDB.open(path)
-    run_migrations(handle, MIGRATIONS)
+    handle = migrated_sample(tmp_path / "odd.db", 300, 1, "UPDATE post SET created_at = '2020-01-01 10:00:00' "
+                             "WHERE id = (SELECT min(id) FROM post)")
     bits = open_bits(handle.connection())
     assert bits is not None and not bits.has("date") and bits.has("filesize")
     for text in ("date:>2020-01-01", "age:>2y", "1girl date:2015-01-01..2021-01-01"):

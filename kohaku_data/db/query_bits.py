@@ -375,11 +375,13 @@ def _put_columns(conn: sqlite3.Connection, state: dict, columns: dict[str, np.nd
 
 def _tag_mask(conn: sqlite3.Connection, tag_id: int, base: int, span: int) -> np.ndarray:
     """Bool per id of the span: does the post have the tag? Read `_TAG_CHUNK` ids at a time
-    from the covering index (tag_id, post_id), so a tag on most posts is never one string."""
+    from the covering index (tag_id, post_id), so a tag on most posts is never one string.
+    Relations of ids outside the span (orphans: no such post) are never read."""
     mask = np.zeros(span, dtype=bool)
-    for lo in range(base, base + span, _TAG_CHUNK):
+    end = base + span
+    for lo in range(base, end, _TAG_CHUNK):
         text = conn.execute("SELECT group_concat(post_id) FROM posttagrelation WHERE tag_id = ? "
-                            "AND post_id >= ? AND post_id < ?", (tag_id, lo, lo + _TAG_CHUNK)).fetchone()[0]
+                            "AND post_id >= ? AND post_id < ?", (tag_id, lo, min(lo + _TAG_CHUNK, end))).fetchone()[0]
         mask[_ints(text) - base] = True
     return mask
 
