@@ -38,6 +38,7 @@ import polars as pl
 from kohaku_data.config import CaptionConfig
 from kohaku_data.db import DanbooruDB
 from kohaku_data.db.enums import Rating
+from kohaku_data.db.query_bits import narrowest_int_type
 
 RATING_NAMES: tuple[str, ...] = tuple(r.name.lower() for r in Rating)
 INTERPOLATION = "linear"
@@ -195,13 +196,8 @@ def _metrics_page(conn: sqlite3.Connection, metric: str, after: int,
     if any(len(v) != count for v in (rating, values, texts)):
         raise CaptionReadError("post has NULL or malformed values in NOT NULL columns: repair the DB")
     written = texts.to_frame("created_at").select(written_day(pl.col("created_at"))).to_series()
-    return int(last_id), rating.astype(_narrowest_int(rating)), values, written
-
-
-def _narrowest_int(values: np.ndarray) -> type:
-    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
-    return next(t for t in (np.int8, np.int16, np.int32, np.int64)
-                if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    narrow = narrowest_int_type(int(rating.min()), int(rating.max()))  # count > 0: never empty
+    return int(last_id), rating.astype(narrow), values, written
 
 
 def _taken(parts: list) -> list:

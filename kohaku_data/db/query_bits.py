@@ -341,7 +341,8 @@ def _post_columns(conn: sqlite3.Connection, base: int, span: int,
     return exists, columns
 
 
-def _narrowest(lo: int, hi: int) -> type:
+def narrowest_int_type(lo: int, hi: int) -> type:
+    """The narrowest numpy integer type that holds every value in [lo, hi]."""
     return next(t for t in _NARROW if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
 
 
@@ -356,7 +357,7 @@ def _fit(dense: np.ndarray, values: np.ndarray) -> np.ndarray:
     info = np.iinfo(dense.dtype)
     if info.min <= lo and hi <= info.max:
         return dense
-    return dense.astype(_narrowest(lo, hi))
+    return dense.astype(narrowest_int_type(lo, hi))
 
 
 def _set(columns: dict[str, np.ndarray], name: str, at: np.ndarray | slice, values: np.ndarray) -> None:
