@@ -257,3 +257,19 @@ def test_a_level_added_to_a_finished_dataset_reuses_its_members(inputs, ladder, 
     assert tried.count("square-256") == 1 and "demo-256" not in tried
     assert folder_bytes(out) == folder_bytes(ladder)
     assert not (out / ".staging").exists()
+
+
+def test_restaging_runs_the_unknown_items_of_a_big_task(inputs, ladder, tmp_path, monkeypatch):
+    """Tasks of many items (as in any build past 256 plan rows): the too_small post's square-256
+    verdict is unknown in the old dataset, one item of a task object that is restaged anyway;
+    it runs through the stage there, beside the members read from the old shards, and the
+    result is still the from-scratch build."""
+    from kohaku_data.assembly import pipeline
+
+    monkeypatch.setattr(pipeline, "_TASKS_PER_PLAN", 1)  # one task object holds the whole plan
+    out = tmp_path / "ds"
+    build(inputs, out, ladder_recipe(["square-256"]))
+    again = build(inputs, out, ladder_recipe(), force=True)
+    m = pl.read_parquet(ladder / "manifest.parquet")
+    assert again.restaged == 2 * m.height
+    assert folder_bytes(out) == folder_bytes(ladder)

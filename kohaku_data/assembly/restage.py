@@ -103,9 +103,10 @@ def restage_job(job: RestageJob) -> int:
             for j, data in read_entries([job.items[i].entry for i in unknown])}
     results = []
     for i, (header, member) in enumerate(zip(job.headers, job.members)):
-        if header is None:
+        if header is None:  # unknown: the stage's own result
             results.append(made[i])
-        elif member is None:
+            continue
+        if member is None:  # a known rejection
             results.append(Staged(header))
             continue
         shard, offset, size = member
