@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME, dataset_levels
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES
 from kohaku_data.captions.thresholds import RATING_NAMES
 
@@ -89,9 +89,8 @@ def latent_facts(folder: Path) -> list[dict[str, Any]]:
     from kohaku_data.train.latents import LATENT_LOCK, latent_dir
 
     path = folder / MANIFEST_NAME
-    levels = [c.split("@", 1)[1] for c in pl.read_parquet_schema(path) if c.startswith("bucket@")]
     found = []
-    for level in [None, *levels]:
+    for level in [None, *dataset_levels(folder)]:
         where = latent_dir(level)
         if not (folder / where / LATENT_LOCK).is_file():
             continue

@@ -128,6 +128,13 @@ def manifest_levels(columns: list[str] | dict) -> list[str]:
     return [c.split("@", 1)[1] for c in columns if c.startswith("bucket@")]
 
 
+def dataset_levels(folder: Path) -> list[str]:
+    """The `[image] levels` of a built dataset, in recipe order (its manifest's `bucket@<level>`
+    columns; none without a manifest)."""
+    path = Path(folder) / MANIFEST_NAME
+    return manifest_levels(list(pl.read_parquet_schema(path))) if path.is_file() else []
+
+
 def _row_levels(rows: list[dict]) -> list[str]:
     return manifest_levels(list(rows[0])) if rows else []
 

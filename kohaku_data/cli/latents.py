@@ -34,7 +34,7 @@ def latents(
         from kohaku_data.assembly.executors import make_executor
         from kohaku_data.errors import KdataError
         from kohaku_data.latents import LatentSpec, make_latents, resolve_device, vae_sha256
-        from kohaku_data.latents.build import dataset_levels
+        from kohaku_data.assembly.manifest import dataset_levels
         from kohaku_data.latents.card import refresh_card
 
         if re.match(r"^[a-z][a-z0-9+.-]*:/", str(dataset)):  # s3://… (typer's Path keeps one slash)

@@ -24,13 +24,12 @@ import polars as pl
 from kohaku_data import storage
 from kohaku_data.assembly.executor import Executor, map_unordered
 from kohaku_data.assembly.lock import LOCK_NAME, dumps, write_atomic
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, write_parquet
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, write_parquet
 from kohaku_data.assembly.shards import ShardInfo, file_sha256, member_index_name
 from kohaku_data.errors import KdataError
 from kohaku_data.latents.tasks import (
     PARTS, LatentDone, LatentSpec, LatentTask, SampleRef, latent_versions, part_path, run_latent_task)
 from kohaku_data.progress import progress_bar
-from kohaku_data.assembly.manifest import manifest_levels
 from kohaku_data.train.latents import LATENT_LOCK, latent_dir
 
 LATENT_SCHEMA: dict[str, pl.DataType] = {
@@ -94,12 +93,6 @@ def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, level: 
     parts = [done[latent_shard_name(e["url"])] for e in index["shardlist"]]
     _finish(folder, index if level is None else {**index, "name": f"{index['name']}-{level}"}, spec, parts, result)
     return result
-
-
-def dataset_levels(dataset: Path) -> list[str]:
-    """The `[image] levels` of a built dataset, in recipe order (the manifest's `bucket@<level>` columns)."""
-    path = dataset / MANIFEST_NAME
-    return manifest_levels(list(pl.read_parquet_schema(path))) if path.is_file() else []  # unbuilt: make_latents says so
 
 
 def _dataset_tables(dataset: Path, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels
 from kohaku_data.assembly.shards import file_sha256, read_member_index
-from kohaku_data.assembly.manifest import manifest_levels
 from kohaku_data.latents.tasks import PARTS
 from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK, latent_dir, parse_member
 
@@ -29,8 +28,7 @@ def has_latents(dataset: Path) -> bool:
 
 def latent_sets(dataset: Path) -> list[str | None]:
     """The levels (None: the main images) that have a latent set, finished or begun."""
-    levels = manifest_levels(list(pl.read_parquet_schema(dataset / MANIFEST_NAME)))
-    return [level for level in [None, *levels]
+    return [level for level in [None, *dataset_levels(dataset)]
             if any((dataset / latent_dir(level) / name).exists() for name in (LATENT_LOCK, PARTS))]
 
 
