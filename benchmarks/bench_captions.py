@@ -90,13 +90,15 @@ def migrated_db(posts: int) -> Path:
 
 
 class AnonPeak:
-    """Peak anonymous memory (RssAnon) of this process plus its children, sampled every 5 ms.
+    """Peak anonymous memory (RssAnon) of this process plus its children, sampled every `every`
+    seconds (bytes).
 
     ru_maxrss would also count the file pages sqlite maps (page cache, shared, dropped
     under pressure): on a 1.6 GB DB that is most of the file, not memory the job holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 0.005) -> None:
         self.peak = 0
+        self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -109,7 +111,7 @@ class AnonPeak:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(self.every):
             self.peak = max(self.peak, sum(anon_bytes(pid) for pid in [os.getpid(), *_children()]))
 
 
@@ -122,9 +124,15 @@ def _children() -> list[int]:
 
 def anon_bytes(pid: int) -> int:
     """Anonymous RSS of one process (file pages sqlite maps are page cache, not its memory)."""
+    return status_bytes(pid, "RssAnon")
+
+
+def status_bytes(pid: int | str, field: str) -> int:
+    """A size field of /proc/PID/status (`RssAnon`, `VmRSS`, `VmHWM`…; PID "self" too) in
+    bytes; 0 once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -35,20 +35,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.bench_captions import status_bytes  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 KDATA = str(Path(sys.executable).parent / "kdata")
 SAMPLE_EVERY_S = 0.5
-
-
-def _rss_mib(pid: int) -> tuple[float, float] | None:
-    """(VmRSS, RssAnon) of a live process, MiB; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS", "RssAnon")))
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssAnon"].split()[0]) / 1024
 
 
 def import_one(path: Path, workdir: Path) -> dict:
@@ -64,9 +55,9 @@ def import_one(path: Path, workdir: Path) -> dict:
     reader = threading.Thread(target=lambda: output.extend(proc.stdout or ()), daemon=True)
     reader.start()
     while proc.poll() is None:
-        sample = _rss_mib(proc.pid)
-        if sample:
-            trace.append((round(time.perf_counter() - start, 1), *sample))
+        rss, anon = (status_bytes(proc.pid, field) / 2**20 for field in ("VmRSS", "RssAnon"))
+        if rss:  # 0: it has just ended
+            trace.append((round(time.perf_counter() - start, 1), rss, anon))
         time.sleep(SAMPLE_EVERY_S)
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu0  # poll() reaped it
     reader.join()

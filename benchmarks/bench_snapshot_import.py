@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.baseline import extract_tree  # noqa: E402
+from benchmarks.bench_captions import status_bytes  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 
@@ -58,15 +59,10 @@ def child(path: Path, db_path: Path, rerun: bool) -> None:
     print(json.dumps({
         "wall_s": wall, "cpu_s": cpu, "index_s": summary.index_seconds, "rejected": summary.rejected,
         "inserted": summary.posts.inserted, "unchanged": summary.posts.unchanged, "updated": summary.posts.updated,
-        "peak_rss_mb": _peak_rss_mib(),
+        # VmHWM, not ru_maxrss: Linux keeps that across exec, so this child would report the
+        # benchmark's own RSS at the fork
+        "peak_rss_mb": status_bytes("self", "VmHWM") / 2**20,
     }))
-
-
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across exec, so a
-    child forked from this benchmark would report the benchmark's own RSS at the fork."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def floor_child(src: Path, dst: Path) -> None:
