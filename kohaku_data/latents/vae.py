@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ def load_vae(path: str, sha256: str, config_path: str | None, device: str) -> An
         raise VaeError(f"the VAE {path} changed while latents were being made; run the command again.")
     config = vae_config(where, Path(config_path) if config_path else None)
     if where.is_dir() and config_path is None:
-        vae = AutoencoderKL.from_pretrained(where, local_files_only=True, torch_dtype=torch.float32)
+        # diffusers' faster loading needs accelerate; said outright, it does not warn without it
+        lean = importlib.util.find_spec("accelerate") is not None
+        vae = AutoencoderKL.from_pretrained(where, local_files_only=True, torch_dtype=torch.float32,
+                                            low_cpu_mem_usage=lean)
     else:
         vae = AutoencoderKL(**config)
         vae.load_state_dict(_state_dict(where, vae))
