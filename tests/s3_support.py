@@ -222,6 +222,9 @@ def _handler(proxy: FaultProxy):
 
         def _forward(self) -> None:
             body = self._body()
+            if body is None:  # the client died mid-upload: S3 stores nothing of a cut-short body
+                self.close_connection = True
+                return
             proxy.log.append(Request(self.command, self.path, self.headers.get("Range")))
             fail, delay = proxy.take(self.command)
             if delay:
@@ -247,18 +250,27 @@ def _handler(proxy: FaultProxy):
             else:
                 self._send(response.status, out, data)
 
-        def _body(self) -> bytes:
+        def _body(self) -> bytes | None:
+            """The request body; None when the connection ended before all of it came."""
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 chunks = []
                 while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                    line = self.rfile.readline()
+                    if not line.strip():
+                        return None
+                    size = int(line.split(b";")[0].strip(), 16)
                     if size == 0:
                         while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                             pass
                         return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
+                    chunk = self.rfile.read(size)
+                    if len(chunk) < size:
+                        return None
+                    chunks.append(chunk)
                     self.rfile.readline()
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            want = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(want)
+            return body if len(body) == want else None
 
         def _send(self, status: int, headers: dict[str, str], data: bytes, head: bool = False) -> None:
             self.send_response(status)
