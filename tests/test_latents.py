@@ -304,6 +304,43 @@ def test_one_level_alone_leaves_the_main_set_alone_and_an_unknown_level_is_one_s
     assert bad.exit_code == 1 and "not a level of" in bad.output and "lo, mid" in bad.output
 
 
+def test_kohya_export_of_a_level_writes_that_levels_latent_caches(ladder, tiny_vae, tmp_path):
+    """`kdata export --level lo` as a user runs it: npz caches from `latents/lo/` named by the
+    level's image sizes; a level without a latent set of its own gets no caches (not the main set's)."""
+    import subprocess
+    import sys
+
+    from cli_support import checked
+
+    ds = _copy(ladder, tmp_path / "ds")
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1))
+    make_latents(ds, _spec(tiny_vae), LocalExecutor(1), level="lo")
+    kdata = [sys.executable, "-c", "from kohaku_data.cli import app; app()", "export", str(ds)]
+    run = checked(subprocess.run([*kdata, str(tmp_path / "lo"), "--format", "kohya", "--level", "lo"],
+                                 capture_output=True, text=True, timeout=120))
+    assert run.returncode == 0, run.stderr
+    assert "latent_caches" in run.stdout, run.stdout
+    manifest = pl.read_parquet(ds / "manifest.parquet")
+    latents = {r["key"]: r for r in pl.read_parquet(ds / "latents" / "lo" / "manifest.parquet").iter_rows(named=True)}
+    images = tmp_path / "lo" / "images"
+    for row in manifest.iter_rows(named=True):
+        w, h = row["width@lo"], row["height@lo"]
+        with Image.open(images / f"{row['key']}.{row['format@lo']}") as im:
+            assert im.size == (w, h)  # what sd-scripts reads to name the cache
+        with np.load(images / f"{row['key']}_{w:04d}x{h:04d}_sdxl.npz") as cache:
+            mean = parse_member(_member_at(ds / "latents" / "lo", latents[row["key"]]))["mean"]
+            assert np.array_equal(cache["latents"], mean.float().numpy())
+            assert cache["original_size"].tolist() == [row["source_width"], row["source_height"]]
+            crop = [row[f"crop_{side}@lo"] for side in ("left", "top", "right", "bottom")]
+            assert cache["crop_ltrb"].tolist() == crop
+    assert len(list(images.glob("*.npz"))) == manifest.height
+
+    run = checked(subprocess.run([*kdata, str(tmp_path / "mid"), "--format", "kohya", "--level", "mid"],
+                                 capture_output=True, text=True, timeout=120))
+    assert run.returncode == 0 and "latent_caches" not in run.stdout, run.stdout + run.stderr
+    assert not list((tmp_path / "mid" / "images").glob("*.npz")), "the main set's latents are not the level's"
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_training_from_latents_resumes_at_the_exact_next_batch(dataset, tiny_vae, tmp_path, workers):
     """The latent reader keeps the image reader's plan: a loader stopped after 3 batches and

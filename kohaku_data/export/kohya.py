@@ -47,8 +47,8 @@ def write(built: Built, rows: pl.DataFrame, out: Path, *, link_from: Path | None
     subset = {"image_dir": str(folder.absolute()), "num_repeats": 1}
     write_text(out / TOML_NAME, toml_text(general, subset, _header(built, "DreamBooth layout (<key>.txt captions)")))
     result.files = {"dataset_config": str((out / TOML_NAME).absolute()), "image_dir": str(folder.absolute())}
-    if has_latents(built.path) and built.level is None:  # kdata latents made a set (of the main images): sd-scripts' npz caches (--cache_latents_to_disk)
-        result.written += write_sdxl_caches(built.path, rows, folder)
+    if has_latents(built.path, built.level):  # kdata latents made a set of these images: sd-scripts' npz caches (--cache_latents_to_disk)
+        result.written += write_sdxl_caches(built.path, rows, folder, built.level)
         result.files["latent_caches"] = f"{folder.absolute()}/<key>_<W>x<H>_sdxl.npz"
     return result
 

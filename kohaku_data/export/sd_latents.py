@@ -9,6 +9,10 @@ an image whose npz has `latents` (SDXL: no resolution suffix). Keys as its
 the *source* file's size and `crop_ltrb` the crop kdata made, so SDXL is conditioned as on the
 original, not on the stored bucket-sized file.
 
+An export of one `[image] levels` level (`--level NAME`) takes that level's latent set
+(`DATASET/latents/NAME/`, `kdata latents --level NAME`): its images are the level's, so are the
+caches' sizes and crops (`export.source.at_level` puts them in the rows' main columns).
+
 The npz is a zip whose member times are fixed (numpy's savez stamps the wall clock), so an
 export's bytes do not depend on when it ran.
 """
@@ -23,20 +27,23 @@ import numpy as np
 import polars as pl
 
 from kohaku_data.atomic import write_atomic
-from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK, parse_member
+from kohaku_data.train.latents import LATENT_LOCK, latent_dir, parse_member
 
 
 def npz_name(key: int, width: int, height: int) -> str:
     return f"{key}_{width:04d}x{height:04d}_sdxl.npz"
 
 
-def has_latents(dataset: Path) -> bool:
-    return (dataset / LATENT_DIR / LATENT_LOCK).is_file()
+def has_latents(dataset: Path, level: str | None = None) -> bool:
+    """Whether `kdata latents` finished a set of these images (`level`: of that level's)."""
+    return (dataset / latent_dir(level) / LATENT_LOCK).is_file()
 
 
-def write_sdxl_caches(dataset: Path, rows: pl.DataFrame, folder: Path) -> int:
-    """One npz per row beside its image in `folder`; returns how many were written (others were there)."""
-    latents = pl.read_parquet(dataset / LATENT_DIR / "manifest.parquet", columns=["key", "shard", "offset", "size", "image_sha256"])
+def write_sdxl_caches(dataset: Path, rows: pl.DataFrame, folder: Path, level: str | None = None) -> int:
+    """One npz per row beside its image in `folder`, from the latent set of `level` (None: the
+    main images); returns how many were written (others were there)."""
+    latents_folder = dataset / latent_dir(level)
+    latents = pl.read_parquet(latents_folder / "manifest.parquet", columns=["key", "shard", "offset", "size", "image_sha256"])
     joined = rows.select("key", "sha256", "width", "height", "source_width", "source_height",
                          "crop_left", "crop_top", "crop_right", "crop_bottom").join(latents, on="key", how="left")
     written = 0
@@ -44,9 +51,10 @@ def write_sdxl_caches(dataset: Path, rows: pl.DataFrame, folder: Path) -> int:
         if row["image_sha256"] != row["sha256"]:
             from kohaku_data.export.source import ExportError
 
-            raise ExportError(f"sample {row['key']} has no latent of its current image: run `kdata latents {dataset} --vae PATH` again.")
+            again = f"kdata latents {dataset} --vae PATH" + (f" --level {level}" if level else "")
+            raise ExportError(f"sample {row['key']} has no latent of its current image: run `{again}` again.")
         target = folder / npz_name(row["key"], row["width"], row["height"])
-        data = npz_bytes(dataset, row)
+        data = npz_bytes(latents_folder, row)
         if target.is_file() and target.read_bytes() == data:
             continue
         write_atomic(target, data)
@@ -54,8 +62,8 @@ def write_sdxl_caches(dataset: Path, rows: pl.DataFrame, folder: Path) -> int:
     return written
 
 
-def npz_bytes(dataset: Path, row: dict) -> bytes:
-    with open(dataset / LATENT_DIR / row["shard"], "rb") as f:
+def npz_bytes(latents_folder: Path, row: dict) -> bytes:
+    with open(latents_folder / row["shard"], "rb") as f:
         f.seek(row["offset"])
         mean = parse_member(f.read(row["size"]))["mean"]
     arrays = {
