@@ -19,7 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME, dataset_levels
+from kohaku_data.assembly.manifest import (
+    INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME, dataset_levels, manifest_levels)
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES
 from kohaku_data.captions.thresholds import RATING_NAMES
 
@@ -118,11 +119,11 @@ def read_manifest(folder: Path) -> pl.DataFrame:
 
 def level_bucket_counts(path: Path) -> dict[str, pl.DataFrame]:
     """Each extra level's `bucket_counts` (its `bucket@<level>` column), in manifest order."""
-    levels = [c for c in pl.read_parquet_schema(path) if c.startswith("bucket@")]
+    levels = manifest_levels(list(pl.read_parquet_schema(path)))
     if not levels:
         return {}
-    frame = pl.read_parquet(path, columns=levels)
-    return {c.split("@", 1)[1]: bucket_counts(frame.select(pl.col(c).alias("bucket"))) for c in levels}
+    frame = pl.read_parquet(path, columns=[f"bucket@{level}" for level in levels])
+    return {level: bucket_counts(frame.select(pl.col(f"bucket@{level}").alias("bucket"))) for level in levels}
 
 
 # sd-scripts' caption windows: 75 tokens, 150 / 225 with max_token_length (between start and end tokens)
