@@ -80,6 +80,19 @@ def test_upscale_is_found_with_its_factor(resample, kind):
     assert m["effective_width"] == round(1350 / m["upscale_factor"])
 
 
+@pytest.mark.parametrize("factor", [1.5, 2.0, 3.0])
+def test_a_nearest_upscale_saved_as_jpeg_is_still_found(factor):
+    """JPEG noise breaks nearest's exact repeated columns (most upscaled uploads are JPEGs); the
+    quiet-column test finds them, and never-upscaled JPEGs of the same drawing stay clean."""
+    drawing = anime_picture(np.random.default_rng(11), 900, 700)
+    small = drawing.resize((round(900 / factor), round(700 / factor)), Image.LANCZOS)
+    m = _measure(_bytes(small.resize((900, 700), Image.NEAREST), "JPEG", quality=90))
+    assert m["upscale_kind"] == "nearest" and abs(m["upscale_factor"] - factor) <= 0.15 * factor, m
+    for quality in (40, 75, 95):
+        clean = _measure(_bytes(drawing, "JPEG", quality=quality))
+        assert clean["upscale_factor"] == 1.0 and clean["upscale_kind"] is None, (quality, clean)
+
+
 def test_palette_and_dither():
     flat = Image.new("P", (200, 200), 0)
     flat.putpalette([0, 0, 0, 255, 255, 255, 200, 30, 30] + [0] * 759)

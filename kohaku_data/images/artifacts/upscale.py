@@ -10,7 +10,13 @@ Two model-free tests on the luma window:
 - nearest neighbour keeps its aliases (no cliff) but repeats whole columns and rows: a column
   identical to its left neighbour over the window's full height, right beside columns that
   change, happens in a share 1 - 1/s of the columns. Empty bands (a gradient sky) repeat too,
-  so only columns with a changing column within 3 either side count.
+  so only columns with a changing column within 3 either side count. Saved as a JPEG afterwards
+  (most upscaled uploads are), the repeats are no longer exact: the coding noise changes every
+  column a little. There a *quiet* column counts instead: one with almost none of the real
+  steps (> STEP grey levels) that the busiest column within 3 either side has; such columns
+  take the same share 1 - 1/s (a noisier JPEG breaks some: the factor comes out low). A smooth
+  upscale of hard-edged art can have as many quiet columns, but also a high cliff (1.6-2.8
+  decades; nearest, JPEG or not: 0.34-0.89), so the quiet test only counts below QUIET_MAX_CLIFF.
 
 The factor is the larger of the two estimates when it passes its threshold, else 1.0.
 """
@@ -27,6 +33,14 @@ MIN_SIDE = 64  # a window side below this gives no estimate
 ROW_STEP_FROM = 256  # a plane with this many rows or more: every 2nd row's spectrum is averaged
 CLIFF = 0.85  # log10 power drop (decades) that counts as a cut-off (bench_artifacts: clean art reaches 0.73; x1.5 bilinear/bicubic 0.93-0.97)
 NEAREST_SHARE = 0.12  # repeated-column share that counts as a nearest-neighbour upscale
+# the quiet-column test, for repeats under coding noise (bench_artifacts and a held-out set:
+# nearest x1.25-x4 then JPEG q90 share >= 0.197 (x1.25's 1 - 1/s is 0.2); never-upscaled art,
+# PNG, JPEG q30-95, WebP: <= 0.151)
+STEP = 16.0  # grey levels: a real step, above JPEG q75-q95 noise beside an edge
+QUIET = 0.15  # a column with at most this share of its neighbourhood's steps is quiet
+BUSY_ROWS = 4  # a neighbourhood with fewer stepping rows says nothing
+NEAREST_QUIET_SHARE = 0.18
+QUIET_MAX_CLIFF = 1.2  # decades: above it the quiet columns are a smooth filter's (see above)
 
 
 def spectrum(y: np.ndarray) -> np.ndarray:
@@ -77,14 +91,38 @@ def repeated_share(y: np.ndarray, axis: int) -> float:
     return float((~change & near).sum() / max(1, near.sum()))
 
 
+def quiet_share(y: np.ndarray, axis: int) -> float:
+    """Share of columns (axis=1) or rows (axis=0) with at most QUIET of the steps of the busiest
+    one within 3 either side, among those whose neighbourhood steps in BUSY_ROWS rows or more."""
+    steps = (np.abs(np.diff(y, axis=axis)) > STEP).sum(axis=1 - axis)
+    if steps.size < 8:
+        return 0.0
+    padded = np.pad(steps, 3, mode="edge")
+    busiest = np.lib.stride_tricks.sliding_window_view(padded, 7).max(axis=1)
+    busy = busiest >= BUSY_ROWS
+    return float((busy & (steps <= QUIET * busiest)).sum() / max(1, busy.sum()))
+
+
+def nearest_share(y: np.ndarray, cliff_height: float) -> float | None:
+    """The repeated share of a nearest-neighbour upscale (its factor is 1 / (1 - share)), or
+    None when neither the exact nor the quiet-column test finds one."""
+    exact = min(repeated_share(y, 0), repeated_share(y, 1))
+    if exact >= NEAREST_SHARE:
+        return exact
+    if cliff_height >= QUIET_MAX_CLIFF:
+        return None
+    quiet = min(quiet_share(y, 0), quiet_share(y, 1))
+    return quiet if quiet >= NEAREST_QUIET_SHARE else None
+
+
 def upscale_factor(y: np.ndarray) -> tuple[float | None, str | None, float | None]:
     """(factor, "nearest" | "smooth" | None, cliff height) of a luma window; factor 1.0 when
     not upscaled; (None, None, None) for a window too small to tell."""
     if min(y.shape) < MIN_SIDE:
         return None, None, None
-    share = min(repeated_share(y, 0), repeated_share(y, 1))
     factor, height = cliff(spectrum(y))
-    if share >= NEAREST_SHARE:
+    share = nearest_share(y, height)
+    if share is not None:
         return round(1.0 / (1.0 - share), 2), "nearest", round(height, 3)
     if height >= CLIFF:
         return factor, "smooth", round(height, 3)
