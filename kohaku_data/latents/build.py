@@ -7,28 +7,35 @@ Levels: `level=NAME` encodes that `[image] levels` level's stored images (manife
 one (its own manifest, index, lock and part records); None is the main image.
 
 Resume: a shard whose part record was made with this spec for these very images (sha256 list)
-and whose tar still has the recorded sha256 is kept; other shards are made again, reusing the
+and whose tar is still the recorded one (its size and member index listed; on a disk its
+sha256 too) is kept; other shards are made again, reusing the
 member of every sample whose image is unchanged (a recipe change to captions only rewrites the
 image shards, moves samples between them, and keeps every latent).
+
+Storage: the dataset is a folder or a URL (`s3://bucket/datasets/x`), read and written through
+`kohaku_data.storage` only, so a set in a bucket has the bytes a local run writes. Every file is
+committed whole (a rename on a disk, one PUT on object storage); `latents.lock` is removed at
+the start and written last, and a task drops its shard's part record before it writes the shard.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path  # the VAE's: it stays on this disk
 from typing import Any
 
 import polars as pl
 
 from kohaku_data import storage
 from kohaku_data.assembly.executor import Executor, map_unordered
-from kohaku_data.assembly.lock import LOCK_NAME, dumps, write_atomic
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, write_parquet
+from kohaku_data.assembly.lock import LOCK_NAME, dumps
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, parquet_bytes
 from kohaku_data.assembly.shards import ShardInfo, file_sha256, member_index_name
 from kohaku_data.errors import KdataError
+from kohaku_data.latents.files import local_view
 from kohaku_data.latents.tasks import (
-    PARTS, LatentDone, LatentSpec, LatentTask, SampleRef, latent_versions, part_path, run_latent_task)
+    PARTS, LatentDone, LatentSpec, LatentTask, SampleRef, latent_versions, run_latent_task)
 from kohaku_data.progress import progress_bar
 from kohaku_data.train.latents import LATENT_LOCK, latent_dir
 
@@ -59,27 +66,29 @@ def latent_shard_name(image_shard: str) -> str:
     return f"{stem}-latents-{number}.tar"
 
 
-def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, level: str | None = None,
+def make_latents(dataset: storage.Target, spec: LatentSpec, executor: Executor, *, level: str | None = None,
                  progress: bool = False) -> LatentResult:
     """Encode every sample of a built dataset (its `level`'s images; None: the main ones) into
     `dataset/latents/` (a level: `dataset/latents/<level>/`; see the module docstring)."""
     index, manifest = _dataset_tables(dataset, level)
-    folder = dataset / latent_dir(level)
-    (folder / PARTS).mkdir(parents=True, exist_ok=True)
-    (folder / LATENT_LOCK).unlink(missing_ok=True)  # present again only once complete
-    earlier = _earlier_members(folder, spec)
-    result = LatentResult(str(folder))
+    folder = storage.join(dataset, latent_dir(level))
+    storage.make_dirs(storage.join(folder, PARTS))
+    storage.remove(storage.join(folder, LATENT_LOCK))  # present again only once complete
+    records = _read_parts(folder)
+    earlier = _earlier_members(folder, spec, records)
+    files = dict(storage.list_files(folder))  # one listing: a resume asks after no file one by one
+    result = LatentResult(storage.display(folder))
     done: dict[str, LatentDone | dict[str, Any]] = {}
     tasks = []
     for number, entry in enumerate(index["shardlist"]):
         url = latent_shard_name(entry["url"])
         refs = _sample_refs(manifest.filter(pl.col("shard") == entry["url"]), earlier)
-        kept = _kept_part(folder, url, spec, refs)
+        kept = _kept_part(folder, url, spec, refs, records.get(url), files)
         if kept is not None:
             done[url] = kept
             result.kept_shards += 1
         else:
-            tasks.append(LatentTask(number, str(dataset / entry["url"]), str(folder), url, refs, spec))
+            tasks.append(LatentTask(number, str(storage.join(dataset, entry["url"])), str(folder), url, refs, spec))
     ours = latent_versions()
     with progress_bar("latents" if level is None else f"latents {level}", manifest.height, progress) as bar:
         bar.advance(sum(len(d["rows"]) for d in done.values()))
@@ -95,17 +104,19 @@ def make_latents(dataset: Path, spec: LatentSpec, executor: Executor, *, level: 
     return result
 
 
-def _dataset_tables(dataset: Path, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
-    if not (dataset / LOCK_NAME).is_file():
-        raise LatentError(f"{dataset} is not a finished kdata build (no {LOCK_NAME}): build it first, "
-                          "or finish the build by running it again.")
-    index = json.loads((dataset / INDEX_NAME).read_bytes())
-    if level is not None and level not in (levels := dataset_levels(dataset)):
-        raise LatentError(f"--level {level} is not a level of {dataset} (its levels: "
-                          f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
-    at = "" if level is None else f"@{level}"
-    columns = ["bucket", "image_offset", "image_size", "sha256"]
-    frame = pl.read_parquet(dataset / MANIFEST_NAME, columns=["key", "shard", *(c + at for c in columns)])
+def _dataset_tables(dataset: storage.Target, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
+    where = storage.display(dataset)
+    with local_view(dataset, [LOCK_NAME, INDEX_NAME, MANIFEST_NAME]) as view:
+        if not (view / LOCK_NAME).is_file():
+            raise LatentError(f"{where} is not a finished kdata build (no {LOCK_NAME}): build it first, "
+                              "or finish the build by running it again.")
+        index = json.loads((view / INDEX_NAME).read_bytes())
+        if level is not None and level not in (levels := dataset_levels(view)):
+            raise LatentError(f"--level {level} is not a level of {where} (its levels: "
+                              f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
+        at = "" if level is None else f"@{level}"
+        columns = ["bucket", "image_offset", "image_size", "sha256"]
+        frame = pl.read_parquet(view / MANIFEST_NAME, columns=["key", "shard", *(c + at for c in columns)])
     return index, frame.rename({c + at: c for c in columns if at}).sort("key")
 
 
@@ -114,53 +125,71 @@ def _sample_refs(rows: pl.DataFrame, earlier: dict[str, tuple[str, int, int, str
                  for r in rows.iter_rows(named=True))
 
 
-def _earlier_members(folder: Path, spec: LatentSpec) -> dict[str, tuple[str, int, int, str]]:
-    """image sha256 → (latent shard path, offset, size, sha256) of every member an earlier run
-    made with this spec (read again by sha256 before use: a shard may be rewritten meanwhile)."""
-    found: dict[str, tuple[str, int, int, str]] = {}
-    for part in sorted((folder / PARTS).glob("*.json")):
-        record = _read_part(part)
-        if record is None or record.get("spec_sha256") != spec.sha256():
-            continue
-        for row in record["rows"]:
-            found.setdefault(row["image_sha256"], (str(folder / row["shard"]), row["offset"], row["size"], row["sha256"]))
+def _read_parts(folder: storage.Target) -> dict[str, dict[str, Any]]:
+    """latent shard name → its part record, for every readable record in `folder/.parts/`."""
+    found = {}
+    for name in storage.list_names(storage.join(folder, PARTS)):
+        if name.endswith(".json") and (record := _read_part(storage.join(folder, PARTS, name))) is not None:
+            found[name.removesuffix(".json") + ".tar"] = record
     return found
 
 
-def _read_part(path: Path) -> dict[str, Any] | None:
+def _earlier_members(folder: storage.Target, spec: LatentSpec,
+                     records: dict[str, dict[str, Any]]) -> dict[str, tuple[str, int, int, str]]:
+    """image sha256 → (latent shard path, offset, size, sha256) of every member an earlier run
+    made with this spec (read again by sha256 before use: a shard may be rewritten meanwhile)."""
+    found: dict[str, tuple[str, int, int, str]] = {}
+    for _, record in sorted(records.items()):
+        if record.get("spec_sha256") != spec.sha256():
+            continue
+        for row in record["rows"]:
+            found.setdefault(row["image_sha256"],
+                             (str(storage.join(folder, row["shard"])), row["offset"], row["size"], row["sha256"]))
+    return found
+
+
+def _read_part(target: storage.Target) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_bytes())
+        record = json.loads(storage.read_bytes(target))
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
-def _kept_part(folder: Path, url: str, spec: LatentSpec, refs: tuple[SampleRef, ...]) -> dict[str, Any] | None:
-    """The part record of a shard that needs no work: this spec, these images, its tar intact."""
-    record = _read_part(Path(part_path(str(folder), url)))
+def _kept_part(folder: storage.Target, url: str, spec: LatentSpec, refs: tuple[SampleRef, ...],
+               record: dict[str, Any] | None, files: dict[str, int]) -> dict[str, Any] | None:
+    """The part record of a shard that needs no work: this spec, these images, its tar intact
+    (`files`: the set folder's listing, name → size)."""
     if record is None or record.get("spec_sha256") != spec.sha256():
         return None
     if [(r["key"], r["image_sha256"]) for r in record["rows"]] != [(r.key, r.image_sha256) for r in refs]:
         return None
-    tar = folder / url
-    if not tar.is_file() or not (folder / member_index_name(url)).is_file():
+    if files.get(url) != record["info"]["filesize"] or member_index_name(url) not in files:
         return None
-    if tar.stat().st_size != record["info"]["filesize"] or file_sha256(tar) != record["info"]["sha256"]:
+    # A file on a disk can change in place: hash it. An object is only ever replaced whole, and
+    # a task drops the part before it replaces the shard: its size suffices (no download of a
+    # whole set on every resume).
+    tar = storage.local_path(storage.join(folder, url))
+    if tar is not None and file_sha256(tar) != record["info"]["sha256"]:
         return None
     return record
 
 
-def _finish(folder: Path, index: dict[str, Any], spec: LatentSpec, parts: list[Any], result: LatentResult) -> None:
+def _finish(folder: storage.Target, index: dict[str, Any], spec: LatentSpec, parts: list[Any],
+            result: LatentResult) -> None:
     """Manifest, index and lock (last) of the set; shards and parts of no current shard go."""
     records = [asdict(p) if isinstance(p, LatentDone) else p for p in parts]
     rows = [row for record in records for row in record["rows"]]
-    write_parquet(pl.DataFrame(rows, schema=LATENT_SCHEMA, orient="row"), folder / MANIFEST_NAME)
+    storage.commit_bytes(storage.join(folder, MANIFEST_NAME),
+                         parquet_bytes(pl.DataFrame(rows, schema=LATENT_SCHEMA, orient="row")))
     shards = [ShardInfo(**record["info"]) for record in records]
-    write_atomic(folder / INDEX_NAME, dumps({"__kind__": "wids-shard-index-v1", "wids_version": 1,
-                                             "name": f"{index['name']}-latents", "shardlist": [asdict(s) for s in shards]}))
+    storage.commit_bytes(storage.join(folder, INDEX_NAME), dumps({
+        "__kind__": "wids-shard-index-v1", "wids_version": 1, "name": f"{index['name']}-latents",
+        "shardlist": [asdict(s) for s in shards]}))
     _remove_strays(folder, {s.url for s in shards})
     result.samples, result.shards = len(rows), len(shards)
     result.devices = sorted({record["device"] for record in records})
-    write_atomic(folder / LATENT_LOCK, dumps(latent_lock(spec, records, result.devices)))
+    storage.commit_bytes(storage.join(folder, LATENT_LOCK), dumps(latent_lock(spec, records, result.devices)))
 
 
 def latent_lock(spec: LatentSpec, records: list[dict[str, Any]], devices: list[str]) -> dict[str, Any]:
@@ -178,16 +207,16 @@ def latent_lock(spec: LatentSpec, records: list[dict[str, Any]], devices: list[s
     }
 
 
-def _remove_strays(folder: Path, keep: set[str]) -> None:
-    names = keep | {member_index_name(u) for u in keep}
-    for path in folder.iterdir():
-        if path.is_file() and path.suffix in (".tar", ".json") and path.name not in names and path.name != INDEX_NAME:
-            path.unlink()
-        elif path.is_file() and path.name.endswith(".tmp"):
-            path.unlink()  # a killed writer's
-    for path in (folder / PARTS).glob("*.json"):
-        if path.stem + ".tar" not in keep:
-            path.unlink()
+def _remove_strays(folder: storage.Target, keep: set[str]) -> None:
+    """Shards, member indexes and parts of no current shard, and a killed writer's temporary
+    files (a disk's `.NAME.tmp`; object storage has none: its writes spool locally)."""
+    names = keep | {member_index_name(u) for u in keep} | {INDEX_NAME}
+    for name in storage.list_names(folder):  # level folders have no dot in their names
+        if (name.endswith((".tar", ".json")) and name not in names) or name.endswith(".tmp"):
+            storage.remove(storage.join(folder, name))
+    for name in storage.list_names(storage.join(folder, PARTS)):
+        if name.endswith(".tmp") or (name.endswith(".json") and name.removesuffix(".json") + ".tar" not in keep):
+            storage.remove(storage.join(folder, PARTS, name))
 
 
 def resolve_device(kind: str, executor: Executor) -> str:

@@ -5,6 +5,9 @@ shard member, in its bucket), encodes them with the VAE in batches fixed by the 
 bucket in key order, `batch_size` at a time: never by worker count, which would change the
 bytes), and writes `latents/NAME-latents-000000.tar` (+ member index) then the part record
 `latents/.parts/NAME-latents-000000.json` (last: the commit marker that a resumed run reuses).
+The tar is written as the build writes its shards (`assembly.packing.write_shard`): straight
+into the dataset, on a disk or in a bucket, committed whole and create-only (an earlier run's
+tar of other bytes is replaced, a twin task's of the same bytes kept).
 
 Latents are the latent distribution's mean (and std by setting), unscaled, computed in fp32 and
 cast to fp16 or bf16. RGBA images are encoded from their RGB channels (PIL's convert("RGB"), as
@@ -18,12 +21,11 @@ import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from kohaku_data import storage
-from kohaku_data.assembly.shards import ShardInfo, ShardWriter
-from kohaku_data.atomic import write_atomic
+from kohaku_data.assembly.packing import ShardJob, write_shard
+from kohaku_data.assembly.shards import ShardInfo, member_bytes, tar_size
 from kohaku_data.errors import KdataError
 from kohaku_data.latents.vae import load_vae
 from kohaku_data.train.latents import member_name, pack_member
@@ -109,25 +111,27 @@ def run_latent_task(task: LatentTask) -> LatentDone:
     """Encode (or reuse) every sample of the task, write its latent shard, then its part."""
     device = _device(task.spec.device)
     members, encoded = _latent_members(task, device)
-    writer = ShardWriter(Path(task.latent_dir) / task.url)
-    rows = []
-    try:
-        for ref, data in zip(task.samples, members):
-            name = member_name(ref.key)
-            offset, size = writer.add_sample([(name, data)])[name]
-            rows.append({"key": ref.key, "shard": task.url, "member": name, "offset": offset, "size": size,
-                         "sha256": hashlib.sha256(data).hexdigest(), "image_sha256": ref.image_sha256,
-                         "bucket": ref.bucket})
-        info = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    done = LatentDone(task.index, task.url, info, rows, _device_name(device), latent_versions(),
+    part = part_path(task.latent_dir, task.url)
+    storage.remove(part)  # the commit marker goes first: a part never describes another run's tar
+    written = write_shard(_shard_job(task, members))
+    rows = [{"key": ref.key, "shard": task.url, "member": name, "offset": offset, "size": size,
+             "sha256": hashlib.sha256(data).hexdigest(), "image_sha256": ref.image_sha256, "bucket": ref.bucket}
+            for ref, data, placement in zip(task.samples, members, written.placements)
+            for name, (offset, size) in placement.items()]
+    done = LatentDone(task.index, task.url, written.info, rows, _device_name(device), latent_versions(),
                       encoded, len(task.samples) - encoded)
-    part = {"spec_sha256": task.spec.sha256(), "info": asdict(info), "rows": rows,
-            "device": done.device, "versions": done.versions}
-    write_atomic(Path(part_path(task.latent_dir, task.url)), json.dumps(part, sort_keys=True).encode(), durable=False)
+    record = {"spec_sha256": task.spec.sha256(), "info": asdict(written.info), "rows": rows,
+              "device": done.device, "versions": done.versions}
+    storage.commit_bytes(part, json.dumps(record, sort_keys=True).encode(), durable=False)
     return done
+
+
+def _shard_job(task: LatentTask, members: list[bytes]) -> ShardJob:
+    """The build's shard job for one member a sample: its size is known before a byte is written,
+    so the member index's git sha1 is hashed on the way (a tar in a bucket is never read back)."""
+    samples = tuple(((member_name(ref.key), data),) for ref, data in zip(task.samples, members))
+    size = tar_size(sum(member_bytes(len(data)) for data in members))
+    return ShardJob(task.index, str(storage.join(task.latent_dir, task.url)), samples, size)
 
 
 def _latent_members(task: LatentTask, device: str) -> tuple[list[bytes], int]:
