@@ -136,9 +136,7 @@ def verify(
 
 
 def _latent_problems(dataset: str) -> list[str]:
-    """The latent set's problems (`DATASET/latents/`, kdata latents), when a local dataset has one."""
-    from kohaku_data import storage
+    """The latent set's problems (`DATASET/latents/`, kdata latents), when the dataset (a folder or a URL) has one."""
     from kohaku_data.latents.verify import has_latents, verify_latents
 
-    local = storage.local_path(dataset)
-    return verify_latents(local) if local is not None and has_latents(local) else []
+    return verify_latents(dataset) if has_latents(dataset) else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,7 +11,7 @@ from kohaku_data.cli.common import WorkersOption, clean_errors, is_tty
 
 
 def latents(
-    dataset: Annotated[Path, typer.Argument(help="A dataset folder made by `kdata build`.")],
+    dataset: Annotated[str, typer.Argument(help="A dataset made by `kdata build`: a folder or a URL (s3://bucket/datasets/x).")],
     vae: Annotated[Path, typer.Option("--vae", help="A diffusers AutoencoderKL folder, or one .safetensors file (SDXL VAE unless --vae-config).")],
     level: Annotated[str | None, typer.Option("--level", help="An `[image] levels` level of the build, or all (the main images and every level); default: the main images. A level's set goes to DATASET/latents/LEVEL/.")] = None,
     vae_config: Annotated[Path | None, typer.Option("--vae-config", help="config.json for a single-file VAE other than SDXL's (e.g. Flux's, SD3's: 16 channels).")] = None,
@@ -28,18 +27,19 @@ def latents(
 ) -> None:
     """Encode every stored image with a local VAE into latent shards in DATASET/latents/ (resumable).
 
-    With --level, that level's images into DATASET/latents/LEVEL/ (--level all: every set). The
-    dataset card (README.md) then lists the dataset's latent sets."""
-    with clean_errors(kept="The latent shards already written are kept", target=str(dataset / "latents")):
+    DATASET may lie on object storage (s3://…): the latents are written there, the same bytes as
+    on a disk. With --level, that level's images into DATASET/latents/LEVEL/ (--level all: every
+    set). The dataset card (README.md) then lists the dataset's latent sets."""
+    from kohaku_data import storage
+
+    with clean_errors(kept="The latent shards already written are kept",
+                      target=storage.display(storage.join(dataset, "latents"))):
         from kohaku_data.assembly.executors import make_executor
         from kohaku_data.errors import KdataError
         from kohaku_data.latents import LatentSpec, make_latents, resolve_device, vae_sha256
-        from kohaku_data.assembly.manifest import dataset_levels
         from kohaku_data.latents.card import refresh_card
+        from kohaku_data.latents.files import levels_of
 
-        if re.match(r"^[a-z][a-z0-9+.-]*:/", str(dataset)):  # s3://… (typer's Path keeps one slash)
-            raise KdataError(f"{dataset}: kdata latents needs a local dataset folder (object storage is not "
-                             "supported yet): copy or mount it here, make the latents, then upload its latents/.")
         if dtype not in ("fp16", "bf16") or device not in ("auto", "cpu", "cuda"):
             raise KdataError(f"--dtype {dtype} / --device {device}: use --dtype fp16|bf16 and --device auto|cpu|cuda.")
         run = make_executor(_kind(executor), workers=workers or 1, ray_address=ray_address)
@@ -48,7 +48,7 @@ def latents(
             run.num_gpus = 1.0  # every latent task asks Ray for a GPU
         spec = LatentSpec(str(vae.resolve()), vae_sha256(vae), str(vae_config.resolve()) if vae_config else None,
                           dtype, std, kind, batch_size, threads)
-        levels = [None, *dataset_levels(dataset)] if level == "all" else [level]
+        levels = [None, *levels_of(dataset)] if level == "all" else [level]
         for one in levels:
             result = make_latents(dataset, spec, run, level=one, progress=is_tty() and not no_progress)
             typer.echo(f"{result.folder}: {result.samples} latents in {result.shards} shards on "

@@ -2,7 +2,7 @@
 
 The card (assembly/card.py) is written by the build, before any latent set exists; it shows the
 latent sets it finds (a later rebuild keeps the section). `kdata latents` then puts the same
-section — `latents_section` of `latent_facts`, from the latent locks on disk — into the
+section — `latents_section` of `latent_facts`, from the latent locks of the dataset — into the
 existing README.md: in place of the one there, else before `## Files` (where the card writer
 puts it), else at the end. The rest of the README is untouched, and the same sets give the
 same bytes.
@@ -10,25 +10,26 @@ same bytes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from kohaku_data import storage
 from kohaku_data.assembly.card import LATENTS_HEADING, README_NAME, latents_section
 from kohaku_data.assembly.card_data import latent_facts
-from kohaku_data.assembly.lock import write_atomic
+from kohaku_data.latents.files import latent_view
 
 _FILES_HEADING = "## Files"
 
 
-def refresh_card(dataset: Path) -> bool:
-    """Rewrite the README's latents section from the sets on disk; True when its bytes changed."""
-    readme = Path(dataset) / README_NAME
-    if not readme.is_file():
-        return False
-    text = readme.read_text(encoding="utf-8")
-    new = with_latents_section(text, latents_section(latent_facts(Path(dataset))))
+def refresh_card(dataset: storage.Target) -> bool:
+    """Rewrite the README's latents section from the sets the dataset holds (a folder, or a URL:
+    its small files read through a local view); True when its bytes changed."""
+    with latent_view(dataset, README_NAME) as view:
+        readme = view / README_NAME
+        if not readme.is_file():
+            return False
+        text = readme.read_text(encoding="utf-8")
+        new = with_latents_section(text, latents_section(latent_facts(view)))
     if new == text:
         return False
-    write_atomic(readme, new.encode())
+    storage.commit_bytes(storage.join(dataset, README_NAME), new.encode())  # whole: a disk's rename, one PUT
     return True
 
 
