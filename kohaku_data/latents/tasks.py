@@ -75,7 +75,7 @@ class SampleRef:
 class LatentTask:
     index: int
     image_shard: str  # path or URL of the image shard
-    latent_dir: str  # path of DATASET/latents
+    latent_dir: str  # path or URL of DATASET/latents (or of a level's set)
     url: str  # the latent shard's file name
     samples: tuple[SampleRef, ...]
     spec: LatentSpec
