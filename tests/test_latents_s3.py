@@ -188,3 +188,21 @@ def test_a_bad_url_a_missing_bucket_no_build_and_a_refusing_store_are_one_senten
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 1 and len(lines) == 1 and "run the same command again to resume" in lines[0], run.stderr
     assert json.loads(storage.read_bytes(f"{built}/dataset.lock")), "the dataset itself is untouched"
+
+
+def test_a_rebuild_into_the_bucket_keeps_the_latent_sets_and_the_cards_section(inputs, tiny_vae, endpoint):
+    """As on a disk: a captions-only rebuild of a bucket dataset leaves latents/ alone (kdata
+    latents then encodes nothing), and the rebuilt card still lists the sets."""
+    url = f"s3://{_bucket()}/datasets/ds"
+    build(inputs, url, RECIPE, workers=1)
+    assert _latents_cli(url, tiny_vae, endpoint, "--level", "all").returncode == 0
+    before = dict(storage.list_files(f"{url}/latents"))
+    recaptioned = RECIPE.model_copy(update={"caption": RECIPE.caption.model_copy(update={"quality": False})})
+    build(inputs, url, recaptioned, workers=1, force=True)
+    assert dict(storage.list_files(f"{url}/latents")) == before
+    card = storage.read_bytes(f"{url}/README.md").decode()
+    section = card[card.index("## Latents"):card.index("## Files")]
+    assert "| main images | `latents/` |" in section and "| level `lo` | `latents/lo/` |" in section, card
+    assert "stale" not in section
+    again = _latents_cli(url, tiny_vae, endpoint, "--level", "all")
+    assert again.returncode == 0 and "(0 encoded" in again.stdout, again.stdout + again.stderr

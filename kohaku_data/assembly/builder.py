@@ -296,6 +296,8 @@ class _Build:
     def _finish(self, plan: BuildPlan, shards: list[ShardInfo], tail: list[dict], lock: dict,
                 counts: dict) -> BuildResult:
         with _final_folder(self.out) as final:
+            if storage.is_remote(self.out):
+                _fetch_latent_records(self.out, final)  # the card lists them, as a rebuild on a disk does
             self._final_files(final, plan, shards, tail, lock)
             _remove_stale_shards(self.out, self.recipe.name, len(shards))
             if storage.is_remote(self.out):
@@ -324,13 +326,15 @@ class _Build:
         write_card(final, lock, docs)  # README.md + card/*.png, made from the files above
 
     def _upload(self, final: Path, shards: list[ShardInfo]) -> None:
-        """The final files into the bucket, each whole; objects of an earlier version go."""
-        names = [rel for rel, _ in storage.list_files(final)]
+        """The final files into the bucket, each whole; objects of an earlier version go, except
+        the latent sets (`kdata latents`): kept as on a disk, where `kdata latents` reuses every
+        latent whose image is unchanged and the card and reader tell a stale set."""
+        names = [rel for rel, _ in storage.list_files(final) if not _is_latent(rel)]
         for name in names:
             storage.put_file(final / name, storage.join(self.out, name))
         keep = {*names, *(s.url for s in shards), *(member_index_name(s.url) for s in shards)}
         for name, _ in storage.list_files(self.out):
-            if name not in keep:
+            if name not in keep and not _is_latent(name):
                 storage.remove(storage.join(self.out, name))
 
 
@@ -345,6 +349,24 @@ def _final_folder(out: storage.Target) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=".kdata-final-") as tmp:
         yield Path(tmp)
+
+
+def _is_latent(name: str) -> bool:
+    from kohaku_data.train.latents import LATENT_DIR
+
+    return name.startswith(f"{LATENT_DIR}/")
+
+
+def _fetch_latent_records(out: storage.Target, final: Path) -> None:
+    """The locks and manifests of the latent sets in a bucket output, into the local folder
+    where the card is made (`card_data.latent_facts` reads them there; never uploaded back)."""
+    from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
+
+    root = storage.join(out, LATENT_DIR)
+    for rel, _ in storage.list_files(root):
+        if storage.name_of(rel) in (LATENT_LOCK, MANIFEST_NAME):
+            (final / LATENT_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+            (final / LATENT_DIR / rel).write_bytes(storage.read_bytes(storage.join(root, rel)))
 
 
 def _read_json(target: storage.Target) -> dict | None:
