@@ -107,7 +107,9 @@ def url_to_fs(target: Target) -> tuple[Any, str]:
             "huggingface_hub for gs://, hf://)"
         ) from None
     try:
-        return _url_to_fs(os.fspath(target))
+        # No listing cache: another process (a task, a worker, a second driver) writes into the
+        # folders this one lists, and a cached listing would call its new objects missing.
+        return _url_to_fs(os.fspath(target), use_listings_cache=False)
     except (ImportError, ValueError) as exc:
         protocol = os.fspath(target).split("://", 1)[0]
         hint = "pip install s3fs (from a kohaku-data checkout: pip install '.[s3]')" if protocol in ("s3", "s3a") else f"install the fsspec backend for {protocol}://"

@@ -386,3 +386,17 @@ def test_create_only_writes_in_a_bucket_and_a_twin_shard_task(endpoint):
     assert hashlib.sha256(storage.read_bytes(job.path)).hexdigest() == first.info.sha256
     index = json.loads(storage.read_bytes(f"{base}/t-000000.json"))
     assert index["hash_lfs"] == first.info.sha256 and index["filesize"] == job.size
+
+
+def test_what_another_process_wrote_after_a_listing_is_seen(endpoint):
+    """A long-lived process (a build driver, `kdata serve`) lists a folder, another process then
+    writes into it: listings, lookups and reads see the new object (no stale listing cache)."""
+    base = f"s3://{_bucket()}/d"
+    storage.commit_bytes(f"{base}/a", b"1")
+    assert storage.list_files(base) == [("a", 1)] and storage.list_names(base) == ["a"]
+    assert not storage.exists(f"{base}/b")
+    writer = "import sys; from kohaku_data import storage; storage.commit_bytes(sys.argv[1], b'22')"
+    subprocess.run([sys.executable, "-c", writer, f"{base}/b"], env=s3_env(endpoint.url), check=True, timeout=60)
+    assert storage.exists(f"{base}/b") and storage.size(f"{base}/b") == 2
+    assert storage.list_files(base) == [("a", 1), ("b", 2)] and storage.list_names(base) == ["a", "b"]
+    assert storage.read_bytes(f"{base}/b") == b"22"
