@@ -206,3 +206,28 @@ def test_a_rebuild_into_the_bucket_keeps_the_latent_sets_and_the_cards_section(i
     assert "stale" not in section
     again = _latents_cli(url, tiny_vae, endpoint, "--level", "all")
     assert again.returncode == 0 and "(0 encoded" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_killed_run_resumes_to_the_local_bytes(local, tiny_vae, endpoint, tmp_path):
+    """SIGKILL mid-run (the process gone, no cleanup): the rerun keeps the finished shards and
+    ends with the local bytes."""
+    from test_s3 import _kill_when
+
+    url = f"s3://{_bucket()}/datasets/ds"
+    _upload(_without_latents(local, tmp_path / "ds"), url)
+    cmd = [*KDATA, "latents", url, "--vae", str(tiny_vae), "--device", "cpu", "--no-progress"]
+
+    def parts() -> int:
+        try:
+            return len(storage.list_names(f"{url}/latents/.parts"))
+        except FileNotFoundError:
+            return 0
+
+    assert _kill_when(cmd, s3_env(endpoint.url), lambda: parts() >= 1) == -9, "killed mid-run"
+    assert not storage.exists(f"{url}/latents/latents.lock")
+    run = _latents_cli(url, tiny_vae, endpoint)
+    assert run.returncode == 0 and "shards kept" in run.stdout and " 0 shards kept" not in run.stdout, run.stdout
+    want = {name: data for name, data in _latent_files(local).items()
+            if name != "README.md" and not name.startswith("latents/lo/") and "/.parts/lo" not in name}
+    got = _bucket_files(url, want)
+    assert [name for name in want if got[name] != want[name]] == []
