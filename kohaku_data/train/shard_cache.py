@@ -6,6 +6,9 @@
 A shard is fetched whole (one GET, streamed to disk), checked against `index.json` (size and
 sha256; a corrupt copy is fetched again) and renamed into place, so a file under its final name
 is always complete: processes that start at once, or restart after a crash, reuse it (resume).
+A shard is kept under its sha256 and name (`ShardEntry.file`), so caches of several datasets may
+share one directory (and its limit): two builds' shards of one file name never mix their bytes,
+and a shard both builds hold (same bytes) is kept once.
 One process fetches a given shard (an exclusive `flock` on `.locks/NAME`); readers hold a
 shared lock on it while they read, so a shard is never evicted under a read. A fetch reserves
 its size before it starts (the part file's name carries it), under one cache-wide lock, after
@@ -27,7 +30,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +48,19 @@ class ShardEntry:
     size: int
     sha256: str
 
+    @property
+    def file(self) -> str:
+        """Its file in the cache directory: keyed by content, not by name alone (another dataset's
+        shard of the same name is another file; the same bytes are one)."""
+        return f"{self.sha256[:16]}.{self.name}"
+
 
 class ShardCache:
     """Whole shards of the dataset at `location`, kept under `directory` within `limit_bytes`."""
 
     def __init__(self, location: str | os.PathLike, directory: str | os.PathLike, limit_bytes: int, *,
                  attempts: int = 6, stall_s: float = 30.0, backoff_s: float = 0.2) -> None:
-        local = storage.local_path(location)
-        self.location = str(local.resolve()) if local is not None else os.fspath(location).rstrip("/")
+        self.location = normal_location(location)
         self.directory, self.limit_bytes = Path(directory), int(limit_bytes)
         self.attempts, self.stall_s, self.backoff_s = int(attempts), float(stall_s), float(backoff_s)
         (self.directory / ".locks").mkdir(parents=True, exist_ok=True)
@@ -72,8 +80,9 @@ class ShardCache:
     # -- reading ------------------------------------------------------------------------------------
     def read(self, name: str, start: int, size: int) -> bytes:
         """`size` bytes of shard `name` from `start`, fetching the shard first if it is not here."""
+        file = self._entry(name).file
         while True:
-            with self._pinned(name) as path:
+            with self._pinned(file) as path:
                 if path is not None:
                     with open(path, "rb") as f:
                         data = os.pread(f.fileno(), size, start)
@@ -84,17 +93,17 @@ class ShardCache:
             self.fetch(name)
 
     @contextlib.contextmanager
-    def _pinned(self, name: str) -> Iterator[Path | None]:
-        """The shard's path while a shared lock keeps it from eviction; None if it is not here."""
-        with _flocked(self._lock_path(name), fcntl.LOCK_SH):
-            path = self.directory / name
+    def _pinned(self, file: str) -> Iterator[Path | None]:
+        """The shard file's path while a shared lock keeps it from eviction; None if it is not here."""
+        with _flocked(self._lock_path(file), fcntl.LOCK_SH):
+            path = self.directory / file
             yield path if path.exists() else None
 
     def fetch(self, name: str, *, evict: bool = True) -> bool:
         """Make shard `name` local (no-op when it is); False when it did not fit and `evict` is off."""
         entry = self._entry(name)
-        with _flocked(self._lock_path(name), fcntl.LOCK_EX):
-            final = self.directory / name
+        with _flocked(self._lock_path(entry.file), fcntl.LOCK_EX):
+            final = self.directory / entry.file
             if final.exists():
                 os.utime(final)
                 return True
@@ -110,8 +119,13 @@ class ShardCache:
 
     def drop(self, name: str) -> bool:
         """Remove shard `name` unless a reader holds it (plan-aware eviction); True if removed."""
+        file = self._entry(name).file
         with self._locked_all():
-            return self._evict_one(name)
+            return self._evict_one(file)
+
+    def holds(self, name: str) -> bool:
+        """Whether shard `name` is here, complete."""
+        return (self.directory / self._entry(name).file).exists()
 
     def used_bytes(self) -> int:
         """Bytes of complete shards plus the reservations of fetches in flight."""
@@ -128,7 +142,10 @@ class ShardCache:
         return total
 
     def cached(self) -> list[str]:
-        return sorted(e.name for e in os.scandir(self.directory) if e.is_file() and not e.name.startswith("."))
+        """The names of this dataset's shards that are here (a shared directory holds others too)."""
+        files = {e.name for e in os.scandir(self.directory) if e.is_file() and not e.name.startswith(".")}
+        return sorted(name for name in {f.split(".", 1)[-1] for f in files}
+                      if name in self.entries and self.entries[name].file in files)
 
     # -- internals ------------------------------------------------------------------------------------
     def _entry(self, name: str) -> ShardEntry:
@@ -138,8 +155,8 @@ class ShardCache:
             raise ReaderError(f"{name} is not in {self.location}/{INDEX}: open the cache on the dataset the "
                               f"reader reads.") from None
 
-    def _lock_path(self, name: str) -> Path:
-        return self.directory / ".locks" / name
+    def _lock_path(self, file: str) -> Path:
+        return self.directory / ".locks" / file
 
     @contextlib.contextmanager
     def _locked_all(self) -> Iterator[None]:
@@ -160,7 +177,7 @@ class ShardCache:
                         if self._evict_one(victim):
                             free += size
                 if free >= entry.size:
-                    part = self.directory / f".{entry.name}.{entry.size}.{os.getpid()}.{secrets.token_hex(4)}.part"
+                    part = self.directory / f".{entry.file}.{entry.size}.{os.getpid()}.{secrets.token_hex(4)}.part"
                     part.touch()
                     return part
             if not evict:
@@ -173,15 +190,15 @@ class ShardCache:
                  if e.is_file() and not e.name.startswith(".")]
         return [name for _, name in sorted(files)]
 
-    def _evict_one(self, name: str) -> bool:
-        """Remove one complete shard if no reader or fetcher holds its lock (never blocks)."""
-        fd = os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o644)
+    def _evict_one(self, file: str) -> bool:
+        """Remove one complete shard file if no reader or fetcher holds its lock (never blocks)."""
+        fd = os.open(self._lock_path(file), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
-            path = self.directory / name
+            path = self.directory / file
             if not path.exists():
                 return False
             path.unlink()
@@ -230,6 +247,25 @@ class ShardCache:
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
+
+
+def normal_location(location: str | os.PathLike) -> str:
+    """A dataset location as caches compare it: a local folder resolved, a URL without a trailing /."""
+    local = storage.local_path(location)
+    return str(local.resolve()) if local is not None else os.fspath(location).rstrip("/")
+
+
+def cache_of(dataset: object) -> ShardCache | None:
+    """The ShardCache `dataset` reads through (KdataDataset(..., cache=...)), else None; a cache
+    opened on another location is refused (it would serve that dataset's shards in its place)."""
+    cache = getattr(dataset, "shards", None)
+    if not isinstance(cache, ShardCache):
+        return None
+    location = getattr(dataset, "location", None)
+    if location is not None and normal_location(location) != cache.location:
+        raise ReaderError(f"the dataset at {location} reads through a ShardCache of {cache.location}: give each "
+                          f"dataset a ShardCache of its own location (several may share one directory).")
+    return cache
 
 
 def _check(path: Path, entry: ShardEntry) -> str:
@@ -289,16 +325,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+Schedule = list[tuple[str, int, int]]  # (shard name, first batch, last batch), in first-use order
+Fetch = tuple[ShardCache, str, int, int]  # (its cache, shard name, first batch, last batch)
+
+
 class Prefetcher:
     """Fetches a plan's shards ahead of the loop and drops those it has finished with.
 
     `schedule`: (shard name, first batch, last batch) in first-use order (window.shard_schedule);
     `progress()`: global batches the training loop has received. A shard is fetched once it fits
-    without evicting anything, and dropped once progress has passed its last batch."""
+    without evicting anything, and dropped once progress has passed its last batch.
+    `Prefetcher.over(pairs, progress)`: one thread for several (cache, schedule) pairs on one batch
+    axis (the datasets of a mix), fetching in first-use order across all of them."""
 
-    def __init__(self, cache: ShardCache, schedule: list[tuple[str, int, int]], progress: Callable[[], int],
+    def __init__(self, cache: ShardCache, schedule: Schedule, progress: Callable[[], int],
                  poll_s: float = 0.01) -> None:
-        self.cache, self.schedule, self.progress, self.poll_s = cache, schedule, progress, poll_s
+        self._setup(fetch_queue([(cache, schedule)]), progress, poll_s)
+
+    @classmethod
+    def over(cls, schedules: Sequence[tuple[ShardCache, Schedule]], progress: Callable[[], int],
+             poll_s: float = 0.01) -> Prefetcher:
+        prefetcher = cls.__new__(cls)
+        prefetcher._setup(fetch_queue(schedules), progress, poll_s)
+        return prefetcher
+
+    def _setup(self, queue: list[Fetch], progress: Callable[[], int], poll_s: float) -> None:
+        self.queue, self.progress, self.poll_s = queue, progress, poll_s
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -313,17 +365,34 @@ class Prefetcher:
 
     def _run(self) -> None:
         try:
-            pending = list(self.schedule)
-            live: list[tuple[str, int]] = []
+            pending = list(self.queue)
+            live: list[tuple[ShardCache, str, int]] = []
             while (pending or live) and not self._stop.is_set():
                 done = self.progress()
-                for name, last in [x for x in live if x[1] < done]:
-                    if self.cache.drop(name) or not (self.cache.directory / name).exists():
-                        live.remove((name, last))
-                if pending and self.cache.fetch(pending[0][0], evict=False):
-                    name, _, last = pending.pop(0)
-                    live.append((name, last))
+                for cache, name, last in [x for x in live if x[2] < done]:
+                    if cache.drop(name) or not cache.holds(name):
+                        live.remove((cache, name, last))
+                if pending and pending[0][0].fetch(pending[0][1], evict=False):
+                    cache, name, _, last = pending.pop(0)
+                    live.append((cache, name, last))
                 else:
                     time.sleep(self.poll_s)
         except BaseException as exc:  # noqa: BLE001 - readers fetch on their own; kept for the caller
             self.error = exc
+
+
+def fetch_queue(schedules: Sequence[tuple[ShardCache, Schedule]]) -> list[Fetch]:
+    """The shards of several schedules in first-use order, each file once: a shard that several
+    schedules read (one dataset in two stages of a curriculum, one cache shared by two datasets
+    of one build, the same bytes in two builds) is fetched at its first use and kept to its last."""
+    merged: dict[tuple[Path, str], list] = {}
+    for cache, schedule in schedules:
+        root = cache.directory.resolve()  # two caches on one folder share its files
+        for name, first, last in schedule:
+            key = (root, cache._entry(name).file)
+            if key in merged:
+                item = merged[key]
+                item[2], item[3] = min(item[2], int(first)), max(item[3], int(last))
+            else:
+                merged[key] = [cache, name, int(first), int(last)]
+    return [tuple(item) for item in sorted(merged.values(), key=lambda item: item[2])]
