@@ -9,19 +9,23 @@ so the sampler's own count runs ahead of training; this wrapper counts what it h
 When the dataset reads through a `ShardCache` (KdataDataset(..., cache=...)), each iteration
 runs a `Prefetcher` on the sampler's shard schedule from where it starts, fed by the count of
 batches received (`prefetch`: None = whenever there is a cache, False = never, True = require a
-cache). The DataLoader's workers then mostly find their shards fetched already.
+cache). The DataLoader's workers then mostly find their shards fetched already. A `KdataMix` or
+`KdataCurriculum` prefetches the same way for each of its datasets that has a cache (its
+sampler's `shard_schedules`: the mix's plan, step by step), all on one Prefetcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import logging
 
 from kohaku_data.train.collate import BucketCollate
 from kohaku_data.train.errors import ReaderError
-from kohaku_data.train.shard_cache import Prefetcher, ShardCache
+from kohaku_data.train.shard_cache import Prefetcher, Schedule, ShardCache
+
+Schedules = Callable[[int], list[tuple[ShardCache, Schedule]]]  # start -> (cache, schedule) pairs
 
 log = logging.getLogger("kohaku_data.train")
 
@@ -42,12 +46,12 @@ class KdataLoader:
             if sampler is None:
                 raise ReaderError("KdataLoader needs a sampler: pass BucketBatchSampler(dataset, ...) "
                                   "(a KdataMix or KdataCurriculum brings its own).")
-        cache = getattr(dataset, "shards", None)
-        self.cache = cache if isinstance(cache, ShardCache) and hasattr(sampler, "shard_schedule") else None
-        if prefetch and self.cache is None:
+        self.schedules = _shard_schedules(dataset, sampler)
+        if prefetch and self.schedules is None:
             raise ReaderError("prefetch=True needs a dataset that reads through a ShardCache "
-                              "(KdataDataset(url, cache=ShardCache(...))) and a BucketBatchSampler.")
-        self.prefetch = self.cache is not None and prefetch is not False
+                              "(KdataDataset(url, cache=ShardCache(...))) with a BucketBatchSampler, or a "
+                              "KdataMix / KdataCurriculum with at least one such dataset.")
+        self.prefetch = self.schedules is not None and prefetch is not False
         self.prefetcher: Prefetcher | None = None  # the one of the iteration in progress
         self.sampler = sampler
         self.loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn or BucketCollate(), **kwargs)
@@ -65,8 +69,8 @@ class KdataLoader:
         self._epoch, self._done = self.sampler.epoch, self.sampler.start_position()
         batches = iter(self.loader)  # workers are forked here: before the prefetch thread starts
         if self.prefetch:
-            schedule = self.sampler.shard_schedule(self._done)
-            self.prefetcher = Prefetcher(self.cache, schedule, lambda: self._done).start()
+            schedules = self.schedules(self._done)
+            self.prefetcher = Prefetcher.over(schedules, lambda: self._done).start()
         try:
             for batch in batches:
                 self._done += 1
@@ -89,3 +93,14 @@ class KdataLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
         self._epoch = None
+
+
+def _shard_schedules(dataset: Any, sampler: Any) -> Schedules | None:
+    """Where the loader's prefetch schedules come from, or None when no shard is read through a
+    ShardCache (nothing to prefetch)."""
+    if hasattr(sampler, "shard_caches"):  # a KdataMix / KdataCurriculum: its datasets' caches
+        return sampler.shard_schedules if sampler.shard_caches() else None
+    cache = getattr(dataset, "shards", None)
+    if isinstance(cache, ShardCache) and hasattr(sampler, "shard_schedule"):
+        return lambda start: [(cache, sampler.shard_schedule(start))]
+    return None

@@ -26,6 +26,14 @@ batches, starting at its own step 0 (so the new datasets start at their first ba
 next stage begins. It keeps the global step axis (`steps_per_epoch`, default the first mix's),
 so set_epoch / state_dict / load_state_dict work as for one mix and a resume replays across a
 switch exactly.
+
+Prefetching. A dataset that reads through a `ShardCache` gets its shards fetched ahead like a
+lone dataset (KdataLoader runs one `Prefetcher` over all of them): `sampler.shard_schedules(start)`
+gives, per cache, (shard, first step, last step) on the loader's axis (steps of the current
+epoch) from the plan itself (each step's dataset, its epoch and its global batch), across the
+datasets' epochs and a curriculum's switches; a shard is dropped after the last step that reads
+it. One ShardCache serves one build (it fetches from its own location), so a dataset whose cache
+was opened on another location is refused: builds of one recipe share shard names.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import numpy as np
 from kohaku_data.train.errors import SamplerError
 from kohaku_data.train.plan import EpochPlan, Remainder, _rng
 from kohaku_data.train.sampler import BucketBatchSampler, EpochIndex, PadIndex
+from kohaku_data.train.shard_cache import Schedule, ShardCache, cache_of
+from kohaku_data.train.window import shard_schedule
 
 MIX_STATE_VERSION = 1
 _MIX = 4  # SeedSequence purpose of the dataset draws (plan.py uses 0 and 1, window.py 2 and 3)
@@ -79,6 +89,18 @@ class _Stream:
         epochs = np.searchsorted(starts, positions, side="right") - 1
         return epochs, positions - starts[epochs]
 
+    def shard_schedule(self, epochs: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> Schedule:
+        """(shard, first position, last position) of global batches `rows` of its `epochs`, read at
+        `positions` (ascending), in first-use order (window.shard_schedule over the whole batch:
+        every rank of a node shares the cache)."""
+        batches = np.empty((rows.size, self.sampler.global_batch), np.int64)
+        for epoch in np.unique(epochs).tolist():  # ascending: the plans kept are the ones walked
+            at = epochs == epoch
+            batches[at] = self.plan(epoch).batches[rows[at]]
+        names = self.sampler.shard_names
+        return [(names[c], int(positions[first]), int(positions[last]))
+                for c, first, last in shard_schedule(batches, self.sampler.shard_of)]
+
     def __getstate__(self) -> dict[str, Any]:  # plans are recomputed, not pickled to workers
         return {"sampler": self.sampler, "starts": [0], "_plans": OrderedDict()}
 
@@ -104,6 +126,21 @@ class StepSampler:
 
     def _signature(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def shard_caches(self) -> list[ShardCache]:
+        """The ShardCaches its datasets read through (none: nothing to prefetch)."""
+        raise NotImplementedError
+
+    def shard_uses(self, steps: np.ndarray, positions: np.ndarray) -> list[tuple[ShardCache, Schedule]]:
+        """(cache, schedule) of each dataset with a cache, for global `steps` read at `positions`."""
+        raise NotImplementedError
+
+    def shard_schedules(self, start: int | None = None) -> list[tuple[ShardCache, Schedule]]:
+        """What a Prefetcher fetches for the current epoch from `start` (default: where the next
+        iteration starts): (cache, [(shard, first batch, last batch)]) on the epoch's batch axis."""
+        start = self.start_position() if start is None else int(start)
+        positions = np.arange(start, self.steps_per_epoch, dtype=np.int64)
+        return self.shard_uses(self.epoch * self.steps_per_epoch + positions, positions)
 
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
@@ -149,9 +186,11 @@ class MixSampler(StepSampler):
     kind = "mix"
 
     def __init__(self, samplers: list[BucketBatchSampler], weights: np.ndarray, offsets: np.ndarray,
-                 seed: int, steps_per_epoch: int | None) -> None:
+                 seed: int, steps_per_epoch: int | None, caches: Sequence[ShardCache | None] | None = None) -> None:
         first = samplers[0]
         self.streams = [_Stream(s) for s in samplers]
+        # each dataset's ShardCache (None: read as it is); only prefetching uses them
+        self.caches = list(caches) if caches is not None else [None] * len(samplers)
         self.weights, self.offsets, self.seed = weights, offsets, int(seed)
         positive = np.flatnonzero(weights > 0)
         self._cum = np.cumsum(weights) / weights.sum()
@@ -193,6 +232,26 @@ class MixSampler(StepSampler):
             table[at, 1], table[at, 2] = ep, b
         self._table = (epoch, table)
         return table
+
+    def rows(self, steps: np.ndarray) -> np.ndarray:
+        """(dataset, its epoch, its global batch) of each of the global `steps`: int64 (n, 3)."""
+        epochs, at = np.divmod(np.asarray(steps, np.int64), self.steps_per_epoch)
+        table = np.empty((epochs.size, 3), np.int64)
+        for epoch in np.unique(epochs).tolist():
+            table[epochs == epoch] = self.steps(epoch)[at[epochs == epoch]]
+        return table
+
+    def shard_caches(self) -> list[ShardCache]:
+        return _distinct(self.caches)
+
+    def shard_uses(self, steps: np.ndarray, positions: np.ndarray) -> list[tuple[ShardCache, Schedule]]:
+        table = self.rows(steps)
+        uses = []
+        for d, cache in enumerate(self.caches):
+            at = np.flatnonzero(table[:, 0] == d)
+            if cache is not None and at.size:
+                uses.append((cache, self.streams[d].shard_schedule(table[at, 1], table[at, 2], positions[at])))
+        return uses
 
     def batch(self, step: int) -> list[int]:
         epoch, b = divmod(int(step), self.steps_per_epoch)
@@ -244,7 +303,8 @@ class KdataMix:
         self._ends = np.cumsum(sizes)
         samplers = [BucketBatchSampler(ds, batch_size, world_size, rank, seed, remainder, sample_weights, window)
                     for ds in self.datasets]
-        self.sampler = MixSampler(samplers, weights, self.offsets, seed, steps_per_epoch)
+        caches = [cache_of(ds) for ds in self.datasets]  # refuses a cache of another build
+        self.sampler = MixSampler(samplers, weights, self.offsets, seed, steps_per_epoch, caches)
 
     @property
     def weights(self) -> np.ndarray:
@@ -284,6 +344,18 @@ class CurriculumSampler(StepSampler):
     def stage(self, step: int) -> int:
         """The stage that gives global step `step`."""
         return int(np.searchsorted(self.starts, int(step), side="right")) - 1
+
+    def shard_caches(self) -> list[ShardCache]:
+        return _distinct([c for mix in self.mixes for c in mix.sampler.shard_caches()])
+
+    def shard_uses(self, steps: np.ndarray, positions: np.ndarray) -> list[tuple[ShardCache, Schedule]]:
+        # each stage's steps, on its mix's own axis (its step 0 is the stage's first step)
+        stages = np.searchsorted(self.starts, steps, side="right") - 1
+        uses = []
+        for s in np.unique(stages).tolist():
+            at = stages == s
+            uses += self.mixes[s].sampler.shard_uses(steps[at] - self.starts[s], positions[at])
+        return uses
 
     def batch(self, step: int) -> list[int]:
         s = self.stage(step)
@@ -329,6 +401,15 @@ class KdataCurriculum:
         item = self.mixes[s][shifted(index, -int(self.offsets[s]))]
         item["stage"] = s
         return item
+
+
+def _distinct(caches: Sequence[ShardCache | None]) -> list[ShardCache]:
+    """The caches, each object once, in order (datasets may share one)."""
+    seen: dict[int, ShardCache] = {}
+    for cache in caches:
+        if cache is not None:
+            seen.setdefault(id(cache), cache)
+    return list(seen.values())
 
 
 def _open(dataset: Any, kwargs: dict[str, Any]) -> Any:
