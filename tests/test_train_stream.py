@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,10 +13,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kohaku_data.train import BucketBatchSampler, KdataDataset
+from kohaku_data.train import BucketBatchSampler, KdataDataset, KdataMix
 from kohaku_data.train.errors import ReaderError
 from kohaku_data.train.plan import Layout, plan_epoch
-from kohaku_data.train.shard_cache import Prefetcher, ShardCache
+from kohaku_data.train.shard_cache import Prefetcher, ShardCache, fetch_queue
 from kohaku_data.train.window import shard_schedule, shard_windows, windowed
 from test_train_support import built_dataset
 
@@ -222,3 +224,254 @@ def test_loader_prefetches_through_the_cache_with_workers(built, remote, tmp_pat
     assert len(cache.cached()) < len(ds._shard_names)  # finished shards were dropped
     with pytest.raises(ReaderError, match="ShardCache"):
         KdataLoader(local, BucketBatchSampler(local, 2), prefetch=True)
+
+
+# -- mixes and curricula over S3: one prefetcher for all their datasets' caches --------------------------
+class PrefetchedOnly(ShardCache):
+    """A real ShardCache whose DataLoader workers never fetch: a worker that finds a shard missing
+    waits for the loader's prefetcher (in the main process) to bring it and fails after `wait_s`.
+    A run through it shows the prefetcher fetched every shard the workers read, and the store's
+    request log is then the prefetcher's own fetch order."""
+
+    def __init__(self, *args, wait_s: float = 10.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner, self.wait_s = os.getpid(), wait_s
+
+    def fetch(self, name: str, *, evict: bool = True) -> bool:
+        if os.getpid() == self.owner:
+            return super().fetch(name, evict=evict)
+        deadline = time.monotonic() + self.wait_s
+        while not self.holds(name):
+            if time.monotonic() > deadline:
+                raise ReaderError(f"a worker had to fetch {name} from {self.location}: it was not prefetched")
+            time.sleep(0.005)
+        return True
+
+
+@pytest.fixture(scope="module")
+def built_small(tmp_path_factory) -> Path:
+    """A second build of the same recipe: its shards have the same names as `built`'s."""
+    return built_dataset(tmp_path_factory.mktemp("stream-small"), n_posts=24)
+
+
+@pytest.fixture
+def remote_pair(s3, built, built_small, monkeypatch) -> tuple[str, str, FaultProxy]:
+    """`built_small` at s3://B/a/ds and `built` at s3://B/b/ds, through the proxy."""
+    import s3fs
+
+    use_endpoint(monkeypatch, s3[1].url)
+    fs = s3fs.S3FileSystem()
+    name = f"kdata-stream-{next(_buckets)}"
+    fs.mkdir(name)
+    for prefix, root in (("a", built_small), ("b", built)):
+        for path in sorted(root.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                fs.pipe_file(f"{name}/{prefix}/ds/{path.name}", path.read_bytes())
+    proxy = s3[1]
+    proxy.log.clear()
+    proxy.fail_next(0)
+    proxy.stall_next(0, 0)
+    return f"s3://{name}/a/ds", f"s3://{name}/b/ds", proxy
+
+
+def _tar_get_order(proxy: FaultProxy) -> list[str]:
+    """'a/t-000003.tar' for each GET of a shard, in the order the store saw them."""
+    paths = [r.path.split("?")[0] for r in proxy.log if r.method == "GET" and r.path.split("?")[0].endswith(".tar")]
+    return [f"{p.split('/')[-3]}/{p.split('/')[-1]}" for p in paths]
+
+
+def _queue_order(schedules) -> list[str]:
+    return [f"{cache.location.split('/')[-2]}/{name}" for cache, name, _, _ in fetch_queue(schedules)]
+
+
+def _batches(loader, epochs=(0,), stop_after: int | None = None, watch=None):
+    """(dataset, stage, keys, image checksum) of every batch; with `stop_after` also the state
+    after that many batches. `watch(batch)` runs after each batch (the cache's size)."""
+    seen = []
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            image = batch["image"].numpy()
+            seen.append((int(batch["dataset_index"][0]), int(batch.get("stage", [0])[0]),
+                         batch["key"].tolist(), int(image.astype(np.int64).sum())))
+            if watch is not None:
+                watch(batch)
+            if stop_after is not None and len(seen) == stop_after:
+                return seen, loader.state_dict()
+    return seen, None
+
+
+def _pair_mix(a, b, cache=None, directory=None, limit=None, **kw):
+    """KdataMix of two builds (a: weight 2, b: weight 1); `cache`: a ShardCache class, one per
+    dataset, sharing `directory` (and its limit); None: read the builds as they are."""
+    if cache is None:
+        parts = [(a, 2.0), (b, 1.0)]
+    else:
+        parts = [(KdataDataset(u, decode="numpy", cache=cache(u, directory, limit_bytes=limit)), w)
+                 for u, w in ((a, 2.0), (b, 1.0))]
+    return KdataMix(parts, batch_size=2, seed=3, window=1, steps_per_epoch=24, decode="numpy", **kw)
+
+
+def _plan_limit(sampler, epochs=(0,)) -> int:
+    """The most bytes the plan's shards hold at one step (each from its first use to its last):
+    the smallest cache limit with which the prefetcher alone keeps the loop going (it never
+    evicts; below it, the workers would fetch with eviction themselves)."""
+    most, keep = 0, sampler.epoch
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        queue = fetch_queue(sampler.shard_schedules(0))
+        for step in range(sampler.steps_per_epoch):
+            most = max(most, sum(c.entries[n].size for c, n, first, last in queue if first <= step <= last))
+    sampler.set_epoch(keep)
+    return most
+
+
+def test_mix_prefetches_its_datasets_in_plan_order_and_workers_only_read(built, built_small, remote_pair, tmp_path):
+    """Two builds of one recipe (same shard names) on S3, each through its own ShardCache on one
+    shared directory: KdataLoader fetches every shard before the workers read it, in the mix's
+    first-use order across both datasets, once each, keeps the directory under its limit by
+    dropping finished shards, and gives the local mix's batches (bytes included); so does
+    prefetch=False."""
+    from kohaku_data.train import KdataLoader
+
+    url_a, url_b, proxy = remote_pair
+    expected, _ = _batches(KdataLoader(_pair_mix(built_small, built), num_workers=0))
+    assert {d for d, *_ in expected} == {0, 1}
+    limit = _plan_limit(_pair_mix(url_a, url_b, ShardCache, tmp_path / "probe", 1 << 30).sampler)
+    mix = _pair_mix(url_a, url_b, PrefetchedOnly, tmp_path / "cache", limit)
+    loader = KdataLoader(mix, num_workers=2)
+    assert loader.prefetch
+    queue = _queue_order(mix.sampler.shard_schedules(0))
+    caches = mix.sampler.shard_caches()
+    peak = [0, 0]
+
+    def watch(_):
+        peak[0] = max(peak[0], caches[0].used_bytes())
+        peak[1] = max(peak[1], len(caches[0].cached()) + len(caches[1].cached()))
+
+    proxy.log.clear()
+    got, _ = _batches(loader, watch=watch)
+    assert got == expected
+    assert _tar_get_order(proxy) == queue  # only the prefetcher fetched, in the plan's order, once each
+    assert {q.split("/")[0] for q in queue} == {"a", "b"} and len(set(queue)) == len(queue)
+    assert 0 < peak[0] <= limit and peak[1] < len(queue)  # finished shards were dropped
+    plain = KdataLoader(_pair_mix(url_a, url_b, ShardCache, tmp_path / "plain", limit), num_workers=0,
+                        prefetch=False)
+    assert not plain.prefetch and _batches(plain)[0] == expected
+
+
+def test_mix_resumes_mid_epoch_with_the_prefetch_from_the_resumed_step(built, built_small, remote_pair, tmp_path):
+    from kohaku_data.train import KdataLoader
+
+    url_a, url_b, proxy = remote_pair
+    full, _ = _batches(KdataLoader(_pair_mix(built_small, built), num_workers=0), epochs=(0, 1))
+    limit = _plan_limit(_pair_mix(url_a, url_b, ShardCache, tmp_path / "probe", 1 << 30).sampler, (0, 1))
+    # (the head in the loop's process: its state is the same with any num_workers, and forked
+    # workers of a run stopped early would wait on shards nobody prefetches any more)
+    head, state = _batches(KdataLoader(_pair_mix(url_a, url_b, ShardCache, tmp_path / "c1", limit),
+                                       num_workers=0), epochs=(0, 1), stop_after=31)
+    assert state["epoch"] == 1 and state["batches_done"] == 7
+    mix = _pair_mix(url_a, url_b, PrefetchedOnly, tmp_path / "c2", limit)  # a fresh node: nothing cached
+    resumed = KdataLoader(mix, num_workers=2)
+    resumed.load_state_dict(state)
+    queue = _queue_order(mix.sampler.shard_schedules())  # where the next iteration starts
+    assert queue != _queue_order(mix.sampler.shard_schedules(0))
+    proxy.log.clear()
+    tail, _ = _batches(resumed, epochs=(1,))
+    assert head + tail == full
+    assert _tar_get_order(proxy) == queue  # only the shards of the steps left, in their order
+    off = KdataLoader(_pair_mix(url_a, url_b, ShardCache, tmp_path / "c3", limit), num_workers=0, prefetch=False)
+    off.load_state_dict(state)
+    assert _batches(off, epochs=(1,))[0] == tail
+
+
+def test_curriculum_prefetches_across_its_switch_and_resumes_there(built, built_small, remote_pair, tmp_path):
+    """A curriculum whose stages share a dataset (one ShardCache object): the epoch holding the
+    switch is prefetched from the plan of both stages (the shared shards once, kept to their
+    last use), the workers only read, and a resume just before the switch gives the same batches
+    as a run without prefetch."""
+    from kohaku_data.train import KdataCurriculum, KdataLoader
+
+    url_a, url_b, proxy = remote_pair
+    switch = 14  # epoch 1 (10 steps an epoch), its step 4
+
+    def make(a, b, cache=None, directory=None, limit=1 << 30, **kw) -> KdataLoader:
+        if cache is not None:
+            a = KdataDataset(a, decode="numpy", cache=cache(a, directory, limit_bytes=limit))
+            b = KdataDataset(b, decode="numpy", cache=cache(b, directory, limit_bytes=limit))
+        first = KdataMix([(a, 1.0)], batch_size=2, seed=5, window=1, decode="numpy")
+        second = KdataMix([(a, 1.0), (b, 3.0)], batch_size=2, seed=5, window=1, decode="numpy")
+        return KdataLoader(KdataCurriculum([(0, first), (switch, second)], steps_per_epoch=10), **kw)
+
+    expected, _ = _batches(make(built_small, built, num_workers=0), epochs=(1,))
+    assert [s for _, s, _, _ in expected] == [0] * 4 + [1] * 6
+    probe = make(url_a, url_b, ShardCache, tmp_path / "probe")
+    limit = _plan_limit(probe.sampler, (1,))
+    loader = make(url_a, url_b, PrefetchedOnly, tmp_path / "c1", limit, num_workers=2)
+    loader.set_epoch(1)
+    schedules = loader.sampler.shard_schedules(0)
+    stage_a = loader.sampler.mixes[0].datasets[0].shards
+    assert stage_a is loader.sampler.mixes[1].datasets[0].shards
+    assert len(loader.sampler.shard_caches()) == 2 and {id(c) for c, _ in schedules} <= {id(stage_a), id(
+        loader.sampler.mixes[1].datasets[1].shards)}
+    queue = _queue_order(schedules)
+    proxy.log.clear()
+    assert _batches(loader, epochs=(1,))[0] == expected
+    assert _tar_get_order(proxy) == queue and len(set(queue)) == len(queue)
+    head, state = _batches(make(url_a, url_b, ShardCache, tmp_path / "c2", limit, num_workers=0), epochs=(1,),
+                           stop_after=3)
+    for cache, directory, prefetch, workers in ((PrefetchedOnly, "c3", None, 2), (ShardCache, "c4", False, 0)):
+        resumed = make(url_a, url_b, cache, tmp_path / directory, limit, num_workers=workers, prefetch=prefetch)
+        resumed.load_state_dict(state)
+        assert head + _batches(resumed, epochs=(1,))[0] == expected
+
+
+def test_mix_refuses_a_cache_of_another_build_and_prefetch_true_without_any(built, built_small, tmp_path):
+    from kohaku_data.train import KdataLoader
+
+    cache = ShardCache(built_small, tmp_path / "cache", limit_bytes=10 << 20)
+    own = KdataDataset(built_small, decode="numpy", cache=cache)
+    other = KdataDataset(built, decode="numpy", cache=cache)  # its shard names are in `cache` too
+    with pytest.raises(ReaderError, match="its own location"):
+        KdataMix([(own, 1.0), (other, 1.0)], batch_size=2)
+    plain = KdataMix([(built_small, 1.0), (built, 1.0)], batch_size=2, decode="numpy")
+    with pytest.raises(ReaderError, match="KdataMix / KdataCurriculum"):
+        KdataLoader(plain, prefetch=True)
+    assert not KdataLoader(plain).prefetch
+    shared = KdataMix([(own, 1.0), (built, 1.0)], batch_size=2, decode="numpy")  # one dataset cached
+    assert KdataLoader(shared, prefetch=True).prefetch
+
+
+def test_shared_cache_directory_keeps_same_named_shards_of_two_builds_apart(built, built_small, tmp_path):
+    name = sorted(p.name for p in built_small.glob("*.tar"))[0]
+    assert (built / name).read_bytes() != (built_small / name).read_bytes()
+    small = ShardCache(built_small, tmp_path / "cache", limit_bytes=10 << 20)
+    large = ShardCache(built, tmp_path / "cache", limit_bytes=10 << 20)
+    assert small.read(name, 0, 2048) == (built_small / name).read_bytes()[:2048]
+    assert large.read(name, 0, 2048) == (built / name).read_bytes()[:2048]
+    assert small.cached() == [name] and large.cached() == [name]
+    assert small.drop(name) and not small.holds(name) and large.holds(name)
+
+
+def test_mix_schedule_is_each_steps_shards_from_the_plan(built, built_small, tmp_path):
+    """shard_schedules against a step-by-step walk of the batches (both datasets cycle their
+    epochs; one dataset twice over one shared cache: its shards merged), from any start."""
+    cache_a = ShardCache(built_small, tmp_path / "a", limit_bytes=10 << 20)
+    cache_b = ShardCache(built, tmp_path / "b", limit_bytes=10 << 20)
+    parts = [(KdataDataset(built_small, decode="bytes", cache=cache_a), 2.0),
+             (KdataDataset(built, decode="bytes", cache=cache_b), 1.0),
+             (KdataDataset(built_small, decode="bytes", cache=cache_a), 1.0)]
+    mix = KdataMix(parts, batch_size=2, seed=7, window=2, steps_per_epoch=40)
+    for epoch, start in ((0, 0), (3, 0), (3, 17)):
+        mix.sampler.set_epoch(epoch)
+        uses: dict[tuple[int, str], list[int]] = {}
+        for b in range(start, 40):
+            for i in mix.sampler.batch(epoch * 40 + b):
+                d, local = mix.locate(i)
+                ds = mix.datasets[d]
+                key = (id(ds.shards), ds._shard_names[ds._shard_code[int(local)]])
+                uses.setdefault(key, [b, b])[1] = b
+        got = {(id(c), n): [f, l] for c, n, f, l in fetch_queue(mix.sampler.shard_schedules(start))}
+        assert got == uses
+        firsts = [f for _, _, f, _ in fetch_queue(mix.sampler.shard_schedules(start))]
+        assert firsts == sorted(firsts)
