@@ -233,7 +233,7 @@ class PrefetchedOnly(ShardCache):
     A run through it shows the prefetcher fetched every shard the workers read, and the store's
     request log is then the prefetcher's own fetch order."""
 
-    def __init__(self, *args, wait_s: float = 10.0, **kwargs) -> None:
+    def __init__(self, *args, wait_s: float = 60.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.owner, self.wait_s = os.getpid(), wait_s
 
@@ -426,14 +426,13 @@ def test_curriculum_prefetches_across_its_switch_and_resumes_there(built, built_
         assert head + _batches(resumed, epochs=(1,))[0] == expected
 
 
-def test_mix_refuses_a_cache_of_another_build_and_prefetch_true_without_any(built, built_small, tmp_path):
+def test_a_cache_of_another_build_is_refused_and_prefetch_true_without_any(built, built_small, tmp_path):
     from kohaku_data.train import KdataLoader
 
     cache = ShardCache(built_small, tmp_path / "cache", limit_bytes=10 << 20)
     own = KdataDataset(built_small, decode="numpy", cache=cache)
-    other = KdataDataset(built, decode="numpy", cache=cache)  # its shard names are in `cache` too
-    with pytest.raises(ReaderError, match="its own location"):
-        KdataMix([(own, 1.0), (other, 1.0)], batch_size=2)
+    with pytest.raises(ReaderError, match="its own location"):  # its shard names are in `cache` too
+        KdataDataset(built, decode="numpy", cache=cache)
     plain = KdataMix([(built_small, 1.0), (built, 1.0)], batch_size=2, decode="numpy")
     with pytest.raises(ReaderError, match="KdataMix / KdataCurriculum"):
         KdataLoader(plain, prefetch=True)

@@ -71,6 +71,10 @@ class KdataDataset:
         # train/shard_cache.ShardCache: shards are read from whole local copies (fetched once each)
         # instead of one ranged request per sample; the manifest still comes from `location`.
         self.shards = cache if cache is not None else self.files
+        if cache is not None:
+            from kohaku_data.train.shard_cache import cache_of
+
+            cache_of(self)  # a cache of another dataset would serve its same-named shards: refused
         self._index = self._read_index()
         self._manifest: pl.DataFrame | None = None
         # Plain arrays: one row lookup per sample is then a few numpy reads, not a polars row.
