@@ -159,6 +159,7 @@ class FaultProxy:
     fail_method: str | None = None  # only requests of this method fail (None: any)
     delay_s: float = 0.0
     delays_left: int = 0
+    bytes_per_s: float | None = None  # each answer's body paced to this rate (one stream's bandwidth)
     log: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     httpd: ThreadingHTTPServer | None = None
@@ -279,6 +280,8 @@ def _handler(proxy: FaultProxy):
             if not head:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            if data and proxy.bytes_per_s:
+                time.sleep(len(data) / proxy.bytes_per_s)
             if data:
                 self.wfile.write(data)
 

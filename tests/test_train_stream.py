@@ -107,6 +107,36 @@ def _epoch_members(ds: KdataDataset, sampler: BucketBatchSampler) -> list[list[b
     return [[ds.read_members(i)["image"] for i in batch] for batch in sampler]
 
 
+def test_a_remote_manifest_is_read_by_the_column_chunks_the_reader_needs(built, remote, tmp_path):
+    """The reader's columns of a remote parquet by range (pyarrow; polars would read the file
+    whole): a manifest-like file whose captions are most of its bytes, as at scale, gives the
+    local columns and its caption chunks are never fetched; the reader's index is the local one."""
+    import numpy as np
+    import polars as pl
+    import s3fs
+
+    from kohaku_data.train.ranges import RangeFiles
+
+    url, proxy = remote
+    assert KdataDataset(url, decode="bytes")._index.equals(KdataDataset(built, decode="bytes")._index)
+    rng = np.random.default_rng(0)
+    n = 20_000
+    frame = pl.DataFrame({"key": np.arange(n), "shard": [f"t-{i // 500:06d}.tar" for i in range(n)],
+                          "image_offset": rng.integers(0, 1 << 30, n),
+                          "caption": [" ".join(f"tag_{t}" for t in rng.integers(0, 50_000, 40)) for _ in range(n)]})
+    frame.write_parquet(tmp_path / "big.parquet", row_group_size=5_000)
+    s3fs.S3FileSystem().put_file(str(tmp_path / "big.parquet"), f"{url.removeprefix('s3://')}/big.parquet")
+    size = (tmp_path / "big.parquet").stat().st_size
+    captions = pl.read_parquet(tmp_path / "big.parquet", columns=["caption"]).estimated_size()
+    proxy.log.clear()
+    got = RangeFiles(url).read_parquet("big.parquet", ["key", "shard", "image_offset"])
+    assert got.equals(frame.drop("caption"))
+    gets = [r.range for r in proxy.log if r.method == "GET" and r.path.split("?")[0].endswith("/big.parquet")]
+    fetched = sum(int(b) - int(a) + 1 for a, b in (r.split("=")[1].split("-") for r in gets))
+    assert captions > size / 2 and fetched < size / 3, (fetched, size, gets)
+    assert RangeFiles(url).parquet_schema("big.parquet") == frame.schema
+
+
 def test_cached_epoch_reads_each_shard_once_and_gives_the_local_bytes(built, remote, tmp_path):
     url, proxy = remote
     local = KdataDataset(built, decode="bytes")

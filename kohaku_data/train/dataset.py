@@ -122,19 +122,11 @@ class KdataDataset:
         return f"{column}@{self.level}" if self.level is not None and column in LEVEL_COLUMNS else column
 
     def _schema(self) -> dict[str, pl.DataType]:
-        path = self.files.local_path(MANIFEST)
-        if path is not None:
-            return dict(pl.read_parquet_schema(path))
-        with self.files.open(MANIFEST) as f:
-            return dict(pl.read_parquet_schema(f))
+        return self.files.parquet_schema(MANIFEST)
 
     def _read_manifest(self, columns: list[str] | None = None) -> pl.DataFrame:
-        """Columns of the manifest; a local file is read by path so other columns are skipped."""
-        path = self.files.local_path(MANIFEST)
-        if path is not None:
-            return pl.read_parquet(path, columns=columns)
-        with self.files.open(MANIFEST) as f:
-            return pl.read_parquet(f, columns=columns)
+        """Columns of the manifest; the others are never read (RangeFiles.read_parquet)."""
+        return self.files.read_parquet(MANIFEST, columns)
 
     @property
     def manifest(self) -> pl.DataFrame:

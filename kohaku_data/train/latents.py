@@ -86,12 +86,7 @@ class LatentIndex:
             raise ReaderError(f"{location} has no complete latent set ({lock} is missing): run `{again}` first.")
         with files.open(lock) as f:
             self.lock = json.loads(f.read())
-        path = files.local_path(f"{folder}/manifest.parquet")
-        if path is not None:
-            frame = pl.read_parquet(path, columns=list(LATENT_INDEX_COLUMNS))
-        else:
-            with files.open(f"{folder}/manifest.parquet") as f:
-                frame = pl.read_parquet(f, columns=list(LATENT_INDEX_COLUMNS))
+        frame = files.read_parquet(f"{folder}/manifest.parquet", list(LATENT_INDEX_COLUMNS))
         want = pl.DataFrame({"key": keys, "want_sha256": image_sha256})
         joined = want.join(frame, on="key", how="left", maintain_order="left")
         bad = joined.filter(pl.col("image_sha256").is_null() | (pl.col("image_sha256") != pl.col("want_sha256")))
