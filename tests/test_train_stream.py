@@ -82,20 +82,28 @@ _buckets = iter(range(1_000_000))
 @pytest.fixture
 def remote(s3, built, monkeypatch) -> tuple[str, FaultProxy]:
     """The build uploaded to a fresh bucket; this test talks to it through the proxy."""
+    (url,), proxy = _uploaded(s3, monkeypatch, {"ds": built})
+    return url, proxy
+
+
+def _uploaded(s3, monkeypatch, builds: dict[str, Path]) -> tuple[list[str], FaultProxy]:
+    """Each build (its files) under PREFIX/ of a fresh bucket, this test pointed at the proxy
+    (its log, faults and stalls cleared): the builds' URLs and the proxy."""
     import s3fs
 
     use_endpoint(monkeypatch, s3[1].url)
     fs = s3fs.S3FileSystem()
     name = f"kdata-stream-{next(_buckets)}"
     fs.mkdir(name)
-    for path in sorted(built.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            fs.pipe_file(f"{name}/ds/{path.name}", path.read_bytes())
+    for prefix, root in builds.items():
+        for path in sorted(root.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                fs.pipe_file(f"{name}/{prefix}/{path.name}", path.read_bytes())
     proxy = s3[1]
     proxy.log.clear()
     proxy.fail_next(0)
     proxy.stall_next(0, 0)
-    return f"s3://{name}/ds", proxy
+    return [f"s3://{name}/{prefix}" for prefix in builds], proxy
 
 
 def _tar_gets(proxy: FaultProxy) -> Counter:
@@ -287,21 +295,8 @@ def built_small(tmp_path_factory) -> Path:
 @pytest.fixture
 def remote_pair(s3, built, built_small, monkeypatch) -> tuple[str, str, FaultProxy]:
     """`built_small` at s3://B/a/ds and `built` at s3://B/b/ds, through the proxy."""
-    import s3fs
-
-    use_endpoint(monkeypatch, s3[1].url)
-    fs = s3fs.S3FileSystem()
-    name = f"kdata-stream-{next(_buckets)}"
-    fs.mkdir(name)
-    for prefix, root in (("a", built_small), ("b", built)):
-        for path in sorted(root.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                fs.pipe_file(f"{name}/{prefix}/ds/{path.name}", path.read_bytes())
-    proxy = s3[1]
-    proxy.log.clear()
-    proxy.fail_next(0)
-    proxy.stall_next(0, 0)
-    return f"s3://{name}/a/ds", f"s3://{name}/b/ds", proxy
+    (small, large), proxy = _uploaded(s3, monkeypatch, {"a/ds": built_small, "b/ds": built})
+    return small, large, proxy
 
 
 def _tar_get_order(proxy: FaultProxy) -> list[str]:
