@@ -180,6 +180,47 @@ def read_bytes(target: Target) -> bytes:
     return _remote(target, "read", lambda: fs.cat_file(path))
 
 
+def read_parquet(target: Target, columns: list[str] | None = None) -> Any:
+    """Those columns of a parquet file as a polars frame, the others never read: a local file by
+    path; a remote one through fsspec.parquet, which reads the footer, then only those columns'
+    chunks, by concurrent coalesced ranges, for pyarrow to decode (polars would read a file
+    object whole, and captions are most of a manifest's bytes; bench_manifest_read)."""
+    import polars as pl
+
+    local = local_path(target)
+    if local is not None:
+        return pl.read_parquet(local, columns=columns)
+    import pyarrow.parquet as pq
+    from fsspec.parquet import open_parquet_file
+
+    fs, path = url_to_fs(target)
+
+    def read() -> Any:
+        # the footer's first read as pyarrow's own (64 KiB; a bigger footer takes a second one)
+        with open_parquet_file(path, fs=fs, columns=columns, engine="pyarrow", footer_sample_size=1 << 16) as f:
+            return pl.from_arrow(pq.read_table(f, columns=columns))
+
+    return _remote(target, "read", read)
+
+
+def parquet_schema(target: Target) -> dict[str, Any]:
+    """A parquet file's column types (polars'); a remote file's footer only."""
+    import polars as pl
+
+    local = local_path(target)
+    if local is not None:
+        return dict(pl.read_parquet_schema(local))
+    import pyarrow.parquet as pq
+
+    fs, path = url_to_fs(target)
+
+    def read() -> dict[str, Any]:
+        with fs.open(path, "rb", cache_type="none") as f:
+            return dict(pl.from_arrow(pq.read_schema(f).empty_table()).schema)
+
+    return _remote(target, "read", read)
+
+
 def read_range(target: Target, start: int, length: int) -> bytes:
     """`length` bytes from `start` (fewer only at the end of the file): one ranged request on
     object storage, so a tar member is read without the rest of its tar."""

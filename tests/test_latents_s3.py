@@ -96,9 +96,13 @@ def test_latents_of_a_dataset_built_into_a_bucket_are_the_local_bytes(inputs, lo
     url = f"s3://{_bucket()}/datasets/ds"
     build(inputs, url, RECIPE, workers=1)
     endpoint.fail_next(6, method="PUT")  # one more 500 in a row than botocore tries: kdata's retries go on
+    endpoint.log.clear()
     run = _latents_cli(url, tiny_vae, endpoint, "--level", "all")
     assert run.returncode == 0, run.stderr
     assert endpoint.failures_left <= 0
+    whole = [r for r in endpoint.log if r.method == "GET" and r.path.split("?")[0].endswith("/ds/manifest.parquet")
+             and not r.range]
+    assert len(whole) <= 1, "the dataset manifest's columns are read by range; only the card reads it whole"
     assert f"{url}/latents: " in run.stdout and f"{url}/latents/lo: " in run.stdout, run.stdout
     want = _latent_files(local)
     assert {"latents/latents.lock", "latents/lo/latents.lock", "latents/index.json"} <= set(want)

@@ -30,7 +30,7 @@ import polars as pl
 from kohaku_data import storage
 from kohaku_data.assembly.executor import Executor, map_unordered
 from kohaku_data.assembly.lock import LOCK_NAME, dumps
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, parquet_bytes
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, manifest_levels, parquet_bytes
 from kohaku_data.assembly.shards import ShardInfo, file_sha256, member_index_name
 from kohaku_data.errors import KdataError
 from kohaku_data.latents.files import local_view
@@ -106,17 +106,18 @@ def make_latents(dataset: storage.Target, spec: LatentSpec, executor: Executor, 
 
 def _dataset_tables(dataset: storage.Target, level: str | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
     where = storage.display(dataset)
-    with local_view(dataset, [LOCK_NAME, INDEX_NAME, MANIFEST_NAME]) as view:
+    with local_view(dataset, [LOCK_NAME, INDEX_NAME]) as view:
         if not (view / LOCK_NAME).is_file():
             raise LatentError(f"{where} is not a finished kdata build (no {LOCK_NAME}): build it first, "
                               "or finish the build by running it again.")
         index = json.loads((view / INDEX_NAME).read_bytes())
-        if level is not None and level not in (levels := dataset_levels(view)):
-            raise LatentError(f"--level {level} is not a level of {where} (its levels: "
-                              f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
-        at = "" if level is None else f"@{level}"
-        columns = ["bucket", "image_offset", "image_size", "sha256"]
-        frame = pl.read_parquet(view / MANIFEST_NAME, columns=["key", "shard", *(c + at for c in columns)])
+    manifest = storage.join(dataset, MANIFEST_NAME)  # its columns by range: a manifest is mostly captions
+    if level is not None and level not in (levels := manifest_levels(list(storage.parquet_schema(manifest)))):
+        raise LatentError(f"--level {level} is not a level of {where} (its levels: "
+                          f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
+    at = "" if level is None else f"@{level}"
+    columns = ["bucket", "image_offset", "image_size", "sha256"]
+    frame = storage.read_parquet(manifest, ["key", "shard", *(c + at for c in columns)])
     return index, frame.rename({c + at: c for c in columns if at}).sort("key")
 
 

@@ -51,38 +51,12 @@ class RangeFiles:
         return storage.is_file(self.target(name))
 
     def read_parquet(self, name: str, columns: list[str] | None = None) -> "pl.DataFrame":
-        """Those columns of a parquet file, the others never fetched: a local file by path; a
-        remote one through fsspec.parquet, which reads the footer, then only those columns'
-        chunks, by concurrent coalesced ranges, for pyarrow to decode (polars reads a file object
-        whole, and the captions are most of a manifest's bytes; bench_manifest_read)."""
-        import polars as pl
-
-        path = self.local_path(name)
-        if path is not None:
-            return pl.read_parquet(path, columns=columns)
-        import pyarrow.parquet as pq
-        from fsspec.parquet import open_parquet_file
-
-        fs, path = storage.url_to_fs(self.target(name))
-        # the footer's first read as pyarrow's own (64 KiB; a bigger footer takes a second one)
-        with open_parquet_file(path, fs=fs, columns=columns, engine="pyarrow", footer_sample_size=1 << 16) as f:
-            return pl.from_arrow(pq.read_table(f, columns=columns))
+        """Those columns of a parquet file, the others never fetched (`storage.read_parquet`)."""
+        return storage.read_parquet(self.target(name), columns)
 
     def parquet_schema(self, name: str) -> "dict[str, pl.DataType]":
         """A parquet file's column types (a remote file: its footer only)."""
-        import polars as pl
-
-        path = self.local_path(name)
-        if path is not None:
-            return dict(pl.read_parquet_schema(path))
-        import pyarrow.parquet as pq
-
-        with self._open_uncached(name) as f:
-            return dict(pl.from_arrow(pq.read_schema(f).empty_table()).schema)
-
-    def _open_uncached(self, name: str) -> IO[bytes]:
-        fs, path = storage.url_to_fs(self.target(name))
-        return fs.open(path, "rb", cache_type="none")
+        return storage.parquet_schema(self.target(name))
 
     def open(self, name: str) -> IO[bytes]:
         """A random-access binary file object of a whole file (the caller closes it)."""
