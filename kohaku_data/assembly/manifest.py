@@ -128,11 +128,11 @@ def manifest_levels(columns: list[str] | dict) -> list[str]:
     return [c.split("@", 1)[1] for c in columns if c.startswith("bucket@")]
 
 
-def dataset_levels(folder: Path) -> list[str]:
-    """The `[image] levels` of a built dataset, in recipe order (its manifest's `bucket@<level>`
-    columns; none without a manifest)."""
-    path = Path(folder) / MANIFEST_NAME
-    return manifest_levels(list(pl.read_parquet_schema(path))) if path.is_file() else []
+def dataset_levels(dataset: storage.Target) -> list[str]:
+    """The `[image] levels` of a built dataset (a folder or a URL), in recipe order: its
+    manifest's `bucket@<level>` columns (of a URL, from the footer alone); none without a manifest."""
+    path = storage.join(dataset, MANIFEST_NAME)
+    return manifest_levels(list(storage.parquet_schema(path))) if storage.is_file(path) else []
 
 
 def _row_levels(rows: list[dict]) -> list[str]:

@@ -35,10 +35,10 @@ def latents(
     with clean_errors(kept="The latent shards already written are kept",
                       target=storage.display(storage.join(dataset, "latents"))):
         from kohaku_data.assembly.executors import make_executor
+        from kohaku_data.assembly.manifest import dataset_levels
         from kohaku_data.errors import KdataError
         from kohaku_data.latents import LatentSpec, make_latents, resolve_device, vae_sha256
         from kohaku_data.latents.card import refresh_card
-        from kohaku_data.latents.files import levels_of
 
         if dtype not in ("fp16", "bf16") or device not in ("auto", "cpu", "cuda"):
             raise KdataError(f"--dtype {dtype} / --device {device}: use --dtype fp16|bf16 and --device auto|cpu|cuda.")
@@ -48,7 +48,7 @@ def latents(
             run.num_gpus = 1.0  # every latent task asks Ray for a GPU
         spec = LatentSpec(str(vae.resolve()), vae_sha256(vae), str(vae_config.resolve()) if vae_config else None,
                           dtype, std, kind, batch_size, threads)
-        levels = [None, *levels_of(dataset)] if level == "all" else [level]
+        levels = [None, *dataset_levels(dataset)] if level == "all" else [level]
         for one in levels:
             result = make_latents(dataset, spec, run, level=one, progress=is_tty() and not no_progress)
             typer.echo(f"{result.folder}: {result.samples} latents in {result.shards} shards on "

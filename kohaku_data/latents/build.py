@@ -30,7 +30,7 @@ import polars as pl
 from kohaku_data import storage
 from kohaku_data.assembly.executor import Executor, map_unordered
 from kohaku_data.assembly.lock import LOCK_NAME, dumps
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, manifest_levels, parquet_bytes
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, parquet_bytes
 from kohaku_data.assembly.shards import ShardInfo, file_sha256, member_index_name
 from kohaku_data.errors import KdataError
 from kohaku_data.latents.files import local_view
@@ -112,7 +112,7 @@ def _dataset_tables(dataset: storage.Target, level: str | None = None) -> tuple[
                               "or finish the build by running it again.")
         index = json.loads((view / INDEX_NAME).read_bytes())
     manifest = storage.join(dataset, MANIFEST_NAME)  # its columns by range: a manifest is mostly captions
-    if level is not None and level not in (levels := manifest_levels(list(storage.parquet_schema(manifest)))):
+    if level is not None and level not in (levels := dataset_levels(dataset)):
         raise LatentError(f"--level {level} is not a level of {where} (its levels: "
                           f"{', '.join(levels) or 'none, only the main image'}): pick one of them, all, or leave it out.")
     at = "" if level is None else f"@{level}"

@@ -1,11 +1,12 @@
 """A built dataset's small files on this disk, wherever the dataset lies (a folder or a URL).
 
-The readers kdata has for them (`dataset_levels`, `latent_facts`, polars' parquet reader) take
+The readers kdata has for them (`latent_facts`, polars' parquet reader) take
 local paths. For a dataset on object storage `local_view` downloads just the files asked for
 (its manifest, a latent set's lock, index and manifest, the card) into a temporary folder laid
 out as the dataset is; a local dataset is its own view. The driver reads the dataset manifest's
-columns it needs by range instead (`storage.read_parquet`: a manifest is mostly captions). Shards never pass through here: latent
-tasks read images by byte range, verify streams one latent shard at a time.
+columns it needs by range instead (`storage.read_parquet`: a manifest is mostly captions).
+Shards never pass through here: latent tasks read images by byte range, verify streams one
+latent shard at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kohaku_data import storage
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME, dataset_levels, manifest_levels
+from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
 from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
 
 # What a latent set's readers need besides its shards.
@@ -48,13 +49,3 @@ def latent_view(dataset: storage.Target, *extra: str) -> contextlib.AbstractCont
         f"{LATENT_DIR}/{rel}" for rel, _ in storage.list_files(storage.join(dataset, LATENT_DIR))
         if storage.name_of(rel) in SET_FILES]
     return local_view(dataset, [MANIFEST_NAME, *found, *extra])
-
-
-def levels_of(dataset: storage.Target) -> list[str]:
-    """`dataset_levels` of a dataset in a folder or at a URL (none without a manifest): of a
-    URL, from its manifest's footer alone."""
-    local = storage.local_path(dataset)
-    if local is not None:
-        return dataset_levels(local)
-    manifest = storage.join(dataset, MANIFEST_NAME)
-    return manifest_levels(list(storage.parquet_schema(manifest))) if storage.is_file(manifest) else []
