@@ -358,15 +358,13 @@ def _is_latent(name: str) -> bool:
 
 
 def _fetch_latent_records(out: storage.Target, final: Path) -> None:
-    """The locks and manifests of the latent sets in a bucket output, into the local folder
-    where the card is made (`card_data.latent_facts` reads them there; never uploaded back)."""
-    from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
+    """The small files of the latent sets in a bucket output, into the local folder where the
+    card is made (`card_data.latent_facts` reads them there; never uploaded back)."""
+    from kohaku_data.assembly.card_data import latent_record_names
 
-    root = storage.join(out, LATENT_DIR)
-    for rel, _ in storage.list_files(root):
-        if storage.name_of(rel) in (LATENT_LOCK, MANIFEST_NAME):
-            (final / LATENT_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
-            (final / LATENT_DIR / rel).write_bytes(storage.read_bytes(storage.join(root, rel)))
+    for name in latent_record_names(out):
+        (final / name).parent.mkdir(parents=True, exist_ok=True)
+        (final / name).write_bytes(storage.read_bytes(storage.join(out, name)))
 
 
 def _read_json(target: storage.Target) -> dict | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from kohaku_data import storage
 from kohaku_data.assembly.manifest import (
     INDEX_NAME, MANIFEST_NAME, REJECTS_NAME, STATS_NAME, dataset_levels, manifest_levels)
 from kohaku_data.assembly.sample_schema import TAG_CATEGORIES
@@ -81,6 +82,16 @@ def card_facts(folder: Path, lock: dict[str, Any], json_docs: list[str] | None =
         tokens=token_counts(folder / MANIFEST_NAME, lock.get("recipe", {})),
         latents=latent_facts(folder),
     )
+
+
+def latent_record_names(dataset: storage.Target) -> list[str]:
+    """The dataset-relative names of its latent sets' small files (each set's lock, index and
+    manifest: what `latent_facts` and the latent readers need besides the shards), found by one
+    listing of `latents/`; for fetching them from a bucket into a local folder."""
+    from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
+
+    return [f"{LATENT_DIR}/{rel}" for rel, _ in storage.list_files(storage.join(dataset, LATENT_DIR))
+            if storage.name_of(rel) in (LATENT_LOCK, INDEX_NAME, MANIFEST_NAME)]
 
 
 def latent_facts(folder: Path) -> list[dict[str, Any]]:

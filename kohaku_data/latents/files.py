@@ -18,11 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kohaku_data import storage
-from kohaku_data.assembly.manifest import INDEX_NAME, MANIFEST_NAME
-from kohaku_data.train.latents import LATENT_DIR, LATENT_LOCK
-
-# What a latent set's readers need besides its shards.
-SET_FILES = (LATENT_LOCK, INDEX_NAME, MANIFEST_NAME)
+from kohaku_data.assembly.card_data import latent_record_names
+from kohaku_data.assembly.manifest import MANIFEST_NAME
 
 
 @contextlib.contextmanager
@@ -45,7 +42,5 @@ def local_view(dataset: storage.Target, names: list[str]) -> Iterator[Path]:
 def latent_view(dataset: storage.Target, *extra: str) -> contextlib.AbstractContextManager[Path]:
     """`local_view` of the dataset's manifest, every latent set's small files (one listing of
     `latents/` finds them) and `extra` names."""
-    found = [] if storage.local_path(dataset) is not None else [
-        f"{LATENT_DIR}/{rel}" for rel, _ in storage.list_files(storage.join(dataset, LATENT_DIR))
-        if storage.name_of(rel) in SET_FILES]
+    found = [] if storage.local_path(dataset) is not None else latent_record_names(dataset)
     return local_view(dataset, [MANIFEST_NAME, *found, *extra])
