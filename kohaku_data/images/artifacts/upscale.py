@@ -81,37 +81,39 @@ def _bands() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out
 
 
-def repeated_share(y: np.ndarray, axis: int) -> float:
+def repeated_share(steps: np.ndarray, axis: int) -> float:
     """Share of columns (axis=1) or rows (axis=0) equal to their predecessor, among those near
-    a changing one."""
-    change = np.abs(np.diff(y, axis=axis)).max(axis=1 - axis) >= 0.5
+    a changing one. `steps`: |np.diff(y, axis=axis)| of the luma window."""
+    change = steps.max(axis=1 - axis) >= 0.5
     if change.size < 8 or not change.any():
         return 0.0
     near = np.convolve(change.astype(np.float32), np.ones(7, np.float32), mode="same") > 0
     return float((~change & near).sum() / max(1, near.sum()))
 
 
-def quiet_share(y: np.ndarray, axis: int) -> float:
-    """Share of columns (axis=1) or rows (axis=0) with at most QUIET of the steps of the busiest
-    one within 3 either side, among those whose neighbourhood steps in BUSY_ROWS rows or more."""
-    steps = (np.abs(np.diff(y, axis=axis)) > STEP).sum(axis=1 - axis)
-    if steps.size < 8:
+def quiet_share(steps: np.ndarray, axis: int) -> float:
+    """Share of columns (axis=1) or rows (axis=0) with at most QUIET of the real steps of the
+    busiest one within 3 either side, among those whose neighbourhood steps in BUSY_ROWS rows or
+    more. `steps`: |np.diff(y, axis=axis)| of the luma window."""
+    real = (steps > STEP).sum(axis=1 - axis)
+    if real.size < 8:
         return 0.0
-    padded = np.pad(steps, 3, mode="edge")
+    padded = np.pad(real, 3, mode="edge")
     busiest = np.lib.stride_tricks.sliding_window_view(padded, 7).max(axis=1)
     busy = busiest >= BUSY_ROWS
-    return float((busy & (steps <= QUIET * busiest)).sum() / max(1, busy.sum()))
+    return float((busy & (real <= QUIET * busiest)).sum() / max(1, busy.sum()))
 
 
 def nearest_share(y: np.ndarray, cliff_height: float) -> float | None:
     """The repeated share of a nearest-neighbour upscale (its factor is 1 / (1 - share)), or
     None when neither the exact nor the quiet-column test finds one."""
-    exact = min(repeated_share(y, 0), repeated_share(y, 1))
+    steps = [np.abs(np.diff(y, axis=axis)) for axis in (0, 1)]  # one difference per axis, both tests
+    exact = min(repeated_share(steps[0], 0), repeated_share(steps[1], 1))
     if exact >= NEAREST_SHARE:
         return exact
     if cliff_height >= QUIET_MAX_CLIFF:
         return None
-    quiet = min(quiet_share(y, 0), quiet_share(y, 1))
+    quiet = min(quiet_share(steps[0], 0), quiet_share(steps[1], 1))
     return quiet if quiet >= NEAREST_QUIET_SHARE else None
 
 
